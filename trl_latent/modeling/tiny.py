@@ -1,0 +1,444 @@
+"""Offline tiny models and processors, built in-process and deterministically from a seed.
+
+Nothing here downloads anything. The tiny Qwen2.5-VL uses the **stock** `Qwen2_5_VLProcessor` with a byte-level BPE
+tokenizer trained with `tokenizers` on the embedded synthetic task's text, the Qwen special tokens in Qwen order,
+TRL's Qwen2.5-VL chat template and left padding. Models are saved with `save_pretrained` to a cache folder and
+reloaded from there, so every caller gets a model exactly as `from_pretrained` would give it.
+
+Also here: the real Qwen2.5-VL-3B / -7B shapes, on the `meta` device for parameter counting or with random weights
+for GPU benchmarks.
+
+```python
+>>> from trl_latent.modeling.tiny import tiny_vlm
+>>> model, processor = tiny_vlm("tiny", seed=0)
+>>> model.config.text_config.hidden_size
+64
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Qwen2.5's added tokens, in the order Qwen assigns them ids (151643, 151644, ...).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# Qwen's pre-tokenisation regex (the one `Qwen2Tokenizer` uses).
+_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_FACTORY_VERSION = 1  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """The shape of a tiny model. `tiny` is for unit tests (seconds); `small` learns the synthetic task fully."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vision_hidden_size: int
+    vision_depth: int
+    vision_heads: int
+    bpe_vocab_size: int = 440
+    max_position_embeddings: int = 2048
+    image_min_pixels: int = 56 * 56
+    image_max_pixels: int = 112 * 112
+
+
+TINY_SPECS: dict[str, TinySpec] = {
+    # ~0.2M parameters: unit tests.
+    "tiny": TinySpec(64, 128, 2, 4, 2, vision_hidden_size=32, vision_depth=1, vision_heads=2),
+    # ~0.7M parameters: learns the shapes role-play task completely on a 2-core CPU (docs/design.md section 8).
+    "small": TinySpec(128, 256, 2, 4, 2, vision_hidden_size=64, vision_depth=2, vision_heads=4),
+}
+
+SUPPORTED_TINY_ARCHS = ("qwen2_5_vl", "qwen2_vl")
+
+
+def default_cache_dir() -> Path:
+    """Where built tiny models live: `$TRL_LATENT_CACHE` or `~/.cache/trl_latent`."""
+    return Path(os.environ.get("TRL_LATENT_CACHE", Path.home() / ".cache" / "trl_latent"))
+
+
+def _spec(size: str) -> TinySpec:
+    if size not in TINY_SPECS:
+        raise ValueError(f"Unknown tiny model size {size!r}; choose one of {sorted(TINY_SPECS)}.")
+    return TINY_SPECS[size]
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    # Qwen2.5-VL splits the rotary half-dimension into (temporal, height, width) sections, 16/24/24 of 64 for 3B.
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+# ----------------------------------------------------------------------------------------------------- tokenizer
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 440):
+    """A Qwen2 byte-level BPE tokenizer trained on `corpus` (default: the synthetic task's text), with Qwen's
+    special tokens appended in Qwen order, `<|im_end|>` as EOS and left padding."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    if corpus is None:
+        from ..data.synthetic import tokenizer_corpus
+
+        corpus = tokenizer_corpus()
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=[],
+    )
+    bpe.train_from_iterator(sorted(corpus), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        errors="replace",
+        model_max_length=32768,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _chat_template() -> str:
+    from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+    return qwen2_5_vl_chat_template
+
+
+def build_processor(spec: TinySpec, corpus: list[str] | None = None):
+    """The stock `Qwen2_5_VLProcessor` around the tiny tokenizer and a Qwen2-VL image processor."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    tokenizer = build_tokenizer(corpus, spec.bpe_vocab_size)
+    tokenizer.chat_template = _chat_template()
+    size = {"shortest_edge": spec.image_min_pixels, "longest_edge": spec.image_max_pixels}
+    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=_chat_template(),
+    )
+    return processor
+
+
+# -------------------------------------------------------------------------------------------------------- models
+def _text_kwargs(spec: TinySpec, tokenizer, mrope: bool) -> dict:
+    head_dim = spec.hidden_size // spec.num_attention_heads
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    if mrope:
+        kwargs["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": _mrope_section(head_dim),
+        }
+    return kwargs
+
+
+def _vlm_config(spec: TinySpec, tokenizer, arch: str):
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    token_ids = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    text = _text_kwargs(spec, tokenizer, mrope=True)
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        vision = dict(
+            depth=spec.vision_depth,
+            hidden_size=spec.vision_hidden_size,
+            intermediate_size=2 * spec.vision_hidden_size,
+            num_heads=spec.vision_heads,
+            out_hidden_size=spec.hidden_size,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[spec.vision_depth - 1],
+        )
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **token_ids)
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        vision = dict(
+            depth=spec.vision_depth,
+            embed_dim=spec.vision_hidden_size,
+            hidden_size=spec.hidden_size,
+            mlp_ratio=2,
+            num_heads=spec.vision_heads,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
+        return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **token_ids)
+    raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {SUPPORTED_TINY_ARCHS}.")
+
+
+def _seeded_init(build):
+    # Build under a fixed seed so the same seed gives the same weights on any machine.
+    def wrapper(seed: int, *args):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build(*args)
+
+    return wrapper
+
+
+def _fingerprint(kind: str, size: str, seed: int, arch: str) -> str:
+    payload = json.dumps(
+        {"kind": kind, "size": size, "seed": seed, "arch": arch, "spec": asdict(_spec(size)), "v": _FACTORY_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _weights_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_MANIFEST = "trl_latent_tiny.json"
+
+
+def _cached_build(kind: str, size: str, seed: int, arch: str, cache_dir, build_and_save) -> Path:
+    """Return a folder holding a verified build, (re)building it when missing, stale or corrupt."""
+    fingerprint = _fingerprint(kind, size, seed, arch)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / f"{kind}-{arch}-{size}-seed{seed}-{fingerprint}"
+    manifest = folder / _MANIFEST
+    if folder.exists():
+        try:
+            recorded = json.loads(manifest.read_text())
+            if recorded["fingerprint"] == fingerprint and recorded["weights_sha256"] == _weights_digest(folder):
+                return folder
+            reason = "its weights do not match the recorded checksum"
+        except (OSError, ValueError, KeyError) as err:
+            reason = f"its manifest is missing or unreadable ({err})"
+        logger.warning("Tiny model cache folder %s is corrupt (%s); rebuilding it.", folder, reason)
+        shutil.rmtree(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build_and_save(tmp)
+    (tmp / _MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "weights_sha256": _weights_digest(tmp)}))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def tiny_vlm_path(size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", cache_dir=None) -> Path:
+    """Build (once) and return the folder of a tiny VLM and its processor, loadable with `from_pretrained`."""
+    spec = _spec(size)
+    if arch not in SUPPORTED_TINY_ARCHS:
+        raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {SUPPORTED_TINY_ARCHS}.")
+
+    def build_and_save(folder: Path) -> None:
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+        processor = build_processor(spec)
+        config = _vlm_config(spec, processor.tokenizer, arch)
+        cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+        model = _seeded_init(lambda: cls(config))(seed)
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return _cached_build("vlm", size, seed, arch, cache_dir, build_and_save)
+
+
+def tiny_vlm(size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", cache_dir=None, dtype=torch.float32):
+    """A tiny Qwen2.5-VL (or Qwen2-VL) and its stock processor, reloaded from the cache folder."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = tiny_vlm_path(size, seed, arch, cache_dir)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.tokenizer.padding_side = "left"
+    return model, processor
+
+
+def tiny_lm_path(size: str = "tiny", seed: int = 0, cache_dir=None) -> Path:
+    """Build (once) and return the folder of a tiny text-only Qwen2 causal LM sharing the tiny VLM's tokenizer."""
+    spec = _spec(size)
+
+    def build_and_save(folder: Path) -> None:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = build_tokenizer(None, spec.bpe_vocab_size)
+        from trl.chat_template_utils import qwen2_5_chat_template
+
+        tokenizer.chat_template = qwen2_5_chat_template
+        config = Qwen2Config(**_text_kwargs(spec, tokenizer, mrope=False))
+        model = _seeded_init(lambda: Qwen2ForCausalLM(config))(seed)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return _cached_build("lm", size, seed, "qwen2", cache_dir, build_and_save)
+
+
+def tiny_lm(size: str = "tiny", seed: int = 0, cache_dir=None, dtype=torch.float32):
+    """A tiny Qwen2 causal LM and its tokenizer (same vocabulary as the tiny VLM)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_lm_path(size, seed, cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------------- real Qwen2.5-VL shapes
+_VISION_QWEN25 = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    hidden_act="silu",
+)
+# Values from the released `config.json` of Qwen/Qwen2.5-VL-{3B,7B}-Instruct.
+REAL_SHAPES = {
+    "3b": dict(
+        text=dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+        ),
+        out_hidden_size=2048,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        text=dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+        out_hidden_size=3584,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+def real_shape_config(size: str):
+    """The `Qwen2_5_VLConfig` of Qwen2.5-VL-3B-Instruct (`"3b"`) or -7B-Instruct (`"7b"`)."""
+    from transformers import Qwen2_5_VLConfig
+
+    key = size.lower()
+    if key not in REAL_SHAPES:
+        raise ValueError(f"Unknown Qwen2.5-VL size {size!r}; choose one of {sorted(REAL_SHAPES)}.")
+    shape = REAL_SHAPES[key]
+    text = dict(
+        shape["text"],
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=151643,
+        eos_token_id=151645,
+    )
+    vision = dict(_VISION_QWEN25, out_hidden_size=shape["out_hidden_size"])
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=shape["tie_word_embeddings"],
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+    )
+
+
+def real_shape_vlm(size: str, device: str | torch.device = "meta", dtype=torch.bfloat16, seed: int = 0):
+    """A Qwen2.5-VL with the real 3B/7B shapes: on `meta` (no allocation, for counting) or with random weights on
+    `device` (for GPU benchmarks; never for quality)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = real_shape_config(size)
+    config.text_config.dtype = dtype
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    return model
