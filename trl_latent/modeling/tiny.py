@@ -48,10 +48,8 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 # Qwen's pre-tokenisation regex (the one `Qwen2Tokenizer` uses).
-_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-_FACTORY_VERSION = 1  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
+_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_FACTORY_VERSION = 2  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,7 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 440):
         pad_token="<|endoftext|>",
         errors="replace",
         model_max_length=32768,
+        padding_side="left",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     tokenizer.padding_side = "left"

@@ -1,0 +1,79 @@
+"""`LatentActionConfig`: the configuration of a latent action model (docs/design.md section 2)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+WORLD_OUTPUTS = ("residual_minus_base", "merge_delta")
+
+
+class LatentActionConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`LatentActionModel`]: a base (vision-)language model plus a codebook of latent actions, an
+    inverse dynamics model, a world-model merge, a policy and a cross-modal projector pair.
+
+    Parameters:
+        base_model_name_or_path (`str`, *optional*):
+            Folder or hub id of the base model. Saved checkpoints reload the base from here unless the base weights
+            were saved with the checkpoint (after the world-model SFT stage changed them).
+        base_config (`dict`, *optional*):
+            The base model's own configuration (`config.to_dict()`). Filled in from the base when the model is built,
+            so a saved latent model can be rebuilt (e.g. on the `meta` device) without the base weights.
+        codebook_size (`int`, *optional*, defaults to `128`):
+            Number of latent actions |C|.
+        inverse_layers (`int`, *optional*, defaults to `4`):
+            Decoder layers of the inverse dynamics model.
+        policy_layers (`int`, *optional*, defaults to `8`):
+            Decoder layers of the policy.
+        merge_blocks (`int`, *optional*, defaults to `2`):
+            Residual SwiGLU blocks of the world-model merge.
+        merge_intermediate_size (`int`, *optional*):
+            Hidden size of the merge blocks; defaults to the base text model's intermediate size.
+        gumbel_temperature (`float`, *optional*, defaults to `2.0`):
+            Temperature of the Gumbel-softmax the inverse dynamics model samples codes with during training.
+        projector_hidden_ratio (`float`, *optional*, defaults to `0.5`):
+            Hidden width of the projectors as a fraction of the base hidden size (d -> d/2 -> d).
+        projector_logvar_bound (`float`, *optional*, defaults to `5.0`):
+            The projectors' log-variance is `bound * tanh(.)`, so it stays in `[-bound, bound]`.
+        world_output (`str`, *optional*, defaults to `"residual_minus_base"`):
+            How the world model turns merged states into logits. `"residual_minus_base"` (default):
+            `lm_head(norm(x_K) - e_t)`, which makes the action path carry the information (the authors' code for
+            the pre-training stages). `"merge_delta"`: `lm_head(norm(Merge_K(x_{K-1}, c)))`, the form the authors'
+            code switches to for task SFT and RL; set it for exact reproduction of those stages.
+        base_weights_saved (`bool`, *optional*, defaults to `False`):
+            Set when a checkpoint holds the base weights too (the base was fine-tuned).
+    """
+
+    model_type = "latent_action"
+
+    base_model_name_or_path: str | None = None
+    base_config: dict | None = None
+    codebook_size: int = 128
+    inverse_layers: int = 4
+    policy_layers: int = 8
+    merge_blocks: int = 2
+    merge_intermediate_size: int | None = None
+    gumbel_temperature: float = 2.0
+    projector_hidden_ratio: float = 0.5
+    projector_logvar_bound: float = 5.0
+    world_output: str = "residual_minus_base"
+    base_weights_saved: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.codebook_size < 2:
+            raise ValueError(
+                f"codebook_size must be at least 2 (got {self.codebook_size}): one code is no choice at all."
+            )
+        for name in ("inverse_layers", "policy_layers", "merge_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.world_output not in WORLD_OUTPUTS:
+            raise ValueError(f"world_output must be one of {WORLD_OUTPUTS} (got {self.world_output!r}).")
+        if not 0 < self.projector_hidden_ratio <= 4:
+            raise ValueError(f"projector_hidden_ratio must be in (0, 4] (got {self.projector_hidden_ratio}).")
+        if self.gumbel_temperature <= 0:
+            raise ValueError(f"gumbel_temperature must be positive (got {self.gumbel_temperature}).")
+        # TRL reloads `config._name_or_path` to build a reference model; an empty auto_map keeps loading on our
+        # registered classes instead of remote code (docs/design.md section 4).
+        kwargs.setdefault("auto_map", {})
+        super().__post_init__(**kwargs)

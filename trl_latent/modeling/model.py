@@ -1,0 +1,462 @@
+"""`LatentActionModel`: a base (vision-)language model wrapped with latent actions (docs/design.md section 2).
+
+```
+e_t            = B(x_V, x_<=t)                         base states, after the final norm (frozen by default)
+IDM logits     : step t is read at position t+1        (it has seen token t+1: inverse dynamics)
+policy logits  : pi(a_t | e_<=t)                       (causal: only the past)
+world logits   : lm_head(norm(x_K) - e_t),  x_0 = e_t, x_{k+1} = x_k + Merge_k(x_k, C[a_t])
+projectors     : P(e^T) ~ N(mean, exp(logvar)) ~ e^{V,T},  P'(e^{V,T}) ~ e^T
+```
+
+Every new module reads `e` detached unless the caller asks for gradient through the base (world-model SFT).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.masking_utils import create_causal_mask
+from transformers.utils import ModelOutput
+
+from .backbone import Backbone, base_model_class, check_supported
+from .configuration import LatentActionConfig
+from .modules import (
+    Codebook,
+    DecoderStack,
+    GaussianOutput,
+    GaussianProjector,
+    WorldModelMerge,
+    gumbel_straight_through,
+)
+
+logger = logging.getLogger(__name__)
+
+# Module groups, by the paper's names. Stages pick their trainable set from these.
+MODULE_GROUPS = ("codebook", "inverse_dynamics", "world_merge", "policy", "projector", "inverse_projector")
+
+
+@dataclass
+class BaseStates(ModelOutput):
+    """What one base pass yields, reused by every head in the same call.
+
+    `states` (B, S, d) are e^{V,T} (with pixels when given); `text_states` are e^T, the same ids run without pixels
+    (only when asked for). `position_ids` and `position_embeddings` are shared with the new decoder layers.
+    """
+
+    states: torch.Tensor | None = None
+    text_states: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    position_embeddings: tuple | None = None
+    text_mask: torch.Tensor | None = None
+
+
+@dataclass
+class LatentActionOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    world_logits: torch.Tensor | None = None
+    policy_logits: torch.Tensor | None = None
+    inverse_logits: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    states: BaseStates | None = None
+
+
+class LatentActionPreTrainedModel(PreTrainedModel):
+    config_class = LatentActionConfig
+    base_model_prefix = "latent"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = []
+
+    def _init_weights(self, module):
+        # The base keeps its own (pretrained) weights; only our new modules are initialised here.
+        std = 0.02
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+
+
+class LatentActionModel(LatentActionPreTrainedModel):
+    r"""
+    A latent action model: a base VLM (or causal LM) plus a codebook of latent actions, an inverse dynamics model,
+    a world-model merge, a policy, and a projector pair.
+
+    Build one from a base model with [`LatentActionModel.from_base`]; reload a saved one with `from_pretrained`.
+
+    ```python
+    >>> from trl_latent import LatentActionModel
+    >>> from trl_latent.modeling.tiny import tiny_vlm_path
+    >>> model = LatentActionModel.from_base(tiny_vlm_path("tiny"), codebook_size=16, inverse_layers=1, policy_layers=1)
+    >>> model.config.codebook_size
+    16
+    ```
+    """
+
+    def __init__(self, config: LatentActionConfig, base_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        if base_model is None:
+            if config.base_config is None:
+                raise ValueError(
+                    "LatentActionModel needs a base model: pass `base_model=`, use `LatentActionModel.from_base(path)`,"
+                    " or give a config with `base_config`."
+                )
+            base_config = AutoConfig.for_model(**config.base_config)
+            base_model = base_model_class(base_config.model_type).from_config(base_config)
+        elif config.base_config is None:
+            config.base_config = base_model.config.to_dict()
+        check_supported(base_model.config.model_type)
+        self.base = base_model
+        backbone = Backbone(base_model)
+        d = backbone.hidden_size
+        n_codes = config.codebook_size
+        text_config = backbone.text_config
+        self.codebook = Codebook(n_codes, d)
+        self.inverse_dynamics = DecoderStack(
+            text_config, config.inverse_layers, n_codes, backbone.decoder_layer_cls, backbone.norm_cls
+        )
+        self.policy = DecoderStack(
+            text_config, config.policy_layers, n_codes, backbone.decoder_layer_cls, backbone.norm_cls
+        )
+        intermediate = config.merge_intermediate_size or text_config.intermediate_size
+        self.world_merge = WorldModelMerge(d, intermediate, config.merge_blocks)
+        hidden = max(1, int(round(d * config.projector_hidden_ratio)))
+        self.projector = GaussianProjector(d, hidden, config.projector_logvar_bound)
+        self.inverse_projector = GaussianProjector(d, hidden, config.projector_logvar_bound)
+        self.post_init()
+        # `post_init` may re-run `_init_weights` on the base; the base keeps the weights it came with because
+        # transformers marks loaded parameters as initialised.
+        self.freeze_base()
+
+    # ------------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_base(cls, base, processor=None, quantization_config=None, dtype=None, **config_kwargs):
+        """Wrap a base model (a loaded `PreTrainedModel`, or a folder / hub id to load it from) with fresh latent
+        modules. `quantization_config` (a `BitsAndBytesConfig`) loads the frozen base in 4 or 8 bits; the new modules
+        stay in full precision."""
+        if isinstance(base, (str, os.PathLike)):
+            path = str(base)
+            base_config = AutoConfig.from_pretrained(path)
+            check_supported(base_config.model_type)
+            load_kwargs = {}
+            if dtype is not None:
+                load_kwargs["dtype"] = dtype
+            if quantization_config is not None:
+                load_kwargs["quantization_config"] = quantization_config
+            base = base_model_class(base_config.model_type).from_pretrained(path, **load_kwargs)
+        else:
+            check_supported(base.config.model_type)
+            path = base.config._name_or_path or None
+        config = LatentActionConfig(base_model_name_or_path=path, base_config=base.config.to_dict(), **config_kwargs)
+        model = cls(config, base_model=base)
+        if quantization_config is not None:
+            model._keep_new_modules_full_precision()
+        return model
+
+    def _keep_new_modules_full_precision(self) -> None:
+        for name in MODULE_GROUPS:
+            getattr(self, name).float()
+
+    @property
+    def backbone(self) -> Backbone:
+        return Backbone(self.base)
+
+    # ------------------------------------------------------------------------------------------------ freezing
+    def freeze_base(self) -> None:
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def set_trainable(self, groups, base_modules=None) -> None:
+        """Freeze everything, then unfreeze the named module groups (see `MODULE_GROUPS`) and, optionally, base
+        parameters whose names start with one of `base_modules` (e.g. `"model.language_model.layers.3."`)."""
+        unknown = set(groups) - set(MODULE_GROUPS)
+        if unknown:
+            raise ValueError(f"Unknown module groups {sorted(unknown)}; choose from {MODULE_GROUPS}.")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for name in groups:
+            for p in getattr(self, name).parameters():
+                p.requires_grad_(True)
+        if base_modules:
+            prefixes = tuple(base_modules)
+            hit = False
+            for name, p in self.base.named_parameters():
+                if name.startswith(prefixes):
+                    p.requires_grad_(True)
+                    hit = True
+            if not hit:
+                raise ValueError(f"No base parameter name starts with any of {list(prefixes)}.")
+            self.mark_base_modified()
+
+    def mark_base_modified(self) -> None:
+        """Record that the base's weights are being changed, so `save_pretrained` saves them too."""
+        self.config.base_weights_saved = True
+
+    def base_tail_prefixes(self, num_layers: int = 8) -> list[str]:
+        """Parameter-name prefixes of the world-model SFT trainable set (design.md section 3, stage 5): the vision
+        tower, the last `num_layers` LM layers, the final norm and the embeddings."""
+        backbone = self.backbone
+        names = dict(self.base.named_modules())
+        inv = {id(m): n for n, m in names.items()}
+        layers = backbone.text_model.layers
+        n = len(layers)
+        prefixes = [inv[id(layers[i])] + "." for i in range(max(0, n - num_layers), n)]
+        prefixes.append(inv[id(backbone.final_norm)] + ".")
+        prefixes.append(inv[id(backbone.text_model.embed_tokens)] + ".")
+        if backbone.is_vlm:
+            prefixes.append(inv[id(backbone.inner.visual)] + ".")
+        return prefixes
+
+    # ------------------------------------------------------------------------------------------------ base pass
+    def _stack_mask(self, stack: DecoderStack, hidden, attention_mask, cache=None):
+        return create_causal_mask(
+            config=stack.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=cache
+        )
+
+    def encode(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        *,
+        with_pixels: bool = True,
+        with_text_states: bool = False,
+        grad_through_base: bool = False,
+        **unused,
+    ) -> BaseStates:
+        """One base pass (two when `with_text_states`): states e^{V,T} and, for the same ids without pixels, e^T.
+
+        The two runs share ids and position ids, so they are aligned position by position; `text_mask` marks text
+        tokens (not padding, not image tokens) where losses apply.
+        """
+        backbone = self.backbone
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape[1] > backbone.max_positions:
+            raise ValueError(
+                f"The input has {input_ids.shape[1]} tokens but the base model handles at most "
+                f"{backbone.max_positions}; truncate the prompt (without cutting image tokens)."
+            )
+        if pixel_values is not None and backbone.is_vlm:
+            n_image_tokens = int((input_ids == backbone.image_token_id).sum())
+            if n_image_tokens == 0:
+                raise ValueError(
+                    "pixel_values were given but the ids hold no image tokens: build the prompt with the processor's "
+                    "chat template so each image gets its <|image_pad|> tokens."
+                )
+        position_ids = backbone.position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
+        ctx = torch.enable_grad() if grad_through_base else torch.no_grad()
+        with ctx:
+            states = None
+            if with_pixels:
+                states = backbone.states(
+                    input_ids, attention_mask, position_ids, pixel_values if with_pixels else None, image_grid_thw
+                )
+            text_states = None
+            if with_text_states or not with_pixels:
+                text_states = backbone.states(input_ids, attention_mask, position_ids, None, None)
+        if not grad_through_base:
+            states = states.detach() if states is not None else None
+            text_states = text_states.detach() if text_states is not None else None
+        ref = states if states is not None else text_states
+        position_embeddings = backbone.rotary(ref, position_ids)
+        text_mask = attention_mask.bool()
+        if backbone.image_token_id is not None:
+            text_mask = text_mask & (input_ids != backbone.image_token_id)
+        if backbone.video_token_id is not None:
+            text_mask = text_mask & (input_ids != backbone.video_token_id)
+        return BaseStates(
+            states=states,
+            text_states=text_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            text_mask=text_mask,
+        )
+
+    # ------------------------------------------------------------------------------------------------ heads
+    def _stack_position_ids(self, position_ids):
+        return None  # the stacks take rotary embeddings directly; text positions only matter for packed masks
+
+    def inverse_logits(self, e: torch.Tensor, base: BaseStates) -> torch.Tensor:
+        """Inverse dynamics logits for the transition e_t -> x_{t+1}, aligned to step t: (B, S, |C|).
+
+        The IDM runs causally over e; its output at position t+1 (which has seen token t+1) labels step t. The last
+        step has no future and gets the last position's logits (its loss is masked by the callers)."""
+        mask = self._stack_mask(self.inverse_dynamics, e, base.attention_mask)
+        raw = self.inverse_dynamics(e, base.position_embeddings, mask)
+        return torch.cat([raw[:, 1:], raw[:, -1:]], dim=1)
+
+    def policy_logits(self, e: torch.Tensor, base: BaseStates, cache=None) -> torch.Tensor:
+        """Policy logits pi(a_t | e_<=t): (B, S, |C|)."""
+        mask = self._stack_mask(self.policy, e, base.attention_mask, cache)
+        return self.policy(e, base.position_embeddings, mask, cache=cache)
+
+    def world_logits(self, e: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of the world model from states e (B, S, d) and codes: indices (B, S) or (relaxed)
+        one-hots (B, S, |C|) (straight-through one-hots carry the gradient to the IDM)."""
+        c = self.codebook(codes).to(e.dtype)
+        backbone = self.backbone
+        x, delta = self.world_merge(e, c)
+        norm = backbone.final_norm
+        if self.config.world_output == "residual_minus_base":
+            hidden = norm(x) - e
+        else:
+            hidden = norm(delta)
+        return backbone.lm_head(hidden.to(backbone.lm_head.weight.dtype)).float()
+
+    def sample_inverse_codes(self, inverse_logits: torch.Tensor, hard: bool | None = None) -> torch.Tensor:
+        """Training: Gumbel-softmax (tau = config.gumbel_temperature) with a straight-through one-hot. Labelling
+        (`hard=True` or eval mode): the plain argmax as a one-hot."""
+        if hard is None:
+            hard = not self.training
+        if hard:
+            return F.one_hot(inverse_logits.argmax(-1), self.config.codebook_size).to(inverse_logits.dtype)
+        return gumbel_straight_through(inverse_logits, self.config.gumbel_temperature)
+
+    def project(self, text_states: torch.Tensor) -> GaussianOutput:
+        """P: text-only state e^T -> pseudo image+text state (diagonal Gaussian)."""
+        return self.projector(text_states)
+
+    def inverse_project(self, states: torch.Tensor) -> GaussianOutput:
+        """P': image+text state e^{V,T} -> text-only state (diagonal Gaussian)."""
+        return self.inverse_projector(states)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        codes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        code_source: str = "inverse",
+        return_policy_logits: bool = False,
+        **kwargs,
+    ) -> LatentActionOutput:
+        """A convenience pass: world logits for `codes` (given, or the IDM's (`code_source="inverse"`) or the
+        policy's argmax (`"policy"`)); with `labels`, the world-model cross-entropy (next-token, -100 ignored)."""
+        base = self.encode(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+        e = base.states
+        inverse_logits = policy_logits = None
+        if codes is None:
+            if code_source == "inverse":
+                inverse_logits = self.inverse_logits(e, base)
+                codes = self.sample_inverse_codes(inverse_logits)
+            elif code_source == "policy":
+                policy_logits = self.policy_logits(e, base)
+                codes = policy_logits.argmax(-1)
+            else:
+                raise ValueError(f"code_source must be 'inverse' or 'policy' (got {code_source!r}).")
+        if return_policy_logits and policy_logits is None:
+            policy_logits = self.policy_logits(e, base)
+        logits = self.world_logits(e, codes)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        hard_codes = codes if codes.dim() == 2 else codes.argmax(-1)
+        return LatentActionOutput(
+            loss=loss,
+            world_logits=logits,
+            policy_logits=policy_logits,
+            inverse_logits=inverse_logits,
+            codes=hard_codes,
+            states=base,
+        )
+
+    # ------------------------------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """Latent decoding; see `trl_latent.modeling.generation.latent_generate`."""
+        from .generation import latent_generate
+
+        return latent_generate(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ save / load
+    def new_module_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Save the new modules and a reference to the base. Base weights are written only once the base was
+        changed (`config.base_weights_saved`), so a frozen multi-GB base is never duplicated."""
+        from peft import PeftModel
+
+        if isinstance(self.base, PeftModel):
+            # A LoRA-adapted base: save the adapter beside the new modules; the base itself stays where it is.
+            self.base.save_pretrained(Path(save_directory) / "base_adapter")
+            if state_dict is None:
+                state_dict = self.new_module_state_dict()
+        elif state_dict is None and not self.config.base_weights_saved:
+            state_dict = self.new_module_state_dict()
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model=None, quantization_config=None, **kw):
+        """Reload a saved latent model. Without base weights in the folder, the base comes from `base_model` (a
+        loaded model) or from `config.base_model_name_or_path` (optionally quantised)."""
+        path = Path(pretrained_model_name_or_path)
+        config = kw.pop("config", None) or LatentActionConfig.from_pretrained(path)
+        if config.base_weights_saved and base_model is None and quantization_config is None:
+            return super().from_pretrained(path, *args, config=config, **kw)
+        dtype = kw.pop("dtype", None) or kw.pop("torch_dtype", None)
+        if base_model is None:
+            if not config.base_model_name_or_path:
+                raise ValueError(
+                    f"{path} holds no base weights and its config names no base model: pass `base_model=`."
+                )
+            base_cls = base_model_class(config.base_config["model_type"])
+            base_kwargs = {"dtype": dtype} if dtype is not None else {}
+            if quantization_config is not None:
+                base_kwargs["quantization_config"] = quantization_config
+            base_model = base_cls.from_pretrained(config.base_model_name_or_path, **base_kwargs)
+        adapter = path / "base_adapter"
+        if adapter.exists():
+            from peft import PeftModel
+
+            base_model = PeftModel.from_pretrained(base_model, adapter)
+        model = cls(config, base_model=base_model)
+        state = _load_folder_state(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("base.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match this latent model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        if quantization_config is not None:
+            model._keep_new_modules_full_precision()
+        elif dtype is not None:
+            model.to(dtype)
+        model.eval()
+        return model
+
+
+def _load_folder_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else []
+    files = [path / f for f in files] or [path / "model.safetensors"]
+    state = {}
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"{f} is missing: the folder is not a complete latent model checkpoint.")
+        state.update(load_file(str(f)))
+    return state
+
+
+AutoConfig.register("latent_action", LatentActionConfig)
+AutoModel.register(LatentActionConfig, LatentActionModel)

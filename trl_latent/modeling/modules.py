@@ -1,0 +1,137 @@
+"""The new modules of a latent action model, as small composable PyTorch modules (docs/design.md section 2).
+
+Each module reads base-model states `e` (batch, seq, d) and is testable on random tensors, without TRL and without a
+checkpoint. Decoder stacks are built from the base model's own decoder-layer class, so they take the same rotary
+position embeddings (3-D mRoPE for Qwen2.5-VL) as the base.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def gumbel_straight_through(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Gumbel-softmax sample with a straight-through hard one-hot: the forward value is a one-hot, the gradient is
+    the relaxed sample's (Jang et al., 2017)."""
+    return F.gumbel_softmax(logits.float(), tau=temperature, hard=True).to(logits.dtype)
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-position diagonal Gaussian NLL without constants: `sum_d[(mean - y)^2 exp(-logvar) + logvar]`."""
+    return ((mean - target).pow(2) * torch.exp(-logvar) + logvar).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------------ codebook
+class Codebook(nn.Module):
+    """|C| latent actions of dimension d: a bias-free linear map applied to a one-hot (or relaxed one-hot)."""
+
+    def __init__(self, num_codes: int, dim: int):
+        super().__init__()
+        self.num_codes = num_codes
+        self.proj = nn.Linear(num_codes, dim, bias=False)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """`codes` are integer indices (...,) or (relaxed) one-hots (..., |C|); returns code vectors (..., d)."""
+        if codes.dtype in (torch.long, torch.int, torch.int32, torch.int64):
+            return F.embedding(codes, self.proj.weight.t())
+        return self.proj(codes.to(self.proj.weight.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------- decoder stack
+class DecoderStack(nn.Module):
+    """N decoder layers of the base model's own class, a final RMSNorm and a linear head to `out_dim` logits.
+
+    Used for the inverse dynamics model (d -> |C| at every position) and the policy (d -> |C|).
+    """
+
+    def __init__(self, text_config, num_layers: int, out_dim: int, layer_cls: type, norm_cls: type):
+        super().__init__()
+        config = copy.deepcopy(text_config)
+        config.num_hidden_layers = num_layers
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = ["full_attention"] * num_layers
+        config.use_sliding_window = False
+        self.config = config
+        self.layers = nn.ModuleList([layer_cls(config, layer_idx=i) for i in range(num_layers)])
+        self.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
+        self.head = nn.Linear(config.hidden_size, out_dim, bias=False)
+
+    def forward(self, hidden: torch.Tensor, position_embeddings, attention_mask=None, cache=None, position_ids=None):
+        """`attention_mask` is a prepared mask (from `transformers.masking_utils.create_causal_mask`)."""
+        for layer in self.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=attention_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=cache is not None,
+            )
+        return self.head(self.norm(hidden))
+
+
+# ------------------------------------------------------------------------------------------------------ world model
+class MergeBlock(nn.Module):
+    """A SwiGLU block on concat[x, c]: 2d -> intermediate -> d."""
+
+    def __init__(self, dim: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(2 * dim, intermediate, bias=False)
+        self.up_proj = nn.Linear(2 * dim, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, c], dim=-1)
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class WorldModelMerge(nn.Module):
+    """K residual merge blocks: `x_0 = e`, `x_{k+1} = x_k + Merge_k(x_k, c)`. Returns the final state and the last
+    block's output (the delta), so both world-output forms can be built from one pass."""
+
+    def __init__(self, dim: int, intermediate: int, num_blocks: int = 2):
+        super().__init__()
+        self.blocks = nn.ModuleList([MergeBlock(dim, intermediate) for _ in range(num_blocks)])
+
+    def forward(self, e: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, delta = e, None
+        for block in self.blocks:
+            delta = block(x, c)
+            x = x + delta
+        return x, delta
+
+
+# ----------------------------------------------------------------------------------------------------- projectors
+@dataclass
+class GaussianOutput:
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+
+class GaussianProjector(nn.Module):
+    """Per-position MLP d -> hidden -> d with tanh, a mean head and a tanh-bounded log-variance head.
+
+    The projector P maps a text-only state e^T to a pseudo image+text state; the inverse projector P' maps back.
+    """
+
+    def __init__(self, dim: int, hidden: int, logvar_bound: float = 5.0):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
+        self.mean_head = nn.Linear(hidden, dim)
+        self.logvar_head = nn.Linear(hidden, dim)
+        self.logvar_bound = logvar_bound
+
+    def forward(self, x: torch.Tensor) -> GaussianOutput:
+        h = self.trunk(x)
+        return GaussianOutput(self.mean_head(h), self.logvar_bound * torch.tanh(self.logvar_head(h)))
