@@ -232,12 +232,14 @@ class LatentActionModel(LatentActionPreTrainedModel):
         with_pixels: bool = True,
         with_text_states: bool = False,
         grad_through_base: bool = False,
+        cache=None,
         **unused,
     ) -> BaseStates:
         """One base pass (two when `with_text_states`): states e^{V,T} and, for the same ids without pixels, e^T.
 
         The two runs share ids and position ids, so they are aligned position by position; `text_mask` marks text
-        tokens (not padding, not image tokens) where losses apply.
+        tokens (not padding, not image tokens) where losses apply. `cache` (a transformers `Cache`) is filled by the
+        pixel run, for decoding.
         """
         backbone = self.backbone
         if attention_mask is None:
@@ -260,7 +262,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
             states = None
             if with_pixels:
                 states = backbone.states(
-                    input_ids, attention_mask, position_ids, pixel_values if with_pixels else None, image_grid_thw
+                    input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache=cache
                 )
             text_states = None
             if with_text_states or not with_pixels:
@@ -285,8 +287,14 @@ class LatentActionModel(LatentActionPreTrainedModel):
         )
 
     # ------------------------------------------------------------------------------------------------ heads
-    def _stack_position_ids(self, position_ids):
-        return None  # the stacks take rotary embeddings directly; text positions only matter for packed masks
+    def states_view(self, states: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        """Wrap states computed earlier (e.g. during a rollout) so the heads can run on them without the base."""
+        return BaseStates(
+            states=states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=self.backbone.rotary(states, position_ids),
+        )
 
     def inverse_logits(self, e: torch.Tensor, base: BaseStates) -> torch.Tensor:
         """Inverse dynamics logits for the transition e_t -> x_{t+1}, aligned to step t: (B, S, |C|).
