@@ -1,0 +1,576 @@
+"""MMRole (Dai et al., ICLR 2025) as TRL datasets: the release layout, the paper's prompt and its splits.
+
+The loader reads the MMRole release layout (`../shared/data/mmrole-sample/` is a real slice of it; the embedded
+synthetic task writes the same layout):
+
+```
+<root>/
+  dialogues/in-distribution/<type>/<Name>_{COCO,script}.json   # JSON list of sessions {id, image, conversations}
+  dialogues/out-of-distribution/<type>.json                    # one file per dialogue type
+  profiles/in-distribution/detailed_profiles/<Name>.json       # {introduction, personality, experience, ...}
+  profiles/out-of-distribution/detailed_profiles/<Name>.json
+  images/<image>                                               # `image` paths are relative to this folder
+```
+
+`<type>` is `comment` (the paper's task), `human-role` or `inter-role`. A turn is `{"from" or "role": speaker,
+"value": text}`; the human speaker is `human`, a character speaks under its display name (spaces), and its profile
+file carries the same name with underscores.
+
+Every answer of the session's character becomes one sample: the prompt is the paper's (a system message plus one
+user turn holding the image and the templated text, design.md section 5), the reference answer, the character and
+its profile travel as extra columns for the judge reward ([`~trl_latent.rewards.judge.JudgeReward`]).
+
+Splits (authors' code): the in-distribution sessions, in sorted file order, are shuffled with `random.Random(42)`
+and cut at the fractions [0, 0.5) SFT, [0.5, 0.9) RL, [0.9, 1] in-distribution test; the out-of-distribution file
+is the OOD test. A cut at fraction `f` of `n` sessions falls at `floor(f * n)` computed exactly (with `Fraction`),
+so the sizes for 36 sessions are 18 / 14 / 4 and for 7 sessions 3 / 3 / 1.
+
+```python
+>>> from trl_latent.data.mmrole import load_mmrole
+>>> splits = load_mmrole("path/to/MMRole_dataset")  # doctest: +SKIP
+>>> sorted(splits)  # doctest: +SKIP
+['id_test', 'ood_test', 'rl', 'sft']
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DIALOGUE_TYPES = ("comment", "human-role", "inter-role")
+PROFILE_FIELDS = ("introduction", "personality", "experience", "relationship", "catchphrase")
+# Labels of the profile fields in the paper's prompt (code), in this order.
+PROFILE_LABELS = {
+    "introduction": "Introduction",
+    "personality": "Personality",
+    "experience": "Experience",
+    "relationship": "Relationship",
+    "catchphrase": "Catchphrase",
+}
+# Section titles of MMRole's own evaluation prompt (`mmrole-sample/eval-example/`), same field order.
+MMROLE_EVAL_SECTIONS = {
+    "introduction": "Brief Introduction",
+    "personality": "Personality",
+    "experience": "Life Story",
+    "relationship": "Main Interpersonal Relationships",
+    "catchphrase": "Catchphrases",
+}
+HUMAN = "human"
+DEFAULT_IMAGE_SIZE = (280, 420)  # (width, height) as PIL's `resize` takes it: the authors' `image.resize((280, 420))`
+SPLIT_FRACTIONS = {"sft": (0.0, 0.5), "rl": (0.5, 0.9), "id_test": (0.9, 1.0)}
+SPLITS = ("sft", "rl", "id_test", "ood_test")
+TEMPLATES = ("paper", "mmrole_eval")
+
+# The paper's prompt (design.md section 5): a system message, then one user turn with the image and this text.
+PAPER_SYSTEM_PROMPT = (
+    "Please embody the given character and respond to the human user in a manner consistent with the character's "
+    "traits, voice, and perspective."
+)
+# The opening sentence is MMRole's own (see `eval-example/`); the rest follows the order of the paper's template.
+PAPER_USER_TEMPLATE = (
+    "Please step into the shoes of {name}. Imagine you are talking with a curious human about the given image. "
+    "This requires a deep understanding of the character's background, including their personality, experiences, "
+    "abilities, and relationships.\n\n"
+    "The auxiliary information about {name} is as follows:\n{profile}\n\n"
+    "The conversation history between {name} and the curious human is as follows:\n{history}\n\n"
+    "Please embody the given character of {name} and complete the following conversation.\n"
+    "[{question_speaker}]: {question}\n"
+    "[{name}]: "
+)
+# MMRole's evaluation prompt, as in the released test record (`eval-example/comment_test_example.json`).
+MMROLE_EVAL_SYSTEM_PROMPT = (
+    "You are a dedicated role-playing assistant designed to immerse yourself fully in the character you are "
+    "portraying."
+)
+MMROLE_EVAL_USER_TEMPLATE = (
+    "Please step into the shoes of {name}{from_script}. Imagine you are talking with a curious human about the given "
+    "image. This requires a deep understanding of the character's background, including their personality, "
+    "experiences, abilities, and relationships.\n\n\n"
+    "The description of {name} is as follows:\n{profile}\n\n\n"
+    "{history}"
+    "Please respond to the following words of the curious human about the image in English using the distinctive "
+    "tone, manner and vocabulary of {name}:\n{question}"
+)
+# Image folders of the release that do not name a script (film, series, book) the character comes from.
+_NOT_A_SCRIPT = {"COCO", "Hypothetical_Characters"}
+
+
+class MMRoleFormatError(ValueError):
+    """The files under an MMRole root do not follow the release layout."""
+
+
+@dataclass
+class MMRoleStats:
+    """What the loader read and what it left out. `empty_sessions` and `missing_images` are skipped sessions."""
+
+    files: int = 0
+    sessions: int = 0
+    empty_sessions: int = 0
+    missing_images: int = 0
+    samples: int = 0
+    split_sessions: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MMRoleSession:
+    """One MMRole session after reading: speakers are normalised, the character is the (last) non-human speaker."""
+
+    id: str
+    image: str
+    turns: list[tuple[str, str]]
+    character: str
+    dialogue_type: str
+    distribution: str  # "in" or "out"
+    source: str
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def fraction_bounds(n: int, start: float, end: float) -> tuple[int, int]:
+    """Indices `[floor(start * n), floor(end * n))` of the slice a fraction range selects, computed exactly.
+
+    `Fraction(str(x))` reads the decimal the user wrote, so `0.29 * 100` gives 29, not the 28 that float rounding in
+    `int(0.29 * 100)` gives. The authors' code uses `int(f * n)`, which agrees wherever the float product is exact.
+    """
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"A split fraction range must satisfy 0 <= start <= end <= 1, got ({start}, {end}).")
+    return int(Fraction(str(start)) * n), int(Fraction(str(end)) * n)
+
+
+def split_by_fractions(items: Sequence, fractions: dict[str, tuple[float, float]], seed: int = 42) -> dict:
+    """Shuffle `items` with `random.Random(seed)` (the same order as the authors' `random.seed(42); random.shuffle`)
+    and cut one slice per named fraction range (see [`fraction_bounds`])."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    out = {}
+    for name, (start, end) in fractions.items():
+        i, j = fraction_bounds(len(shuffled), start, end)
+        out[name] = shuffled[i:j]
+    return out
+
+
+def load_image(relative: str, images_dir: Path, image_size: tuple[int, int] | None):
+    """Open `images_dir / relative` as RGB, resized to `image_size` = (width, height) unless it is `None`."""
+    from PIL import Image
+
+    with Image.open(images_dir / relative) as img:
+        img = img.convert("RGB")
+        if image_size is not None:
+            img = img.resize(tuple(image_size))
+        return img
+
+
+def missing_image_error(relative: str, images_dir: Path, record: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Image {relative!r} of {record} was not found: expected {images_dir / relative} inside the images folder "
+        f"{images_dir}. Put the dataset's images there (MMRole: COCO train2017 under images/COCO/train2017/), point "
+        f"`images_dir` at the folder that holds them, or pass on_missing_image='skip' to leave such records out."
+    )
+
+
+def check_on_missing_image(value: str) -> None:
+    if value not in ("error", "skip"):
+        raise ValueError(f"on_missing_image must be 'error' or 'skip', got {value!r}.")
+
+
+def user_content(text: str) -> list[dict]:
+    """A user turn's content: the image placeholder TRL fills from the `image` column, then the text."""
+    return [{"type": "image", "text": None}, {"type": "text", "text": text}]
+
+
+def text_content(text: str) -> list[dict]:
+    return [{"type": "text", "text": text}]
+
+
+def to_sft(dataset):
+    """The SFT form of a prompt dataset: `messages` (the prompt plus the reference as the assistant turn) and
+    `images` (a list holding the sample's image), as TRL's `SFTTrainer` takes a vision-language dataset. The other
+    columns are kept."""
+
+    def convert(example):
+        messages = list(example["prompt"]) + [{"role": "assistant", "content": text_content(example["reference"])}]
+        return {"messages": messages, "images": [example["image"]]}
+
+    return dataset.map(convert, remove_columns=["prompt", "image"])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise MMRoleFormatError(f"{path} is not valid JSON ({err}).") from err
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def _dialogue_files(root: Path, distribution: str, dialogue_type: str) -> list[Path]:
+    if dialogue_type not in DIALOGUE_TYPES:
+        raise ValueError(f"Unknown MMRole dialogue type {dialogue_type!r}; choose from {DIALOGUE_TYPES}.")
+    if distribution == "in":
+        folder = root / "dialogues" / "in-distribution" / dialogue_type
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"No in-distribution {dialogue_type!r} dialogues under {root}: expected the folder {folder}. "
+                f"Point `root` at the MMRole dataset folder (the one holding dialogues/, profiles/ and images/)."
+            )
+        files = sorted(folder.glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"The folder {folder} holds no .json dialogue files.")
+        return files
+    path = root / "dialogues" / "out-of-distribution" / f"{dialogue_type}.json"
+    return [path] if path.is_file() else []
+
+
+def _speaker(turn: Any, where: str) -> tuple[str, str]:
+    if not isinstance(turn, dict):
+        raise MMRoleFormatError(f"{where}: a turn must be an object with 'from' or 'role' and 'value', got {turn!r}.")
+    speaker = turn.get("from", turn.get("role"))
+    if speaker is None:
+        raise MMRoleFormatError(f"{where}: a turn has neither a 'from' nor a 'role' key: {turn!r}.")
+    text = turn.get("value")
+    if not isinstance(text, str):
+        raise MMRoleFormatError(f"{where}: a turn has no text 'value': {turn!r}.")
+    return str(speaker), text
+
+
+def read_mmrole_sessions(
+    root: str | Path,
+    distribution: str = "in",
+    dialogue_types: Iterable[str] = ("comment",),
+    stats: MMRoleStats | None = None,
+) -> list[MMRoleSession]:
+    """Read the sessions of the given dialogue types, in sorted file order, skipping (and counting) empty ones.
+
+    Raises [`MMRoleFormatError`] for a dialogue file that is not a list, a session without `image`, a turn without
+    speaker or text, or a session in which no character answers (no reference answer).
+    """
+    root = Path(root)
+    if distribution not in ("in", "out"):
+        raise ValueError(f"distribution must be 'in' or 'out', got {distribution!r}.")
+    stats = stats if stats is not None else MMRoleStats()
+    sessions = []
+    for dialogue_type in dialogue_types:
+        for path in _dialogue_files(root, distribution, dialogue_type):
+            data = _read_json(path)
+            if not isinstance(data, list):
+                raise MMRoleFormatError(
+                    f"{path} must hold a JSON list of sessions {{id, image, conversations}}, got a "
+                    f"{type(data).__name__}."
+                )
+            stats.files += 1
+            for index, raw in enumerate(data):
+                where = f"{path} (session {index})"
+                if not isinstance(raw, dict):
+                    raise MMRoleFormatError(f"{where}: a session must be an object, got {type(raw).__name__}.")
+                session_id = str(raw.get("id", f"{path.stem}_{index}"))
+                where = f"{path} (session {session_id!r})"
+                stats.sessions += 1
+                conversations = raw.get("conversations") or []
+                if not conversations:
+                    stats.empty_sessions += 1
+                    continue
+                if "image" not in raw:
+                    raise MMRoleFormatError(f"{where} has no 'image' path.")
+                turns = [_speaker(turn, where) for turn in conversations]
+                characters = [speaker for speaker, _ in turns if speaker != HUMAN]
+                if not characters:
+                    raise MMRoleFormatError(
+                        f"{where} has no answer from a character, so it has no reference answer; every session "
+                        f"needs at least one turn whose speaker is not {HUMAN!r}."
+                    )
+                # The session's character is its last non-human speaker (authors' code); in inter-role dialogues
+                # the other character's turns are context only.
+                character = characters[-1]
+                if not any(speaker == character and text.strip() for speaker, text in turns[1:]):
+                    raise MMRoleFormatError(
+                        f"{where}: the answers of {character!r} are empty or have no question before them, so the "
+                        f"session has no reference answer."
+                    )
+                sessions.append(
+                    MMRoleSession(
+                        id=session_id,
+                        image=str(raw["image"]),
+                        turns=turns,
+                        character=character,
+                        dialogue_type=dialogue_type,
+                        distribution=distribution,
+                        source=str(path),
+                    )
+                )
+    return sessions
+
+
+def read_mmrole_profile(root: str | Path, distribution: str, character: str) -> dict[str, str]:
+    """The five-field profile of `character` (display name; the file name uses underscores)."""
+    folder = Path(root) / "profiles" / f"{'in' if distribution == 'in' else 'out-of'}-distribution"
+    folder = folder / "detailed_profiles"
+    path = folder / f"{character.replace(' ', '_')}.json"
+    if not path.is_file():
+        raise MMRoleFormatError(
+            f"No profile for character {character!r}: expected {path}. MMRole profiles are named after the "
+            f"character with spaces replaced by underscores; add the file or remove the character's dialogues."
+        )
+    profile = _read_json(path)
+    if not isinstance(profile, dict):
+        raise MMRoleFormatError(f"The profile {path} must be a JSON object with the fields {PROFILE_FIELDS}.")
+    missing = [key for key in PROFILE_FIELDS if not isinstance(profile.get(key), str)]
+    if missing:
+        raise MMRoleFormatError(f"The profile {path} lacks the text field(s) {missing}; it needs {PROFILE_FIELDS}.")
+    return {key: profile[key] for key in PROFILE_FIELDS}
+
+
+def infer_scripts(sessions: Iterable[MMRoleSession]) -> dict[str, str]:
+    """The script (film, series, book) of each character, read from the image folder of its script dialogues
+    (`Harry_Potter/01.jpg` -> "Harry Potter"); characters only seen with COCO or hypothetical images get none."""
+    scripts = {}
+    for session in sessions:
+        if not Path(session.source).stem.endswith("_script"):
+            continue
+        folder = Path(session.image).parts[0] if len(Path(session.image).parts) > 1 else None
+        if folder and folder not in _NOT_A_SCRIPT:
+            scripts.setdefault(session.character, folder.replace("_", " "))
+    return scripts
+
+
+# ------------------------------------------------------------------------------------------------------ prompts
+def format_history(turns: Sequence[tuple[str, str]]) -> str:
+    """Conversation history as `[speaker]: text` lines (empty for comment dialogues)."""
+    return "\n".join(f"[{speaker}]: {text}" for speaker, text in turns)
+
+
+def build_mmrole_prompt(
+    name: str,
+    profile: dict[str, str],
+    question: str,
+    history: Sequence[tuple[str, str]] = (),
+    template: str = "paper",
+    question_speaker: str = HUMAN,
+    script: str | None = None,
+    system_prompt: str | None = None,
+) -> list[dict]:
+    """The prompt conversation of one sample: a system message and a user turn holding the image and the text.
+
+    Args:
+        name (`str`):
+            The character's display name.
+        profile (`dict[str, str]`):
+            The five profile fields.
+        question (`str`):
+            The last turn before the character's answer.
+        history (`Sequence[tuple[str, str]]`, *optional*, defaults to `()`):
+            Earlier `(speaker, text)` turns.
+        template (`str`, *optional*, defaults to `"paper"`):
+            `"paper"`: the paper's prompt (design.md section 5), ending with `[<name>]: `. `"mmrole_eval"`: MMRole's
+            own evaluation prompt (markdown profile sections, `eval-example/`).
+        question_speaker (`str`, *optional*, defaults to `"human"`):
+            Who asked `question` (another character in inter-role dialogues).
+        script (`str`, *optional*):
+            The character's script, used by the `"mmrole_eval"` template ("... of Iron Man from The Avengers").
+        system_prompt (`str`, *optional*):
+            Replaces the template's system message.
+    """
+    if template == "paper":
+        text = PAPER_USER_TEMPLATE.format(
+            name=name,
+            profile="\n".join(f"- {PROFILE_LABELS[key]}: {profile[key]}" for key in PROFILE_FIELDS),
+            history=format_history(history),
+            question_speaker=question_speaker,
+            question=question,
+        )
+        system = PAPER_SYSTEM_PROMPT
+    elif template == "mmrole_eval":
+        history_text = f"The conversation so far:\n{format_history(history)}\n\n\n" if history else ""
+        text = MMROLE_EVAL_USER_TEMPLATE.format(
+            name=name,
+            from_script=f" from {script}" if script else "",
+            profile="\n".join(f"### {MMROLE_EVAL_SECTIONS[key]}\n{profile[key]}" for key in PROFILE_FIELDS),
+            history=history_text,
+            question=question,
+        )
+        system = MMROLE_EVAL_SYSTEM_PROMPT
+    else:
+        raise ValueError(f"Unknown MMRole prompt template {template!r}; choose from {TEMPLATES}.")
+    return [
+        {"role": "system", "content": text_content(system_prompt if system_prompt is not None else system)},
+        {"role": "user", "content": user_content(text)},
+    ]
+
+
+def session_samples(
+    session: MMRoleSession, profile: dict[str, str], template: str = "paper", script: str | None = None
+) -> list[dict]:
+    """One sample per answer of the session's character (one for a comment dialogue), without the image."""
+    samples = []
+    for position in range(1, len(session.turns)):
+        speaker, answer = session.turns[position]
+        if speaker != session.character or not answer.strip():
+            continue
+        question_speaker, question = session.turns[position - 1]
+        history = session.turns[: position - 1]
+        prompt = build_mmrole_prompt(
+            session.character,
+            profile,
+            question,
+            history=history,
+            template=template,
+            question_speaker=question_speaker,
+            script=script,
+        )
+        samples.append(
+            {
+                "id": session.id if position == 1 else f"{session.id}#{position}",
+                "prompt": prompt,
+                "reference": answer,
+                "character": session.character,
+                "profile": dict(profile),
+                "question": question,
+                "history": format_history(history),
+                "dialogue_type": session.dialogue_type,
+                "distribution": session.distribution,
+                "image_path": session.image,
+            }
+        )
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def _usable_sessions(sessions, images_dir: Path, on_missing_image: str, stats: MMRoleStats) -> list[MMRoleSession]:
+    kept = []
+    for session in sessions:
+        if not (images_dir / session.image).is_file():
+            if on_missing_image == "error":
+                raise missing_image_error(session.image, images_dir, f"session {session.id!r} ({session.source})")
+            stats.missing_images += 1
+            continue
+        kept.append(session)
+    return kept
+
+
+def _build_dataset(sessions, root, images_dir, image_size, template, scripts, stats, profiles):
+    from datasets import Dataset
+
+    rows = []
+    for session in sessions:
+        key = (session.distribution, session.character)
+        if key not in profiles:
+            profiles[key] = read_mmrole_profile(root, session.distribution, session.character)
+        samples = session_samples(session, profiles[key], template, scripts.get(session.character))
+        if not samples:
+            continue
+        image = load_image(session.image, images_dir, image_size)
+        for sample in samples:
+            rows.append({**sample, "image": image})
+    stats.samples += len(rows)
+    if not rows:
+        return None
+    return Dataset.from_list(rows)
+
+
+def load_mmrole(
+    root: str | Path,
+    *,
+    splits: Sequence[str] = SPLITS,
+    dialogue_types: Sequence[str] = ("comment",),
+    template: str = "paper",
+    image_size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
+    images_dir: str | Path | None = None,
+    on_missing_image: str = "error",
+    seed: int = 42,
+    fractions: dict[str, tuple[float, float]] | None = None,
+    scripts: dict[str, str] | None = None,
+    return_stats: bool = False,
+):
+    """Load MMRole as a `DatasetDict` of TRL prompt datasets.
+
+    Each split has the columns `prompt` (system + user conversation, the user turn holding a `{"type": "image"}`
+    part), `image` (PIL, resized), `reference` (the character's answer), `character`, `profile` (the five fields),
+    `question`, `history`, `id`, `dialogue_type`, `distribution` and `image_path`. [`to_sft`] turns a split into the
+    SFT form (`messages` with the reference as the assistant turn, `images`).
+
+    Args:
+        root (`str` or `Path`):
+            The MMRole dataset folder (holding `dialogues/`, `profiles/` and `images/`).
+        splits (`Sequence[str]`, *optional*, defaults to `("sft", "rl", "id_test", "ood_test")`):
+            Which splits to build. `ood_test` is left out, with a warning, when the OOD dialogue file is absent.
+        dialogue_types (`Sequence[str]`, *optional*, defaults to `("comment",)`):
+            MMRole dialogue types to read: `"comment"` (the paper's task), `"human-role"`, `"inter-role"`.
+        template (`str`, *optional*, defaults to `"paper"`):
+            `"paper"` or `"mmrole_eval"`, see [`build_mmrole_prompt`].
+        image_size (`tuple[int, int]` or `None`, *optional*, defaults to `(280, 420)`):
+            (width, height) every image is resized to; `None` keeps the original size.
+        images_dir (`str` or `Path`, *optional*):
+            The folder session `image` paths are relative to; defaults to `root / "images"`.
+        on_missing_image (`str`, *optional*, defaults to `"error"`):
+            `"error"`: raise naming the file and the images folder. `"skip"`: leave the session out and count it.
+        seed (`int`, *optional*, defaults to `42`):
+            Seed of the session shuffle before the in-distribution split.
+        fractions (`dict[str, tuple[float, float]]`, *optional*):
+            Fraction ranges of the in-distribution splits; defaults to `{"sft": (0, 0.5), "rl": (0.5, 0.9),
+            "id_test": (0.9, 1)}`.
+        scripts (`dict[str, str]`, *optional*):
+            Character -> script for the `"mmrole_eval"` template; inferred from the script image folders otherwise.
+        return_stats (`bool`, *optional*, defaults to `False`):
+            Also return the [`MMRoleStats`] (files, sessions, skipped empty sessions and missing images, samples).
+    """
+    from datasets import DatasetDict
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MMRole root {root} does not exist; point it at the MMRole dataset folder.")
+    check_on_missing_image(on_missing_image)
+    if template not in TEMPLATES:
+        raise ValueError(f"Unknown MMRole prompt template {template!r}; choose from {TEMPLATES}.")
+    fractions = dict(SPLIT_FRACTIONS if fractions is None else fractions)
+    unknown = [name for name in splits if name not in {*fractions, "ood_test"}]
+    if unknown:
+        raise ValueError(f"Unknown MMRole split(s) {unknown}; choose from {sorted({*fractions, 'ood_test'})}.")
+    images_dir = Path(images_dir) if images_dir is not None else root / "images"
+
+    stats = MMRoleStats()
+    profiles: dict = {}
+    id_sessions = read_mmrole_sessions(root, "in", dialogue_types, stats)
+    id_sessions = _usable_sessions(id_sessions, images_dir, on_missing_image, stats)
+    ood_sessions = []
+    if "ood_test" in splits:
+        ood_sessions = read_mmrole_sessions(root, "out", dialogue_types, stats)
+        if not ood_sessions:
+            logger.warning(
+                "No out-of-distribution %s dialogues under %s/dialogues/out-of-distribution/; the ood_test split is "
+                "left out.",
+                list(dialogue_types),
+                root,
+            )
+        ood_sessions = _usable_sessions(ood_sessions, images_dir, on_missing_image, stats)
+    all_scripts = {**infer_scripts(id_sessions), **infer_scripts(ood_sessions), **(scripts or {})}
+
+    by_split = split_by_fractions(id_sessions, {k: v for k, v in fractions.items() if k in splits}, seed)
+    if ood_sessions:
+        by_split["ood_test"] = ood_sessions
+    result = DatasetDict()
+    for name in splits:
+        if name not in by_split:
+            continue
+        stats.split_sessions[name] = len(by_split[name])
+        dataset = _build_dataset(by_split[name], root, images_dir, image_size, template, all_scripts, stats, profiles)
+        if dataset is None:
+            logger.warning("The MMRole %s split is empty (%d sessions); it is left out.", name, len(by_split[name]))
+            continue
+        result[name] = dataset
+    if stats.empty_sessions or stats.missing_images:
+        logger.info(
+            "MMRole: skipped %d empty session(s) and %d session(s) with a missing image.",
+            stats.empty_sessions,
+            stats.missing_images,
+        )
+    return (result, stats) if return_stats else result

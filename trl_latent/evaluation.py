@@ -1,0 +1,326 @@
+"""Evaluation runner: N generations per test prompt, judge metric (mean +/- std over generations) and diversity.
+
+The paper's protocol (design.md section 5): for each test prompt draw N = 3 responses; score each with the judge,
+the metric of one response being the mean over the rubric's dimensions of `A_d / B_d`; average over prompts per
+generation round and report mean +/- std over the N rounds. Diversity is measured on each prompt's group of N
+responses: embedding diversity (reciprocal of the mean pairwise cosine similarity), distinct-n and self-BLEU.
+
+Generation goes through a *generation backend*: any callable `generate(prompts, images) -> list[str]` taking a batch
+of prompt conversations (TRL format, `{"type": "image"}` placeholders) and their PIL images and returning one
+completion per prompt. The runner calls it N times per batch, re-seeding torch before each round.
+
+- [`VLMGenerationBackend`]: a plain VLM (`model.generate`, sampling at temperature 0.1 as the authors evaluate).
+- A latent action model (near-greedy codes: top-k 64, temperature 0.1; tokens greedy) plugs in as another backend
+  around `trl_latent.modeling.LatentActionModel`'s latent `generate`; it is not part of this module yet.
+
+```python
+>>> from trl_latent.evaluation import evaluate
+>>> result = evaluate({"id_test": dataset}, generate, judge=judge, num_generations=3)  # doctest: +SKIP
+>>> print(result.to_markdown())  # doctest: +SKIP
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .metrics.diversity import Embedder, distinct_n, embedding_diversity, self_bleu
+from .rewards.judge import JudgeReward
+
+logger = logging.getLogger(__name__)
+
+GenerationBackend = Callable[[list, list], list[str]]
+
+
+class VLMGenerationBackend:
+    """Generation from a plain VLM with `model.generate` and its processor's chat template.
+
+    Args:
+        model (`transformers.PreTrainedModel`):
+            A vision-language model with `generate` (e.g. Qwen2.5-VL).
+        processor (`transformers.ProcessorMixin`):
+            Its processor; it must pad on the left.
+        max_new_tokens (`int`, *optional*, defaults to `512`):
+            Cap on the completion length.
+        temperature (`float`, *optional*, defaults to `0.1`):
+            Sampling temperature (the authors' evaluation setting); `0` decodes greedily.
+        top_k (`int`, *optional*):
+            Top-k filter for sampling; `None` keeps the model's generation config.
+    """
+
+    def __init__(
+        self, model, processor, max_new_tokens: int = 512, temperature: float = 0.1, top_k: int | None = None
+    ):
+        tokenizer = getattr(processor, "tokenizer", processor)
+        if tokenizer.padding_side != "left":
+            raise ValueError(
+                "The processor pads on the right; batched generation needs left padding: set "
+                "processor.tokenizer.padding_side = 'left'."
+            )
+        self.model = model
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+
+    def __repr__(self) -> str:
+        return (
+            f"VLMGenerationBackend({type(self.model).__name__}, temperature={self.temperature}, top_k={self.top_k}, "
+            f"max_new_tokens={self.max_new_tokens})"
+        )
+
+    def __call__(self, prompts: list, images: list) -> list[str]:
+        from trl.data_utils import prepare_multimodal_messages
+
+        conversations = [
+            prepare_multimodal_messages(list(prompt), [image] if image is not None else [])
+            for prompt, image in zip(prompts, images)
+        ]
+        texts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        flat_images = [image for image in images if image is not None]
+        inputs = self.processor(text=texts, images=flat_images or None, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.model.device)
+        sampling = {"do_sample": False}
+        if self.temperature > 0:
+            sampling = {"do_sample": True, "temperature": self.temperature}
+            if self.top_k is not None:
+                sampling["top_k"] = self.top_k
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        self.model.train(was_training)
+        completions = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(completions, skip_special_tokens=True)]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+@dataclass
+class SplitResult:
+    """Metrics of one evaluated split; `samples` holds per-prompt generations and judge scores."""
+
+    name: str
+    num_prompts: int
+    num_generations: int
+    judge_mean: float = math.nan
+    judge_std: float = math.nan
+    judge_per_generation: list[float] = field(default_factory=list)
+    judge_failures: int = 0
+    diversity: dict[str, float] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "samples"}
+
+
+@dataclass
+class EvaluationResult:
+    """Results of [`evaluate`] over one or more splits; `to_markdown()` and `save()` write the report."""
+
+    splits: dict[str, SplitResult]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "summary": {name: split.summary() for name, split in self.splits.items()},
+            "samples": {name: split.samples for name, split in self.splits.items()},
+        }
+
+    def to_markdown(self) -> str:
+        """One row per split: judge metric mean ± std over generations, diversity, judge failures."""
+        ngrams = self.config.get("distinct_ngrams", [1, 2])
+        header = ["split", "prompts", "judge score (mean ± std)", "embedding diversity"]
+        header += [f"distinct-{n}" for n in ngrams] + ["self-BLEU", "judge failures"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+        def fmt(value: float) -> str:
+            return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+        for name, split in self.splits.items():
+            judge = "n/a" if math.isnan(split.judge_mean) else f"{split.judge_mean:.3f} ± {split.judge_std:.3f}"
+            row = [name, str(split.num_prompts), judge, fmt(split.diversity.get("embedding", math.nan))]
+            row += [fmt(split.diversity.get(f"distinct_{n}", math.nan)) for n in ngrams]
+            row += [fmt(split.diversity.get("self_bleu", math.nan)), str(split.judge_failures)]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, output_dir: str | Path) -> tuple[Path, Path]:
+        """Write `evaluation.json` (config, summary, per-sample generations and scores) and `evaluation.md`."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
+        json_path.write_text(json.dumps(_finite(self.to_dict()), indent=2, default=_json_default, allow_nan=False))
+        md_path.write_text(self.to_markdown())
+        return json_path, md_path
+
+
+def _finite(value):
+    # NaN (a metric that does not exist, e.g. no successful judgement) is written as null: strict JSON has no NaN.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def _judge_columns(batch: dict, size: int) -> dict:
+    return {k: v for k, v in batch.items() if k not in ("prompt", "image", "images") and len(v) == size}
+
+
+def evaluate_split(
+    name: str,
+    dataset,
+    generate: GenerationBackend,
+    judge: JudgeReward | None = None,
+    *,
+    num_generations: int = 3,
+    batch_size: int = 8,
+    embedder: Callable | None = None,
+    distinct_ngrams: Sequence[int] = (1, 2),
+    seed: int = 0,
+) -> SplitResult:
+    """Generate, judge and measure diversity on one split (a TRL prompt dataset with `prompt` and `image`)."""
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"Split {name!r} has no 'prompt' column; use a prompt dataset from trl_latent.data.")
+    n = len(dataset)
+    generations: list[list[str]] = [[] for _ in range(n)]
+    metrics: list[list[float]] = [[math.nan] * num_generations for _ in range(n)]
+    failures = 0
+    for start in range(0, n, batch_size):
+        batch = dataset[start : start + batch_size]
+        size = len(batch["prompt"])
+        images = batch.get("image", [None] * size)
+        if "image" not in batch and "images" in batch:
+            images = [imgs[0] if imgs else None for imgs in batch["images"]]
+        columns = _judge_columns(batch, size)
+        for round_index in range(num_generations):
+            torch.manual_seed(seed + round_index)
+            completions = generate(batch["prompt"], images)
+            if len(completions) != size:
+                raise ValueError(f"The generation backend returned {len(completions)} completions for {size} prompts.")
+            for offset, completion in enumerate(completions):
+                generations[start + offset].append(completion)
+            if judge is not None:
+                judgements = judge.judge(batch["prompt"], completions, **columns)
+                for offset, judgement in enumerate(judgements):
+                    if judgement.ok and judgement.metric is not None:
+                        metrics[start + offset][round_index] = judgement.metric
+                    else:
+                        failures += 1
+
+    result = SplitResult(name=name, num_prompts=n, num_generations=num_generations, judge_failures=failures)
+    if judge is not None:
+        result.judge_per_generation = [_nanmean([metrics[i][k] for i in range(n)]) for k in range(num_generations)]
+        result.judge_mean, result.judge_std = _mean_std(result.judge_per_generation)
+    result.diversity = {f"distinct_{k}": _nanmean([distinct_n(g, k) for g in generations]) for k in distinct_ngrams}
+    result.diversity["self_bleu"] = _nanmean([self_bleu(g) for g in generations])
+    if embedder is not None:
+        result.diversity["embedding"] = embedding_diversity(generations, embedder)
+    ids = dataset["id"] if "id" in dataset.column_names else list(range(n))
+    references = dataset["reference"] if "reference" in dataset.column_names else [None] * n
+    result.samples = [
+        {"id": ids[i], "reference": references[i], "generations": generations[i], "judge_metric": metrics[i]}
+        for i in range(n)
+    ]
+    return result
+
+
+def evaluate(
+    datasets,
+    generate: GenerationBackend,
+    judge: JudgeReward | None = None,
+    *,
+    num_generations: int = 3,
+    batch_size: int = 8,
+    embedder: Callable | str | None = "default",
+    distinct_ngrams: Sequence[int] = (1, 2),
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+) -> EvaluationResult:
+    """Evaluate a generation backend on one or more test splits.
+
+    Args:
+        datasets (`Dataset` or `dict[str, Dataset]`):
+            Test split(s) in the TRL prompt format (`prompt`, `image`, plus the columns the judge's rubric needs).
+        generate (`Callable[[list, list], list[str]]`):
+            The generation backend, e.g. [`VLMGenerationBackend`].
+        judge ([`~trl_latent.rewards.judge.JudgeReward`], *optional*):
+            Scores each response; without it only diversity is reported.
+        num_generations (`int`, *optional*, defaults to `3`):
+            Responses per prompt (paper: 3).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Prompts per generation call.
+        embedder (`Callable`, `str` or `None`, *optional*, defaults to `"default"`):
+            Sentence embedder for embedding diversity: `"default"` loads [`~trl_latent.metrics.diversity.Embedder`]
+            (all-MiniLM-L6-v2, offline), a string loads that sentence-transformers model, `None` skips the metric.
+        distinct_ngrams (`Sequence[int]`, *optional*, defaults to `(1, 2)`):
+            The n of the distinct-n metrics.
+        seed (`int`, *optional*, defaults to `0`):
+            Generation round k runs under `torch.manual_seed(seed + k)`.
+        output_dir (`str` or `Path`, *optional*):
+            Where to write `evaluation.json` and `evaluation.md`.
+    """
+    if not isinstance(datasets, dict):
+        datasets = {"test": datasets}
+    if isinstance(embedder, str):
+        embedder = Embedder(None if embedder == "default" else embedder)
+    splits = {
+        name: evaluate_split(
+            name,
+            dataset,
+            generate,
+            judge,
+            num_generations=num_generations,
+            batch_size=batch_size,
+            embedder=embedder,
+            distinct_ngrams=distinct_ngrams,
+            seed=seed,
+        )
+        for name, dataset in datasets.items()
+    }
+    config = {
+        "num_generations": num_generations,
+        "distinct_ngrams": list(distinct_ngrams),
+        "seed": seed,
+        "generate": repr(generate),
+        "judge": repr(judge),
+        "embedder": repr(embedder),
+        "judge_std": "population std (ddof=0) over the generation rounds",
+    }
+    if judge is not None:
+        config["judge_counters"] = judge.metrics()
+    result = EvaluationResult(splits=splits, config=config)
+    if output_dir is not None:
+        result.save(output_dir)
+    return result

@@ -1,0 +1,750 @@
+"""The paper's reward: an LLM judge compares the policy's answer (A) with the reference answer (B).
+
+For every completion the judge gets the conversation, the character profile (MMRole) or the user's role set and scene
+(PCogAlignBench), answer A and reference B, and gives a pair of 1-10 scores on each dimension of the benchmark's
+rubric. The reward is `sum(A scores) / sum(B scores)` (paper); the evaluation metric is the mean over dimensions of
+`A_d / B_d` ([`Judgement.metric`]).
+
+[`JudgeReward`] is a TRL reward function (`reward(prompts, completions, **kwargs) -> list[float]`, with a
+`__name__`) that works with any [`JudgeBackend`]: [`OpenAIJudgeBackend`] for an OpenAI-compatible chat endpoint
+(a local vLLM server, say), [`TransformersJudgeBackend`] for a local transformers model, or any callable
+`messages -> text`. Requests run concurrently (at most `max_concurrency` in flight), each with the backend's timeout
+and up to `max_retries` retries with exponential backoff. A judgement that fails (request error, timeout, or no
+score pair parsed) gets the mean reward of the batch's successful judgements; when all fail, every completion gets
+`fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). Failures never
+raise; they are counted (`metrics()`, and TRL's `log_metric` when the trainer passes it).
+
+Parsing is tolerant: the judge is asked for `N. <Dimension>: <comment> [Scores]: (A, B)` lines, and the parser also
+reads `A=7, B=8`, `A: 7, B: 8`, bare `(7, 8)` pairs after a dimension name, and JSON objects mapping dimension names
+to `[A, B]` or `{"A": ..., "B": ...}`. When only some dimensions parse, the reward uses those (sums over the parsed
+dimensions only) and the judgement counts as partial; when none parse it is a parse error.
+
+```python
+>>> from trl_latent.rewards.judge import MMROLE_RUBRIC, parse_scores
+>>> parse_scores("1. Fluency: clear. [Scores]: (7, 8)", MMROLE_RUBRIC.dimensions)
+{'fluency': (7.0, 8.0)}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..metrics.diversity import completion_text
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------- rubrics
+@dataclass(frozen=True)
+class Dimension:
+    """One rubric dimension: a canonical `key`, the `title` shown to the judge, what it asks, and name variants the
+    parser also accepts."""
+
+    key: str
+    title: str
+    question: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """A benchmark's judging rubric: its dimensions and how to build the judge's messages from a dataset row.
+
+    `build(conversation, answer, row)` returns the chat messages for the judge; `row` holds the dataset columns of
+    the sample (the extra keyword arguments TRL passes to reward functions). `required_columns` are checked up
+    front so a dataset without them fails with a clear error before any request is sent.
+    """
+
+    name: str
+    dimensions: tuple[Dimension, ...]
+    required_columns: tuple[str, ...]
+    build: Callable[[str, str, dict], list[dict]]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(d.key for d in self.dimensions)
+
+
+def _format_block(dimensions: Sequence[Dimension], a: str = "Response A", b: str = "Response B") -> str:
+    asks = "\n".join(f"{i}. {d.title}: {d.question}" for i, d in enumerate(dimensions, 1))
+    lines = "\n".join(
+        f"{i}. {d.title}: <brief comparison> [Scores]: (<score of {a}>, <score of {b}>)"
+        for i, d in enumerate(dimensions, 1)
+    )
+    return (
+        f"Rate both responses on each aspect:\n{asks}\n\n"
+        f"For each aspect, first compare the two responses briefly, then give a pair of scores from 1 (poor) to 10 "
+        f"(excellent), the first for {a} and the second for {b}.\n\n"
+        f"Write exactly one line per aspect, in this format and order:\n{lines}\n\n"
+        f"Judge without bias: neither the order in which the responses appear nor their length should sway you. "
+        f"Give exactly {len(dimensions)} score pairs."
+    )
+
+
+MMROLE_DIMENSIONS = (
+    Dimension(
+        "instruction_adherence",
+        "Instruction Adherence",
+        "Does the response play {name} directly, containing only what {name} would say, with no explanatory preamble "
+        "or afterword?",
+    ),
+    Dimension("fluency", "Fluency", "Is the response grammatical and does it read smoothly?"),
+    Dimension(
+        "coherency",
+        "Coherency",
+        "Does the response follow the conversation without contradicting it or facts established earlier?",
+        aliases=("coherence",),
+    ),
+    Dimension(
+        "image_text_relevance",
+        "Image-Text Relevance",
+        "Is the response closely tied to what the image shows?",
+        aliases=("image relevance", "image text relevancy"),
+    ),
+    Dimension(
+        "response_accuracy",
+        "Response Accuracy",
+        "Does the response answer the human's words correctly, or open the conversation well given the image?",
+    ),
+    Dimension(
+        "personality_consistency",
+        "Personality Consistency",
+        "Does the response show {name}'s personality accurately and fully?",
+    ),
+    Dimension(
+        "knowledge_consistency",
+        "Knowledge Consistency",
+        "Is the response consistent with what {name} knows: experiences, abilities and relationships?",
+    ),
+    Dimension(
+        "tone_consistency",
+        "Tone Consistency",
+        "Does the response keep {name}'s usual manner of speaking and catchphrases, rather than an AI assistant's style?",
+    ),
+)
+
+MMROLE_JUDGE_SYSTEM = (
+    "You are an objective and exacting judge of role-playing quality and multimodal understanding. You compare two "
+    "responses and score them precisely in the requested format."
+)
+
+
+def _profile_text(profile: Any) -> str:
+    if isinstance(profile, dict):
+        return "\n".join(f"- {key.capitalize()}: {value}" for key, value in profile.items())
+    return str(profile)
+
+
+def _build_mmrole(conversation: str, answer: str, row: dict) -> list[dict]:
+    name = row["character"]
+    dims = [Dimension(d.key, d.title, d.question.format(name=name)) for d in MMROLE_DIMENSIONS]
+    user = (
+        f"## Conversation\n{conversation}\n\n"
+        f"## Response A\n{answer}\n\n"
+        f"## Response B\n{row['reference']}\n\n"
+        f"## Task\nBoth responses were written for the same instruction: role-play as {name} and talk with a curious "
+        f"human about the given image, using {name}'s own tone, manner and vocabulary.\n\n"
+        f"What is known about {name}:\n{_profile_text(row['profile'])}\n\n" + _format_block(dims)
+    )
+    return [{"role": "system", "content": MMROLE_JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+MMROLE_RUBRIC = Rubric(
+    name="mmrole",
+    dimensions=MMROLE_DIMENSIONS,
+    required_columns=("reference", "character", "profile"),
+    build=_build_mmrole,
+)
+
+PCOGALIGN_DIMENSIONS = (
+    Dimension(
+        "role_set_sensitivity",
+        "Role-Set Sensitivity",
+        "Does the response take all of my roles into account, in this situation?",
+    ),
+    Dimension(
+        "body_behavior_awareness",
+        "Body Behavior Awareness",
+        "Does the response help me act well physically: concrete, safe, practical steps?",
+        aliases=("body behaviour awareness",),
+    ),
+    Dimension(
+        "mind_feelings_awareness",
+        "Mind Feelings Awareness",
+        "Does the response care for how I feel and help me feel better?",
+        aliases=("mind feeling awareness",),
+    ),
+    Dimension(
+        "contextual_awareness",
+        "Contextual Awareness",
+        "Does the response fit the scene in the image and the place I am in?",
+    ),
+    Dimension(
+        "conversational_flow",
+        "Conversational Flow",
+        "Does the response read like a natural, well-paced spoken reply?",
+    ),
+)
+
+
+def _build_pcogalign(conversation: str, answer: str, row: dict) -> list[dict]:
+    info = row["eval_info"]
+    role_set = row["role_set"]
+    system = (
+        f'You judge an assistant\'s answers from the point of view of its user, who is "{role_set}". Answer as that '
+        f"user would, following the instructions and the required format exactly."
+    )
+    user = (
+        f'## Who I am\nI am "{role_set}".\n\n'
+        f'## The situation\nThe scene: "{info["ImageDesc"]}", at the {info["location"]}.\n'
+        f"What I want from the assistant here: {info['EvalHelp']}\n\n"
+        f"## My question\n{conversation}\n\n"
+        f"## Response A\n{answer}\n\n"
+        f"## Response B\n{row['reference']}\n\n"
+        "Do not prefer a response because it is longer; prefer the one that best considers my physical and mental "
+        "state and helps me behave well and feel better.\n\n" + _format_block(PCOGALIGN_DIMENSIONS)
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+PCOGALIGN_RUBRIC = Rubric(
+    name="pcogalign",
+    dimensions=PCOGALIGN_DIMENSIONS,
+    required_columns=("reference", "role_set", "eval_info"),
+    build=_build_pcogalign,
+)
+
+RUBRICS = {"mmrole": MMROLE_RUBRIC, "pcogalign": PCOGALIGN_RUBRIC}
+
+
+# ------------------------------------------------------------------------------------------------------- parsing
+_NUM = r"(\d+(?:\.\d+)?)"
+_PAIR_PATTERNS = (
+    # [Scores]: (7, 8)   Scores: 7, 8   score: (7,8)
+    re.compile(r"\[?\s*scores?\s*\]?\s*[:=]?\s*\(?\s*" + _NUM + r"\s*[,;/]\s*" + _NUM + r"\s*\)?", re.I),
+    # A=7, B=8   A: 7 / B: 8   Response A: 7, Response B: 8   Model A = 7 ... Model B = 8
+    re.compile(r"\bA\s*[=:]\s*" + _NUM + r"\s*(?:/\s*10)?[\s,;/]+(?:\w+\s+)?B\s*[=:]\s*" + _NUM, re.I),
+    # (7, 8)
+    re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)"),
+)
+_TAGGED = re.compile(r"\[\s*scores?\s*\]\s*:?\s*\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)", re.I)
+MAX_SCORE = 10.0
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def _name_pattern(name: str) -> re.Pattern:
+    words = _norm(name).split()
+    return re.compile(r"\b" + r"[\s_\-]*".join(map(re.escape, words)) + r"\b", re.I)
+
+
+def _valid(a: float, b: float) -> bool:
+    return 0.0 <= a <= MAX_SCORE and 0.0 <= b <= MAX_SCORE
+
+
+def _parse_json(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[float, float]]:
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return {}
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return {}
+    if isinstance(data, dict) and isinstance(data.get("scores"), dict):
+        data = data["scores"]
+    if not isinstance(data, dict):
+        return {}
+    names = {}
+    for d in dimensions:
+        for variant in (d.key, d.title, *d.aliases):
+            names[_norm(variant)] = d.key
+    out = {}
+    for raw_key, value in data.items():
+        key = names.get(_norm(str(raw_key)))
+        if key is None:
+            continue
+        pair = None
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            pair = value
+        elif isinstance(value, dict):
+            by = {_norm(str(k)).split()[-1] if _norm(str(k)) else "": v for k, v in value.items()}
+            if "a" in by and "b" in by:
+                pair = (by["a"], by["b"])
+        try:
+            a, b = float(pair[0]), float(pair[1])  # type: ignore[index]
+        except (TypeError, ValueError):
+            continue
+        if _valid(a, b):
+            out[key] = (a, b)
+    return out
+
+
+def parse_scores(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[float, float]]:
+    """Score pairs `{dimension key: (A, B)}` found in a judge's answer; dimensions that do not parse are absent.
+
+    Tried in order: a JSON object; then, for each dimension named in the text (preferring a mention at the start
+    of a line), the first score pair in the text between that mention and the next dimension's; then, if no
+    dimension is named at all, `[Scores]: (a, b)` pairs taken in rubric order. Scores outside [0, 10] are ignored.
+    """
+    found = _parse_json(text, dimensions)
+    if found:
+        return found
+    mentions = []
+    for d in dimensions:
+        best = None
+        for variant in (d.title, *d.aliases):
+            for match in _name_pattern(variant).finditer(text):
+                line_start = text.rfind("\n", 0, match.start()) + 1
+                prefix = text[line_start : match.start()]
+                at_line_start = re.fullmatch(r"[\s#*>\-\d.)(\[]*", prefix) is not None
+                rank = (0 if at_line_start else 1, match.start())
+                if best is None or rank < best[0]:
+                    best = (rank, match.start(), match.end())
+        if best is not None:
+            mentions.append((best[1], best[2], d.key))
+    out: dict[str, tuple[float, float]] = {}
+    if mentions:
+        mentions.sort()
+        for index, (_, end, key) in enumerate(mentions):
+            stop = mentions[index + 1][0] if index + 1 < len(mentions) else len(text)
+            segment = text[end:stop]
+            for pattern in _PAIR_PATTERNS:
+                match = pattern.search(segment)
+                if match:
+                    a, b = float(match.group(1)), float(match.group(2))
+                    if _valid(a, b):
+                        out[key] = (a, b)
+                    break
+        return out
+    pairs = [(float(a), float(b)) for a, b in _TAGGED.findall(text)]
+    if len(pairs) <= len(dimensions):
+        out = {d.key: pair for d, pair in zip(dimensions, pairs) if _valid(*pair)}
+    return out
+
+
+@dataclass
+class Judgement:
+    """One judged completion. `scores` maps dimension keys to (A, B); `error` says why it failed, if it did."""
+
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)
+    text: str = ""
+    error: str | None = None
+    num_dimensions: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.reward is not None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.scores) and len(self.scores) < self.num_dimensions
+
+    @property
+    def reward(self) -> float | None:
+        """Sum of A scores / sum of B scores over the parsed dimensions (paper); `None` if it cannot be formed."""
+        b = sum(pair[1] for pair in self.scores.values())
+        if not self.scores or b <= 0:
+            return None
+        return sum(pair[0] for pair in self.scores.values()) / b
+
+    @property
+    def metric(self) -> float | None:
+        """Mean over the parsed dimensions of A_d / B_d (the paper's evaluation metric); dimensions with B_d = 0
+        are left out."""
+        ratios = [a / b for a, b in self.scores.values() if b > 0]
+        return sum(ratios) / len(ratios) if ratios else None
+
+
+# ------------------------------------------------------------------------------------------------------- backends
+class JudgeTimeoutError(TimeoutError):
+    """The judge did not answer within the timeout."""
+
+
+class JudgeRequestError(RuntimeError):
+    """A judge request failed. `retryable` is false for errors a retry will not fix (e.g. HTTP 401, 404)."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class JudgeConnectionError(ConnectionError):
+    """The judge endpoint cannot be reached at start-up."""
+
+
+class JudgeBackend:
+    """Turns judge chat messages into the judge's answer text.
+
+    Subclasses implement `__call__(messages) -> str`, raising [`JudgeTimeoutError`] on a timeout and
+    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up).
+    """
+
+    def __call__(self, messages: list[dict]) -> str:
+        raise NotImplementedError
+
+    def check_connection(self) -> None:
+        """Raise [`JudgeConnectionError`] if the judge cannot be reached. The default does nothing."""
+
+
+class CallableJudgeBackend(JudgeBackend):
+    """Wraps a plain function `messages -> text` (a scripted judge in tests, a custom client, ...)."""
+
+    def __init__(self, fn: Callable[[list[dict]], str]):
+        self.fn = fn
+
+    def __call__(self, messages: list[dict]) -> str:
+        return self.fn(messages)
+
+    def __repr__(self) -> str:
+        return f"CallableJudgeBackend({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+class OpenAIJudgeBackend(JudgeBackend):
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, a vLLM or SGLang server, ...).
+
+    The API key is read from the environment variable named `api_key_env` and is kept only inside the `openai`
+    client: it is never logged and never part of `repr`. Retries are left to [`JudgeReward`] (the client's own are
+    off) so that every timeout and error is counted.
+
+    Args:
+        base_url (`str`):
+            The endpoint, e.g. `"http://localhost:8000/v1"`.
+        model (`str`):
+            The judge model name the server expects.
+        api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
+            Name of the environment variable holding the key. Servers without authentication accept any key; if
+            the variable is unset, the placeholder `"EMPTY"` is sent (vLLM's convention).
+        timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds to wait for one answer.
+        temperature (`float`, *optional*, defaults to `0.0`):
+            Judge sampling temperature (the authors judge at 0).
+        max_tokens (`int`, *optional*, defaults to `1024`):
+            Cap on the judge's answer length.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+    ):
+        try:
+            import openai
+        except ImportError as err:
+            raise ImportError("The OpenAI judge backend needs `openai`: `pip install trl-latent[judge]`.") from err
+        self._openai = openai
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout, max_retries=0
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIJudgeBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
+            f"timeout={self.timeout})"
+        )
+
+    def __call__(self, messages: list[dict]) -> str:
+        openai = self._openai
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens
+            )
+        except openai.APITimeoutError as err:
+            raise JudgeTimeoutError(f"The judge at {self.base_url} did not answer within {self.timeout} s.") from err
+        except openai.APIStatusError as err:
+            status = err.status_code
+            raise JudgeRequestError(
+                f"The judge at {self.base_url} answered HTTP {status}.",
+                retryable=status >= 500 or status in (408, 429),
+            ) from err
+        except openai.APIError as err:
+            raise JudgeRequestError(f"The judge request to {self.base_url} failed: {type(err).__name__}.") from err
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as err:
+            raise JudgeRequestError(f"The judge at {self.base_url} sent a malformed chat completion.") from err
+        return content or ""
+
+    def check_connection(self) -> None:
+        """Any HTTP answer from the server counts as reachable; only connection failures and timeouts raise."""
+        openai = self._openai
+        try:
+            self._client.with_options(timeout=min(self.timeout, 10.0)).models.list()
+        except (openai.APITimeoutError, openai.APIConnectionError) as err:
+            raise JudgeConnectionError(
+                f"Cannot reach the judge at {self.base_url} ({type(err).__name__}). Start the judge server or fix "
+                f"the base URL; pass check_connection=False to JudgeReward to skip this start-up check."
+            ) from err
+        except openai.APIStatusError:
+            pass
+
+
+class TransformersJudgeBackend(JudgeBackend):
+    """A local transformers causal LM as the judge (greedy decoding, one request at a time).
+
+    Args:
+        model (`transformers.PreTrainedModel`):
+            A causal language model.
+        tokenizer (`transformers.PreTrainedTokenizerBase`):
+            Its tokenizer, with a chat template.
+        max_new_tokens (`int`, *optional*, defaults to `1024`):
+            Cap on the judge's answer length.
+    """
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 1024):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TransformersJudgeBackend({type(self.model).__name__}, max_new_tokens={self.max_new_tokens})"
+
+    def __call__(self, messages: list[dict]) -> str:
+        import torch
+
+        with self._lock, torch.no_grad():
+            inputs = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(self.model.device)
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------------- reward
+def conversation_text(prompt: Any) -> str:
+    """The text of a prompt conversation for the judge (`role: text` per message; images are left out)."""
+    if isinstance(prompt, str):
+        return prompt
+    lines = []
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, str):
+            text = content
+        else:
+            text = "".join(part.get("text") or "" for part in content or [] if part.get("type") == "text")
+        lines.append(f"{message.get('role', 'user')}: {text}")
+    return "\n".join(lines)
+
+
+COUNTERS = ("requests", "judgements", "failures", "timeouts", "request_errors", "parse_errors", "partial", "retries")
+
+
+class JudgeReward:
+    """A TRL reward function scoring completions with an LLM judge against the reference answer.
+
+    Args:
+        rubric (`str` or [`Rubric`], *optional*, defaults to `"mmrole"`):
+            `"mmrole"` (8 dimensions), `"pcogalign"` (5 dimensions) or a custom [`Rubric`].
+        backend ([`JudgeBackend`] or callable):
+            The judge: [`OpenAIJudgeBackend`], [`TransformersJudgeBackend`], or any callable `messages -> text`.
+        max_concurrency (`int`, *optional*, defaults to `8`):
+            Most judge requests in flight at once.
+        max_retries (`int`, *optional*, defaults to `2`):
+            Retries after a timeout or a retryable request error.
+        backoff (`float`, *optional*, defaults to `1.0`):
+            Seconds before the first retry; doubled on each further retry (capped at 30 s).
+        fallback_reward (`float`, *optional*, defaults to `1.0`):
+            Reward of every completion in a batch where no judgement succeeded (1.0 = a tie with the reference).
+        check_connection (`bool`, *optional*, defaults to `True`):
+            Call the backend's `check_connection()` now, so an unreachable judge fails at start-up.
+        name (`str`, *optional*, defaults to `"judge_reward"`):
+            The reward function's `__name__` (TRL logs `rewards/<name>/mean`).
+
+    Example:
+
+    ```python
+    >>> from trl_latent.rewards.judge import JudgeReward, OpenAIJudgeBackend
+    >>> backend = OpenAIJudgeBackend("http://localhost:8000/v1", "Qwen/Qwen3-32B", api_key_env="JUDGE_API_KEY")
+    >>> reward = JudgeReward("mmrole", backend)  # doctest: +SKIP
+    >>> # GRPOTrainer(..., reward_funcs=[reward])  # needs the `reference`, `character`, `profile` columns
+    ```
+    """
+
+    def __init__(
+        self,
+        rubric: str | Rubric = "mmrole",
+        backend: JudgeBackend | Callable[[list[dict]], str] | None = None,
+        *,
+        max_concurrency: int = 8,
+        max_retries: int = 2,
+        backoff: float = 1.0,
+        fallback_reward: float = 1.0,
+        check_connection: bool = True,
+        name: str = "judge_reward",
+    ):
+        if isinstance(rubric, str):
+            if rubric not in RUBRICS:
+                raise ValueError(f"Unknown rubric {rubric!r}; choose from {sorted(RUBRICS)} or pass a Rubric.")
+            rubric = RUBRICS[rubric]
+        if backend is None:
+            raise ValueError(
+                "JudgeReward needs a judge backend: OpenAIJudgeBackend(base_url, model), "
+                "TransformersJudgeBackend(model, tokenizer) or a callable messages -> text."
+            )
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
+        if max_retries < 0 or backoff < 0:
+            raise ValueError("max_retries and backoff must be >= 0.")
+        self.rubric = rubric
+        self.backend = backend if isinstance(backend, JudgeBackend) else CallableJudgeBackend(backend)
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.fallback_reward = fallback_reward
+        self.__name__ = name
+        self._lock = threading.Lock()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        if check_connection:
+            self.backend.check_connection()
+
+    def __repr__(self) -> str:
+        return (
+            f"JudgeReward(rubric={self.rubric.name!r}, backend={self.backend!r}, "
+            f"max_concurrency={self.max_concurrency}, max_retries={self.max_retries})"
+        )
+
+    # -- counters
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    def metrics(self) -> dict[str, float]:
+        """Cumulative counters under `judge/...` keys, for logging."""
+        with self._lock:
+            return {f"judge/{key}": float(value) for key, value in self.counters.items()}
+
+    def reset_metrics(self) -> None:
+        with self._lock:
+            self.counters = dict.fromkeys(COUNTERS, 0)
+
+    # -- judging
+    def _request(self, messages: list[dict]) -> str:
+        attempt = 0
+        while True:
+            self._count("requests")
+            try:
+                return self.backend(messages)
+            except JudgeTimeoutError:
+                self._count("timeouts")
+                retryable = True
+                reason = "timeout"
+            except JudgeRequestError as err:
+                self._count("request_errors")
+                retryable = err.retryable
+                reason = str(err)
+            except Exception as err:  # a custom backend's failure must not stop training
+                self._count("request_errors")
+                retryable = True
+                reason = f"{type(err).__name__}: {err}"
+            if not retryable or attempt >= self.max_retries:
+                raise JudgeRequestError(f"judge request failed after {attempt + 1} attempt(s): {reason}")
+            delay = min(self.backoff * 2**attempt, 30.0)
+            attempt += 1
+            self._count("retries")
+            logger.debug("Judge request failed (%s); retry %d in %.2f s.", reason, attempt, delay)
+            time.sleep(delay)
+
+    def _judge_one(self, messages: list[dict]) -> Judgement:
+        n = len(self.rubric.dimensions)
+        try:
+            text = self._request(messages)
+        except Exception as err:
+            return Judgement(error=str(err), num_dimensions=n)
+        scores = parse_scores(text, self.rubric.dimensions)
+        judgement = Judgement(scores=scores, text=text, num_dimensions=n)
+        if judgement.reward is None:
+            judgement.error = "no score pair could be parsed from the judge's answer"
+        return judgement
+
+    def _rows(self, n: int, kwargs: dict) -> list[dict]:
+        missing = [c for c in self.rubric.required_columns if c not in kwargs]
+        if missing:
+            raise ValueError(
+                f"The {self.rubric.name} judge needs the dataset column(s) {missing} (passed to reward functions as "
+                f"keyword arguments); load the data with trl_latent.data ({self.rubric.name}) loaders or add them."
+            )
+        for column in self.rubric.required_columns:
+            if len(kwargs[column]) != n:
+                raise ValueError(f"Column {column!r} has {len(kwargs[column])} values for {n} completions.")
+        columns = {k: v for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) == n}
+        return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+    def judge(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[Judgement]:
+        """Judge every completion (concurrently); never raises for judge failures, which come back as
+        [`Judgement`]s with an `error`."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"Got {len(prompts)} prompts for {len(completions)} completions.")
+        rows = self._rows(len(completions), kwargs)
+        messages = []
+        for prompt, completion, row in zip(prompts, completions, rows):
+            conversation = row.get("question") or row.get("query") or conversation_text(prompt)
+            if row.get("history"):
+                conversation = f"{row['history']}\n[human]: {conversation}"
+            messages.append(self.rubric.build(conversation, completion_text(completion), row))
+        if not messages:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(messages))) as pool:
+            judgements = list(pool.map(self._judge_one, messages))
+        for judgement in judgements:
+            self._count("judgements")
+            if not judgement.ok:
+                self._count("failures")
+                if judgement.text and not judgement.scores:
+                    self._count("parse_errors")
+                logger.warning("Judgement failed (%s); it gets the batch mean.", judgement.error)
+            elif judgement.partial:
+                self._count("partial")
+        return judgements
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        before = self.metrics()
+        judgements = self.judge(prompts, completions, **kwargs)
+        rewards = [j.reward if j.ok else None for j in judgements]
+        succeeded = [r for r in rewards if r is not None]
+        fill = sum(succeeded) / len(succeeded) if succeeded else self.fallback_reward
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            after = self.metrics()
+            for key in ("failures", "timeouts", "parse_errors", "request_errors", "partial"):
+                log_metric(f"judge/{key}", after[f"judge/{key}"] - before[f"judge/{key}"])
+            log_metric("judge/failure_rate", (len(rewards) - len(succeeded)) / max(len(rewards), 1))
+        return [r if r is not None else fill for r in rewards]
+
+
+def judgement_summary(judgements: Sequence[Judgement]) -> dict[str, float]:
+    """Mean metric and reward over successful judgements, and the number that failed."""
+    metrics = [j.metric for j in judgements if j.ok and j.metric is not None]
+    rewards = [j.reward for j in judgements if j.ok]
+    return {
+        "metric": sum(metrics) / len(metrics) if metrics else math.nan,
+        "reward": sum(rewards) / len(rewards) if rewards else math.nan,
+        "failures": float(sum(not j.ok for j in judgements)),
+    }
