@@ -1,0 +1,31 @@
+"""trl-latent: latent-action reinforcement learning for vision-language models, as a TRL extension."""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# Public API -> defining module. Imported lazily so `import trl_latent` stays fast and a missing optional extra only
+# fails when its feature is used.
+_EXPORTS = {
+    "LatentActionConfig": "trl_latent.modeling.configuration",
+    "LatentActionModel": "trl_latent.modeling.model",
+    "latent_generate": "trl_latent.modeling.generation",
+    "inspect_codes": "trl_latent.modeling.inspection",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .modeling.configuration import LatentActionConfig  # noqa: F401
+    from .modeling.generation import latent_generate  # noqa: F401
+    from .modeling.inspection import inspect_codes  # noqa: F401
+    from .modeling.model import LatentActionModel  # noqa: F401
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trl_latent' has no attribute {name!r}")

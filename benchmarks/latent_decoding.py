@@ -1,0 +1,148 @@
+"""Benchmark: latent decoding vs the base model's own `generate`, same prompts, same number of new tokens.
+
+Latent decoding runs one base token forward plus the policy layers per step (two KV caches), so its cost over plain
+greedy decoding is the policy's share. Reported as ratios (CPU absolute times are only indicative); also the share of
+latent-decoding time spent in the policy layers.
+
+    python benchmarks/latent_decoding.py --out outputs/bench_decoding.json
+
+Sizes: `tiny` (the unit-test model) and `cpu-3b-depth`: the real Qwen2.5-VL-3B depth ratio (36 base layers, 8
+policy layers) at a CPU-friendly width (hidden 256), random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from trl_latent.modeling import LatentActionModel
+from trl_latent.modeling.tiny import tiny_vlm_path
+
+
+def _base(size: str, cache_dir):
+    path = tiny_vlm_path("tiny", cache_dir=cache_dir)
+    processor = AutoProcessor.from_pretrained(path)
+    if size == "tiny":
+        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+        return base, processor, dict(codebook_size=128, inverse_layers=1, policy_layers=2)
+    if size == "cpu-3b-depth":
+        config = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).config
+        t = config.text_config
+        t.hidden_size, t.intermediate_size, t.num_hidden_layers = 256, 704, 36
+        t.num_attention_heads, t.num_key_value_heads = 4, 2
+        t.rope_parameters["mrope_section"] = [8, 12, 12]
+        t.layer_types = ["full_attention"] * 36
+        config.vision_config.out_hidden_size = 256
+        torch.manual_seed(0)
+        base = Qwen2_5_VLForConditionalGeneration(config).eval()
+        return base, processor, dict(codebook_size=128, inverse_layers=1, policy_layers=8)
+    raise ValueError(f"unknown size {size!r}")
+
+
+def _batch(processor, batch_size: int):
+    texts, images = [], []
+    for i in range(batch_size):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What do you see?" * (1 + i)}]}]
+        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        images.append(Image.new("RGB", (56, 56), "red"))
+    return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(sizes, new_tokens: int, batch_size: int, repeats: int, cache_dir=None) -> list[dict]:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    for size in sizes:
+        base, processor, latent_kwargs = _base(size, cache_dir)
+        model = LatentActionModel.from_base(base, **latent_kwargs).eval()
+        batch = _batch(processor, batch_size)
+        never = [10**9]  # no EOS: both decoders produce exactly `new_tokens` tokens
+
+        def token_generate():
+            with torch.no_grad():
+                base.generate(
+                    **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None
+                )
+
+        def latent_generate():
+            model.generate(**batch, max_new_tokens=new_tokens, eos_token_id=never, code_top_k=32)
+
+        token_s = _time(token_generate, repeats)
+        latent_s = _time(latent_generate, repeats)
+        # Share of latent decoding spent in the policy layers, from forward hooks.
+        spent = {"policy": 0.0}
+        starts = []
+        pre = model.policy.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+        post = model.policy.register_forward_hook(
+            lambda *_: spent.__setitem__("policy", spent["policy"] + time.perf_counter() - starts.pop())
+        )
+        total_start = time.perf_counter()
+        latent_generate()
+        total = time.perf_counter() - total_start
+        pre.remove()
+        post.remove()
+        base_layers = base.config.text_config.num_hidden_layers
+        rows.append(
+            {
+                "size": size,
+                "base_layers": base_layers,
+                "policy_layers": model.config.policy_layers,
+                "hidden": base.config.text_config.hidden_size,
+                "batch": batch_size,
+                "new_tokens": new_tokens,
+                "token_generate_s": token_s,
+                "latent_generate_s": latent_s,
+                "latent_over_token": latent_s / token_s,
+                "policy_share": spent["policy"] / total,
+            }
+        )
+    return rows
+
+
+def table(rows) -> str:
+    lines = [
+        "| size | base layers | policy layers | token generate (s) | latent generate (s) | latent / token | policy share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['base_layers']} | {r['policy_layers']} | {r['token_generate_s']:.3f} | "
+            f"{r['latent_generate_s']:.3f} | {r['latent_over_token']:.2f}x | {r['policy_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "cpu-3b-depth"])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="outputs/bench_decoding.json")
+    args = parser.parse_args(argv)
+    rows = run(args.sizes, args.new_tokens, args.batch_size, args.repeats)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text(table(rows) + "\n")
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
