@@ -48,7 +48,9 @@ def _base(size: str, cache_dir):
 def _batch(processor, batch_size: int):
     texts, images = [], []
     for i in range(batch_size):
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What do you see?" * (1 + i)}]}]
+        msgs = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What do you see?" * (1 + i)}]}
+        ]
         texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
         images.append(Image.new("RGB", (56, 56), "red"))
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
@@ -64,54 +66,55 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
+def measure(size: str, new_tokens: int, batch_size: int, repeats: int, cache_dir=None) -> dict:
+    base, processor, latent_kwargs = _base(size, cache_dir)
+    model = LatentActionModel.from_base(base, **latent_kwargs).eval()
+    batch = _batch(processor, batch_size)
+    never = [10**9]  # no EOS: both decoders produce exactly `new_tokens` tokens
+
+    def token_generate():
+        with torch.no_grad():
+            base.generate(
+                **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None
+            )
+
+    def latent_generate():
+        model.generate(**batch, max_new_tokens=new_tokens, eos_token_id=never, code_top_k=32)
+
+    token_s = _time(token_generate, repeats)
+    latent_s = _time(latent_generate, repeats)
+    # Share of latent decoding spent in the policy layers, from forward hooks.
+    spent = {"policy": 0.0}
+    starts = []
+
+    def pre_hook(*_):
+        starts.append(time.perf_counter())
+
+    def post_hook(*_):
+        spent["policy"] += time.perf_counter() - starts.pop()
+
+    handles = [model.policy.register_forward_pre_hook(pre_hook), model.policy.register_forward_hook(post_hook)]
+    total_start = time.perf_counter()
+    latent_generate()
+    total = time.perf_counter() - total_start
+    for handle in handles:
+        handle.remove()
+    return {
+        "size": size,
+        "base_layers": base.config.text_config.num_hidden_layers,
+        "policy_layers": model.config.policy_layers,
+        "hidden": base.config.text_config.hidden_size,
+        "batch": batch_size,
+        "new_tokens": new_tokens,
+        "token_generate_s": token_s,
+        "latent_generate_s": latent_s,
+        "latent_over_token": latent_s / token_s,
+        "policy_share": spent["policy"] / total,
+    }
+
+
 def run(sizes, new_tokens: int, batch_size: int, repeats: int, cache_dir=None) -> list[dict]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
-    for size in sizes:
-        base, processor, latent_kwargs = _base(size, cache_dir)
-        model = LatentActionModel.from_base(base, **latent_kwargs).eval()
-        batch = _batch(processor, batch_size)
-        never = [10**9]  # no EOS: both decoders produce exactly `new_tokens` tokens
-
-        def token_generate():
-            with torch.no_grad():
-                base.generate(
-                    **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None
-                )
-
-        def latent_generate():
-            model.generate(**batch, max_new_tokens=new_tokens, eos_token_id=never, code_top_k=32)
-
-        token_s = _time(token_generate, repeats)
-        latent_s = _time(latent_generate, repeats)
-        # Share of latent decoding spent in the policy layers, from forward hooks.
-        spent = {"policy": 0.0}
-        starts = []
-        pre = model.policy.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
-        post = model.policy.register_forward_hook(
-            lambda *_: spent.__setitem__("policy", spent["policy"] + time.perf_counter() - starts.pop())
-        )
-        total_start = time.perf_counter()
-        latent_generate()
-        total = time.perf_counter() - total_start
-        pre.remove()
-        post.remove()
-        base_layers = base.config.text_config.num_hidden_layers
-        rows.append(
-            {
-                "size": size,
-                "base_layers": base_layers,
-                "policy_layers": model.config.policy_layers,
-                "hidden": base.config.text_config.hidden_size,
-                "batch": batch_size,
-                "new_tokens": new_tokens,
-                "token_generate_s": token_s,
-                "latent_generate_s": latent_s,
-                "latent_over_token": latent_s / token_s,
-                "policy_share": spent["policy"] / total,
-            }
-        )
-    return rows
+    return [measure(size, new_tokens, batch_size, repeats, cache_dir) for size in sizes]
 
 
 def table(rows) -> str:
