@@ -178,7 +178,7 @@ def test_scripted_server_ratios_failures_and_counters(judge_server, monkeypatch,
     assert logged["judge/failure_rate"] == pytest.approx(0.5)
     # The key was used, and never shows in logs or reprs.
     assert f"Bearer {SECRET}" in state["auth"]
-    assert "Judgement failed" in caplog.text
+    assert "3 of 6 judgement(s) failed" in caplog.text
     assert SECRET not in caplog.text
     assert SECRET not in repr(reward) and SECRET not in repr(reward.backend)
     assert KEY_ENV in repr(reward.backend)
@@ -292,3 +292,48 @@ def test_local_transformers_judge(tiny_cache):
     # An untrained model writes no score pairs: every judgement is a parse error and the batch gets the fallback.
     assert reward(prompts, completions, **kwargs) == [0.25, 0.25]
     assert reward.metrics()["judge/parse_errors"] == 2
+
+
+def test_stock_trl_grpo_with_judge_reward_on_mmrole_data(tiny_cache, tmp_path):
+    """TRL's GRPOTrainer passes the loader's columns to the judge reward, and the judge counters reach its logs."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_latent.data.mmrole import load_mmrole
+    from trl_latent.data.synthetic import CHARACTERS, write_synthetic_task
+    from trl_latent.modeling.tiny import tiny_vlm
+
+    write_synthetic_task(tmp_path / "shapes", sessions_per_file=2, ood_sessions_per_character=1)
+    dataset = load_mmrole(tmp_path / "shapes", image_size=(56, 56), splits=("rl",))["rl"]
+    references = {}
+    for character, reference in zip(dataset["character"], dataset["reference"]):
+        references.setdefault(character, []).append(reference)
+    seen = []
+
+    def judge_fn(messages):
+        seen.append(messages[-1]["content"])
+        return GOOD if len(seen) % 2 else "garbage"
+
+    model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+    )
+    reward = JudgeReward("mmrole", judge_fn)
+    trainer = GRPOTrainer(
+        model=model, processing_class=processor, reward_funcs=[reward], args=args, train_dataset=dataset
+    )
+    trainer.train()
+    assert len(seen) == 4
+    for user in seen:
+        name = next(n for n in CHARACTERS if f"role-play as {n}" in user)
+        assert CHARACTERS[name]["catchphrase"] in user and any(ref in user for ref in references[name])
+    logs = trainer.state.log_history[0]
+    assert logs["judge/failures"] == 2 and logs["judge/failure_rate"] == 0.5
+    assert logs["rewards/judge_reward/mean"] == pytest.approx(56 / 64)  # failures get the batch mean

@@ -243,3 +243,34 @@ def test_synthetic_task_loads(tmp_path):
     assert name in CHARACTERS and row["profile"]["catchphrase"] == CHARACTERS[name]["catchphrase"]
     text = user_text(row)
     assert f"shoes of {name}" in text and f"[human]: {row['question']}" in text and text.endswith(f"[{name}]: ")
+
+
+def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_latent.data.synthetic import write_synthetic_task
+    from trl_latent.modeling.tiny import tiny_vlm
+
+    write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1)
+    dataset = to_sft(load_mmrole(tmp_path / "shapes", image_size=(56, 56), splits=("sft",))["sft"])
+    model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        assistant_only_loss=True,
+        max_length=None,
+    )
+    trainer = SFTTrainer(model=model, processing_class=processor, args=args, train_dataset=dataset)
+    batch = next(iter(trainer.get_train_dataloader()))
+    # Assistant-only loss: the labelled tokens are exactly the reference answers (plus the end-of-turn token).
+    labelled = [
+        processor.tokenizer.decode(ids[labels != -100]) for ids, labels in zip(batch["input_ids"], batch["labels"])
+    ]
+    assert all(any(text.startswith(ref) for ref in dataset["reference"]) for text in labelled)
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] > 0

@@ -103,6 +103,11 @@ class VLMGenerationBackend:
         return [text.strip() for text in self.processor.batch_decode(completions, skip_special_tokens=True)]
 
 
+# The latent-model backend goes here: `LatentGenerationBackend(model, processor)` around
+# `trl_latent.modeling.LatentActionModel`'s latent `generate` with near-greedy codes (top-k 64, temperature 0.1) and
+# greedy tokens (authors' evaluation), returning one text per prompt like `VLMGenerationBackend`.
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:

@@ -343,6 +343,7 @@ class Judgement:
     text: str = ""
     error: str | None = None
     num_dimensions: int = 0
+    failure: str | None = None  # "request" (no answer) or "parse" (an answer without usable score pairs)
 
     @property
     def ok(self) -> bool:
@@ -677,11 +678,12 @@ class JudgeReward:
         try:
             text = self._request(messages)
         except Exception as err:
-            return Judgement(error=str(err), num_dimensions=n)
+            return Judgement(error=str(err), num_dimensions=n, failure="request")
         scores = parse_scores(text, self.rubric.dimensions)
         judgement = Judgement(scores=scores, text=text, num_dimensions=n)
         if judgement.reward is None:
-            judgement.error = "no score pair could be parsed from the judge's answer"
+            judgement.error = "no usable score pair could be parsed from the judge's answer"
+            judgement.failure = "parse"
         return judgement
 
     def _rows(self, n: int, kwargs: dict) -> list[dict]:
@@ -713,15 +715,19 @@ class JudgeReward:
             return []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(messages))) as pool:
             judgements = list(pool.map(self._judge_one, messages))
-        for judgement in judgements:
-            self._count("judgements")
-            if not judgement.ok:
-                self._count("failures")
-                if judgement.text and not judgement.scores:
-                    self._count("parse_errors")
-                logger.warning("Judgement failed (%s); it gets the batch mean.", judgement.error)
-            elif judgement.partial:
-                self._count("partial")
+        failed = [j for j in judgements if not j.ok]
+        self._count("judgements", len(judgements))
+        self._count("failures", len(failed))
+        self._count("parse_errors", sum(j.failure == "parse" for j in failed))
+        self._count("partial", sum(j.ok and j.partial for j in judgements))
+        if failed:
+            reasons = sorted({j.error or "unknown" for j in failed})
+            logger.warning(
+                "%d of %d judgement(s) failed (%s); a failed judgement gets the batch mean.",
+                len(failed),
+                len(judgements),
+                "; ".join(reasons),
+            )
         return judgements
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
