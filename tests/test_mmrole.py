@@ -187,7 +187,9 @@ def test_ood_file_and_other_dialogue_types(mmrole_root):
     rows = [r for ds in splits.values() for r in ds if r["dialogue_type"] == "human-role"]
     assert sorted(r["reference"] for r in rows) == ["Greetings.", "Now."]
     second = next(r for r in rows if r["reference"] == "Now.")
-    assert second["history"] == "[human]: Hello?\n[Black Panther]: Greetings."
+    assert (
+        second["history"] == "[human]: Hello?\n[Black Panther]: Greetings." and second["question_speaker"] == "human"
+    )
     text = user_text(second)
     assert "[human]: Hello?\n[Black Panther]: Greetings.\n\nPlease embody" in text
     assert text.endswith("[human]: And now?\n[Black Panther]: ")

@@ -435,6 +435,7 @@ def session_samples(
                 "character": session.character,
                 "profile": dict(profile),
                 "question": question,
+                "question_speaker": question_speaker,
                 "history": format_history(history),
                 "dialogue_type": session.dialogue_type,
                 "distribution": session.distribution,
@@ -495,8 +496,8 @@ def load_mmrole(
 
     Each split has the columns `prompt` (system + user conversation, the user turn holding a `{"type": "image"}`
     part), `image` (PIL, resized), `reference` (the character's answer), `character`, `profile` (the five fields),
-    `question`, `history`, `id`, `dialogue_type`, `distribution` and `image_path`. [`to_sft`] turns a split into the
-    SFT form (`messages` with the reference as the assistant turn, `images`).
+    `question`, `question_speaker`, `history`, `id`, `dialogue_type`, `distribution` and `image_path`. [`to_sft`]
+    turns a split into the SFT form (`messages` with the reference as the assistant turn, `images`).
 
     Args:
         root (`str` or `Path`):

@@ -130,7 +130,8 @@ MMROLE_DIMENSIONS = (
     Dimension(
         "tone_consistency",
         "Tone Consistency",
-        "Does the response keep {name}'s usual manner of speaking and catchphrases, rather than an AI assistant's style?",
+        "Does the response keep {name}'s usual manner of speaking and catchphrases, rather than an AI assistant's "
+        "style?",
     ),
 )
 
@@ -709,7 +710,7 @@ class JudgeReward:
         for prompt, completion, row in zip(prompts, completions, rows):
             conversation = row.get("question") or row.get("query") or conversation_text(prompt)
             if row.get("history"):
-                conversation = f"{row['history']}\n[human]: {conversation}"
+                conversation = f"{row['history']}\n[{row.get('question_speaker') or 'human'}]: {conversation}"
             messages.append(self.rubric.build(conversation, completion_text(completion), row))
         if not messages:
             return []
