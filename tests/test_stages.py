@@ -1,0 +1,135 @@
+"""The stage table and `LatentSFTConfig`: rows, ablation switches, weights, validation. No model, milliseconds."""
+
+import pytest
+
+from trl_latent.modeling.model import MODULE_GROUPS
+from trl_latent.training.latent_sft_config import LatentSFTConfig
+from trl_latent.training.stages import STAGE_NAMES, STAGES, STREAMS, resolve_stage
+
+
+def config(**kwargs):
+    kwargs.setdefault("use_cpu", True)
+    kwargs.setdefault("bf16", False)
+    kwargs.setdefault("report_to", "none")
+    return LatentSFTConfig(output_dir="unused", **kwargs)
+
+
+ALL_ON = {
+    "inverse_warmup": {"world/ce_paired": 1.0, "inverse/entropy": -1e-3},
+    "projector_warmup": {"projector/nll_paired": 1.0, "projector/nll_inverse": 1.0},
+    "joint": {
+        "world/ce_paired": 1.0,
+        "world/ce_text": 1.0,
+        "inverse/entropy": -1e-3,
+        "inverse/entropy_text": -1e-3,
+        "projector/nll_paired": 1e-5,
+        "projector/nll_inverse": 1e-5,
+        "projector/cycle": 1e-5,
+    },
+    "policy_bc": {"policy/bc_paired": 1.0, "policy/bc_text": 1.0},
+    "world_sft": {"world/ce_paired": 1.0},
+}
+
+
+def test_stage_names_and_rows_match_the_design():
+    assert STAGE_NAMES == ("inverse_warmup", "projector_warmup", "joint", "policy_bc", "world_sft")
+    assert STAGES["inverse_warmup"].trainable == ("inverse_dynamics", "codebook", "world_merge")
+    assert STAGES["projector_warmup"].trainable == ("projector", "inverse_projector")
+    assert set(STAGES["joint"].trainable) == {
+        "inverse_dynamics",
+        "codebook",
+        "world_merge",
+        "projector",
+        "inverse_projector",
+    }
+    assert STAGES["policy_bc"].trainable == ("policy",)
+    assert STAGES["world_sft"].trainable == () and STAGES["world_sft"].base_trainable
+    assert not any(STAGES[s].base_trainable for s in STAGE_NAMES if s != "world_sft")
+    assert STAGES["world_sft"].code_source == "policy" and STAGES["joint"].code_source == "inverse"
+    for stage in STAGES.values():
+        assert set(stage.trainable) <= set(MODULE_GROUPS)
+        assert {t.stream for t in stage.terms} <= set(STREAMS)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_default_plan_weights_and_streams(stage):
+    plan = resolve_stage(config(stage=stage))
+    assert plan.weights == pytest.approx(ALL_ON[stage])
+    expected_streams = ("paired", "text") if stage in ("joint", "policy_bc") else ("paired",)
+    assert plan.streams == expected_streams
+    assert plan.trainable == STAGES[stage].trainable
+
+
+@pytest.mark.parametrize(
+    "switch, removed",
+    [
+        ("use_cycle_loss", {"projector/cycle"}),
+        ("use_projector", {"projector/cycle", "projector/nll_paired", "projector/nll_inverse"}),
+        ("use_text_only", {"world/ce_text", "inverse/entropy_text", "projector/cycle"}),
+    ],
+)
+def test_each_ablation_switch_removes_exactly_its_terms_in_joint(switch, removed):
+    plan = resolve_stage(config(stage="joint", **{switch: False}))
+    assert set(ALL_ON["joint"]) - set(plan.weights) == removed
+    if switch == "use_projector":
+        assert "projector" not in plan.trainable and "inverse_projector" not in plan.trainable
+        assert plan.streams == ("paired", "text")  # text-only data still feeds the IDM, as raw e^T
+    else:
+        assert "projector" in plan.trainable
+    if switch == "use_text_only":
+        assert plan.streams == ("paired",)
+
+
+def test_ablation_switches_in_policy_bc():
+    assert set(resolve_stage(config(stage="policy_bc", use_text_only=False)).weights) == {"policy/bc_paired"}
+    # Without the projector the policy still clones on text-only data (fed raw e^T): no term goes.
+    assert set(resolve_stage(config(stage="policy_bc", use_projector=False)).weights) == set(ALL_ON["policy_bc"])
+    assert set(resolve_stage(config(stage="policy_bc", use_cycle_loss=False)).weights) == set(ALL_ON["policy_bc"])
+
+
+def test_loss_weights_come_from_the_config():
+    plan = resolve_stage(config(stage="joint", entropy_weight=0.5, projector_weight=0.25, cycle_weight=2.0))
+    assert plan.weights["inverse/entropy"] == -0.5 and plan.weights["inverse/entropy_text"] == -0.5
+    assert plan.weights["projector/nll_paired"] == 0.25 and plan.weights["projector/cycle"] == 2.0
+    # The projector warm-up always weighs its NLLs 1, whatever projector_weight says.
+    assert resolve_stage(config(stage="projector_warmup", projector_weight=0.25)).weights["projector/nll_paired"] == 1
+
+
+def test_config_defaults_follow_the_stage():
+    assert config(stage="inverse_warmup").learning_rate == 1e-4
+    assert config(stage="projector_warmup").learning_rate == 1e-3
+    assert config(stage="world_sft").learning_rate == 5e-5
+    assert config(stage="world_sft").num_train_epochs == 3
+    assert config(stage="joint").num_train_epochs == 1
+    assert config(stage="joint", learning_rate=3e-3).learning_rate == 3e-3
+    c = config(stage="joint")
+    assert (c.entropy_weight, c.projector_weight, c.cycle_weight) == (1e-3, 1e-5, 1e-5)
+    assert c.world_sft_last_layers == 8 and not c.skip_bad_records
+    assert c.remove_unused_columns is False and c.dataset_kwargs["skip_prepare_dataset"] is True
+    assert not c.activation_checkpointing
+
+
+def test_unknown_stage_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Unknown stage 'pretrain'.*inverse_warmup"):
+        config(stage="pretrain")
+
+
+def test_projector_warmup_without_projector_has_nothing_to_train():
+    with pytest.raises(ValueError, match="nothing left to train.*skip it"):
+        config(stage="projector_warmup", use_projector=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"entropy_weight": -1.0}, "entropy_weight must be >= 0"),
+        ({"cycle_weight": -1e-5}, "cycle_weight must be >= 0"),
+        ({"world_sft_last_layers": -1}, "world_sft_last_layers must be >= 0"),
+        ({"remove_unused_columns": True}, "remove_unused_columns"),
+        ({"packing": True}, "packing and padding_free are not supported"),
+        ({"gradient_checkpointing": True}, "checkpointing is not supported"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        config(**kwargs)

@@ -1,0 +1,482 @@
+"""The data streams that build the latent action space: paired image-text data and text-only data.
+
+Two record formats are read:
+
+- **TRL's conversational VLM format**: `{"messages": [...], "images": [PIL image or path, ...]}` (what
+  `trl.SFTTrainer` takes, and what [`synthetic_sft_dataset`] builds); text-only records are `{"messages": [...]}` or a
+  plain `{"text": "..."}`.
+- **The authors' pretraining JSON format** (docs/design.md section 3; a sample in `shared/data/pretrain-format-sample/`):
+  a JSON list of `{id, images: [path], messages: [{role, content}], instance_type}`. The first user turn of a paired
+  record may hold an `<image>` placeholder where the image goes (without one, the image goes before the first user
+  text, as TRL does); text-only records have no `images` key. [`load_pretrain_corpus`] reads such files into a paired
+  and a text-only `datasets.Dataset` in TRL's format (image paths kept as strings, opened per batch).
+
+[`LatentDataCollator`] turns a batch of paired records (and, for the stages that mix them 1:1, as many text-only
+records) into one sub-batch per stream, with the processor's outputs (`input_ids`, `attention_mask`, `pixel_values`,
+`image_grid_thw`, `mm_token_type_ids`) and a `loss_mask` of the tokens the losses cover: text tokens only (no padding,
+no image tokens; only assistant tokens with `assistant_only_loss=True`).
+
+A paired record whose image is missing or unreadable raises [`BadRecordError`] naming the record, or, with
+`skip_bad_records=True`, is dropped from its batch and counted.
+
+```python
+>>> from trl_latent.data.pretrain import pretrain_messages
+>>> pretrain_messages([{"role": "user", "content": "<image>\\nDescribe the picture."}], num_images=1)[0]["content"]
+[{'type': 'image', 'text': None}, {'type': 'text', 'text': 'Describe the picture.'}]
+```
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "BadRecordError",
+    "LatentDataCollator",
+    "PretrainCorpus",
+    "load_pretrain_corpus",
+    "pretrain_messages",
+    "with_stream_indices",
+]
+
+IMAGE_PLACEHOLDER = "<image>"
+PAIRED_INDEX, TEXT_INDEX = "paired_index", "text_index"
+
+
+class BadRecordError(ValueError):
+    """A record that cannot be trained on (missing or unreadable image, no text token left after masking, ...).
+
+    Its message names the record; `reason` is a short key used to count skipped records."""
+
+    def __init__(self, message: str, reason: str = "bad_record"):
+        super().__init__(message)
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------------------------- records
+def record_name(record: dict, stream: str, index: int | None = None) -> str:
+    """How errors name a record: its `id` when it has one, and its row in the stream's dataset."""
+    parts = []
+    if record.get("id") is not None:
+        parts.append(f"id={record['id']!r}")
+    if index is not None:
+        parts.append(f"row {index}")
+    return f"{stream} record " + (", ".join(parts) if parts else "(no id)")
+
+
+def pretrain_messages(messages: list[dict], num_images: int, name: str = "record") -> list[dict]:
+    """Messages with string contents (the pretraining format) -> TRL's typed parts, images at their `<image>`
+    placeholders.
+
+    Without any placeholder, the images go before the first user turn's text (TRL's convention). Every part is a
+    `{"type", "text"}` dict (`text=None` for images) so Arrow stores one schema for all turns.
+    """
+    n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages if isinstance(m.get("content"), str))
+    if n_placeholders not in (0, num_images):
+        raise BadRecordError(
+            f"{name} has {num_images} image(s) but {n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s); each image "
+            f"needs one placeholder, or none at all (then the images go before the first user turn).",
+            reason="placeholder_mismatch",
+        )
+    out, inserted = [], n_placeholders > 0
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise BadRecordError(f"{name} has a message with role {role!r}; expected system, user or assistant.")
+        if not isinstance(content, str):
+            raise BadRecordError(
+                f"{name}: a pretraining-format message's content must be a string (got {type(content).__name__})."
+            )
+        parts = []
+        if role == "user" and not inserted and num_images:
+            parts += [{"type": "image", "text": None}] * num_images
+            inserted = True
+        pieces = content.split(IMAGE_PLACEHOLDER)
+        for i, piece in enumerate(pieces):
+            if i > 0:
+                parts.append({"type": "image", "text": None})
+                piece = piece[1:] if piece.startswith("\n") else piece  # "<image>\n" is one unit in the format
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        out.append({"role": role, "content": parts})
+    if num_images and not inserted:
+        raise BadRecordError(f"{name} has images but no user turn to put them in.", reason="placeholder_mismatch")
+    return out
+
+
+def _read_records(path: Path) -> list[dict]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = json.loads(text)
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of records (got a {type(records).__name__}).")
+    return records
+
+
+@dataclass
+class PretrainCorpus:
+    """Records read by [`load_pretrain_corpus`].
+
+    Attributes:
+        paired (`datasets.Dataset` or `None`): paired records in TRL's format: `id`, `messages` (typed parts),
+            `images` (absolute paths), `instance_type`.
+        text (`datasets.Dataset` or `None`): text-only records: `id`, `messages` (string contents), `instance_type`.
+        skipped (`list[tuple[str, str]]`): `(record name, reason)` of each record dropped with `skip_bad_records`.
+    """
+
+    paired: Any = None
+    text: Any = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def load_pretrain_corpus(paths, image_root=None, skip_bad_records: bool = False) -> PretrainCorpus:
+    """Read pretraining JSON (or JSON-lines) files into a paired and a text-only dataset.
+
+    Records with an `images` key are paired, the others text-only. A paired record with no image, a missing image
+    file or a placeholder count that does not match its images raises [`BadRecordError`] naming the record and the
+    file, unless `skip_bad_records=True` (then it is left out and listed in `PretrainCorpus.skipped`). Images are only
+    checked to exist here; an unreadable image file is caught when its batch is built ([`LatentDataCollator`]).
+
+    Args:
+        paths (`str`, `Path` or a list of them): JSON files (a list of records) or `.jsonl` files.
+        image_root (`str` or `Path`, *optional*): folder relative image paths are resolved against; defaults to each
+            file's own folder.
+        skip_bad_records (`bool`, *optional*, defaults to `False`): drop and count bad records instead of raising.
+
+    Returns:
+        [`PretrainCorpus`]
+    """
+    from datasets import Dataset
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paired, text, skipped = [], [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"Pretraining file {path} does not exist.")
+        root = Path(image_root) if image_root is not None else path.parent
+        for i, record in enumerate(_read_records(path)):
+            name = f"{record_name(record, 'pretraining', i)} of {path}"
+            try:
+                if not isinstance(record.get("messages"), list) or not record["messages"]:
+                    raise BadRecordError(f"{name} has no `messages` list.", reason="no_messages")
+                if "images" in record:
+                    paired.append(_paired_pretrain_record(record, root, name))
+                else:
+                    text.append(
+                        {
+                            "id": str(record.get("id", i)),
+                            "messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]],
+                            "instance_type": record.get("instance_type"),
+                        }
+                    )
+            except BadRecordError as err:
+                if not skip_bad_records:
+                    raise
+                skipped.append((name, err.reason))
+                logger.warning("Skipping a bad record: %s", err)
+    return PretrainCorpus(
+        paired=Dataset.from_list(paired) if paired else None,
+        text=Dataset.from_list(text) if text else None,
+        skipped=skipped,
+    )
+
+
+def _paired_pretrain_record(record: dict, root: Path, name: str) -> dict:
+    images = record.get("images")
+    if not images or not isinstance(images, list) or any(not isinstance(p, str) or not p for p in images):
+        raise BadRecordError(
+            f"{name} is a paired record without an image (`images` is {images!r}); give each paired record at least "
+            f"one image path, or drop the `images` key to make it text-only.",
+            reason="no_image",
+        )
+    resolved = []
+    for image in images:
+        path = Path(image) if os.path.isabs(image) else root / image
+        if not path.is_file():
+            raise BadRecordError(
+                f"{name}: image {image!r} not found (looked for {path}); pass `image_root=` the folder the image "
+                f"paths are relative to.",
+                reason="missing_image",
+            )
+        resolved.append(str(path))
+    return {
+        "id": str(record.get("id", "")),
+        "messages": pretrain_messages(record["messages"], len(resolved), name),
+        "images": resolved,
+        "instance_type": record.get("instance_type"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- streams
+def with_stream_indices(paired, text=None, seed: int = 0):
+    """The trainer's view of the streams: the paired dataset with a `paired_index` column and, when a text-only
+    dataset is mixed in, a `text_index` column naming the text-only record that shares its step.
+
+    One epoch covers every record of the larger stream once: the smaller one is cycled (paired rows repeat when the
+    text-only stream is larger). Text-only records are assigned in a seeded order, so a paired record does not
+    always meet the same text-only one from epoch to epoch.
+    """
+    n_paired = len(paired)
+    if n_paired == 0:
+        raise ValueError("The paired (train) dataset is empty.")
+    if PAIRED_INDEX in paired.column_names or TEXT_INDEX in paired.column_names:
+        paired = paired.remove_columns([c for c in (PAIRED_INDEX, TEXT_INDEX) if c in paired.column_names])
+    n_text = len(text) if text is not None else 0
+    if text is not None and n_text == 0:
+        raise ValueError("The text-only dataset is empty.")
+    n_rows = max(n_paired, n_text)
+    rows = [i % n_paired for i in range(n_rows)]
+    if n_rows > n_paired:
+        paired = paired.select(rows)
+    paired = paired.add_column(PAIRED_INDEX, rows)
+    if text is not None:
+        order = torch.randperm(n_text, generator=torch.Generator().manual_seed(seed)).tolist()
+        paired = paired.add_column(TEXT_INDEX, [order[i % n_text] for i in range(n_rows)])
+    return paired
+
+
+# ------------------------------------------------------------------------------------------------- images
+def _load_image(image, name: str):
+    """A PIL image from a PIL image, a path, or a `datasets` image dict (`{"bytes", "path"}`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image
+    if image is None:
+        raise BadRecordError(f"{name} has an empty image entry (None).", reason="no_image")
+    source = image
+    if isinstance(image, dict):
+        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        raise BadRecordError(f"{name}: image file {str(source)!r} not found.", reason="missing_image")
+    try:
+        with Image.open(source) as opened:
+            return opened.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise BadRecordError(
+            f"{name}: image {str(image)[:200]!r} cannot be read ({err}).", reason="unreadable_image"
+        ) from err
+
+
+# ------------------------------------------------------------------------------------------------- collator
+def _image_parts(messages) -> int:
+    """Image placeholders among typed message parts (`{"type": "image"}`)."""
+    count = 0
+    for message in messages or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            count += sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image")
+    return count
+
+
+@dataclass
+class LatentDataCollator:
+    """Collates the latent-space stages' data streams into `{"paired": {...}, "text": {...}}`.
+
+    Each example is a paired record (with `paired_index` and, when the text stream is on, `text_index` columns added
+    by [`with_stream_indices`]); the text-only record that shares its step is read from `text_dataset`. Each stream is
+    tokenised with TRL's `DataCollatorForVisionLanguageModeling` (the processor's chat template, right padding), and
+    gets a `loss_mask`: labelled tokens (`labels != -100`) that are not image or video tokens.
+
+    Args:
+        processing_class (`ProcessorMixin`): the base model's processor (e.g. `Qwen2_5_VLProcessor`).
+        text_dataset (`datasets.Dataset`, *optional*): text-only records (`messages` or `text`).
+        streams (`tuple[str, ...]`, *optional*, defaults to `("paired",)`): streams to build.
+        paired_requires_image (`bool`, *optional*, defaults to `True`): whether a paired record without an image is
+            an error (`False` for task SFT, where text-only dialogues are fine).
+        max_length (`int`, *optional*): truncation length (image tokens must survive it).
+        assistant_only_loss (`bool`, *optional*, defaults to `False`): only assistant tokens of conversational
+            records count in `loss_mask` (plain `text` records always count every token).
+        chat_template (`str`, *optional*): a chat template with `{% generation %}` markers for `assistant_only_loss`.
+        pad_to_multiple_of (`int`, *optional*): pad lengths to a multiple of this.
+        skip_bad_records (`bool`, *optional*, defaults to `False`): drop bad records (counted in `skipped` and in the
+            batch's `skipped_records`) instead of raising [`BadRecordError`].
+    """
+
+    processing_class: Any
+    text_dataset: Any = None
+    streams: tuple[str, ...] = ("paired",)
+    paired_requires_image: bool = True
+    max_length: int | None = None
+    assistant_only_loss: bool = False
+    chat_template: str | None = None
+    pad_to_multiple_of: int | None = None
+    skip_bad_records: bool = False
+    skipped: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        from transformers import ProcessorMixin
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+        if not isinstance(self.processing_class, ProcessorMixin):
+            raise TypeError(
+                "LatentDataCollator needs the base model's processor (a `ProcessorMixin`, e.g. Qwen2_5_VLProcessor), "
+                f"got {type(self.processing_class).__name__}. Load it with the processor class itself: "
+                "`AutoProcessor` silently returns a bare tokenizer when it cannot build the processor."
+            )
+        if "text" in self.streams and self.text_dataset is None:
+            raise ValueError("The text stream is on but no text_dataset was given.")
+
+        def make(assistant_only: bool):
+            return DataCollatorForVisionLanguageModeling(
+                processor=self.processing_class,
+                max_length=self.max_length,
+                pad_to_multiple_of=self.pad_to_multiple_of,
+                assistant_only_loss=assistant_only,
+                chat_template=self.chat_template if assistant_only else None,
+            )
+
+        self._conversational = make(self.assistant_only_loss)
+        self._plain = make(False)
+        tokenizer = self.processing_class.tokenizer
+        non_text = {
+            getattr(self.processing_class, "image_token", None),
+            getattr(self.processing_class, "video_token", None),
+        }
+        self._non_text_ids = sorted(
+            tokenizer.convert_tokens_to_ids(t) for t in non_text if t is not None and t in tokenizer.get_vocab()
+        )
+
+    # ---------------------------------------------------------------------------------------------- records
+    def _paired(self, example: dict) -> dict:
+        name = record_name(example, "paired", example.get(PAIRED_INDEX))
+        images = example.get("images")
+        if images is None and "image" in example:
+            images = [example["image"]]
+        images = list(images or [])
+        if self.paired_requires_image and not images:
+            raise BadRecordError(
+                f"{name} has no image; the {'/'.join(self.streams)} stream needs one image per paired record. Put "
+                "text-only records in `text_dataset`, or pass skip_bad_records=True to drop such records.",
+                reason="no_image",
+            )
+        placeholders = _image_parts(example.get("messages"))
+        if placeholders and placeholders != len(images):
+            raise BadRecordError(
+                f"{name} has {placeholders} image placeholder(s) in its messages but {len(images)} image(s).",
+                reason="no_image" if not images else "placeholder_mismatch",
+            )
+        return self._conversation(example, name, [_load_image(image, name) for image in images])
+
+    def _text(self, example: dict) -> dict:
+        name = record_name(example, "text-only", example.get("_row"))
+        images = example.get("images") or ([example["image"]] if example.get("image") is not None else [])
+        if images or _image_parts(example.get("messages")):
+            raise BadRecordError(
+                f"{name} holds an image (or an image placeholder); a text-only record must not. Put it in the paired "
+                "(train) dataset, or drop its image parts.",
+                reason="image_in_text_record",
+            )
+        return self._conversation(example, name, [])
+
+    @staticmethod
+    def _conversation(example: dict, name: str, images: list) -> dict:
+        if example.get("messages"):
+            return {"messages": example["messages"], "images": images, "_name": name}
+        if example.get("text"):
+            return {"text": example["text"], "images": images, "_name": name}
+        raise BadRecordError(f"{name} has neither a non-empty `messages` list nor a `text` string.", reason="no_text")
+
+    def _guard(self, build, example):
+        try:
+            return build(example)
+        except BadRecordError as err:
+            if not self.skip_bad_records:
+                raise
+            self.skipped[err.reason] += 1
+            logger.warning("Skipping a bad record: %s", err)
+            return None
+
+    # ---------------------------------------------------------------------------------------------- encoding
+    def _encode(self, records: list[dict], stream: str) -> dict:
+        conversational = "messages" in records[0]
+        if any(("messages" in r) != conversational for r in records):
+            raise ValueError(
+                f"The {stream} stream mixes `messages` and `text` records in one batch; use one format per dataset."
+            )
+        collator = self._conversational if conversational else self._plain
+        try:
+            out = collator.torch_call([{k: v for k, v in r.items() if k != "_name"} for r in records])
+        except ValueError as err:  # e.g. the processor's own check that truncation kept every image token
+            names = ", ".join(r["_name"] for r in records)
+            raise ValueError(f"Could not tokenise the {stream} batch ({names}): {err}") from err
+        labels = out.pop("labels")
+        loss_mask = labels != -100
+        for token_id in self._non_text_ids:
+            loss_mask &= out["input_ids"] != token_id
+        out["loss_mask"] = loss_mask
+        return dict(out)
+
+    def _encode_checked(self, records: list[dict], stream: str) -> tuple[dict | None, int]:
+        """Encode, then drop (or fail on) records left with no token to train on after masking."""
+        dropped = 0
+        while records:
+            out = self._encode(records, stream)
+            # A step t trains on token t+1: a record needs a loss token after its first position.
+            empty = [i for i, row in enumerate(out["loss_mask"][:, 1:]) if not bool(row.any())]
+            if not empty:
+                return out, dropped
+            names = [records[i]["_name"] for i in empty]
+            message = (
+                f"{', '.join(names)} has no text token to train on after masking (padding, image tokens"
+                + (", non-assistant tokens with assistant_only_loss=True" if self.assistant_only_loss else "")
+                + (f", truncation to max_length={self.max_length}" if self.max_length else "")
+                + "); fix the record or pass skip_bad_records=True to drop it."
+            )
+            if not self.skip_bad_records:
+                raise BadRecordError(message, reason="no_text_tokens")
+            logger.warning("Skipping: %s", message)
+            self.skipped["no_text_tokens"] += len(empty)
+            dropped += len(empty)
+            records = [r for i, r in enumerate(records) if i not in set(empty)]
+        return None, dropped
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch, skipped = {}, 0
+        paired = [self._guard(self._paired, ex) for ex in examples]
+        skipped += sum(r is None for r in paired)
+        paired = [r for r in paired if r is not None]
+        out, dropped = self._encode_checked(paired, "paired")
+        skipped += dropped
+        if out is None:
+            raise BadRecordError(
+                "Every paired record of a batch was skipped as bad; check the dataset (see the warnings above).",
+                reason="empty_batch",
+            )
+        batch["paired"] = out
+        if "text" in self.streams:
+            texts = []
+            for ex in examples:
+                record = dict(self.text_dataset[int(ex[TEXT_INDEX])])
+                record["_row"] = int(ex[TEXT_INDEX])
+                texts.append(self._guard(self._text, record))
+            skipped += sum(r is None for r in texts)
+            texts = [r for r in texts if r is not None]
+            out, dropped = self._encode_checked(texts, "text")
+            skipped += dropped
+            if out is None:
+                raise BadRecordError(
+                    "Every text-only record of a batch was skipped as bad; check the text-only dataset.",
+                    reason="empty_batch",
+                )
+            batch["text"] = out
+        batch["skipped_records"] = torch.tensor(skipped)
+        return batch

@@ -1,0 +1,201 @@
+"""`LatentSFTConfig`: the configuration of [`LatentSFTTrainer`], the five stages that build the latent space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from .stages import STAGE_NAMES, resolve_stage
+
+# Per-stage defaults from the authors' code (docs/design.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
+# 5e-5 and 3 epochs for stage 5, 1 epoch for every pre-training stage.
+STAGE_LEARNING_RATES = {
+    "inverse_warmup": 1e-4,
+    "projector_warmup": 1e-3,
+    "joint": 1e-4,
+    "policy_bc": 1e-4,
+    "world_sft": 5e-5,
+}
+STAGE_EPOCHS = {"inverse_warmup": 1.0, "projector_warmup": 1.0, "joint": 1.0, "policy_bc": 1.0, "world_sft": 3.0}
+
+
+@dataclass
+class LatentSFTConfig(SFTConfig):
+    r"""
+    Configuration class for the [`LatentSFTTrainer`]: one of the five supervised stages that build the latent action
+    space (docs/design.md section 3; the stage table is `trl_latent.training.stages.STAGES`).
+
+    [`LatentSFTConfig`] inherits every parameter of [`~trl.SFTConfig`]. Only the stage-specific ones are listed here.
+
+    Parameters:
+        > Parameters that choose the stage
+
+        stage (`str`, *optional*, defaults to `"inverse_warmup"`):
+            The stage to run: `"inverse_warmup"` (1: IDM, codebook and world-model merge on paired data),
+            `"projector_warmup"` (2: the projector pair on paired data), `"joint"` (3: IDM and projectors on paired and
+            text-only data, with the cycle loss), `"policy_bc"` (4: the policy clones the IDM's argmax codes) or
+            `"world_sft"` (5: action-guided task SFT of the base with the policy's argmax codes).
+
+        > Parameters that weight the loss terms
+
+        entropy_weight (`float`, *optional*, defaults to `1e-3`):
+            Weight of the IDM entropy bonus (stages 1 and 3). The loss subtracts `entropy_weight` times the entropy of
+            the IDM's code distribution averaged over the batch's steps, which keeps codes in use.
+        projector_weight (`float`, *optional*, defaults to `1e-5`):
+            Weight of the projector's paired Gaussian NLLs in the `joint` stage (in `projector_warmup` they weigh 1).
+        cycle_weight (`float`, *optional*, defaults to `1e-5`):
+            Weight of the cycle loss `NLL(P'(mean P(e^T)); e^T)` on text-only data in the `joint` stage.
+
+        > Ablation switches (each removes exactly its loss terms)
+
+        use_cycle_loss (`bool`, *optional*, defaults to `True`):
+            Whether the `joint` stage has the cycle loss (`projector/cycle`).
+        use_projector (`bool`, *optional*, defaults to `True`):
+            Whether text-only states go through the projector P. With `False`, text-only data feeds raw text states
+            e^T to the IDM (joint) and the policy (policy_bc); the projector's loss terms and trainable modules are
+            removed, and `projector_warmup` has nothing to train (skip it).
+        use_text_only (`bool`, *optional*, defaults to `True`):
+            Whether `joint` and `policy_bc` use the text-only stream. With `False`, every text-only term is removed and
+            no `text_dataset` is needed.
+
+        > Parameters of the world-model SFT stage
+
+        world_sft_last_layers (`int`, *optional*, defaults to `8`):
+            The `world_sft` trainable set is the vision tower, the last `world_sft_last_layers` language-model layers,
+            the final norm and the embeddings. Pass a `peft.LoraConfig` as the trainer's `peft_config` to train a LoRA
+            adapter on the base instead (then only the adapter trains).
+
+        > Parameters of the data streams
+
+        skip_bad_records (`bool`, *optional*, defaults to `False`):
+            A paired record whose image is missing or unreadable (or any record with no text token left to train on)
+            raises an error naming the record. With `True`, such records are dropped from their batch and counted
+            (logged as `data/skipped_records`).
+
+    > [!NOTE]
+    > Defaults that differ from [`~trl.SFTConfig`]:
+    > - `learning_rate` and `num_train_epochs`: the stage's (1e-4 for `inverse_warmup`, `joint` and `policy_bc`, 1e-3
+    >   for `projector_warmup`, 5e-5 for `world_sft`; 1 epoch, 3 for `world_sft`), as in the authors' code.
+    > - `gradient_checkpointing` off: the latent modules do not support it, and the base is frozen in stages 1-4.
+    > - `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`: the trainer's own collator
+    >   reads both data streams.
+    >
+    > On a CPU, also pass `use_cpu=True` (or `bf16=False`) and `report_to="none"`.
+
+    Example:
+
+    ```python
+    >>> from trl_latent.training.latent_sft_config import LatentSFTConfig
+    >>> config = LatentSFTConfig(output_dir="out", stage="joint", use_cpu=True, report_to="none")
+    >>> config.learning_rate, config.entropy_weight, config.cycle_weight
+    (0.0001, 0.001, 1e-05)
+    ```
+    """
+
+    # Parameters whose default values are overridden from SFTConfig
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "The initial learning rate for AdamW. Defaults to the stage's: 1e-4 (inverse_warmup, joint, "
+            "policy_bc), 1e-3 (projector_warmup), 5e-5 (world_sft)."
+        },
+    )
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Number of training epochs. Defaults to the stage's: 1, or 3 for world_sft."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of `activation_checkpointing`; not supported by the latent modules."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Must stay False: the trainer's collator reads the record columns itself."},
+    )
+    dataset_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Always `{'skip_prepare_dataset': True}`: the trainer's collator tokenises on the fly."},
+    )
+
+    # Stage
+    stage: str = field(
+        default="inverse_warmup",
+        metadata={"help": "The stage to run.", "choices": list(STAGE_NAMES)},
+    )
+
+    # Loss weights
+    entropy_weight: float = field(
+        default=1e-3,
+        metadata={"help": "Weight of the IDM entropy bonus (stages inverse_warmup and joint); the sign raises it."},
+    )
+    projector_weight: float = field(
+        default=1e-5,
+        metadata={"help": "Weight of the projector's paired Gaussian NLLs in the joint stage."},
+    )
+    cycle_weight: float = field(
+        default=1e-5,
+        metadata={"help": "Weight of the cycle loss on text-only data in the joint stage."},
+    )
+
+    # Ablation switches
+    use_cycle_loss: bool = field(
+        default=True,
+        metadata={"help": "Whether the joint stage has the cycle loss on text-only data."},
+    )
+    use_projector: bool = field(
+        default=True,
+        metadata={"help": "Whether text-only states go through the projector P (False: raw text states e^T)."},
+    )
+    use_text_only: bool = field(
+        default=True,
+        metadata={"help": "Whether the joint and policy_bc stages use the text-only data stream."},
+    )
+
+    # World-model SFT
+    world_sft_last_layers: int = field(
+        default=8,
+        metadata={
+            "help": "world_sft trains the vision tower, this many last LM layers, the final norm and the embeddings "
+            "(unless a LoRA `peft_config` is given to the trainer)."
+        },
+    )
+
+    # Data
+    skip_bad_records: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop and count records with a missing or unreadable image or no text token to train on, instead "
+            "of raising an error naming the record."
+        },
+    )
+
+    def __post_init__(self):
+        if self.stage not in STAGE_NAMES:
+            raise ValueError(f"Unknown stage {self.stage!r}; choose one of {STAGE_NAMES}.")
+        if self.learning_rate is None:
+            self.learning_rate = STAGE_LEARNING_RATES[self.stage]
+        if self.num_train_epochs is None:
+            self.num_train_epochs = STAGE_EPOCHS[self.stage]
+        for name in ("entropy_weight", "projector_weight", "cycle_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)}); a loss weight cannot be negative.")
+        if self.world_sft_last_layers < 0:
+            raise ValueError(f"world_sft_last_layers must be >= 0 (got {self.world_sft_last_layers}).")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns=True would drop the columns LatentSFTTrainer's collator reads; leave it False."
+            )
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "packing and padding_free are not supported by LatentSFTTrainer: the latent modules read padded "
+                "batches with an attention mask. Set packing=False and padding_free=False."
+            )
+        super().__post_init__()  # also parses a `dataset_kwargs` JSON string given on the command line
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if self.activation_checkpointing:
+            raise ValueError(
+                "activation (gradient) checkpointing is not supported by LatentSFTTrainer: the latent modules do not "
+                "implement it. Leave gradient_checkpointing / activation_checkpointing unset or False."
+            )
+        resolve_stage(self)  # fails early, with a clear message, on a stage the switches leave empty

@@ -1,0 +1,215 @@
+"""The stage table: what each latent-space pre-training stage trains, on which data, with which loss terms.
+
+The five supervised stages that build the latent action space (docs/design.md section 3) are rows of one table, not
+classes. A row names the module groups that train (every other parameter is frozen), the loss terms with their
+weights, and the data streams the terms read. [`resolve_stage`] turns a row plus a [`LatentSFTConfig`] into the
+concrete plan a trainer runs: the paper's ablations (`use_cycle_loss`, `use_projector`, `use_text_only`) are switches
+that remove exactly their terms (and the modules and streams only those terms needed).
+
+| stage | streams | trainable | loss terms (weight) |
+|---|---|---|---|
+| `inverse_warmup` | paired | IDM, codebook, merge | `world/ce_paired` (1) - `inverse/entropy` (`entropy_weight`) |
+| `projector_warmup` | paired | P, P' | `projector/nll_paired` (1) + `projector/nll_inverse` (1) |
+| `joint` | paired + text | IDM, codebook, merge, P, P' | `world/ce_paired` + `world/ce_text` (1) - entropies (`entropy_weight`) + projector NLLs (`projector_weight`) + `projector/cycle` (`cycle_weight`) |
+| `policy_bc` | paired + text | policy | `policy/bc_paired` + `policy/bc_text` (1) |
+| `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter) | `world/ce_paired` (1), codes = policy argmax |
+
+```python
+>>> from trl_latent.training.stages import STAGES
+>>> STAGES["policy_bc"].trainable
+('policy',)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["STAGES", "STAGE_NAMES", "STREAMS", "LossTerm", "Stage", "StagePlan", "resolve_stage"]
+
+# Data streams. "paired": the trainer's `train_dataset` (image-text records; the task dialogues for `world_sft`).
+# "text": the trainer's `text_dataset` (text-only records), mixed 1:1 with the paired stream per step.
+STREAMS = ("paired", "text")
+
+# The ablation switches of the paper (section 5.4 of arXiv 2601.07516), as `LatentSFTConfig` field names.
+SWITCHES = ("use_text_only", "use_projector", "use_cycle_loss")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of a stage's loss.
+
+    Args:
+        name (`str`): the term, also its logged metric key (e.g. `"world/ce_paired"`).
+        stream (`str`): the data stream it reads (`"paired"` or `"text"`).
+        weight (`float` or `str`): a fixed weight, or the name of the `LatentSFTConfig` field holding it.
+        sign (`float`): +1 to minimise the term, -1 to maximise it (the IDM entropy terms).
+        requires (`tuple[str, ...]`): ablation switches that must all be on for the term to exist.
+    """
+
+    name: str
+    stream: str
+    weight: float | str = 1.0
+    sign: float = 1.0
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table.
+
+    Args:
+        name (`str`): the stage name (`LatentSFTConfig.stage`).
+        trainable (`tuple[str, ...]`): module groups of [`LatentActionModel`] that train.
+        terms (`tuple[LossTerm, ...]`): the loss terms.
+        group_requires (`dict[str, tuple[str, ...]]`): module groups that train only while these switches are on.
+        base_trainable (`bool`): whether part of the base model trains (the world-model SFT trainable set, or a LoRA
+            adapter on the base).
+        code_source (`str`): where the world model's codes come from, `"inverse"` (the IDM) or `"policy"`.
+        paired_requires_image (`bool`): whether each paired record must hold an image.
+        description (`str`): one line for docs and errors.
+    """
+
+    name: str
+    trainable: tuple[str, ...]
+    terms: tuple[LossTerm, ...]
+    group_requires: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    base_trainable: bool = False
+    code_source: str | None = None
+    paired_requires_image: bool = True
+    description: str = ""
+
+
+_ENTROPY = dict(weight="entropy_weight", sign=-1.0)  # the sign raises the entropy: codes stay in use
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage(
+            name="inverse_warmup",
+            trainable=("inverse_dynamics", "codebook", "world_merge"),
+            terms=(
+                LossTerm("world/ce_paired", "paired"),
+                LossTerm("inverse/entropy", "paired", **_ENTROPY),
+            ),
+            code_source="inverse",
+            description="stage 1: inverse dynamics warm-up on paired data",
+        ),
+        Stage(
+            name="projector_warmup",
+            trainable=("projector", "inverse_projector"),
+            terms=(
+                LossTerm("projector/nll_paired", "paired", requires=("use_projector",)),
+                LossTerm("projector/nll_inverse", "paired", requires=("use_projector",)),
+            ),
+            group_requires={"projector": ("use_projector",), "inverse_projector": ("use_projector",)},
+            description="stage 2: projector warm-up on paired data",
+        ),
+        Stage(
+            name="joint",
+            trainable=("inverse_dynamics", "codebook", "world_merge", "projector", "inverse_projector"),
+            terms=(
+                LossTerm("world/ce_paired", "paired"),
+                LossTerm("world/ce_text", "text", requires=("use_text_only",)),
+                LossTerm("inverse/entropy", "paired", **_ENTROPY),
+                LossTerm("inverse/entropy_text", "text", requires=("use_text_only",), **_ENTROPY),
+                LossTerm("projector/nll_paired", "paired", weight="projector_weight", requires=("use_projector",)),
+                LossTerm("projector/nll_inverse", "paired", weight="projector_weight", requires=("use_projector",)),
+                LossTerm(
+                    "projector/cycle",
+                    "text",
+                    weight="cycle_weight",
+                    requires=("use_text_only", "use_projector", "use_cycle_loss"),
+                ),
+            ),
+            group_requires={"projector": ("use_projector",), "inverse_projector": ("use_projector",)},
+            code_source="inverse",
+            description="stage 3: joint inverse dynamics and projector training on paired and text-only data",
+        ),
+        Stage(
+            name="policy_bc",
+            trainable=("policy",),
+            terms=(
+                LossTerm("policy/bc_paired", "paired"),
+                LossTerm("policy/bc_text", "text", requires=("use_text_only",)),
+            ),
+            code_source="inverse",
+            description="stage 4: policy behaviour cloning of the IDM's argmax codes",
+        ),
+        Stage(
+            name="world_sft",
+            trainable=(),
+            terms=(LossTerm("world/ce_paired", "paired"),),
+            base_trainable=True,
+            code_source="policy",
+            paired_requires_image=False,
+            description="stage 5: action-guided task SFT of the base (world model) with the policy's argmax codes",
+        ),
+    )
+}
+STAGE_NAMES = tuple(STAGES)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage row resolved against a config: what a trainer actually runs.
+
+    Args:
+        stage ([`Stage`]): the row.
+        trainable (`tuple[str, ...]`): module groups that train.
+        base_trainable (`bool`): whether part of the base trains.
+        weights (`dict[str, float]`): active loss term -> signed weight (the loss is `sum(weight * term)`).
+        streams (`tuple[str, ...]`): data streams the active terms read.
+    """
+
+    stage: Stage
+    trainable: tuple[str, ...]
+    base_trainable: bool
+    weights: dict[str, float]
+    streams: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def uses(self, stream: str) -> bool:
+        return stream in self.streams
+
+    def has(self, term: str) -> bool:
+        return term in self.weights
+
+
+def _switches_on(config, requires: tuple[str, ...]) -> bool:
+    return all(bool(getattr(config, switch)) for switch in requires)
+
+
+def resolve_stage(config) -> StagePlan:
+    """Resolve the row of `config.stage` against the config's ablation switches and loss weights.
+
+    Args:
+        config ([`LatentSFTConfig`] or any object with `stage`, the switches in `SWITCHES` and the weight fields).
+
+    Returns:
+        [`StagePlan`]
+
+    Raises:
+        `ValueError`: unknown stage, or a stage left with nothing to train or no loss term.
+    """
+    if config.stage not in STAGES:
+        raise ValueError(f"Unknown stage {config.stage!r}; choose one of {STAGE_NAMES}.")
+    stage = STAGES[config.stage]
+    weights = {}
+    for term in stage.terms:
+        if not _switches_on(config, term.requires):
+            continue
+        weight = getattr(config, term.weight) if isinstance(term.weight, str) else term.weight
+        weights[term.name] = term.sign * float(weight)
+    trainable = tuple(g for g in stage.trainable if _switches_on(config, stage.group_requires.get(g, ())))
+    if not weights or not (trainable or stage.base_trainable):
+        raise ValueError(
+            f"Stage {stage.name!r} has nothing left to train with use_projector={config.use_projector}, "
+            f"use_text_only={config.use_text_only}, use_cycle_loss={config.use_cycle_loss}: the "
+            f"{stage.name} stage only trains the projectors, so skip it when running the no-projector ablation."
+        )
+    streams = tuple(s for s in STREAMS if any(t.stream == s for t in stage.terms if t.name in weights))
+    return StagePlan(stage, trainable, stage.base_trainable, weights, streams)
