@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from trl_latent.data.mmrole import load_mmrole
-from trl_latent.evaluation import VLMGenerationBackend, evaluate
+from trl_latent.evaluation import LatentGenerationBackend, VLMGenerationBackend, evaluate
 from trl_latent.metrics.diversity import Embedder
 from trl_latent.rewards.judge import MMROLE_RUBRIC, JudgeReward
 
@@ -84,6 +84,29 @@ def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path
     assert saved["summary"]["ood_test"]["judge_mean"] == pytest.approx(result.splits["ood_test"].judge_mean)
     assert len(saved["samples"]["id_test"][0]["generations"]) == 3
     assert "VLMGenerationBackend" in saved["config"]["generate"]
+
+
+def test_latent_model_evaluation(tiny_cache, shapes_splits, embedder, tmp_path):
+    from transformers import AutoProcessor
+
+    from trl_latent.modeling import LatentActionModel
+    from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
+
+    path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
+    model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    processor = AutoProcessor.from_pretrained(path)
+    with pytest.raises(TypeError, match="LatentActionModel"):
+        LatentGenerationBackend(tiny_vlm("tiny", cache_dir=tiny_cache)[0], processor)
+    generate = LatentGenerationBackend(model, processor, max_new_tokens=6)
+    assert (generate.temperature, generate.top_k) == (0.1, 64)  # near-greedy codes, as the authors evaluate
+    judge = JudgeReward("mmrole", scripted_judge)
+    split = {"ood_test": shapes_splits["ood_test"]}
+    result = evaluate(split, generate, judge, num_generations=2, batch_size=4, embedder=embedder, output_dir=tmp_path)
+    samples = result.splits["ood_test"].samples
+    assert all(len(s["generations"]) == 2 and all(isinstance(g, str) for g in s["generations"]) for s in samples)
+    per_round = [statistics.fmean(expected_metric(s["generations"][k]) for s in samples) for k in range(2)]
+    assert result.splits["ood_test"].judge_mean == pytest.approx(statistics.fmean(per_round))
+    assert "LatentGenerationBackend" in json.loads((tmp_path / "evaluation.json").read_text())["config"]["generate"]
 
 
 def test_runner_diversity_and_judge_failures(shapes_splits, embedder):

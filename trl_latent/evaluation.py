@@ -10,8 +10,8 @@ of prompt conversations (TRL format, `{"type": "image"}` placeholders) and their
 completion per prompt. The runner calls it N times per batch, re-seeding torch before each round.
 
 - [`VLMGenerationBackend`]: a plain VLM (`model.generate`, sampling at temperature 0.1 as the authors evaluate).
-- A latent action model (near-greedy codes: top-k 64, temperature 0.1; tokens greedy) plugs in as another backend
-  around `trl_latent.modeling.LatentActionModel`'s latent `generate`; it is not part of this module yet.
+- [`LatentGenerationBackend`]: a latent action model's latent decoding with near-greedy codes (top-k 64,
+  temperature 0.1) and greedy tokens (the authors' evaluation setting).
 
 ```python
 >>> from trl_latent.evaluation import evaluate
@@ -74,11 +74,11 @@ class VLMGenerationBackend:
 
     def __repr__(self) -> str:
         return (
-            f"VLMGenerationBackend({type(self.model).__name__}, temperature={self.temperature}, top_k={self.top_k}, "
+            f"{type(self).__name__}({type(self.model).__name__}, temperature={self.temperature}, top_k={self.top_k}, "
             f"max_new_tokens={self.max_new_tokens})"
         )
 
-    def __call__(self, prompts: list, images: list) -> list[str]:
+    def _inputs(self, prompts: list, images: list):
         from trl.data_utils import prepare_multimodal_messages
 
         conversations = [
@@ -88,24 +88,66 @@ class VLMGenerationBackend:
         texts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
         flat_images = [image for image in images if image is not None]
         inputs = self.processor(text=texts, images=flat_images or None, return_tensors="pt", padding=True)
-        inputs = inputs.to(self.model.device)
+        return inputs.to(self.model.device)
+
+    def _generate(self, inputs) -> torch.Tensor:
         sampling = {"do_sample": False}
         if self.temperature > 0:
             sampling = {"do_sample": True, "temperature": self.temperature}
             if self.top_k is not None:
                 sampling["top_k"] = self.top_k
+        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        return output[:, inputs["input_ids"].shape[1] :]
+
+    def __call__(self, prompts: list, images: list) -> list[str]:
+        inputs = self._inputs(prompts, images)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+            completions = self._generate(inputs)
         self.model.train(was_training)
-        completions = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(completions, skip_special_tokens=True)]
 
 
-# The latent-model backend goes here: `LatentGenerationBackend(model, processor)` around
-# `trl_latent.modeling.LatentActionModel`'s latent `generate` with near-greedy codes (top-k 64, temperature 0.1) and
-# greedy tokens (authors' evaluation), returning one text per prompt like `VLMGenerationBackend`.
+class LatentGenerationBackend(VLMGenerationBackend):
+    """Generation from a [`~trl_latent.LatentActionModel`]: the policy picks codes near-greedily (top-k 64,
+    temperature 0.1, the authors' evaluation setting) and the world model decodes tokens greedily.
+
+    Args:
+        model ([`~trl_latent.LatentActionModel`]):
+            The latent action model.
+        processor (`transformers.ProcessorMixin`):
+            The base model's processor; it must pad on the left.
+        max_new_tokens (`int`, *optional*, defaults to `512`):
+            Cap on the completion length.
+        temperature (`float`, *optional*, defaults to `0.1`):
+            Temperature of the code distribution; `0` picks the policy's argmax code.
+        top_k (`int`, *optional*, defaults to `64`):
+            Top-k filter on codes.
+    """
+
+    def __init__(self, model, processor, max_new_tokens: int = 512, temperature: float = 0.1, top_k: int | None = 64):
+        from .modeling.model import LatentActionModel
+
+        if not isinstance(model, LatentActionModel):
+            raise TypeError(
+                f"LatentGenerationBackend needs a LatentActionModel, got {type(model).__name__}; use "
+                "VLMGenerationBackend for a plain VLM."
+            )
+        super().__init__(model, processor, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+
+    def _generate(self, inputs) -> torch.Tensor:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample_codes=self.temperature > 0,
+            code_temperature=max(self.temperature, 1e-6),
+            code_top_k=self.top_k,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return out.completion_ids
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
