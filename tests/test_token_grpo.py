@@ -9,7 +9,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl_latent.data.synthetic import COLOURS
 from trl_latent.metrics.diversity import distinct_n, group_diversity
 from trl_latent.modeling.tiny import tiny_lm, tiny_vlm
-from trl_latent.training.losses import LOSS_CLASSES, BNPOLoss, DrGRPOLoss, PolicyLoss
+from trl_latent.training.losses import LOSS_CLASSES, BNPOLoss, DAPOLoss, DrGRPOLoss, PolicyLoss
 from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
 LOSS_NAMES = ["grpo", "dr_grpo", "dapo", "bnpo"]
@@ -177,6 +177,9 @@ def test_diversity_is_measured_per_prompt_group(tiny_cache, tmp_path):
     # Grouping matters: distinct-1 of each group differs from that of the whole batch.
     texts = [_text(c) for c in completions]
     assert last["diversity/distinct_1"] != pytest.approx(distinct_n(texts, 1))
+    # Evaluation runs the same glue without accumulation, and logs the same metrics under eval_.
+    metrics = trainer.evaluate(_lm_dataset())
+    assert {"eval_loss", "eval_entropy", "eval_diversity/distinct_1", "eval_diversity/embedding"} <= set(metrics)
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -205,3 +208,5 @@ def test_bad_configuration_errors(tiny_cache, tmp_path):
         TokenGRPOTrainer(args=_args(tmp_path, entropy_coef=0.01), **common)
     with pytest.raises(TypeError, match="PolicyLoss"):
         TokenGRPOTrainer(args=_args(tmp_path), loss=0.5, **common)
+    with pytest.raises(ValueError, match="overlong_buffer_length"):
+        TokenGRPOTrainer(args=_args(tmp_path), loss=DAPOLoss(overlong_buffer_length=16), **common)

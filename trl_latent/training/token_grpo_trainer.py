@@ -58,6 +58,16 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
     Since TRL decides from `args.beta` whether to build a reference model and compute reference log-probabilities,
     `args.beta` is set to the loss's `beta`.
     """
+    if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
+        raise NotImplementedError(
+            "TRL's entropy bonus (entropy_coef / use_adaptive_entropy) is not supported with trl-latent losses; set "
+            "entropy_coef=0.0 and use_adaptive_entropy=False, or add an entropy term in a PolicyLoss subclass."
+        )
+    if args.multi_objective_aggregation != "sum_then_normalize":
+        raise NotImplementedError(
+            f"multi_objective_aggregation={args.multi_objective_aggregation!r} is not supported with trl-latent "
+            "losses, which compute advantages from the weighted sum of rewards; use 'sum_then_normalize'."
+        )
     if loss is None or isinstance(loss, str):
         loss_type = args.loss_type if loss is None else loss
         if loss_type not in LOSS_CLASSES:
@@ -71,6 +81,12 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
         policy_loss = get_loss(loss)
         if policy_loss.max_completion_length is None:
             policy_loss.max_completion_length = args.max_completion_length
+        buffer = policy_loss.overlong_buffer_length
+        if buffer is not None and buffer > policy_loss.max_completion_length:
+            raise ValueError(
+                f"The loss's overlong_buffer_length ({buffer}) exceeds max_completion_length "
+                f"({policy_loss.max_completion_length}); over-length shaping needs L_cache <= L_max."
+            )
     if args.beta != policy_loss.beta:
         logger.warning(
             "Setting GRPOConfig.beta from %s to the loss's beta=%s: TRL reads it to decide whether to compute "
@@ -79,16 +95,6 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
             policy_loss.beta,
         )
         args.beta = policy_loss.beta
-    if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
-        raise NotImplementedError(
-            "TRL's entropy bonus (entropy_coef / use_adaptive_entropy) is not supported with trl-latent losses; set "
-            "entropy_coef=0.0 and use_adaptive_entropy=False, or add an entropy term in a PolicyLoss subclass."
-        )
-    if args.multi_objective_aggregation != "sum_then_normalize":
-        raise NotImplementedError(
-            f"multi_objective_aggregation={args.multi_objective_aggregation!r} is not supported with trl-latent "
-            "losses, which compute advantages from the weighted sum of rewards; use 'sum_then_normalize'."
-        )
     return policy_loss
 
 
