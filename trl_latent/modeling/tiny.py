@@ -49,7 +49,7 @@ QWEN_SPECIAL_TOKENS = (
 )
 # Qwen's pre-tokenisation regex (the one `Qwen2Tokenizer` uses).
 _PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-_FACTORY_VERSION = 2  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
+_FACTORY_VERSION = 3  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""The offline rubric reward: references score 1.0, wrong colour / shape / count / voice and garbage score lower."""
+
+import pytest
+
+from trl_latent.data.synthetic import (
+    ALL_CHARACTERS,
+    COLOURS,
+    QUESTIONS,
+    SHAPES,
+    ShapesScene,
+    reference_answer,
+    synthetic_rl_dataset,
+)
+from trl_latent.rewards.rubric import (
+    RUBRIC_DIMENSIONS,
+    answer_accuracy,
+    completion_text,
+    parse_scene,
+    rubric_ratio,
+    rubric_reward,
+    rubric_scores,
+)
+
+SCENE = ShapesScene("red", "circle", 2)
+REF = reference_answer("Captain Rolo", SCENE)  # "Ahoy, matey! I spot two red circles on deck. A bold and brave sight!"
+WHAT = "What do you see in this picture?"
+
+
+def _ratio(text, **kwargs):
+    return rubric_ratio(text, REF, character="Captain Rolo", question=WHAT, **kwargs)
+
+
+def test_every_reference_scores_ten_and_ratio_one():
+    for name in ALL_CHARACTERS:
+        for colour in COLOURS:
+            for shape in SHAPES:
+                for count in (1, 2, 3, 4):
+                    reference = reference_answer(name, ShapesScene(colour, shape, count))
+                    for question, _ in QUESTIONS:
+                        scores = rubric_scores(reference, reference, character=name, question=question)
+                        assert scores["response"] == scores["reference"] == dict.fromkeys(RUBRIC_DIMENSIONS, 10.0)
+                    assert rubric_ratio(reference, reference) == 1.0  # character and scene inferred
+                    assert parse_scene(reference) == ShapesScene(colour, shape, count)
+
+
+def test_wrong_content_scores_lower_on_relevance():
+    for wrong in (REF.replace("red", "blue"), REF.replace("circles", "squares"), REF.replace("two", "three")):
+        scores = rubric_scores(wrong, REF, character="Captain Rolo", question=WHAT)["response"]
+        assert scores["image_text_relevance"] == 7.0  # one of three attributes wrong: 1 + 3 + 3
+        assert scores["personality_tone"] == scores["fluency"] == scores["instruction_adherence"] == 10.0
+        assert _ratio(wrong) == pytest.approx(37 / 40)
+    # Naming the right colour and a wrong one as well earns half the colour points.
+    hedged = REF.replace("red circles", "red and blue circles")
+    assert rubric_scores(hedged, REF)["response"]["image_text_relevance"] == 8.5
+
+
+def test_wrong_voice_scores_lower_on_personality():
+    other = reference_answer("Madame Plume", SCENE)
+    scores = rubric_scores(other, REF, character="Captain Rolo", question=WHAT)["response"]
+    assert scores["image_text_relevance"] == 10.0
+    assert scores["personality_tone"] == 1.0
+    assert _ratio(other) == pytest.approx(31 / 40)
+    # Half a voice (catchphrase without tone words) sits in between.
+    partial = "Ahoy, matey! I spot two red circles on deck."
+    assert _ratio(other) < _ratio(partial) < 1.0
+
+
+def test_garbage_repeats_and_format_breaks_score_lower():
+    wrong_colour = _ratio(REF.replace("red", "blue"))
+    garbage = _ratio("xq zzkv ##@@ blorp")
+    repeated = _ratio("Ahoy, matey! two red circles two red circles two red circles two red circles")
+    broken = _ratio("[human]: " + REF)
+    empty = _ratio("")
+    assert empty < garbage < wrong_colour < 1.0
+    assert repeated < wrong_colour
+    assert rubric_scores("[human]: " + REF, REF)["response"]["instruction_adherence"] == 8.0
+    assert broken < 1.0
+    assert rubric_scores("", REF)["response"] == dict.fromkeys(RUBRIC_DIMENSIONS, 1.0)
+
+
+def test_instruction_adherence_follows_the_question():
+    only_count = "Ahoy, matey! There are two of them, bold and brave!"
+    count_q = rubric_scores(only_count, REF, question="How many shapes are there?")["response"]
+    colour_q = rubric_scores(only_count, REF, question="What colour are the shapes in this image?")["response"]
+    assert count_q["instruction_adherence"] == 10.0
+    assert colour_q["instruction_adherence"] == 5.0
+
+
+def test_rubric_reward_is_a_trl_reward_function():
+    ds = synthetic_rl_dataset(4, seed=0)
+    columns = {k: ds[k] for k in ds.column_names if k not in ("prompt", "image")}
+    references = ds["reference"]
+    # Strings and conversational completions give the same rewards; extra TRL kwargs are ignored.
+    conversational = [[{"role": "assistant", "content": r}] for r in references]
+    typed = [[{"role": "assistant", "content": [{"type": "text", "text": r}]}] for r in references]
+    for completions in (references, conversational, typed):
+        rewards = rubric_reward(ds["prompt"], completions, trainer_state=None, completion_ids=None, **columns)
+        assert rewards == [1.0] * 4
+    wrong = [r.replace(c, "green" if c != "green" else "red") for r, c in zip(references, ds["colour"])]
+    rewards = rubric_reward(ds["prompt"], wrong, **columns)
+    assert all(r < 1.0 for r in rewards)
+    # The question is read from the prompt when no `question` column is given.
+    no_question = {k: v for k, v in columns.items() if k != "question"}
+    assert rubric_reward(ds["prompt"], wrong, **no_question) == rewards
+    assert completion_text(typed[0]) == references[0]
+
+
+def test_rubric_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs the reference answers"):
+        rubric_reward(["p"], ["c"])
+    with pytest.raises(ValueError, match="Unknown character 'Nobody'"):
+        rubric_scores(REF, REF, character="Nobody")
+    with pytest.raises(ValueError, match="names no scene"):
+        answer_accuracy(["x"], ["no shapes here"])
+    with pytest.raises(ValueError, match="2 responses for 1 references"):
+        answer_accuracy(["a", "b"], [REF])
+
+
+def test_answer_accuracy_counts_exact_answers():
+    plume = reference_answer("Madame Plume", SCENE)
+    responses = [
+        REF,  # all right
+        REF.replace("red", "blue"),  # colour wrong
+        REF.replace("two", "three"),  # count wrong
+        plume,  # voice wrong
+    ]
+    accuracy = answer_accuracy(responses, [REF] * 4, ["Captain Rolo"] * 4)
+    assert accuracy == {"colour": 0.75, "shape": 1.0, "count": 0.75, "voice": 0.75, "all": 0.25}
+    # Characters are inferred from the references.
+    assert answer_accuracy(responses, [REF] * 4) == accuracy

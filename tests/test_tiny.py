@@ -1,0 +1,191 @@
+"""The offline tiny-model factory: determinism, the stock processor, save/reload, bad input, and real 3B/7B shapes."""
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from trl_latent.modeling.tiny import (
+    _MANIFEST,
+    REAL_SHAPES,
+    real_shape_vlm,
+    tiny_lm,
+    tiny_vlm,
+    tiny_vlm_path,
+)
+
+TEXT = "Ahoy, matey! I spot two red circles on deck."
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _image(size=56, colour=(220, 30, 30)):
+    return Image.new("RGB", (size, size), colour)
+
+
+def _conversation():
+    return [
+        {"role": "system", "content": [{"type": "text", "text": "You are Captain Rolo."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What do you see in this picture?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": TEXT}]},
+    ]
+
+
+def test_same_seed_same_weights_and_tokenizer_ids(tiny_cache, tmp_path):
+    model_a, processor_a = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    model_b, processor_b = tiny_vlm("tiny", seed=0, cache_dir=tmp_path)  # built again, from scratch
+    _assert_same_weights(_state(model_a), _state(model_b))
+    ids_a = processor_a.tokenizer(TEXT)["input_ids"]
+    assert ids_a == processor_b.tokenizer(TEXT)["input_ids"]
+    assert processor_a.tokenizer.get_vocab() == processor_b.tokenizer.get_vocab()
+    # The text-only LM shares the vocabulary.
+    _, lm_tokenizer = tiny_lm("tiny", seed=0, cache_dir=tiny_cache)
+    assert lm_tokenizer(TEXT)["input_ids"] == ids_a
+    assert lm_tokenizer.padding_side == processor_a.tokenizer.padding_side == "left"
+
+
+def test_different_seed_different_weights(tiny_cache):
+    model_0, _ = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    model_1, _ = tiny_vlm("tiny", seed=1, cache_dir=tiny_cache)
+    s0, s1 = _state(model_0), _state(model_1)
+    differ = [k for k in s0 if not torch.equal(s0[k], s1[k])]
+    # Every randomly initialised matrix differs (norm weights start at 1 in both).
+    matrices = [k for k in s0 if s0[k].dim() >= 2]
+    assert set(matrices) <= set(differ)
+
+
+def test_unknown_size_and_arch_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown tiny model size 'huge'.*'small', 'tiny'"):
+        tiny_vlm("huge", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="Unknown tiny model size"):
+        tiny_lm("medium", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="Unknown tiny architecture 'llava'"):
+        tiny_vlm("tiny", arch="llava", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="Unknown Qwen2.5-VL size"):
+        real_shape_vlm("13b")
+    assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+@pytest.mark.parametrize(("side", "image_tokens"), [(56, 4), (112, 16)])
+def test_processor_round_trip(tiny_cache, side, image_tokens):
+    _, processor = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert processor.tokenizer.padding_side == "left"
+    text = processor.apply_chat_template(_conversation(), tokenize=False)
+    assert text.count("<|image_pad|>") == 1
+    inputs = processor(text=[text], images=[_image(side)], return_tensors="pt")
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ids = inputs["input_ids"][0]
+    # One token per 2x2 block of 14-pixel patches.
+    assert (ids == image_pad).sum().item() == image_tokens
+    assert inputs["image_grid_thw"].prod().item() // 4 == image_tokens
+    assert inputs["mm_token_type_ids"][0].sum().item() == image_tokens
+    decoded = processor.tokenizer.decode(ids, skip_special_tokens=False)
+    assert decoded == text.replace("<|image_pad|>", "<|image_pad|>" * image_tokens)
+    # Every special token of the template is one token.
+    for token in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"):
+        assert len(processor.tokenizer(token)["input_ids"]) == 1, token
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="build_tokenizer in trl_latent/modeling/tiny.py passes eos/pad to the constructor, so <|im_end|> and "
+    "<|endoftext|> get ids before the other special tokens; reported to the owner of tiny.py",
+)
+def test_special_tokens_in_qwen_order(tiny_cache):
+    from trl_latent.modeling.tiny import QWEN_SPECIAL_TOKENS
+
+    _, processor = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    ids = processor.tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    # Qwen assigns consecutive ids in this order (151643, 151644, ...).
+    assert ids == list(range(ids[0], ids[0] + len(QWEN_SPECIAL_TOKENS)))
+
+
+def test_save_reload_gives_identical_logits(tiny_cache, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    reloaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(reloaded_processor) is type(processor)
+    text = processor.apply_chat_template(_conversation(), tokenize=False)
+    inputs = processor(text=[text], images=[_image()], return_tensors="pt")
+    inputs_reloaded = reloaded_processor(text=[text], images=[_image()], return_tensors="pt")
+    for key in inputs:
+        assert torch.equal(inputs[key], inputs_reloaded[key]), key
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        logits_reloaded = reloaded(**inputs_reloaded).logits
+    assert torch.equal(logits, logits_reloaded)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "delete_manifest"])
+def test_corrupt_cache_is_rebuilt(tiny_cache, tmp_path, caplog, damage):
+    clean, _ = tiny_vlm("tiny", seed=0, cache_dir=tiny_cache)
+    folder = tiny_vlm_path("tiny", seed=0, cache_dir=tmp_path)
+    if damage == "truncate_weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (folder / _MANIFEST).unlink()
+    with caplog.at_level(logging.WARNING, logger="trl_latent.modeling.tiny"):
+        rebuilt, processor = tiny_vlm("tiny", seed=0, cache_dir=tmp_path)
+    assert "corrupt" in caplog.text and "rebuilding" in caplog.text
+    assert (folder / _MANIFEST).exists()
+    _assert_same_weights(_state(clean), _state(rebuilt))
+    # A second load finds the repaired folder valid: no new warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trl_latent.modeling.tiny"):
+        tiny_vlm_path("tiny", seed=0, cache_dir=tmp_path)
+    assert "corrupt" not in caplog.text
+
+
+def _expected_parameters(config) -> dict[str, int]:
+    """Qwen2.5-VL parameter count by hand, from the config alone."""
+    text, vision = config.text_config, config.vision_config
+    d, inter, vocab = text.hidden_size, text.intermediate_size, text.vocab_size
+    head_dim = d // text.num_attention_heads
+    kv = text.num_key_value_heads * head_dim
+    attention = (d * d + d) + 2 * (d * kv + kv) + d * d  # q, k, v with biases; o_proj without
+    mlp = 3 * d * inter  # gate, up, down; no biases
+    norms = 2 * d  # input and post-attention RMSNorm
+    layers = text.num_hidden_layers * (attention + mlp + norms)
+    embeddings = vocab * d
+    lm_head = 0 if config.tie_word_embeddings else vocab * d
+    final_norm = d
+
+    v, v_inter = vision.hidden_size, vision.intermediate_size
+    patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2 * v  # Conv3d, no bias
+    block = 2 * v + (v * 3 * v + 3 * v) + (v * v + v) + 2 * (v * v_inter + v_inter) + (v_inter * v + v)
+    merged = v * vision.spatial_merge_size**2
+    merger = v + (merged * merged + merged) + (merged * vision.out_hidden_size + vision.out_hidden_size)
+    vision_total = patch + vision.depth * block + merger
+    text_total = embeddings + layers + final_norm + lm_head
+    return {"text": text_total, "vision": vision_total, "total": text_total + vision_total}
+
+
+@pytest.mark.parametrize(("size", "published"), [("3b", 3_754_622_976), ("7b", 8_292_166_656)])
+def test_real_shapes_on_meta_match_hand_count(size, published):
+    model = real_shape_vlm(size, device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    counted = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    expected = _expected_parameters(model.config)
+    vision_counted = sum(p.numel() for p in model.model.visual.parameters())
+    print(f"Qwen2.5-VL-{size.upper()}: {counted:,} parameters (vision {vision_counted:,}); by hand {expected}")
+    assert vision_counted == expected["vision"]
+    assert counted == expected["total"] == published
+    assert model.config.tie_word_embeddings is REAL_SHAPES[size]["tie_word_embeddings"]

@@ -1,0 +1,127 @@
+"""The `trl-latent` command line: a small dispatcher over subcommands.
+
+```
+trl-latent demo                      # the embedded end-to-end job (for now: the token-level baseline)
+trl-latent token-baseline --size tiny --sft-steps 40 --grpo-steps 5
+trl-latent write-synthetic data/shapes --seed 0
+```
+
+A subcommand is a function `add(subparsers)` in `SUBCOMMANDS` that registers its parser and sets `func`, a callable
+taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEMO_NOTICE = (
+    "NOTE: the latent-action pipeline is not wired into the demo yet; this runs the token-level baseline "
+    "(stock TRL SFTTrainer, then stock GRPOTrainer with the rubric reward) on the embedded shapes role-play task."
+)
+
+
+def _offline() -> None:
+    # The CLI never downloads: every model is built in-process (docs/design.md section 4).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ----------------------------------------------------------------------------------------------- token baseline
+def _baseline_arguments(parser: argparse.ArgumentParser, output_dir: str, size: str, sft: int, grpo: int) -> None:
+    parser.add_argument("--output-dir", default=output_dir, help=f"where metrics.json goes (default {output_dir})")
+    parser.add_argument("--size", default=size, choices=["tiny", "small"], help=f"tiny model size (default {size})")
+    parser.add_argument("--sft-steps", type=int, default=sft, help=f"SFT steps (default {sft})")
+    parser.add_argument("--grpo-steps", type=int, default=grpo, help=f"GRPO steps (default {grpo})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of model, data and trainers (default 0)")
+    parser.add_argument("--n-eval", type=int, default=32, help="held-out prompts per evaluation set (default 32)")
+    parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    from .training.baseline import format_baseline_metrics, run_token_baseline
+
+    metrics = run_token_baseline(
+        args.output_dir,
+        size=args.size,
+        sft_steps=args.sft_steps,
+        grpo_steps=args.grpo_steps,
+        seed=args.seed,
+        n_eval=args.n_eval,
+        cache_dir=args.cache_dir,
+    )
+    print(format_baseline_metrics(metrics))
+    print(f"metrics written to {os.path.join(args.output_dir, 'metrics.json')}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    print(DEMO_NOTICE, flush=True)
+    return _run_baseline(args)
+
+
+def add_demo(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="run the embedded end-to-end job on the CPU, offline")
+    # The `small` model learns the task in ~800 SFT steps on a 2-core CPU (docs/design.md section 8).
+    _baseline_arguments(parser, "outputs/demo", "small", 800, 60)
+    parser.set_defaults(func=_demo)
+
+
+def add_token_baseline(subparsers) -> None:
+    parser = subparsers.add_parser("token-baseline", help="stock TRL SFT then GRPO on the synthetic task")
+    _baseline_arguments(parser, "outputs/token_baseline", "tiny", 40, 10)
+    parser.set_defaults(func=_run_baseline)
+
+
+# ------------------------------------------------------------------------------------------------- synthetic
+def _write_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import write_synthetic_task
+
+    manifest = write_synthetic_task(
+        args.root,
+        seed=args.seed,
+        image_size=tuple(args.image_size) if len(args.image_size) == 2 else args.image_size[0],
+        max_count=args.max_count,
+    )
+    print(json.dumps(manifest.to_dict(), indent=2))
+    return 0
+
+
+def add_write_synthetic(subparsers) -> None:
+    parser = subparsers.add_parser("write-synthetic", help="write the shapes role-play task in the MMRole layout")
+    parser.add_argument("root", help="folder to write (empty, new, or a previous synthetic task)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, nargs="+", default=[56], help="side, or width height")
+    parser.add_argument("--max-count", type=int, default=1, help="most shapes per image, 1-4")
+    parser.set_defaults(func=_write_synthetic)
+
+
+SUBCOMMANDS = [add_demo, add_token_baseline, add_write_synthetic]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-latent", description="Latent-action RL for vision-language models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `trl-latent` and `python -m trl_latent.cli`."""
+    _offline()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    if args.command == "write-synthetic" and len(args.image_size) not in (1, 2):
+        parser.error("--image-size takes one value (side) or two (width height)")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
