@@ -94,6 +94,41 @@ CONTRACT = {
     "transformers.Trainer.train": ["self", "resume_from_checkpoint", "trial", "ignore_keys_for_eval"],
     # O LatentSFTTrainer.
     "trl.SFTTrainer.compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+    # O LatentSFTTrainer.__init__: calls it with keywords model, args, data_collator, train_dataset, eval_dataset,
+    # processing_class, callbacks, optimizers (peft_config is applied to the base by LatentSFTTrainer itself).
+    "trl.SFTTrainer.__init__": [
+        "self",
+        "model",
+        "args",
+        "data_collator",
+        "train_dataset",
+        "eval_dataset",
+        "processing_class",
+        "compute_loss_func",
+        "compute_metrics",
+        "callbacks",
+        "optimizers",
+        "optimizer_cls_and_kwargs",
+        "preprocess_logits_for_metrics",
+        "quantization_config",
+        "peft_config",
+        "formatting_func",
+    ],
+    # C LatentDataCollator (trl_latent/data/pretrain.py): builds it with these keywords and calls `torch_call`.
+    "trl.trainer.sft_trainer.DataCollatorForVisionLanguageModeling": [
+        "processor",
+        "max_length",
+        "completion_only_loss",
+        "pad_to_multiple_of",
+        "dataset_text_field",
+        "assistant_only_loss",
+        "chat_template",
+        "return_tensors",
+    ],
+    "trl.trainer.sft_trainer.DataCollatorForVisionLanguageModeling.torch_call": ["self", "examples"],
+    # C LatentSFTTrainer: the training chat template for `assistant_only_loss`, as SFTTrainer builds it.
+    "trl.chat_template_utils.get_training_chat_template": ["processing_class", "tokenizer"],
+    "trl.chat_template_utils.has_generation_markers": ["chat_template"],
     # C losses.py: TRL's NaN-aware statistics, so advantages and metrics match TRL's bit for bit.
     "trl.trainer.utils.nanstd": ["tensor", "dim", "keepdim"],
     "trl.trainer.utils.nanmin": ["tensor"],
