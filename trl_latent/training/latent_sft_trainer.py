@@ -1,0 +1,394 @@
+"""`LatentSFTTrainer`: the five supervised stages that build the latent action space, as one `SFTTrainer` subclass.
+
+The stage (a row of `trl_latent.training.stages.STAGES`) decides which module groups train, which loss terms
+`compute_loss` evaluates, and which data streams the collator builds. Everything else is TRL's `SFTTrainer` (and
+`transformers.Trainer`): optimiser, schedule, logging (`report_to`), checkpoints and resuming.
+
+Losses (docs/design.md section 3). `e` are base states (detached unless the stage trains the base), steps are text
+positions: the world model's logits at position t predict token t+1, the IDM's code for step t is read at t+1, and a
+step counts when token t+1 is in the stream's `loss_mask` (text, not padding, not image tokens).
+
+- `world/ce_paired`, `world/ce_text`: next-token cross-entropy of the world model with the IDM's codes (straight-through
+  Gumbel one-hots in training, argmax in evaluation), or with the policy's argmax codes in `world_sft`.
+- `inverse/entropy`, `inverse/entropy_text`: entropy of the IDM's code distribution averaged over the batch's steps
+  (the entropy of the mean, not the mean entropy). Its weight is negative, so it is raised: that spreads the batch over
+  many codes while each step may still pick one code with confidence. Raising the per-step entropy instead would push
+  every step towards a uniform (uninformative) code; the batch-mean form is the one that "keeps codes in use".
+- `projector/nll_paired`, `projector/nll_inverse`: Gaussian NLL of P(e^T) against e^{V,T} and of P'(e^{V,T}) against
+  e^T, averaged over text positions (e^T: the same ids run without pixels, aligned position by position).
+- `projector/cycle`: NLL of P'(mean P(e^T)) against e^T on text-only data. P's mean is **not** detached here, so the
+  cycle trains P as well as P'; it is detached where it feeds the IDM and the world model.
+- `policy/bc_paired`, `policy/bc_text`: cross-entropy of the policy against the IDM's argmax codes (no Gumbel noise).
+  On text-only data both read `mean P(e^T)` (or raw e^T with `use_projector=False`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+from trl import SFTTrainer
+
+from ..data.pretrain import LatentDataCollator, with_stream_indices
+from ..metrics.codebook import codebook_usage
+from ..modeling.model import LatentActionModel
+from ..modeling.modules import gaussian_nll
+from .latent_sft_config import LatentSFTConfig
+from .stages import StagePlan, resolve_stage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LatentSFTTrainer", "stage_losses"]
+
+
+@dataclass
+class LatentSFTOutput(ModelOutput):
+    """What `compute_loss(..., return_outputs=True)` returns next to the loss (no vocabulary logits are kept)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    terms: dict | None = None
+
+
+# --------------------------------------------------------------------------------------------------- loss pieces
+def _encode(model: LatentActionModel, batch: dict, *, text_states: bool = False, pixels: bool = True, grad=False):
+    return model.encode(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("pixel_values") if pixels else None,
+        batch.get("image_grid_thw") if pixels else None,
+        batch.get("mm_token_type_ids"),
+        with_pixels=pixels,
+        with_text_states=text_states,
+        grad_through_base=grad,
+    )
+
+
+def _steps(x: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
+    """The rows of a per-position tensor (B, S, ...) at the masked steps t (0 <= t < S-1): (N, ...)."""
+    return x[:, :-1][step_mask]
+
+
+def _marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the code distribution averaged over steps: H(mean_t softmax(logits_t)). `logits`: (N, |C|)."""
+    p = torch.softmax(logits.float(), dim=-1).mean(0)
+    return -(p * torch.log(p.clamp_min(1e-12))).sum()
+
+
+def _world_ce(model, e_steps, codes, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-model cross-entropy and top-1 accuracy at the selected steps. The world model is position-wise, so it
+    runs on the selected steps only (N, d) and never builds (B, S, |V|) logits."""
+    logits = model.world_logits(e_steps.unsqueeze(0), codes.unsqueeze(0))[0]
+    ce = F.cross_entropy(logits, targets)
+    accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+    return ce, accuracy
+
+
+def _targets(batch: dict, step_mask: torch.Tensor) -> torch.Tensor:
+    """The next tokens t+1 at the masked steps t: (N,)."""
+    return batch["input_ids"][:, 1:][step_mask]
+
+
+def _gaussian_nll_mean(output, target, mask) -> torch.Tensor:
+    return gaussian_nll(output.mean[mask].float(), output.logvar[mask].float(), target[mask].float()).mean()
+
+
+def _inverse_world_terms(model, e, base, batch, step_mask, out: dict, metrics: dict, suffix: str, plan: StagePlan):
+    """World CE with the IDM's codes, and the IDM entropy, on one stream. Returns the hard codes (N,)."""
+    inverse = _steps(model.inverse_logits(e, base), step_mask)
+    codes = model.sample_inverse_codes(inverse)  # straight-through Gumbel one-hots in training, argmax in eval
+    ce, accuracy = _world_ce(model, _steps(e, step_mask), codes, _targets(batch, step_mask))
+    out[f"world/ce_{suffix}"] = ce
+    metrics[f"world/accuracy_{suffix}"] = accuracy
+    entropy_name = "inverse/entropy" if suffix == "paired" else "inverse/entropy_text"
+    if plan.has(entropy_name):
+        out[entropy_name] = _marginal_entropy(inverse)
+    return codes.detach().argmax(-1)
+
+
+def _text_input_states(model, text_states, use_projector: bool):
+    """What text-only data feeds the IDM and the policy: mean P(e^T) (detached), or raw e^T without the projector.
+    Also returns P's output, undetached, for the cycle loss."""
+    if not use_projector:
+        return text_states, None
+    projected = model.project(text_states)
+    return projected.mean.detach(), projected
+
+
+def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_projector: bool = True):
+    """Evaluate the active loss terms of `plan` on a collated batch.
+
+    Args:
+        model ([`LatentActionModel`]): the (unwrapped) latent model.
+        inputs (`dict`): `{"paired": {...}, "text": {...}}` from [`LatentDataCollator`].
+        plan ([`StagePlan`]): the resolved stage.
+        use_projector (`bool`): whether text-only states go through the projector.
+
+    Returns:
+        `(terms, metrics)`: `terms` maps each active loss term to its (unweighted) value, with gradient; `metrics` holds
+        detached diagnostics (codebook usage, accuracies).
+    """
+    terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, Any] = {}
+    codes = []
+    stage = plan.name
+    paired = inputs["paired"]
+    paired_steps = paired["loss_mask"][:, 1:]
+
+    if stage in ("inverse_warmup", "joint", "projector_warmup"):
+        needs_world = plan.has("world/ce_paired")
+        needs_projector = plan.has("projector/nll_paired")
+        base = _encode(model, paired, text_states=needs_projector)
+        e = base.states
+        if needs_world:
+            codes.append(_inverse_world_terms(model, e, base, paired, paired_steps, terms, metrics, "paired", plan))
+        if needs_projector:
+            positions = paired["loss_mask"]
+            terms["projector/nll_paired"] = _gaussian_nll_mean(model.project(base.text_states), e, positions)
+            terms["projector/nll_inverse"] = _gaussian_nll_mean(model.inverse_project(e), base.text_states, positions)
+        if plan.uses("text"):
+            text = inputs["text"]
+            text_base = _encode(model, text, pixels=False)
+            e_text, projected = _text_input_states(model, text_base.text_states, use_projector)
+            text_steps = text["loss_mask"][:, 1:]
+            codes.append(
+                _inverse_world_terms(model, e_text, text_base, text, text_steps, terms, metrics, "text", plan)
+            )
+            if plan.has("projector/cycle"):
+                # P's mean is not detached: the cycle trains P and P' (design.md section 3, stage 3).
+                back = model.inverse_project(projected.mean)
+                terms["projector/cycle"] = _gaussian_nll_mean(back, text_base.text_states, text["loss_mask"])
+
+    elif stage == "policy_bc":
+        correct, total = 0.0, 0
+        streams = [("paired", paired, True)]
+        if plan.uses("text"):
+            streams.append(("text", inputs["text"], False))
+        for suffix, batch, pixels in streams:
+            base = _encode(model, batch, pixels=pixels)
+            e = base.states if pixels else _text_input_states(model, base.text_states, use_projector)[0]
+            step_mask = batch["loss_mask"][:, 1:]
+            with torch.no_grad():  # the IDM labels; argmax of the plain softmax, no Gumbel noise
+                labels = _steps(model.inverse_logits(e, base), step_mask).argmax(-1)
+            logits = _steps(model.policy_logits(e, base), step_mask)
+            terms[f"policy/bc_{suffix}"] = F.cross_entropy(logits.float(), labels)
+            predicted = logits.detach().argmax(-1)
+            correct += float((predicted == labels).sum())
+            total += labels.numel()
+            codes.append(predicted)
+        metrics["policy/bc_accuracy"] = correct / max(total, 1)
+
+    elif stage == "world_sft":
+        base = _encode(model, paired, pixels=True, grad=True)
+        e = base.states
+        with torch.no_grad():  # the policy is frozen: its argmax codes drive the world model
+            policy_codes = _steps(model.policy_logits(e.detach(), base), paired_steps).argmax(-1)
+        ce, accuracy = _world_ce(model, _steps(e, paired_steps), policy_codes, _targets(paired, paired_steps))
+        terms["world/ce_paired"] = ce
+        metrics["world/accuracy_paired"] = accuracy
+        codes.append(policy_codes)
+    else:  # pragma: no cover - resolve_stage rejects unknown stages
+        raise ValueError(f"Unknown stage {stage!r}.")
+
+    if codes:
+        all_codes = torch.cat(codes)
+        if all_codes.numel():
+            metrics.update(codebook_usage(all_codes, model.config.codebook_size))
+    missing = set(plan.weights) - set(terms)
+    if missing:  # pragma: no cover - a stage row and this function out of step
+        raise RuntimeError(f"Stage {stage!r} did not compute its loss terms {sorted(missing)}.")
+    return terms, metrics
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+class LatentSFTTrainer(SFTTrainer):
+    r"""
+    Trainer for the five supervised stages that build a latent action space (docs/design.md section 3): inverse
+    dynamics warm-up, projector warm-up, joint inverse dynamics and projector training (with the cycle loss), policy
+    behaviour cloning and action-guided task SFT of the base. The stage is `args.stage`; its row of the stage table
+    (`trl_latent.training.stages.STAGES`) sets the trainable modules (every other parameter is frozen), the loss
+    terms and the data streams. Paired and text-only records are mixed 1:1 per step for the stages that use both.
+
+    Each stage saves with `trainer.save_model(dir)` a model the next stage loads with
+    `LatentActionModel.from_pretrained(dir)` (or by passing `dir` as `model`).
+
+    Args:
+        model (`str` or [`LatentActionModel`]):
+            The latent model, or the folder of a saved one.
+        args ([`LatentSFTConfig`], *optional*):
+            The stage and its settings.
+        train_dataset (`datasets.Dataset`):
+            Paired image-text records in TRL's conversational VLM format (`messages` + `images`, or `text` +
+            `images`); the task dialogues for `world_sft` (images optional there). Pretraining JSON files load into
+            this format with [`~trl_latent.data.pretrain.load_pretrain_corpus`].
+        text_dataset (`datasets.Dataset`, *optional*):
+            Text-only records (`messages` or `text`), required by `joint` and `policy_bc` unless
+            `use_text_only=False`.
+        eval_dataset (`datasets.Dataset` or `dict[str, datasets.Dataset]`, *optional*):
+            Paired records to evaluate on (mixed with `text_dataset` like the training data).
+        processing_class (`ProcessorMixin`, *optional*):
+            The base model's processor. Defaults to the one saved with the model or its base.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            As in [`~trl.SFTTrainer`].
+        optimizers (`tuple`, *optional*, defaults to `(None, None)`):
+            As in [`~trl.SFTTrainer`].
+        peft_config (`peft.PeftConfig`, *optional*):
+            Only for `world_sft`: a LoRA adapter put on the **base** model, which then is the only thing that trains
+            (instead of the vision tower + last layers + final norm + embeddings).
+
+    Example:
+
+    ```python
+    >>> from trl_latent.modeling import LatentActionModel
+    >>> from trl_latent.data.synthetic import synthetic_sft_dataset
+    >>> from trl_latent.modeling.tiny import tiny_vlm_path
+    >>> from trl_latent.training.latent_sft_config import LatentSFTConfig
+    >>> from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
+    >>> from transformers import AutoProcessor
+    >>> path = tiny_vlm_path("tiny")
+    >>> model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    >>> args = LatentSFTConfig("out", stage="inverse_warmup", max_steps=2, use_cpu=True, bf16=False, report_to="none")
+    >>> trainer = LatentSFTTrainer(
+    ...     model, args, train_dataset=synthetic_sft_dataset(8), processing_class=AutoProcessor.from_pretrained(path)
+    ... )
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+    """
+
+    _tag_names = ["trl", "sft", "trl-latent", "latent-sft"]
+    _name = "LatentSFT"
+
+    def __init__(
+        self,
+        model: str | LatentActionModel,
+        args: LatentSFTConfig | None = None,
+        train_dataset=None,
+        text_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        from datasets import Dataset
+        from transformers import AutoProcessor, ProcessorMixin
+        from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+        if args is None:
+            args = LatentSFTConfig("latent-sft")
+        elif not isinstance(args, LatentSFTConfig):
+            raise TypeError(
+                f"LatentSFTTrainer needs a LatentSFTConfig (it holds the stage), got {type(args).__name__}."
+            )
+        plan = resolve_stage(args)
+
+        if isinstance(model, str):
+            model = LatentActionModel.from_pretrained(model)
+        if not isinstance(model, LatentActionModel):
+            raise TypeError(
+                f"LatentSFTTrainer trains a LatentActionModel (got {type(model).__name__}); build one with "
+                "`LatentActionModel.from_base(base_path)` or load a saved stage with `LatentActionModel.from_pretrained`."
+            )
+
+        if train_dataset is None:
+            raise ValueError("`train_dataset` (paired image-text records) is required.")
+        for name, dataset in (("train_dataset", train_dataset), ("text_dataset", text_dataset)):
+            if dataset is not None and not isinstance(dataset, Dataset):
+                raise TypeError(
+                    f"`{name}` must be a map-style `datasets.Dataset` (got {type(dataset).__name__}): the 1:1 mixing "
+                    "of the streams indexes records. Load streaming data with `streaming=False`."
+                )
+        if plan.uses("text") and text_dataset is None:
+            raise ValueError(
+                f"Stage {plan.name!r} mixes text-only data 1:1 with paired data, but no `text_dataset` was given. Pass "
+                "text-only records (`messages` or `text`) as `text_dataset=`, or set `use_text_only=False` (the "
+                "paper's 'without text-only data' ablation)."
+            )
+        if text_dataset is not None and not plan.uses("text"):
+            logger.warning(
+                "Stage %r with these switches reads no text-only data; `text_dataset` is ignored.", plan.name
+            )
+            text_dataset = None
+
+        # Trainable set: the stage's module groups, or the base tail / a LoRA adapter for world_sft.
+        if peft_config is not None:
+            if plan.name != "world_sft":
+                raise ValueError(
+                    f"`peft_config` puts a LoRA adapter on the base, which only the world_sft stage trains (stage is "
+                    f"{plan.name!r}); drop `peft_config` for this stage."
+                )
+            from peft import PeftModel, get_peft_model
+
+            if isinstance(model.base, PeftModel):
+                raise ValueError("The base already carries a PEFT adapter; merge it or drop `peft_config`.")
+            model.set_trainable([])
+            model.base = get_peft_model(model.base, peft_config)  # only the adapter's parameters require grad
+        else:
+            base_modules = model.base_tail_prefixes(args.world_sft_last_layers) if plan.base_trainable else None
+            model.set_trainable(plan.trainable, base_modules=base_modules)
+
+        if processing_class is None:
+            source = model.config.name_or_path or model.config.base_model_name_or_path
+            processing_class = AutoProcessor.from_pretrained(source)
+        if not isinstance(processing_class, ProcessorMixin):
+            raise TypeError(
+                "LatentSFTTrainer needs the base model's processor (a ProcessorMixin such as Qwen2_5_VLProcessor), got "
+                f"{type(processing_class).__name__}; pass `processing_class=` explicitly."
+            )
+
+        chat_template = None
+        if args.assistant_only_loss and not has_generation_markers(processing_class.chat_template):
+            chat_template = get_training_chat_template(processing_class)
+        collator = LatentDataCollator(
+            processing_class,
+            text_dataset=text_dataset,
+            streams=plan.streams,
+            paired_requires_image=plan.stage.paired_requires_image,
+            max_length=args.max_length,
+            assistant_only_loss=args.assistant_only_loss,
+            chat_template=chat_template,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            skip_bad_records=args.skip_bad_records,
+        )
+        text = text_dataset if plan.uses("text") else None
+        train_dataset = with_stream_indices(train_dataset, text, seed=args.seed)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: with_stream_indices(v, text, seed=args.seed) for k, v in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = with_stream_indices(eval_dataset, text, seed=args.seed)
+
+        self.stage_plan = plan
+        self.text_dataset = text_dataset
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self._skipped_records = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
+        under their names (`world/ce_paired`, `projector/cycle`, `codebook/used`, ...)."""
+        mode = "train" if model.training else "eval"
+        latent = self.accelerator.unwrap_model(model)
+        terms, metrics = stage_losses(latent, inputs, self.stage_plan, use_projector=self.args.use_projector)
+        loss = sum(weight * terms[name] for name, weight in self.stage_plan.weights.items())
+
+        logged = self._metrics[mode]
+        for name, value in terms.items():
+            logged[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+        for name, value in metrics.items():
+            logged[name].append(float(value))
+        if mode == "train":
+            self._skipped_records += int(self.accelerator.gather_for_metrics(inputs["skipped_records"]).sum())
+            logged["data/skipped_records"] = [self._skipped_records]
+        return (loss, LatentSFTOutput(loss=loss.detach(), terms=terms)) if return_outputs else loss
