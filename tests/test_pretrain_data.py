@@ -178,6 +178,11 @@ def test_plain_text_records_form_a_text_stream(processor):
     assert processor.tokenizer.decode(batch["text"]["input_ids"][1][batch["text"]["loss_mask"][1]]) == (
         "Two blue squares."
     )
+    renamed = text.rename_column("text", "document")
+    collator = LatentDataCollator(
+        processor, text_dataset=renamed, streams=("paired", "text"), dataset_text_field="document"
+    )
+    assert torch.equal(collator(records)["text"]["input_ids"], batch["text"]["input_ids"])
 
 
 def test_missing_image_in_a_paired_record(processor):

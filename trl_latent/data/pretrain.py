@@ -309,6 +309,7 @@ class LatentDataCollator:
         pad_to_multiple_of (`int`, *optional*): pad lengths to a multiple of this.
         skip_bad_records (`bool`, *optional*, defaults to `False`): drop bad records (counted in `skipped` and in the
             batch's `skipped_records`) instead of raising [`BadRecordError`].
+        dataset_text_field (`str`, *optional*, defaults to `"text"`): the column of plain-text records.
     """
 
     processing_class: Any
@@ -320,6 +321,7 @@ class LatentDataCollator:
     chat_template: str | None = None
     pad_to_multiple_of: int | None = None
     skip_bad_records: bool = False
+    dataset_text_field: str = "text"
     skipped: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
@@ -340,6 +342,7 @@ class LatentDataCollator:
                 processor=self.processing_class,
                 max_length=self.max_length,
                 pad_to_multiple_of=self.pad_to_multiple_of,
+                dataset_text_field=self.dataset_text_field,
                 assistant_only_loss=assistant_only,
                 chat_template=self.chat_template if assistant_only else None,
             )
@@ -387,13 +390,15 @@ class LatentDataCollator:
             )
         return self._conversation(example, name, [])
 
-    @staticmethod
-    def _conversation(example: dict, name: str, images: list) -> dict:
+    def _conversation(self, example: dict, name: str, images: list) -> dict:
         if example.get("messages"):
             return {"messages": example["messages"], "images": images, "_name": name}
-        if example.get("text"):
-            return {"text": example["text"], "images": images, "_name": name}
-        raise BadRecordError(f"{name} has neither a non-empty `messages` list nor a `text` string.", reason="no_text")
+        field_name = self.dataset_text_field
+        if example.get(field_name):
+            return {field_name: example[field_name], "images": images, "_name": name}
+        raise BadRecordError(
+            f"{name} has neither a non-empty `messages` list nor a `{field_name}` string.", reason="no_text"
+        )
 
     def _guard(self, build, example):
         try:

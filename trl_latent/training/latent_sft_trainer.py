@@ -353,6 +353,7 @@ class LatentSFTTrainer(SFTTrainer):
             chat_template=chat_template,
             pad_to_multiple_of=args.pad_to_multiple_of,
             skip_bad_records=args.skip_bad_records,
+            dataset_text_field=args.dataset_text_field,
         )
         text = text_dataset if plan.uses("text") else None
         train_dataset = with_stream_indices(train_dataset, text, seed=args.seed)
