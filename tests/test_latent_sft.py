@@ -350,12 +350,20 @@ def test_world_sft_with_lora_trains_only_the_adapter(env, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_resuming_a_stage_continues_where_it_stopped(env, tmp_path):
+@pytest.mark.parametrize("stage, lora", [("joint", False), ("world_sft", True)])
+def test_resuming_a_stage_continues_where_it_stopped(env, tmp_path, stage, lora):
+    from peft import LoraConfig
+
     def run(resume=None):
         model = fresh_model(env)
-        args = make_args(tmp_path / "run", "joint", 6, save_strategy="steps", save_steps=3, logging_steps=1)
+        args = make_args(tmp_path / "run", stage, 6, save_strategy="steps", save_steps=3, logging_steps=1)
         trainer = LatentSFTTrainer(
-            model, args, train_dataset=env["paired"], text_dataset=env["text"], processing_class=env["processor"]
+            model,
+            args,
+            train_dataset=env["dialogues"] if stage == "world_sft" else env["paired"],
+            text_dataset=env["text"] if stage == "joint" else None,
+            processing_class=env["processor"],
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if lora else None,
         )
         trainer.train(resume_from_checkpoint=resume)
         return model, trainer
@@ -365,7 +373,7 @@ def test_resuming_a_stage_continues_where_it_stopped(env, tmp_path):
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
     resumed, resumed_trainer = run(resume=str(checkpoint))
     assert resumed_trainer.state.global_step == 6
-    # Same data order, same Gumbel noise, same optimiser state: the resumed run ends bit-identical.
+    # Same data order, same Gumbel noise, same optimiser state (and, with LoRA, the adapter): bit-identical end.
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
     assert logs(resumed_trainer)[-1]["world/ce_paired"] == logs(trainer)[-1]["world/ce_paired"]

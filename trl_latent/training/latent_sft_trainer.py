@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -375,6 +376,29 @@ class LatentSFTTrainer(SFTTrainer):
             optimizers=optimizers,
         )
         self._skipped_records = 0
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`; resuming a LoRA `world_sft` run also restores the base adapter from the checkpoint's
+        `base_adapter/` (the Trainer itself reloads only `model.safetensors`, which holds the latent modules)."""
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        latent = self.accelerator.unwrap_model(self.model)
+        if checkpoint and isinstance(latent.base, PeftModel):
+            adapter = Path(checkpoint) / "base_adapter" / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise FileNotFoundError(f"{adapter} is missing: the checkpoint holds no LoRA adapter to resume from.")
+            set_peft_model_state_dict(latent.base, load_file(str(adapter)))
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
