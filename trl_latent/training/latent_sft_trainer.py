@@ -136,11 +136,12 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
     terms: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {}
     codes = []
-    stage = plan.name
     paired = inputs["paired"]
     paired_steps = paired["loss_mask"][:, 1:]
 
-    if stage in ("inverse_warmup", "joint", "projector_warmup"):
+    # Dispatch on what the row asks for (its terms and code source), not on the stage's name.
+    cloning = any(name.startswith("policy/bc_") for name in plan.weights)
+    if not cloning and plan.stage.code_source != "policy":  # inverse_warmup, projector_warmup, joint
         needs_world = plan.has("world/ce_paired")
         needs_projector = plan.has("projector/nll_paired")
         base = _encode(model, paired, text_states=needs_projector)
@@ -164,7 +165,7 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
                 back = model.inverse_project(projected.mean)
                 terms["projector/cycle"] = _gaussian_nll_mean(back, text_base.text_states, text["loss_mask"])
 
-    elif stage == "policy_bc":
+    elif cloning:  # policy_bc
         correct, total = 0.0, 0
         streams = [("paired", paired, True)]
         if plan.uses("text"):
@@ -183,8 +184,8 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
             codes.append(predicted)
         metrics["policy/bc_accuracy"] = correct / max(total, 1)
 
-    elif stage == "world_sft":
-        base = _encode(model, paired, pixels=True, grad=True)
+    else:  # world_sft: the policy's codes drive the world model
+        base = _encode(model, paired, pixels=True, grad=plan.base_trainable)
         e = base.states
         with torch.no_grad():  # the policy is frozen: its argmax codes drive the world model
             policy_codes = _steps(model.policy_logits(e.detach(), base), paired_steps).argmax(-1)
@@ -192,8 +193,6 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
         terms["world/ce_paired"] = ce
         metrics["world/accuracy_paired"] = accuracy
         codes.append(policy_codes)
-    else:  # pragma: no cover - resolve_stage rejects unknown stages
-        raise ValueError(f"Unknown stage {stage!r}.")
 
     if codes:
         all_codes = torch.cat(codes)
@@ -201,7 +200,7 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
             metrics.update(codebook_usage(all_codes, model.config.codebook_size))
     missing = set(plan.weights) - set(terms)
     if missing:  # pragma: no cover - a stage row and this function out of step
-        raise RuntimeError(f"Stage {stage!r} did not compute its loss terms {sorted(missing)}.")
+        raise RuntimeError(f"Stage {plan.name!r} did not compute its loss terms {sorted(missing)}.")
     return terms, metrics
 
 
