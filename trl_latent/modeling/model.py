@@ -343,7 +343,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
@@ -352,10 +352,19 @@ class LatentActionModel(LatentActionPreTrainedModel):
         labels: torch.LongTensor | None = None,
         code_source: str = "inverse",
         return_policy_logits: bool = False,
+        latent_fn=None,
         **kwargs,
     ) -> LatentActionOutput:
         """A convenience pass: world logits for `codes` (given, or the IDM's (`code_source="inverse"`) or the
-        policy's argmax (`"policy"`)); with `labels`, the world-model cross-entropy (next-token, -100 ignored)."""
+        policy's argmax (`"policy"`)); with `labels`, the world-model cross-entropy (next-token, -100 ignored).
+
+        `latent_fn`: a callable `fn(model, **kwargs)` run *inside* `forward` and returned as is. Trainers route their
+        stage losses and policy passes through it, so DDP and DeepSpeed wrappers see a forward call (DDP only
+        synchronises gradients of a forward it ran; ZeRO-3 gathers parameters around it)."""
+        if latent_fn is not None:
+            return latent_fn(self, **kwargs)
+        if input_ids is None:
+            raise ValueError("LatentActionModel.forward needs input_ids (or a latent_fn).")
         base = self.encode(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
         e = base.states
         inverse_logits = policy_logits = None
@@ -431,12 +440,13 @@ class LatentActionModel(LatentActionPreTrainedModel):
             if quantization_config is not None:
                 base_kwargs["quantization_config"] = quantization_config
             base_model = base_cls.from_pretrained(config.base_model_name_or_path, **base_kwargs)
+        model = cls(config, base_model=base_model)
         adapter = path / "base_adapter"
         if adapter.exists():
             from peft import PeftModel
 
-            base_model = PeftModel.from_pretrained(base_model, adapter)
-        model = cls(config, base_model=base_model)
+            # Wrapped after `cls(...)`: its `post_init` would re-initialise the adapter's (unmarked) Linear layers.
+            model.base = PeftModel.from_pretrained(model.base, adapter)
         state = _load_folder_state(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("base.")]

@@ -403,8 +403,10 @@ class LatentSFTTrainer(SFTTrainer):
         """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
         under their names (`world/ce_paired`, `projector/cycle`, `codebook/used`, ...)."""
         mode = "train" if model.training else "eval"
-        latent = self.accelerator.unwrap_model(model)
-        terms, metrics = stage_losses(latent, inputs, self.stage_plan, use_projector=self.args.use_projector)
+        # Through the (possibly DDP/DeepSpeed-wrapped) model's forward, so gradients are synchronised.
+        terms, metrics = model(
+            latent_fn=stage_losses, inputs=inputs, plan=self.stage_plan, use_projector=self.args.use_projector
+        )
         loss = sum(weight * terms[name] for name, weight in self.stage_plan.weights.items())
 
         logged = self._metrics[mode]
