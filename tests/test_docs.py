@@ -23,3 +23,12 @@ def test_doc_snippets_run(doc, tmp_path, monkeypatch, tiny_cache):
     namespace: dict = {}
     for code in snippets:  # snippets of one page share a namespace, as a reader runs them in order
         exec(compile(code, f"{doc}", "exec"), namespace)
+
+
+def test_public_api_imports():
+    import trl_latent
+
+    for name in trl_latent.__all__:
+        assert getattr(trl_latent, name) is not None, name
+    with pytest.raises(AttributeError):
+        trl_latent.NotAThing  # noqa: B018

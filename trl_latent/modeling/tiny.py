@@ -246,8 +246,20 @@ def _seeded_init(build):
 
 
 def _fingerprint(kind: str, size: str, seed: int, arch: str) -> str:
+    from ..data.synthetic import tokenizer_corpus
+
+    # The tokenizer corpus is part of the key: a changed synthetic task gives a new tokenizer, hence a new build.
+    corpus = hashlib.sha256("\n".join(tokenizer_corpus()).encode()).hexdigest()
     payload = json.dumps(
-        {"kind": kind, "size": size, "seed": seed, "arch": arch, "spec": asdict(_spec(size)), "v": _FACTORY_VERSION},
+        {
+            "kind": kind,
+            "size": size,
+            "seed": seed,
+            "arch": arch,
+            "spec": asdict(_spec(size)),
+            "corpus": corpus,
+            "v": _FACTORY_VERSION,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
