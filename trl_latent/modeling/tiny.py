@@ -49,7 +49,7 @@ QWEN_SPECIAL_TOKENS = (
 )
 # Qwen's pre-tokenisation regex (the one `Qwen2Tokenizer` uses).
 _PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-_FACTORY_VERSION = 3  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
+_FACTORY_VERSION = 5  # bump when the build recipe changes: cached folders of an older recipe are rebuilt
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,13 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 440):
     bpe.train_from_iterator(sorted(corpus), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    # Qwen's special tokens take the ids right after the BPE vocabulary, in Qwen order, before the constructor sees
+    # eos/pad (which would otherwise be appended first).
+    vocab = dict(state["vocab"])
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(
-        vocab=state["vocab"],
+        vocab=vocab,
         merges=merges,
         unk_token=None,
         eos_token="<|im_end|>",
