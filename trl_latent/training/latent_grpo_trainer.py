@@ -27,7 +27,7 @@ import types
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import gather_object, is_peft_model
+from accelerate.utils import is_peft_model
 from transformers import AutoConfig, AutoProcessor, ProcessorMixin, TrainerCallback
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
@@ -38,7 +38,7 @@ from ..modeling.generation import latent_generate
 from ..modeling.model import LatentActionModel
 from ..modeling.modules import DecoderStack
 from .latent_grpo_config import LatentGRPOConfig
-from .token_grpo_trainer import PolicyLossMixin, resolve_policy_loss
+from .token_grpo_trainer import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
             latent.set_trainable(["policy"])  # stage 6: the policy only (design.md section 3)
 
         self.policy_loss = resolve_policy_loss(args.loss, args)  # sets args.beta to the loss's beta
+        self.diversity_embedder = build_diversity_embedder(args.diversity_embedder)
         beta, sync_ref_model = args.beta, args.sync_ref_model
         if sync_ref_model and beta == 0.0:
             raise ValueError(
@@ -290,11 +291,6 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         _install_policy_forward(self._latent_model())
         self._reference_policy_copy = None
         self._rollout_output = None
-        self._embedder = None
-        if args.diversity_embedder is not None:
-            from ..metrics.diversity import Embedder
-
-            self._embedder = Embedder(None if args.diversity_embedder == "default" else args.diversity_embedder)
         if sync_ref_model and not uses_peft:
             self.add_callback(_SyncReferencePolicyCallback(self))
 
@@ -455,11 +451,25 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
             self._rollout_output = out
             return out.sequences
 
+        # As TRL suppresses the image token when sampling (a generated <|image_pad|> would not match the image
+        # features on the next forward), the world model may not emit image or video placeholder tokens.
+        backbone = latent.backbone
+        suppressed = [t for t in (backbone.image_token_id, backbone.video_token_id) if t is not None]
+        world_logits = latent.world_logits
+
+        def world_logits_without_placeholders(e, codes):
+            logits = world_logits(e, codes)
+            if suppressed:
+                logits[..., suppressed] = float("-inf")
+            return logits
+
         latent.generate = generate
+        latent.world_logits = world_logits_without_placeholders
         try:
             yield
         finally:
             del latent.generate
+            del latent.world_logits
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         with self._latent_decoding(self._latent_model()):
@@ -517,18 +527,6 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         usage = codebook_usage(codes, self._latent_model().config.codebook_size, mask)
         self._metrics[mode]["latent/codes_used"].append(usage["codebook/used"])
         self._metrics[mode]["latent/code_perplexity"].append(usage["codebook/perplexity"])
-
-    def _log_rollout_diversity(self, completions: list) -> None:
-        super()._log_rollout_diversity(completions)
-        if self._embedder is None:
-            return
-        from ..metrics.diversity import completion_text, embedding_diversity
-
-        mode = "train" if self.model.training else "eval"
-        texts = [completion_text(c) for c in gather_object(list(completions))]
-        g = self._num_generations_now()
-        groups = [texts[i : i + g] for i in range(0, len(texts), g)]
-        self._metrics[mode]["diversity/embedding"].append(embedding_diversity(groups, self._embedder))
 
     # -------------------------------------------------------------------------------------------------- update
     def _compute_loss(self, model, inputs):

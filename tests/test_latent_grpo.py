@@ -1,0 +1,511 @@
+"""LatentGRPOConfig / LatentGRPOTrainer: latent-action RL on the tiny VLM (CPU, a few steps per test).
+
+What is checked, beyond "it runs":
+- every loss learns: with a reward only a choice of codes can raise, mean reward rises clearly;
+- only the policy changes; the base and the world model (codebook, merge) stay bit-identical;
+- the reference is a copy of the policy modules only (counted), KL is exactly 0 before the first update;
+- the update reuses the rollout's base states (the base is never run in the update) and recomputes exactly the
+  rollout's sampling log-probabilities (so positions, codes and rows stay aligned through TRL's shuffle and split);
+- PEFT (LoRA on the policy), the TR-DPO reference sync, the migration of a TRL script, and bad input.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import gc
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GenerationConfig
+from trl import GRPOConfig
+
+from trl_latent.data.synthetic import synthetic_rl_dataset
+from trl_latent.modeling import LatentActionModel
+from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
+from trl_latent.training.latent_grpo_config import LatentGRPOConfig
+from trl_latent.training.latent_grpo_trainer import POLICY_LORA_TARGET_MODULES, LatentGRPOTrainer
+from trl_latent.training.losses import LOSS_CLASSES, DrGRPOLoss, get_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+LOSSES = sorted(LOSS_CLASSES)
+# Measured on this setup (16 steps, lr 1e-2, 2 prompts x 4 rollouts of 8 steps, seed 0): mean reward of the first 4
+# steps -> last 4 steps: GRPO, BNPO, DAPO 0.078 -> 0.672; Dr.GRPO (no std scaling) 0.062 -> 0.426. Asked: +0.2.
+LEARNING_STEPS = 16
+MIN_REWARD_RISE = 0.2
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def base_path(tiny_cache):
+    return tiny_vlm_path("tiny", cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_cache):
+    return tiny_vlm("tiny", cache_dir=tiny_cache)[1]
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic_rl_dataset(64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def initial_model(base_path):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LatentActionModel.from_base(base_path, codebook_size=16, inverse_layers=1, policy_layers=1)
+
+
+@pytest.fixture
+def model(initial_model):
+    return copy.deepcopy(initial_model)
+
+
+@pytest.fixture(scope="module")
+def steerable_model(initial_model):
+    """The untrained model with its codebook scaled up, so the world model's next token depends on the code (at
+    initialisation the code vectors are ~0.02 per dimension against base states of ~1, and barely matter)."""
+    model = copy.deepcopy(initial_model)
+    with torch.no_grad():
+        model.codebook.proj.weight.mul_(100.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def code_token_pair(steerable_model, processor, dataset):
+    """A code c and a token x of the untrained world model such that c makes it emit x at most rollout states while
+    the other codes rarely do: a reward counting x can only be raised by choosing c."""
+    rows = dataset.select(range(16))
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in rows]
+    inputs = processor(text=texts, images=[r["image"] for r in rows], return_tensors="pt", padding=True)
+    model = steerable_model
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=8,
+            code_top_k=None,
+            eos_token_id=[],
+            return_states=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        prompt_width = inputs["input_ids"].shape[1]
+        states = out.states[:, prompt_width - 1 :].reshape(-1, 1, out.states.shape[-1])
+        num_codes = model.config.codebook_size
+        tokens = torch.stack(
+            [
+                model.world_logits(states, torch.full((len(states), 1), c)).argmax(-1).flatten()
+                for c in range(num_codes)
+            ]
+        )  # (codes, states): the greedy token of each code at each state
+    vocab = len(processor.tokenizer)
+    freq = torch.stack([torch.bincount(t, minlength=vocab).float() / t.numel() for t in tokens])  # P(x | c)
+    freq[:, processor.tokenizer.all_special_ids] = -1.0
+    code, token = divmod(int(freq.argmax()), vocab)
+    p_token_given_code, p_token = freq[code, token].item(), freq[:, token].clamp(min=0).mean().item()
+    assert p_token_given_code >= 0.5 and p_token <= 0.15, (p_token_given_code, p_token)
+    return code, token
+
+
+def token_fraction_reward(token_id):
+    def token_fraction(completion_ids, **kwargs):
+        return [sum(t == token_id for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    return token_fraction
+
+
+def text_length_reward(completions, **kwargs):
+    return [float(len(c[0]["content"])) for c in completions]
+
+
+def make_config(tmp_path, **overrides):
+    kwargs = dict(
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=3,
+        learning_rate=1e-2,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return LatentGRPOConfig(str(tmp_path / "out"), **kwargs)
+
+
+def make_trainer(model, processor, dataset, tmp_path, reward=text_length_reward, trainer_kwargs=None, **config):
+    return LatentGRPOTrainer(
+        model,
+        reward_funcs=reward,
+        args=make_config(tmp_path, **config),
+        train_dataset=dataset,
+        processing_class=processor,
+        **(trainer_kwargs or {}),
+    )
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_only_policy_changed(before, model):
+    after = dict(model.named_parameters())
+    unchanged_policy = [n for n in before if n.startswith("policy.") and torch.equal(before[n], after[n])]
+    changed_frozen = [n for n in before if not n.startswith("policy.") and not torch.equal(before[n], after[n])]
+    assert not unchanged_policy, f"policy parameters that did not change: {unchanged_policy}"
+    assert not changed_frozen, f"frozen parameters that changed: {changed_frozen}"
+    groups = {n.split(".")[0] for n in before}
+    assert {"base", "codebook", "world_merge", "policy"} <= groups
+
+
+def logged(trainer, key) -> list[float]:
+    return [h[key] for h in trainer.state.log_history if key in h and "train_runtime" not in h]
+
+
+# ----------------------------------------------------------------------------------------------------- config
+def test_config_defaults_follow_the_paper():
+    args = LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8)
+    assert (args.code_top_k, args.code_top_p, args.code_temperature) == (32, 1.0, 1.0)
+    assert args.token_strategy == "greedy"
+    assert (args.beta, args.epsilon, args.num_generations, args.learning_rate) == (0.01, 0.2, 8, 1e-6)
+    assert (args.loss, args.loss_type, args.max_completion_length) == (None, "grpo", 1024)
+    assert args.reuse_rollout_states and args.log_reference_kl
+    assert not args.activation_checkpointing
+    # A loss object is accepted and logged by its repr (config JSON must stay serialisable).
+    args = LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss=DrGRPOLoss(beta=0.01))
+    assert args.to_json_string().count("DrGRPOLoss(") == 1
+
+
+@pytest.mark.parametrize(
+    "field, value, alternative",
+    [
+        ("use_vllm", True, "use_vllm=False"),
+        ("use_transformers_continuous_batching", True, "set both to False"),
+        ("generation_kwargs", {"top_k": 5}, "code_top_k"),
+        ("top_k", 50, "code_top_k"),
+        ("top_p", 0.9, "code_top_p"),
+        ("min_p", 0.1, "code_top_k"),
+        ("repetition_penalty", 1.1, "code_top_k"),
+        ("cache_implementation", "static", "dynamic KV caches"),
+        ("cast_lm_head_to_fp32", True, "float32"),
+        ("use_liger_kernel", True, "leave it False"),
+        ("gradient_checkpointing", True, "gradient_checkpointing=False"),
+    ],
+)
+def test_config_rejects_what_cannot_apply(field, value, alternative):
+    with pytest.raises(NotImplementedError, match=alternative):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, **{field: value})
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"Unknown loss 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss="ppo")
+    with pytest.raises(ValueError, match="loss_type='cispo' has no latent-action loss class"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss_type="cispo")
+    with pytest.raises(TypeError, match="PolicyLoss object"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss=3)
+    with pytest.raises(ValueError, match=r"generation_batch_size \(6\) must be divisible by num_generations \(4\)"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=6, num_generations=4)
+    with pytest.raises(ValueError, match="token_strategy"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, token_strategy="beam")
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+def test_plain_vlm_is_rejected_with_the_recipe(base_path, processor, dataset, tmp_path, tiny_cache):
+    plain, _ = tiny_vlm("tiny", cache_dir=tiny_cache)
+    for model in (plain, str(base_path)):
+        with pytest.raises(TypeError, match=r"needs a latent action model.*LatentActionModel\.from_base"):
+            make_trainer(model, processor, dataset, tmp_path)
+
+
+def test_saved_latent_model_path_is_accepted(model, dataset, tmp_path):
+    folder = tmp_path / "latent"
+    model.save_pretrained(folder)
+    # No processing_class: it is loaded from the latent model's base (left padding, the multimodal processor).
+    trainer = LatentGRPOTrainer(
+        str(folder), reward_funcs=text_length_reward, args=make_config(tmp_path), train_dataset=dataset
+    )
+    assert isinstance(trainer.model, LatentActionModel)
+    assert type(trainer.processing_class).__name__ == "Qwen2_5_VLProcessor"
+    assert trainer.processing_class.tokenizer.padding_side == "left"
+    torch.testing.assert_close(trainer.model.policy.head.weight, model.policy.head.weight, rtol=0, atol=0)
+
+
+def test_trainer_rejects_what_cannot_apply(model, processor, dataset, tmp_path):
+    with pytest.raises(TypeError, match="LatentGRPOConfig"):
+        LatentGRPOTrainer(
+            model, text_length_reward, args=GRPOConfig("out", use_cpu=True, per_device_train_batch_size=8)
+        )
+    for kwargs, match in [
+        ({"tools": [len]}, "tool calling"),
+        ({"rollout_func": lambda prompts, trainer: {}}, "rollout_func"),
+        ({"environment_factory": object}, "environments"),
+    ]:
+        with pytest.raises(NotImplementedError, match=match):
+            make_trainer(model, processor, dataset, tmp_path, trainer_kwargs=kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- the four losses
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_learns_to_choose_codes(loss, steerable_model, processor, dataset, code_token_pair, tmp_path):
+    """The loss with its paper defaults (Dr.GRPO without std scaling, DAPO with clip-higher) and beta = 0.01: the
+    reward (fraction of completion tokens equal to the token code c produces) rises clearly; only the policy changes;
+    KL to the policy-only reference is 0 before the first update and positive after. (Completions here all run to
+    max_completion_length, so GRPO's and BNPO's aggregations coincide; tests/test_losses.py checks them apart.)"""
+    code, token = code_token_pair
+    model = copy.deepcopy(steerable_model)
+    before = snapshot(model)
+    trainer = make_trainer(
+        model,
+        processor,
+        dataset,
+        tmp_path,
+        reward=token_fraction_reward(token),
+        loss=get_loss(loss, beta=0.01),
+        max_steps=LEARNING_STEPS,
+        code_top_k=None,
+    )
+    assert trainer.policy_loss.name == loss and trainer.policy_loss.beta == 0.01
+    trainer.train()
+
+    rewards = logged(trainer, "reward")
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    print(f"{loss}: mean reward first 4 steps {first:.3f}, last 4 steps {last:.3f}")
+    assert last - first >= MIN_REWARD_RISE, rewards
+    assert_only_policy_changed(before, model)
+    for key in ("latent/kl", "kl"):  # exact KL over the codes, and the loss's k3 estimate on the sampled codes
+        values = logged(trainer, key)
+        assert values[0] == 0.0 and values[-1] > 0.0, (key, values)
+    # The policy now prefers code c (the reward's code) by a wide margin.
+    assert logged(trainer, "latent/code_entropy")[-1] < logged(trainer, "latent/code_entropy")[0]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_without_kl(loss, model, processor, dataset, tmp_path):
+    """beta = 0: no KL term in the loss, but `latent/kl` is still logged: 0 at the first step, positive later."""
+    before = snapshot(model)
+    trainer = make_trainer(model, processor, dataset, tmp_path, loss=loss, beta=0.0, max_steps=3)
+    trainer.train()
+    assert trainer.policy_loss.beta == 0.0
+    assert not logged(trainer, "kl")  # the loss has no KL term
+    kl = logged(trainer, "latent/kl")
+    assert kl[0] == 0.0 and kl[-1] > 0.0, kl
+    assert_only_policy_changed(before, model)
+    for key in ("latent/codes_used", "latent/code_perplexity", "latent/code_entropy", "diversity/distinct_1"):
+        assert len(logged(trainer, key)) == 3, key
+    assert 1 <= logged(trainer, "latent/codes_used")[0] <= 16
+
+
+# ------------------------------------------------------------------------------------------- reference, reuse
+def test_reference_is_a_copy_of_the_policy_only(model, processor, dataset, tmp_path):
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter)]  # held, so no id is reused
+    alive_ids = {id(p) for p in alive}
+    trainer = make_trainer(model, processor, dataset, tmp_path, max_steps=1)
+    trainer.train()
+    gc.collect()
+    created = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter) and id(o) not in alive_ids]
+    policy_numel = sum(p.numel() for p in model.policy.parameters())
+    base_numel = sum(p.numel() for p in model.base.parameters())
+    # The only parameters training created are the reference: as many as the policy, far fewer than the base.
+    assert sum(p.numel() for p in created) == policy_numel < base_numel
+    reference = trainer._reference_policy()
+    assert trainer.ref_model is None  # TRL's reference model (a reload of the whole model) was never built
+    assert sum(p.numel() for p in reference.parameters()) == policy_numel
+    assert not any(p.requires_grad for p in reference.parameters())
+    ref_state, policy_state = reference.state_dict(), model.policy.state_dict()
+    assert ref_state.keys() == policy_state.keys()
+    assert all(ref_state[k].data_ptr() != policy_state[k].data_ptr() for k in ref_state)
+
+
+def test_reference_sync_tr_dpo(model, processor, dataset, tmp_path):
+    """sync_ref_model with alpha 1 copies the policy into the reference after every step: KL 0 at every step."""
+    trainer = make_trainer(
+        model,
+        processor,
+        dataset,
+        tmp_path,
+        max_steps=2,
+        sync_ref_model=True,
+        ref_model_sync_steps=1,
+        ref_model_mixup_alpha=1.0,
+    )
+    trainer.train()
+    assert logged(trainer, "latent/kl") == [0.0, 0.0]
+    for ref_p, p in zip(trainer._reference_policy().parameters(), model.policy.parameters(), strict=True):
+        assert torch.equal(ref_p, p)
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse_states", "recompute_states_right_padding"])
+def test_update_reuses_rollout_states_and_matches_rollout_logprobs(reuse, model, processor, dataset, tmp_path, caplog):
+    """With reuse the base never runs in the update; either way the update's code log-probabilities before any
+    optimizer step equal the rollout's sampling log-probabilities (rows, steps and 3-D positions line up after TRL's
+    shuffle and split into 2 micro-batches). The recompute case uses a processor padding on the right, which the
+    trainer switches to left padding (otherwise mm_token_type_ids and the prompt ids would be misaligned)."""
+    if not reuse:
+        processor = copy.deepcopy(processor)
+        processor.tokenizer.padding_side = "right"
+    with caplog.at_level(logging.WARNING, logger="trl_latent.training.latent_grpo_trainer"):
+        trainer = make_trainer(
+            model,
+            processor,
+            dataset,
+            tmp_path,
+            reuse_rollout_states=reuse,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,  # the generation batch is shuffled, then split in 2 micro-batches
+            max_steps=2,
+        )
+    assert processor.tokenizer.padding_side == "left"
+    assert ("switches it to left padding" in caplog.text) == (not reuse)
+
+    calls = {"rollout": 0, "update": 0}
+    phase = ["rollout"]
+    hook = model.backbone.inner.register_forward_pre_hook(lambda *a: calls.__setitem__(phase[0], calls[phase[0]] + 1))
+    captured = []
+    compute_loss, compute_policy_loss = trainer._compute_loss, trainer._compute_policy_loss
+
+    def counting_compute_loss(model_, inputs):
+        phase[0] = "update"
+        try:
+            return compute_loss(model_, inputs)
+        finally:
+            phase[0] = "rollout"
+
+    def capturing_policy_loss(inputs, per_token_logps, entropies, **kwargs):
+        mask = inputs["completion_mask"].bool()
+        captured.append((per_token_logps.detach()[mask], inputs["sampling_per_token_logps"][mask]))
+        return compute_policy_loss(inputs, per_token_logps, entropies, **kwargs)
+
+    trainer._compute_loss, trainer._compute_policy_loss = counting_compute_loss, capturing_policy_loss
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+    assert calls["rollout"] > 0
+    assert calls["update"] == (0 if reuse else 4), calls  # 2 steps x 2 micro-batches when recomputing
+    assert len(captured) == 4
+    for logps, sampling_logps in captured[:2]:  # the first optimizer step: on-policy
+        torch.testing.assert_close(logps, sampling_logps, rtol=0, atol=1e-5)
+
+
+def test_off_policy_iterations_use_rollout_logprobs_as_old(model, processor, dataset, tmp_path):
+    """num_iterations=2: TRL asks for the old policy's log-probabilities while scoring; they are the rollout's."""
+    seen = []
+    trainer = make_trainer(model, processor, dataset, tmp_path, num_iterations=2, max_steps=2)
+    compute_policy_loss = trainer._compute_policy_loss
+
+    def capturing_policy_loss(inputs, per_token_logps, entropies, **kwargs):
+        seen.append((inputs, per_token_logps.detach()))
+        return compute_policy_loss(inputs, per_token_logps, entropies, **kwargs)
+
+    trainer._compute_policy_loss = capturing_policy_loss
+    trainer.train()
+    (first, logps_1), (second, logps_2) = seen
+    assert first is second  # the second iteration reuses the batch, after an update
+    mask = first["completion_mask"].bool()
+    old = first["old_per_token_logps"][mask]
+    torch.testing.assert_close(old, first["sampling_per_token_logps"][mask], rtol=0, atol=0)
+    torch.testing.assert_close(logps_1[mask], old, rtol=0, atol=1e-5)  # iteration 1: ratio 1
+    assert (logps_2[mask] - old).abs().max() > 1e-3  # iteration 2: the policy moved, the ratio is not 1
+
+
+# --------------------------------------------------------------------------------------------------------- PEFT
+def test_lora_on_the_policy(model, processor, dataset, tmp_path):
+    from peft import LoraConfig
+
+    before = snapshot(model)
+    trainer = make_trainer(
+        model,
+        processor,
+        dataset,
+        tmp_path,
+        max_steps=3,
+        trainer_kwargs={"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=POLICY_LORA_TARGET_MODULES)},
+    )
+    trainer.train()
+    peft_model = trainer.model
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert lora and all(".policy.layers." in n for n in lora)
+    lora_b = [p for n, p in lora.items() if "lora_B" in n]
+    assert all(p.abs().sum() > 0 for p in lora_b)  # initialised at zero, trained
+    # Every original parameter (base, world model and the policy's own weights) is bit-identical.
+    after = {
+        n.removeprefix("base_model.model.").replace(".base_layer.", "."): p
+        for n, p in peft_model.named_parameters()
+        if "lora_" not in n
+    }
+    assert after.keys() == before.keys()
+    assert [n for n in before if not torch.equal(before[n], after[n])] == []
+    kl = logged(trainer, "latent/kl")  # reference = the policy with the adapter disabled
+    assert kl[0] == 0.0 and kl[-1] > 0.0, kl
+
+
+def test_lora_beyond_the_policy_is_rejected(model, processor, dataset, tmp_path):
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match=r"trains the policy only.*POLICY_LORA_TARGET_MODULES"):
+        make_trainer(
+            model,
+            processor,
+            dataset,
+            tmp_path,
+            trainer_kwargs={"peft_config": LoraConfig(r=4, target_modules=["q_proj"])},
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ example
+def _code_without_docstring(path: Path) -> list[str]:
+    source = path.read_text()
+    tree = ast.parse(source)
+    start = tree.body[1].lineno if ast.get_docstring(tree) else 1
+    return source.splitlines()[start - 1 :]
+
+
+def test_example_is_the_trl_script_with_names_swapped():
+    token = _code_without_docstring(ROOT / "examples" / "grpo_tiny_vlm_token.py")
+    latent = _code_without_docstring(ROOT / "examples" / "grpo_tiny_vlm.py")
+    renamed = [
+        line.replace("LatentGRPOConfig", "GRPOConfig").replace("LatentGRPOTrainer", "GRPOTrainer") for line in latent
+    ]
+    changed = [
+        line[2:] for line in difflib.ndiff(token, renamed) if line.startswith(("- ", "+ ")) and line[2:].strip()
+    ]
+    other = [line for line in changed if not line.startswith(("from ", "import ")) and "model = " not in line]
+    assert other == [], f"the latent example differs from the TRL script beyond imports and the model: {other}"
+    assert sum("model = " in line for line in changed) == 2  # the model line, before and after
+
+
+def test_example_script_runs(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "grpo_tiny_vlm.py"),
+        *("--output_dir", str(out), "--cache_dir", str(tiny_cache), "--max_steps", "2", "--num_prompts", "8"),
+        *("--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "6"),
+        *("--use_cpu", "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    assert any(k.startswith("policy.") for k in saved)
+    assert not any(k.startswith("base.") for k in saved)  # the frozen base is not duplicated
+
+
+def test_generation_config_comes_from_the_base(model, processor, dataset, tmp_path):
+    trainer = make_trainer(model, processor, dataset, tmp_path)
+    assert isinstance(trainer.model.generation_config, GenerationConfig)
+    assert trainer.eos_token_ids == [processor.tokenizer.eos_token_id]
