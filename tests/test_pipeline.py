@@ -1,0 +1,43 @@
+"""The embedded end-to-end job at its quick size: every arm runs, results are written and the table is complete."""
+
+import json
+import math
+
+from trl_latent.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results, run_pipeline
+
+
+def test_quick_pipeline_end_to_end(tmp_path, tiny_cache):
+    config = PipelineConfig.quick(cache_dir=str(tiny_cache))
+    results = run_pipeline(tmp_path, config)
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["loss"] == "grpo"
+    # The latent arm ran every stage, each for its configured steps, saving and reloading between them.
+    stages = results["latent"]["stages"]
+    assert list(stages) == [*PRETRAIN_STAGES, "world_sft"]
+    for name, stage in stages.items():
+        assert (tmp_path / "latent" / name / "config.json").exists(), name
+        assert math.isfinite(stage["loss_first"]) and math.isfinite(stage["loss_last"])
+    assert "projector/cycle" in stages["joint"] and "policy/bc_accuracy" in stages["policy_bc"]
+    # Both RL arms ran the same number of steps with the same reward.
+    for arm in ("token", "latent"):
+        rl = results[arm]["rl"]
+        assert rl["steps"] == config.rl_steps
+        assert all(0.0 <= r <= 2.0 for r in rl["reward_curve"])
+        for split in ("id", "ood"):
+            ev = results[arm]["eval_rl"][split]
+            assert 0.0 <= ev["all"] <= 1.0 and math.isfinite(ev["reward"])
+            assert "diversity/distinct_2" in ev and "diversity/self_bleu" in ev
+    # The saved latent model after world-model SFT holds the fine-tuned base (the base changed in stage 5).
+    assert json.loads((tmp_path / "latent" / "world_sft" / "config.json").read_text())["base_weights_saved"]
+    table = (tmp_path / "results.md").read_text()
+    assert table.strip() == format_results(results)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| base (pretrained stand-in)",
+        "| token: SFT",
+        "| token: SFT + grpo",
+        "| latent: stages 1-5",
+        "| latent: stages 1-5 + grpo",
+    ]
+    assert "latent/token" in table

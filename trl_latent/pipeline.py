@@ -1,0 +1,430 @@
+"""The embedded end-to-end job: build a latent action model on a tiny VLM, fine-tune it with latent-action RL, and
+compare it with token-level RL on the same base, data and reward (the shapes role-play task, on a CPU, offline).
+
+```
+tiny Qwen2.5-VL --(stock SFT on separate dialogues: the "pretrained" VLM)--> base
+base --(stock SFT on the task's SFT split)--> SFT model --(TokenGRPOTrainer, rubric reward)--> token RL
+base --(LatentSFTTrainer: inverse_warmup, projector_warmup, joint, policy_bc on paired + text-only corpora;
+        world_sft on the task's SFT split)--> latent model --(LatentGRPOTrainer, rubric reward)--> latent RL
+```
+
+Both RL runs use the same loss class (GRPO by default), prompts, number of generations, steps and reward; both start
+from a model that saw the task's SFT split for the same number of steps. Evaluation on held-out prompts with
+in-distribution and out-of-distribution characters: greedy answer accuracy, mean rubric reward, and the diversity of
+sampled rollouts (distinct-n, self-BLEU). Results go to `results.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from .metrics.diversity import group_diversity
+from .rewards.rubric import answer_accuracy, rubric_reward
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_STAGES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
+
+
+@dataclass
+class PipelineConfig:
+    """Sizes of the embedded job. The defaults run `make demo` on a 2-core CPU; `PipelineConfig.quick()` is the
+    seconds-long version the test suite runs."""
+
+    size: str = "small"
+    seed: int = 0
+    image_size: int = 56
+    # A tiny model starts from random weights, so stock SFT on separate dialogues stands in for the pretrained
+    # instruct VLM; it stops short of mastering the task (design.md section 8: RL needs room to improve).
+    pretrain_steps: int = 300
+    pretrain_learning_rate: float = 2e-3
+    # Task SFT, the same number of steps for both arms: stock SFT (token arm) and world-model SFT (latent arm).
+    task_sft_steps: int = 150
+    task_sft_learning_rate: float = 1e-3
+    batch_size: int = 32
+    n_dialogues: int = 1024
+    # Latent space (stages 1-4).
+    codebook_size: int = 64
+    inverse_layers: int = 1
+    policy_layers: int = 2
+    stage_steps: int = 150
+    stage_learning_rate: float = 2e-3
+    n_paired: int = 256
+    n_text_only: int = 1024
+    # RL, identical for both arms.
+    loss: str = "grpo"
+    rl_steps: int = 40
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    token_rl_learning_rate: float = 1e-4
+    latent_rl_learning_rate: float = 1e-4
+    beta: float = 0.01
+    max_completion_length: int = 32
+    n_rl_prompts: int = 512
+    # Evaluation.
+    n_eval: int = 32
+    diversity_samples: int = 4
+    cache_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **overrides) -> PipelineConfig:
+        """A few steps of everything on the unit-test model: checks the plumbing, not the learning."""
+        values = dict(
+            size="tiny",
+            pretrain_steps=4,
+            task_sft_steps=3,
+            batch_size=8,
+            n_dialogues=64,
+            codebook_size=16,
+            policy_layers=1,
+            stage_steps=3,
+            n_paired=16,
+            n_text_only=32,
+            rl_steps=2,
+            prompts_per_step=2,
+            num_generations=4,
+            max_completion_length=8,
+            n_rl_prompts=16,
+            n_eval=4,
+            diversity_samples=2,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def _cpu_args() -> dict:
+    # TRL defaults to bf16 and gradient checkpointing; neither works on a CPU (design.md section 4).
+    return dict(
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _logged(trainer, key: str) -> list[float]:
+    return [float(entry[key]) for entry in trainer.state.log_history if key in entry]
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def _prompt_inputs(processor, rows, device):
+    from trl.data_utils import prepare_multimodal_messages
+
+    conversations = [
+        prepare_multimodal_messages(prompt, images=[image]) for prompt, image in zip(rows["prompt"], rows["image"])
+    ]
+    return processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
+    ).to(device)
+
+
+@torch.no_grad()
+def answers(model, processor, dataset, max_new_tokens: int, sample: bool = False, batch_size: int = 32) -> list[str]:
+    """Answers of a plain VLM or a latent action model to `dataset`'s prompts.
+
+    `sample=False`: greedy tokens (plain VLM) or argmax codes (latent). `sample=True`: the RL rollout setting,
+    temperature-1 token sampling (plain VLM) or code sampling with top-k 32 at temperature 1 (latent)."""
+    from .modeling.model import LatentActionModel
+
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            inputs = _prompt_inputs(processor, dataset[start : start + batch_size], model.device)
+            if isinstance(model, LatentActionModel):
+                completion = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample_codes=sample,
+                    code_top_k=32,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                ).completion_ids
+            else:
+                generated = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=sample,
+                    temperature=1.0 if sample else None,
+                    top_k=0 if sample else None,
+                    top_p=1.0 if sample else None,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                completion = generated[:, inputs["input_ids"].shape[1] :]
+            out.extend(t.strip() for t in processor.batch_decode(completion, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) -> dict[str, Any]:
+    """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts."""
+    results = {}
+    for name, dataset in eval_sets.items():
+        greedy = answers(model, processor, dataset, config.max_completion_length)
+        columns = {k: dataset[k] for k in dataset.column_names if k not in ("prompt", "image")}
+        rewards = rubric_reward(dataset["prompt"], greedy, **columns)
+        metrics: dict[str, Any] = answer_accuracy(greedy, dataset["reference"], dataset["character"])
+        metrics["reward"] = sum(rewards) / len(rewards)
+        # Rollout diversity: `diversity_samples` sampled answers per prompt, adjacent as in a GRPO group.
+        repeated = dataset.select([i for i in range(len(dataset)) for _ in range(config.diversity_samples)])
+        sampled = answers(model, processor, repeated, config.max_completion_length, sample=True)
+        metrics.update(group_diversity(sampled, config.diversity_samples))
+        metrics["examples"] = [
+            {"character": c, "reference": r, "answer": a}
+            for c, r, a in list(zip(dataset["character"], dataset["reference"], greedy))[:2]
+        ]
+        results[name] = metrics
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ the arms
+def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_dir):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        assistant_only_loss=True,
+        max_length=None,  # truncation that cuts image tokens fails (design.md section 4)
+        activation_checkpointing=False,
+        seed=config.seed,
+        **_cpu_args(),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    trainer.train()
+    losses = _logged(trainer, "loss")
+    return trainer.model, {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def _rl_args(cls, output_dir, learning_rate, config, **extra):
+    return cls(
+        output_dir=str(output_dir),
+        max_steps=config.rl_steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        learning_rate=learning_rate,
+        beta=config.beta,
+        seed=config.seed,
+        **_cpu_args(),
+        **extra,
+    )
+
+
+def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
+    rewards = _logged(trainer, "reward")
+    k = max(1, len(rewards) // 4)
+    return {
+        "steps": len(rewards),
+        "seconds": seconds,
+        "reward_first": rewards[0],
+        "reward_last": rewards[-1],
+        # Quarter means: single steps are noisy (design.md section 8).
+        "reward_first_quarter": sum(rewards[:k]) / k,
+        "reward_last_quarter": sum(rewards[-k:]) / k,
+        "reward_curve": rewards,
+    }
+
+
+def run_token_arm(base_path, processor, data, eval_sets, config, output_dir) -> dict[str, Any]:
+    from transformers import AutoModelForImageTextToText
+
+    from .training.token_grpo_trainer import TokenGRPOTrainer
+    from trl import GRPOConfig
+
+    model = AutoModelForImageTextToText.from_pretrained(base_path)
+    model, sft = _stock_sft(
+        model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config, output_dir
+    )
+    result: dict[str, Any] = {"sft": sft, "eval_sft": evaluate_model(model, processor, eval_sets, config)}
+    args = _rl_args(GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config)
+    trainer = TokenGRPOTrainer(
+        model=model,
+        reward_funcs=rubric_reward,
+        args=args,
+        train_dataset=data["rl"],
+        processing_class=processor,
+        loss=config.loss,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    result["rl"] = _rl_summary(trainer, time.perf_counter() - start)
+    result["eval_rl"] = evaluate_model(trainer.model, processor, eval_sets, config)
+    return result
+
+
+def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) -> dict[str, Any]:
+    from .modeling.model import LatentActionModel
+    from .training.latent_grpo_config import LatentGRPOConfig
+    from .training.latent_grpo_trainer import LatentGRPOTrainer
+    from .training.latent_sft_config import LatentSFTConfig
+    from .training.latent_sft_trainer import LatentSFTTrainer
+
+    torch.manual_seed(config.seed)
+    model = LatentActionModel.from_base(
+        str(base_path),
+        codebook_size=config.codebook_size,
+        inverse_layers=config.inverse_layers,
+        policy_layers=config.policy_layers,
+    )
+    stages: dict[str, Any] = {}
+    plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in PRETRAIN_STAGES]
+    plan.append(("world_sft", config.task_sft_steps, config.task_sft_learning_rate))
+    for stage, steps, lr in plan:
+        stage_dir = output_dir / stage
+        args = LatentSFTConfig(
+            str(stage_dir),
+            stage=stage,
+            max_steps=steps,
+            num_train_epochs=1,
+            per_device_train_batch_size=config.batch_size // 2 if stage != "world_sft" else config.batch_size,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            seed=config.seed,
+            **({"assistant_only_loss": True} if stage == "world_sft" else {}),
+            **_cpu_args(),
+        )
+        world = stage == "world_sft"
+        trainer = LatentSFTTrainer(
+            model,
+            args,
+            train_dataset=data["task_sft"] if world else data["paired"],
+            text_dataset=None if world else data["text"],
+            processing_class=processor,
+        )
+        start = time.perf_counter()
+        trainer.train()
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+        stages[stage] = {
+            "steps": steps,
+            "seconds": time.perf_counter() - start,
+            "loss_first": logs[0]["loss"],
+            "loss_last": logs[-1]["loss"],
+            **{k: v for k, v in logs[-1].items() if "/" in k},
+        }
+        trainer.save_model(str(stage_dir))
+        model = LatentActionModel.from_pretrained(str(stage_dir))  # each stage reloads the previous one's save
+    result: dict[str, Any] = {"stages": stages, "eval_sft": evaluate_model(model, processor, eval_sets, config)}
+    args = _rl_args(LatentGRPOConfig, output_dir / "grpo", config.latent_rl_learning_rate, config, loss=config.loss)
+    trainer = LatentGRPOTrainer(
+        model, reward_funcs=rubric_reward, args=args, train_dataset=data["rl"], processing_class=processor
+    )
+    start = time.perf_counter()
+    trainer.train()
+    result["rl"] = _rl_summary(trainer, time.perf_counter() - start)
+    result["eval_rl"] = evaluate_model(trainer.model, processor, eval_sets, config)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ the job
+def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Run the whole embedded job and write `results.json` and `results.md` to `output_dir`."""
+    from transformers import AutoModelForImageTextToText
+
+    from .data.pretrain import load_pretrain_corpus
+    from .modeling.tiny import tiny_vlm_path
+
+    config = config or PipelineConfig()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    seed, size = config.seed, config.image_size
+    task = write_synthetic_task(
+        output_dir / "data", seed=seed, image_size=size, n_paired=config.n_paired, n_text_only=config.n_text_only
+    )
+    data = {
+        "pretrain": synthetic_sft_dataset(config.n_dialogues, seed + 1, size, "id", split="pretrain"),
+        "task_sft": synthetic_sft_dataset(config.n_dialogues, seed, size, "id", split="sft"),
+        "paired": load_pretrain_corpus(task.path(task.paired_file), image_root=task.root).paired,
+        "text": load_pretrain_corpus(task.path(task.text_only_file)).text,
+        "rl": synthetic_rl_dataset(config.n_rl_prompts, seed, size, "id", split="rl"),
+    }
+    eval_sets = {
+        "id": synthetic_rl_dataset(config.n_eval, seed, size, "id", split="eval"),
+        "ood": synthetic_rl_dataset(config.n_eval, seed, size, "ood", split="eval"),
+    }
+    from transformers import AutoProcessor
+
+    tiny_path = tiny_vlm_path(config.size, seed=seed, cache_dir=config.cache_dir)
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    results: dict[str, Any] = {"config": asdict(config)}
+
+    # The stand-in for a pretrained instruct VLM, shared by both arms.
+    logger.info("pretraining the tiny base VLM (%d steps)", config.pretrain_steps)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_path)
+    base, results["pretrain"] = _stock_sft(
+        base, processor, data["pretrain"], config.pretrain_steps, config.pretrain_learning_rate, config,
+        output_dir / "pretrain",
+    )  # fmt: skip
+    base_path = output_dir / "base"
+    base.save_pretrained(base_path)
+    processor.save_pretrained(base_path)
+    results["eval_base"] = evaluate_model(base, processor, eval_sets, config)
+    del base
+
+    logger.info("token arm: stock SFT then %s over tokens", config.loss)
+    results["token"] = run_token_arm(base_path, processor, data, eval_sets, config, output_dir / "token")
+    logger.info("latent arm: stages 1-5 then %s over latent actions", config.loss)
+    results["latent"] = run_latent_arm(base_path, processor, data, eval_sets, config, output_dir / "latent")
+    results["seconds"] = time.perf_counter() - start
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (output_dir / "results.md").write_text(format_results(results) + "\n")
+    return results
+
+
+def _row(name: str, ev: dict, rl: dict | None = None) -> str:
+    cells = [name]
+    for split in ("id", "ood"):
+        m = ev[split]
+        cells += [f"{m['all']:.2f}", f"{m['colour']:.2f}/{m['shape']:.2f}/{m['voice']:.2f}", f"{m['reward']:.3f}"]
+    cells.append(f"{ev['id']['diversity/distinct_2']:.3f}")
+    cells.append(f"{ev['id']['diversity/self_bleu']:.3f}")
+    cells.append(f"{rl['reward_first_quarter']:.3f} -> {rl['reward_last_quarter']:.3f}" if rl else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The latent vs token comparison as a markdown table."""
+    loss = results["config"]["loss"]
+    lines = [
+        "| model | ID all | ID colour/shape/voice | ID reward | OOD all | OOD colour/shape/voice | OOD reward | "
+        "distinct-2 | self-BLEU | RL reward (first -> last quarter) |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---|",
+        _row("base (pretrained stand-in)", results["eval_base"]),
+        _row("token: SFT", results["token"]["eval_sft"]),
+        _row(f"token: SFT + {loss}", results["token"]["eval_rl"], results["token"]["rl"]),
+        _row("latent: stages 1-5", results["latent"]["eval_sft"]),
+        _row(f"latent: stages 1-5 + {loss}", results["latent"]["eval_rl"], results["latent"]["rl"]),
+    ]
+    t, la = results["token"]["rl"], results["latent"]["rl"]
+    lines.append("")
+    lines.append(
+        f"RL wall time: token {t['seconds']:.1f}s, latent {la['seconds']:.1f}s "
+        f"(latent/token {la['seconds'] / t['seconds']:.2f}x, {t['steps']} steps each). "
+        f"Whole job: {results['seconds']:.0f}s."
+    )
+    return "\n".join(lines)
