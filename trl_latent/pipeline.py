@@ -252,9 +252,9 @@ def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
 
 def run_token_arm(base_path, processor, data, eval_sets, config, output_dir) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText
+    from trl import GRPOConfig
 
     from .training.token_grpo_trainer import TokenGRPOTrainer
-    from trl import GRPOConfig
 
     model = AutoModelForImageTextToText.from_pretrained(base_path)
     model, sft = _stock_sft(
