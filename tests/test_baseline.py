@@ -106,7 +106,7 @@ def test_cli_demo_says_latent_pipeline_is_not_wired(baseline, tmp_path, capsys, 
     assert calls == [
         (
             str(tmp_path / "demo"),
-            dict(size="small", sft_steps=7, grpo_steps=60, seed=0, n_eval=32, cache_dir="/somewhere"),
+            dict(size="small", sft_steps=7, grpo_steps=50, n_sft=8192, seed=0, n_eval=32, cache_dir="/somewhere"),
         )
     ]
     sft = metrics["sft"]
