@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Docs whose snippets are executed here; the other docs/*.md are executed by their own feature's tests.
-DOCS = ["docs/model.md"]
+DOCS = ["README.md", "docs/model.md"]
 
 
 def _snippets(path: Path) -> list[str]:
