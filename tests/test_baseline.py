@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from trl_latent.cli import DEMO_NOTICE, main
+from trl_latent.cli import main
 from trl_latent.data.synthetic import synthetic_rl_dataset
 from trl_latent.modeling.tiny import tiny_vlm
 from trl_latent.training.baseline import evaluate_greedy, greedy_completions, run_token_baseline
@@ -84,34 +84,6 @@ def test_bad_baseline_arguments_are_clear_errors(tmp_path):
         run_token_baseline(tmp_path, num_generations=1)
     with pytest.raises(ValueError, match="Unknown tiny model size"):
         run_token_baseline(tmp_path, size="huge", sft_steps=0, grpo_steps=0)
-
-
-def test_cli_demo_says_latent_pipeline_is_not_wired(baseline, tmp_path, capsys, monkeypatch):
-    # The CLI only dispatches: replace the (separately tested) baseline run by a recorder returning real metrics.
-    import trl_latent.training.baseline as module
-
-    _, metrics = baseline
-    calls = []
-
-    def fake_run(output_dir, **kwargs):
-        calls.append((output_dir, kwargs))
-        return metrics
-
-    monkeypatch.setattr(module, "run_token_baseline", fake_run)
-    code = main(["demo", "--sft-steps", "7", "--output-dir", str(tmp_path / "demo"), "--cache-dir", "/somewhere"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert out.startswith(DEMO_NOTICE + "\n")
-    assert "not wired" in DEMO_NOTICE and "token-level baseline" in DEMO_NOTICE
-    assert calls == [
-        (
-            str(tmp_path / "demo"),
-            dict(size="small", sft_steps=7, grpo_steps=50, n_sft=8192, seed=0, n_eval=32, cache_dir="/somewhere"),
-        )
-    ]
-    sft = metrics["sft"]
-    assert f"SFT  30 steps in {sft['seconds']:.1f}s: loss {sft['loss_first']:.3f} -> {sft['loss_last']:.3f}" in out
-    assert "after_grpo ood" in out
 
 
 def test_cli_write_synthetic_and_help(tmp_path, capsys):

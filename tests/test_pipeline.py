@@ -3,14 +3,19 @@
 import json
 import math
 
-from trl_latent.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results, run_pipeline
+from trl_latent.cli import main
+from trl_latent.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results
 
 
-def test_quick_pipeline_end_to_end(tmp_path, tiny_cache):
+def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys):
+    # `make demo` runs `trl-latent demo`; `--quick` is the same job at a seconds-long size.
+    code = main(["demo", "--quick", "--output-dir", str(tmp_path), "--cache-dir", str(tiny_cache)])
+    out = capsys.readouterr().out
+    assert code == 0
     config = PipelineConfig.quick(cache_dir=str(tiny_cache))
-    results = run_pipeline(tmp_path, config)
-
     saved = json.loads((tmp_path / "results.json").read_text())
+    results = saved
+    assert saved["config"] == {**config.__dict__}
     assert saved["config"]["loss"] == "grpo"
     # The latent arm ran every stage, each for its configured steps, saving and reloading between them.
     stages = results["latent"]["stages"]
@@ -41,3 +46,4 @@ def test_quick_pipeline_end_to_end(tmp_path, tiny_cache):
         "| latent: stages 1-5 + grpo",
     ]
     assert "latent/token" in table
+    assert format_results(results) in out

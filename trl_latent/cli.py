@@ -1,7 +1,7 @@
 """The `trl-latent` command line: a small dispatcher over subcommands.
 
 ```
-trl-latent demo                      # the embedded end-to-end job (for now: the token-level baseline)
+trl-latent demo                      # the embedded end-to-end job: token vs latent RL
 trl-latent token-baseline --size tiny --sft-steps 40 --grpo-steps 5
 trl-latent write-synthetic data/shapes --seed 0
 ```
@@ -16,11 +16,6 @@ import argparse
 import json
 import os
 import sys
-
-DEMO_NOTICE = (
-    "NOTE: the latent-action pipeline is not wired into the demo yet; this runs the token-level baseline "
-    "(stock TRL SFTTrainer, then stock GRPOTrainer with the rubric reward) on the embedded shapes role-play task."
-)
 
 
 def _offline() -> None:
@@ -61,15 +56,36 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    print(DEMO_NOTICE, flush=True)
-    return _run_baseline(args)
+    from .pipeline import PipelineConfig, format_results, run_pipeline
+
+    print(
+        "trl-latent demo: token-level vs latent-action RL on the embedded shapes role-play task (tiny Qwen2.5-VL, "
+        f"CPU, offline). Output: {args.output_dir}",
+        flush=True,
+    )
+    overrides = {
+        key: value
+        for key, value in dict(
+            seed=args.seed, loss=args.loss, rl_steps=args.rl_steps, n_eval=args.n_eval, cache_dir=args.cache_dir
+        ).items()
+        if value is not None
+    }
+    config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
+    results = run_pipeline(args.output_dir, config)
+    print(format_results(results))
+    print(f"results written to {os.path.join(args.output_dir, 'results.json')} and results.md")
+    return 0
 
 
 def add_demo(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the embedded end-to-end job on the CPU, offline")
-    # The `small` model learns the task with a cosine schedule over ~1500 SFT steps (docs/design.md section 8; 800
-    # steps stall shape near 50%).
-    _baseline_arguments(parser, "outputs/demo", "small", 1500, 50)
+    parser = subparsers.add_parser("demo", help="the embedded end-to-end job: token vs latent RL, CPU, offline")
+    parser.add_argument("--output-dir", default="outputs/demo", help="where results go (default outputs/demo)")
+    parser.add_argument("--loss", default=None, choices=["grpo", "dr_grpo", "dapo", "bnpo"], help="RL objective")
+    parser.add_argument("--rl-steps", type=int, default=None, help="RL steps of each arm")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--n-eval", type=int, default=None, help="held-out prompts per evaluation set")
+    parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
+    parser.add_argument("--quick", action="store_true", help="seconds-long plumbing check instead of the full job")
     parser.set_defaults(func=_demo)
 
 
