@@ -125,6 +125,10 @@ def text_length_reward(completions, **kwargs):
     return [float(len(c[0]["content"])) for c in completions]
 
 
+def token_hash_reward(completion_ids, **kwargs):  # arbitrary but varied: any two different completions differ
+    return [float(hash(tuple(ids)) % 1000) / 1000 for ids in completion_ids]
+
+
 def make_config(tmp_path, **overrides):
     kwargs = dict(
         per_device_train_batch_size=8,
@@ -420,6 +424,34 @@ def test_off_policy_iterations_use_rollout_logprobs_as_old(model, processor, dat
     assert (logps_2[mask] - old).abs().max() > 1e-3  # iteration 2: the policy moved, the ratio is not 1
 
 
+def test_text_only_base_and_evaluation(tiny_cache, tmp_path):
+    """A text-only Qwen2 base (2-D positions, a tokenizer as processing class), and `evaluate()`."""
+    from datasets import Dataset
+
+    from trl_latent.modeling.tiny import tiny_lm, tiny_lm_path
+
+    model = LatentActionModel.from_base(
+        tiny_lm_path("tiny", cache_dir=tiny_cache), codebook_size=16, inverse_layers=1, policy_layers=1
+    )
+    with torch.no_grad():  # codes that matter to the untrained world model (see `steerable_model`)
+        model.codebook.proj.weight.mul_(100.0)
+    _, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
+    prompts = [[{"role": "user", "content": "Which colour is the circle?"}], [{"role": "user", "content": "Ahoy!"}]]
+    before = snapshot(model)
+    trainer = LatentGRPOTrainer(
+        model,
+        reward_funcs=token_hash_reward,
+        args=make_config(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2),
+        train_dataset=Dataset.from_dict({"prompt": prompts * 4}),
+        eval_dataset=Dataset.from_dict({"prompt": prompts[:1]}),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert_only_policy_changed(before, model)
+    metrics = trainer.evaluate()
+    assert metrics["eval_latent/kl"] > 0.0 and "eval_latent/code_entropy" in metrics
+
+
 # --------------------------------------------------------------------------------------------------------- PEFT
 def test_lora_on_the_policy(model, processor, dataset, tmp_path):
     from peft import LoraConfig
@@ -509,3 +541,17 @@ def test_generation_config_comes_from_the_base(model, processor, dataset, tmp_pa
     trainer = make_trainer(model, processor, dataset, tmp_path)
     assert isinstance(trainer.model.generation_config, GenerationConfig)
     assert trainer.eos_token_ids == [processor.tokenizer.eos_token_id]
+
+
+def test_doc_snippets_run(tmp_path, monkeypatch, tiny_cache):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRL_LATENT_CACHE", str(tiny_cache))
+    snippets = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "latent_grpo.md").read_text(), flags=re.S)
+    assert len(snippets) == 2
+    namespace: dict = {}
+    for code in snippets:
+        exec(compile(code, "docs/latent_grpo.md", "exec"), namespace)
+    assert namespace["trainer"].state.global_step == 2
+    assert namespace["peft_config"].target_modules == POLICY_LORA_TARGET_MODULES

@@ -1,0 +1,312 @@
+"""Benchmark: one RL step of `LatentGRPOTrainer` vs stock TRL `GRPOTrainer`, same base model, same prompts.
+
+Each trainer runs in a fresh process (so peak memory is its own) for `1 + repeats` optimizer steps; the first step is
+a warm-up. Token and latent processes alternate for `rounds` rounds and every phase reports its minimum over the
+measured steps (CPU timings on a shared machine are noisy; the minimum is the least disturbed). A step is split into:
+
+- **generation**: TRL's `_generate_single_turn` (token `generate` vs latent decoding);
+- **scoring**: the rest of `_generate_and_score_completions` (rewards, advantages, and the old/reference log-prob
+  passes TRL runs there: the stock trainer's reference is a second copy of the base; the latent trainer runs none);
+- **update**: loss, backward and optimizer step (stock: through the whole VLM; latent: the policy layers on the
+  rollout's reused base states, plus its policy-only reference).
+
+Both decode exactly `--new-tokens` tokens per completion (no EOS) with the same generation batch (prompts x
+generations), beta = 0.01 (the paper's, so the stock trainer builds its reference model) and no gradient
+checkpointing. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the peak resident set size of the
+process (`resource.getrusage(...).ru_maxrss`, which includes the Python/torch runtime, reported also minus the RSS
+measured before the model is built). CPU times are indicative only: report ratios, and absolute times only from a GPU
+(design.md section 6).
+
+    python benchmarks/rl_step.py --size tiny --out outputs/bench_rl_step.json
+    python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32
+
+Sizes: `tiny` (the unit-test VLM; latent: 16 codes, 1 policy layer) and `cpu-3b-depth` (the real Qwen2.5-VL-3B depth
+ratio, 36 base layers and 8 policy layers, at hidden size 256, random weights; 128 codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PHASES = ("generation", "scoring", "update")
+
+
+# ---------------------------------------------------------------------------------------------- one trainer
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _base(size: str, cache_dir, folder: Path):
+    """Save the base to `folder` (the stock trainer reloads its reference from the model's path) and return its
+    latent-model options."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from trl_latent.modeling.tiny import tiny_vlm_path
+
+    path = tiny_vlm_path("tiny", cache_dir=cache_dir)
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    if size == "tiny":
+        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+        latent_kwargs = dict(codebook_size=16, inverse_layers=1, policy_layers=1)
+    elif size == "cpu-3b-depth":
+        config = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).config
+        t = config.text_config
+        t.hidden_size, t.intermediate_size, t.num_hidden_layers = 256, 704, 36
+        t.num_attention_heads, t.num_key_value_heads = 4, 2
+        t.rope_parameters["mrope_section"] = [8, 12, 12]
+        t.layer_types = ["full_attention"] * 36
+        config.vision_config.out_hidden_size = 256
+        torch.manual_seed(0)
+        base = Qwen2_5_VLForConditionalGeneration(config)
+        latent_kwargs = dict(codebook_size=128, inverse_layers=1, policy_layers=8)
+    else:
+        raise ValueError(f"unknown size {size!r}; choose 'tiny' or 'cpu-3b-depth'")
+    base.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    base.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, processor, latent_kwargs
+
+
+class _Timer:
+    """Accumulates wall time of wrapped trainer methods, per optimizer step."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.steps: list[dict[str, float]] = []
+
+    def wrap(self, obj, name, key):
+        method = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.sync()
+                self.steps[-1][key] = self.steps[-1].get(key, 0.0) + time.perf_counter() - start
+
+        setattr(obj, name, timed)
+
+
+def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: int, repeats: int, cache_dir=None):
+    import torch
+    from transformers import TrainerCallback
+
+    from trl_latent.data.synthetic import synthetic_rl_dataset
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rss_before = _peak_rss_mb()
+    common = dict(
+        per_device_train_batch_size=prompts * generations,
+        num_generations=generations,
+        max_completion_length=new_tokens,
+        max_steps=1 + repeats,
+        learning_rate=1e-6,
+        beta=0.01,
+        loss_type="grpo",
+        activation_checkpointing=False,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+    )
+    dataset = synthetic_rl_dataset(prompts * (1 + repeats), seed=0)
+
+    def reward(completions, **kwargs):
+        return [float(len(c[0]["content"])) for c in completions]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, processor, latent_kwargs = _base(size, cache_dir, Path(tmp) / "base")
+        if kind == "token":
+            from transformers import AutoModelForImageTextToText
+            from trl import GRPOConfig, GRPOTrainer
+
+            # Exactly `new_tokens` tokens: EOS is not allowed before then.
+            args = GRPOConfig(tmp, **common, generation_kwargs={"min_new_tokens": new_tokens})
+            model = AutoModelForImageTextToText.from_pretrained(folder)
+            trainer = GRPOTrainer(model, reward, args=args, train_dataset=dataset, processing_class=processor)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            reference = sum(p.numel() for p in trainer.ref_model.parameters()) if trainer.ref_model is not None else 0
+        else:
+            from trl_latent.modeling import LatentActionModel
+            from trl_latent.training.latent_grpo_config import LatentGRPOConfig
+            from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
+
+            args = LatentGRPOConfig(tmp, **common)
+            model = LatentActionModel.from_base(str(folder), **latent_kwargs)
+            trainer = LatentGRPOTrainer(model, reward, args=args, train_dataset=dataset, processing_class=processor)
+            trainer.eos_token_ids = [-1]  # exactly `new_tokens` steps: no token ends a completion early
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            reference = sum(p.numel() for p in model.policy.parameters())  # the policy-only copy made in train()
+        total_params = sum(p.numel() for p in model.parameters())
+
+        timer = _Timer(sync)
+        timer.wrap(trainer, "_generate_single_turn", "generation")
+        timer.wrap(trainer, "_generate_and_score_completions", "rollout")
+        timer.wrap(trainer, "training_step", "training_step")
+
+        class StepClock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.steps.append({"start": time.perf_counter()})
+
+            def on_step_end(self, args, state, control, **kwargs):  # after the optimizer step
+                sync()
+                step = timer.steps[-1]
+                step["total"] = time.perf_counter() - step.pop("start")
+
+        trainer.add_callback(StepClock())
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+
+    # Per measured step: generation, scoring (rest of the rollout), update (loss, backward, optimizer step).
+    steps = [
+        {
+            "step": t["total"],
+            "generation": t["generation"],
+            "scoring": t["rollout"] - t["generation"],
+            "update": t["total"] - t["rollout"],
+        }
+        for t in (timer.steps[1:] or timer.steps)
+    ]
+    if cuda:
+        memory = {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "memory_method": "cuda max allocated"}
+    else:
+        peak = _peak_rss_mb()
+        memory = {
+            "peak_memory_mb": peak,
+            "peak_memory_over_start_mb": peak - rss_before,
+            "memory_method": "peak RSS of the process (ru_maxrss), CPU",
+        }
+    return {
+        "trainer": kind,
+        "size": size,
+        "device": "cuda" if cuda else "cpu",
+        "generation_batch": prompts * generations,
+        "new_tokens": new_tokens,
+        "mean_completion_length": sum(lengths) / max(len(lengths), 1),
+        "steps": steps,
+        "parameters": total_params,
+        "trainable_parameters": trainable,
+        "reference_parameters": reference,
+        **memory,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+def _child(kind: str, args) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [
+        *(sys.executable, __file__, "--child", kind, "--size", args.size, "--prompts", str(args.prompts)),
+        *("--generations", str(args.generations), "--new-tokens", str(args.new_tokens)),
+        *("--repeats", str(args.repeats), "--out", out),
+    ]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir]
+    subprocess.run(cmd, check=True)
+    result = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return result
+
+
+def _merge(runs: list[dict]) -> dict:
+    """Rounds of one trainer: each phase's time is its minimum over every measured step of every round (the least
+    disturbed by other load on the machine); memory is the largest peak."""
+    merged = dict(runs[0])
+    steps = [step for run in runs for step in run["steps"]]
+    merged["steps_measured"] = len(steps)
+    merged["step_s"] = min(step["step"] for step in steps)
+    for phase in PHASES:
+        merged[f"{phase}_s"] = min(step[phase] for step in steps)
+    for key in ("peak_memory_mb", "peak_memory_over_start_mb"):
+        if key in merged:
+            merged[key] = max(run[key] for run in runs)
+    merged["steps"] = steps
+    return merged
+
+
+def compare(token: dict, latent: dict) -> dict:
+    keys = ["step_s", *(f"{p}_s" for p in PHASES), "peak_memory_mb", "reference_parameters", "trainable_parameters"]
+    keys.append("mean_completion_length")
+    if "peak_memory_over_start_mb" in token:
+        keys.append("peak_memory_over_start_mb")
+    ratios = {k: latent[k] / token[k] if token[k] else float("nan") for k in keys}
+    return {"token": token, "latent": latent, "latent_over_token": ratios}
+
+
+def table(result: dict) -> str:
+    token, latent, ratio = result["token"], result["latent"], result["latent_over_token"]
+    rows = [("whole step (s)", "step_s")] + [(f"{p} (s)", f"{p}_s") for p in PHASES]
+    rows += [("peak memory (MB)", "peak_memory_mb")]
+    if "peak_memory_over_start_mb" in token:
+        rows += [("peak memory over start (MB)", "peak_memory_over_start_mb")]
+    rows += [("trainable parameters", "trainable_parameters"), ("reference parameters", "reference_parameters")]
+    rows += [("mean completion length", "mean_completion_length")]
+    lines = [
+        f"One RL step, {token['size']} on {token['device']}: generation batch {token['generation_batch']}, "
+        f"{token['new_tokens']} new tokens; times are the minimum over {token['steps_measured']} steps (after a "
+        "warm-up step per process, rounds of token and latent runs alternating). "
+        f"Memory: {token['memory_method']}.",
+        "",
+        "| | stock GRPOTrainer | LatentGRPOTrainer | latent / token |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, key in rows:
+        fmt = "{:,.0f}" if "parameters" in key or "memory" in key else "{:.1f}" if "length" in key else "{:.3f}"
+        lines.append(f"| {label} | {fmt.format(token[key])} | {fmt.format(latent[key])} | {ratio[key]:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", choices=["tiny", "cpu-3b-depth"])
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="measured steps per process (after a warm-up step)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating token/latent processes per trainer")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", default="outputs/bench_rl_step.json")
+    parser.add_argument("--child", choices=["token", "latent"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = run_one(
+            args.child, args.size, args.prompts, args.generations, args.new_tokens, args.repeats, args.cache_dir
+        )
+        Path(args.out).write_text(json.dumps(result))
+        return result
+    runs = {"token": [], "latent": []}
+    for _ in range(args.rounds):  # alternate, so both see the same background load
+        for kind in runs:
+            runs[kind].append(_child(kind, args))
+    result = compare(_merge(runs["token"]), _merge(runs["latent"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(table(result) + "\n")
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
