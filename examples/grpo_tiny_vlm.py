@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import TrlParser
 
+from trl_latent import LatentActionModel, LatentGRPOConfig, LatentGRPOTrainer
 from trl_latent.data.synthetic import synthetic_rl_dataset
-from trl_latent.modeling import LatentActionModel
 from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
 from trl_latent.rewards.rubric import rubric_reward
-from trl_latent.training.latent_grpo_config import LatentGRPOConfig
-from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
 
 @dataclass

@@ -55,9 +55,9 @@ POSITIONS_KEY = "rollout_position_ids"
 
 @dataclass
 class LatentPolicyOutput(ModelOutput):
-    """Policy logits over the codes at every position of `states` (the step read at position t picks code t+1's
-    predecessor: position P-1+j chooses completion step j), with the states, positions and mask they were computed
-    from (the reference reuses them)."""
+    """Policy logits over the codes at every position of `states`, with the states, positions and mask they were
+    computed from (the reference reuses them). The logits at position t choose the code that produces token t+1, so
+    with a prompt of width P, position P-1+j chooses completion step j."""
 
     logits: torch.Tensor | None = None
     states: torch.Tensor | None = None
