@@ -311,6 +311,13 @@ def test_each_loss_without_kl(loss, model, processor, dataset, tmp_path):
     assert 1 <= logged(trainer, "latent/codes_used")[0] <= 16
 
 
+def test_no_reference_without_kl(model, processor, dataset, tmp_path):
+    trainer = make_trainer(model, processor, dataset, tmp_path, beta=0.0, log_reference_kl=False, max_steps=1)
+    trainer.train()
+    assert trainer._reference_policy_copy is None
+    assert not logged(trainer, "latent/kl") and not logged(trainer, "kl")
+
+
 # ------------------------------------------------------------------------------------------- reference, reuse
 def test_reference_is_a_copy_of_the_policy_only(model, processor, dataset, tmp_path):
     alive = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter)]  # held, so no id is reused

@@ -360,8 +360,12 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
     # -------------------------------------------------------------------------------------------------- reference
     def train(self, *args, **kwargs):
         # The reference is the policy as training starts (before a checkpoint is resumed, like TRL's reloaded one).
-        self._reference_policy()
+        if self._uses_reference():
+            self._reference_policy()
         return super().train(*args, **kwargs)
+
+    def _uses_reference(self) -> bool:
+        return self.policy_loss.beta != 0.0 or self.args.log_reference_kl
 
     def _reference_policy(self) -> DecoderStack | None:
         """The frozen reference policy: a copy of the policy modules only (PEFT: `None`, the adapter is disabled)."""
@@ -556,7 +560,7 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         with torch.no_grad():
             entropies = -(logps_all.exp() * logps_all).sum(-1)
         ref_logps_all = None
-        if self.policy_loss.beta != 0.0 or self.args.log_reference_kl:
+        if self._uses_reference():
             ref_logits = self._reference_logits(policy_out)[:, steps_slice]
             ref_logps_all = torch.log_softmax(ref_logits.float() / self.args.code_temperature, dim=-1)
         loss = self._compute_policy_loss(
