@@ -35,8 +35,9 @@ from trl_latent.training.losses import LOSS_CLASSES, DrGRPOLoss, get_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = sorted(LOSS_CLASSES)
-# Measured on this setup (16 steps, lr 1e-2, 2 prompts x 4 rollouts of 8 steps, seed 0): mean reward of the first 4
-# steps -> last 4 steps: GRPO, BNPO, DAPO 0.078 -> 0.672; Dr.GRPO (no std scaling) 0.062 -> 0.426. Asked: +0.2.
+# Measured on this setup (16 steps, lr 1e-2, 2 prompts x 4 rollouts of 8 steps, seed 0), mean reward of the first 4
+# steps -> the last 4 steps, every loss: 0.035 -> 0.48-0.49 (an earlier tiny-model build: 0.06-0.08 -> 0.43-0.67).
+# Asked: a rise of at least 0.2.
 LEARNING_STEPS = 16
 MIN_REWARD_RISE = 0.2
 
