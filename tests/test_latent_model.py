@@ -414,3 +414,55 @@ def test_latent_generate_function_is_the_model_method(model, processor):
     a = latent_generate(model, **batch, max_new_tokens=2, forced_codes=forced)
     b = model.generate(**batch, max_new_tokens=2, forced_codes=forced)
     assert torch.equal(a.sequences, b.sequences)
+
+
+def test_placeholder_tokens_are_never_generated(model, processor):
+    batch = _batch(processor)
+    image_token = model.backbone.image_token_id
+    world_logits = model.world_logits
+
+    def favour_image_token(e, codes):  # make <|image_pad|> the world model's favourite token everywhere
+        logits = world_logits(e, codes)
+        logits[..., image_token] = 1e4
+        return logits
+
+    model.world_logits = favour_image_token
+    raw = model.generate(**batch, max_new_tokens=3, do_sample_codes=False, suppress_token_ids=[], eos_token_id=[-1])
+    assert (raw.completion_ids == image_token).all()
+    out = model.generate(**batch, max_new_tokens=3, do_sample_codes=False, eos_token_id=[-1])
+    assert not (out.completion_ids == image_token).any()
+
+
+def test_given_state_dict_is_saved_without_frozen_base(model, tmp_path):
+    # Under ZeRO-3 the Trainer gathers the full state dict and passes it to save_pretrained.
+    model.save_pretrained(tmp_path, state_dict=model.state_dict())
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("base.") for k in load_file(str(tmp_path / "model.safetensors")))
+    assert LatentActionModel.from_pretrained(tmp_path).config.codebook_size == 16
+
+
+def test_trainer_computations_run_inside_forward(model, processor):
+    batch = _batch(processor)
+    calls = []
+
+    def fn(m, **kwargs):
+        calls.append(sorted(kwargs))
+        return m.encode(**kwargs).states.shape
+
+    shape = model(latent_fn=fn, **batch)
+    assert shape[:2] == batch["input_ids"].shape
+    assert calls == [sorted(batch)]
+
+
+def test_tiny_build_refused_under_zero3(tmp_path):
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        with pytest.raises(RuntimeError, match="ZeRO-3 config is active"):
+            tiny_vlm_path("tiny", cache_dir=tmp_path)
+    finally:
+        del keep
+        unset_hf_deepspeed_config()

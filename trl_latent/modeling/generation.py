@@ -99,6 +99,7 @@ def latent_generate(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     forced_codes: torch.LongTensor | None = None,
+    suppress_token_ids: list[int] | None = None,
     return_states: bool = False,
     generator: torch.Generator | None = None,
     **unused,
@@ -108,6 +109,8 @@ def latent_generate(
     Codes: sampled with temperature / top-k / top-p (`do_sample_codes=True`, the RL rollout default: top-k 32,
     temperature 1) or argmax; `forced_codes` (B, T) replaces the choice. Tokens: greedy (default: all exploration
     comes from the codes) or sampled. Rows stop at EOS (kept, mask 1) and are padded afterwards.
+    `suppress_token_ids` can never be emitted; by default the base's image and video placeholder tokens (as TRL
+    suppresses the image token when sampling: a generated `<|image_pad|>` matches no image features).
     """
     if token_strategy not in TOKEN_STRATEGIES:
         raise ValueError(f"token_strategy must be one of {TOKEN_STRATEGIES} (got {token_strategy!r}).")
@@ -130,6 +133,9 @@ def latent_generate(
             f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the base model's maximum of "
             f"{backbone.max_positions} positions: shorten the prompt or lower max_new_tokens."
         )
+    if suppress_token_ids is None:
+        suppress_token_ids = [t for t in (backbone.image_token_id, backbone.video_token_id) if t is not None]
+    suppress = torch.tensor(suppress_token_ids, dtype=torch.long, device=input_ids.device)
     if forced_codes is not None and forced_codes.shape != (batch, max_new_tokens):
         raise ValueError(f"forced_codes must have shape {(batch, max_new_tokens)} (got {tuple(forced_codes.shape)}).")
 
@@ -167,6 +173,8 @@ def latent_generate(
                 generator=generator,
             )
         token_logits = model.world_logits(e_last, codes[:, None])[:, -1]
+        if len(suppress):
+            token_logits[:, suppress] = float("-inf")
         if token_strategy == "greedy":
             token = token_logits.argmax(-1)
         else:

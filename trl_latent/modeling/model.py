@@ -13,6 +13,7 @@ Every new module reads `e` detached unless the caller asks for gradient through 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -135,6 +136,11 @@ class LatentActionModel(LatentActionPreTrainedModel):
         # `post_init` may re-run `_init_weights` on the base; the base keeps the weights it came with because
         # transformers marks loaded parameters as initialised.
         self.freeze_base()
+        # TRL reads pad/EOS ids from `model.generation_config` and, with a multimodal processor, the image token id
+        # from `model.config`; the latent model decodes with its base's.
+        self.generation_config = copy.deepcopy(getattr(base_model, "generation_config", None))
+        if backbone.is_vlm:
+            config.image_token_id = backbone.image_token_id
 
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
@@ -362,7 +368,16 @@ class LatentActionModel(LatentActionPreTrainedModel):
         stage losses and policy passes through it, so DDP and DeepSpeed wrappers see a forward call (DDP only
         synchronises gradients of a forward it ran; ZeRO-3 gathers parameters around it)."""
         if latent_fn is not None:
-            return latent_fn(self, **kwargs)
+            named = dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                image_grid_thw=image_grid_thw,
+                mm_token_type_ids=mm_token_type_ids,
+                codes=codes,
+                labels=labels,
+            )
+            return latent_fn(self, **{k: v for k, v in named.items() if v is not None}, **kwargs)
         if input_ids is None:
             raise ValueError("LatentActionModel.forward needs input_ids (or a latent_fn).")
         base = self.encode(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
@@ -405,7 +420,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------------ save / load
     def new_module_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+        return _without_base(self.state_dict())
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """Save the new modules and a reference to the base. Base weights are written only once the base was
@@ -415,10 +430,10 @@ class LatentActionModel(LatentActionPreTrainedModel):
         if isinstance(self.base, PeftModel):
             # A LoRA-adapted base: save the adapter beside the new modules; the base itself stays where it is.
             self.base.save_pretrained(Path(save_directory) / "base_adapter")
-            if state_dict is None:
-                state_dict = self.new_module_state_dict()
-        elif state_dict is None and not self.config.base_weights_saved:
-            state_dict = self.new_module_state_dict()
+            state_dict = self.new_module_state_dict() if state_dict is None else _without_base(state_dict)
+        elif not self.config.base_weights_saved:
+            # A given state dict (e.g. gathered under ZeRO-3 by the Trainer) is filtered the same way.
+            state_dict = self.new_module_state_dict() if state_dict is None else _without_base(state_dict)
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod
@@ -460,6 +475,10 @@ class LatentActionModel(LatentActionPreTrainedModel):
             model.to(dtype)
         model.eval()
         return model
+
+
+def _without_base(state_dict: dict) -> dict:
+    return {k: v for k, v in state_dict.items() if not k.startswith("base.")}
 
 
 def _load_folder_state(path: Path) -> dict[str, torch.Tensor]:

@@ -280,11 +280,30 @@ def _weights_digest(folder: Path) -> str:
 _MANIFEST = "trl_latent_tiny.json"
 
 
+def _check_not_empty(folder: Path) -> None:
+    from safetensors import safe_open
+
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            empty = [k for k in f.keys() if 0 in f.get_slice(k).get_shape()]
+        if empty:
+            raise RuntimeError(f"The tiny model build wrote empty tensors ({empty[:3]}...) to {path}.")
+
+
 def _cached_build(kind: str, size: str, seed: int, arch: str, cache_dir, build_and_save) -> Path:
     """Return a folder holding a verified build, (re)building it when missing, stale or corrupt."""
+    from filelock import FileLock
+
     fingerprint = _fingerprint(kind, size, seed, arch)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{kind}-{arch}-{size}-seed{seed}-{fingerprint}"
+    root.mkdir(parents=True, exist_ok=True)
+    # Processes that ask for the same model at once (e.g. `accelerate launch` ranks) build it once.
+    with FileLock(str(folder) + ".lock"):
+        return _verified_or_built(folder, fingerprint, build_and_save)
+
+
+def _verified_or_built(folder: Path, fingerprint: str, build_and_save) -> Path:
     manifest = folder / _MANIFEST
     if folder.exists():
         try:
@@ -296,10 +315,19 @@ def _cached_build(kind: str, size: str, seed: int, arch: str, cache_dir, build_a
             reason = f"its manifest is missing or unreadable ({err})"
         logger.warning("Tiny model cache folder %s is corrupt (%s); rebuilding it.", folder, reason)
         shutil.rmtree(folder)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        # Under a live ZeRO-3 config the model would be built partitioned and saved empty.
+        raise RuntimeError(
+            f"Cannot build the tiny model {folder.name} while a DeepSpeed ZeRO-3 config is active: build it first "
+            "(call tiny_vlm_path / tiny_lm_path before creating the training config)."
+        )
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build_and_save(tmp)
+    _check_not_empty(tmp)
     (tmp / _MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "weights_sha256": _weights_digest(tmp)}))
     try:
         tmp.rename(folder)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import types
 from dataclasses import dataclass
 
 import torch
@@ -91,23 +90,6 @@ def policy_pass(
         position_ids=position_ids,
         attention_mask=attention_mask,
     )
-
-
-def _install_policy_forward(latent: LatentActionModel) -> None:
-    """Let `model(latent_policy_inputs={...})` run [`policy_pass`] through the model's `forward`.
-
-    The update must go through the DDP / DeepSpeed wrapper's forward (DDP only synchronises gradients of a forward it
-    ran), so the policy pass is reached through `forward`, as TRL's `add_fused_lm_head` does for its fused LM head.
-    Without `latent_policy_inputs` the original forward runs unchanged.
-    """
-    original = latent.forward
-
-    def forward(self, *args, latent_policy_inputs=None, **kwargs):
-        if latent_policy_inputs is None:
-            return original(*args, **kwargs)
-        return policy_pass(self, **latent_policy_inputs)
-
-    latent.forward = types.MethodType(forward, latent)
 
 
 def _fit(t: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
@@ -247,12 +229,6 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         model = self._load_latent_model(model, args, quantization_config)
         latent = model.get_base_model() if is_peft_model(model) else model
         processing_class = self._resolve_processor(processing_class, latent)
-        if getattr(latent, "generation_config", None) is None:
-            # TRL reads the pad/EOS ids from `model.generation_config`; the latent model decodes with its base's.
-            latent.generation_config = latent.base.generation_config
-        if latent.backbone.is_vlm and getattr(latent.config, "image_token_id", None) is None:
-            # TRL reads `model.config.image_token_id` for multimodal processors (to suppress it when sampling).
-            latent.config.image_token_id = latent.backbone.image_token_id
         uses_peft = peft_config is not None or is_peft_model(model)
         if not uses_peft:
             latent.set_trainable(["policy"])  # stage 6: the policy only (design.md section 3)
@@ -288,7 +264,6 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         self.beta = 0.0
         self._check_policy_loss_support()
         self._check_only_policy_trains()
-        _install_policy_forward(self._latent_model())
         self._reference_policy_copy = None
         self._rollout_output = None
         if sync_ref_model and not uses_peft:
@@ -455,25 +430,11 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
             self._rollout_output = out
             return out.sequences
 
-        # As TRL suppresses the image token when sampling (a generated <|image_pad|> would not match the image
-        # features on the next forward), the world model may not emit image or video placeholder tokens.
-        backbone = latent.backbone
-        suppressed = [t for t in (backbone.image_token_id, backbone.video_token_id) if t is not None]
-        world_logits = latent.world_logits
-
-        def world_logits_without_placeholders(e, codes):
-            logits = world_logits(e, codes)
-            if suppressed:
-                logits[..., suppressed] = float("-inf")
-            return logits
-
         latent.generate = generate
-        latent.world_logits = world_logits_without_placeholders
         try:
             yield
         finally:
             del latent.generate
-            del latent.world_logits
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         with self._latent_decoding(self._latent_model()):
@@ -552,7 +513,8 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
                 mm_token_type_ids=inputs.get("mm_token_type_ids"),
             )
         # Through the (DDP / DeepSpeed) wrapper, so gradients are synchronised; the base is not run with reuse.
-        policy_out = model(latent_policy_inputs=policy_inputs)
+        # Through the (DDP / DeepSpeed-wrapped) model's forward, so gradients are synchronised and ZeRO-3 gathers.
+        policy_out = model(latent_fn=policy_pass, **policy_inputs)
         steps_slice = slice(prompt_width - 1, prompt_width - 1 + steps)  # position P-1+j chooses completion step j
         codes = inputs[CODES_KEY].unsqueeze(-1)
         logps_all = torch.log_softmax(policy_out.logits[:, steps_slice].float() / self.args.code_temperature, dim=-1)
