@@ -18,31 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import bench_base
 from PIL import Image
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from trl_latent.modeling import LatentActionModel
-from trl_latent.modeling.tiny import tiny_vlm_path
-
-
-def _base(size: str, cache_dir):
-    path = tiny_vlm_path("tiny", cache_dir=cache_dir)
-    processor = AutoProcessor.from_pretrained(path)
-    if size == "tiny":
-        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
-        return base, processor, dict(codebook_size=128, inverse_layers=1, policy_layers=2)
-    if size == "cpu-3b-depth":
-        config = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).config
-        t = config.text_config
-        t.hidden_size, t.intermediate_size, t.num_hidden_layers = 256, 704, 36
-        t.num_attention_heads, t.num_key_value_heads = 4, 2
-        t.rope_parameters["mrope_section"] = [8, 12, 12]
-        t.layer_types = ["full_attention"] * 36
-        config.vision_config.out_hidden_size = 256
-        torch.manual_seed(0)
-        base = Qwen2_5_VLForConditionalGeneration(config).eval()
-        return base, processor, dict(codebook_size=128, inverse_layers=1, policy_layers=8)
-    raise ValueError(f"unknown size {size!r}")
 
 
 def _batch(processor, batch_size: int):
@@ -67,7 +46,7 @@ def _time(fn, repeats: int) -> float:
 
 
 def measure(size: str, new_tokens: int, batch_size: int, repeats: int, cache_dir=None) -> dict:
-    base, processor, latent_kwargs = _base(size, cache_dir)
+    base, processor, latent_kwargs = bench_base(size, cache_dir)
     model = LatentActionModel.from_base(base, **latent_kwargs).eval()
     batch = _batch(processor, batch_size)
     never = [10**9]  # no EOS: both decoders produce exactly `new_tokens` tokens

@@ -51,30 +51,9 @@ def _peak_rss_mb() -> float:
 def _base(size: str, cache_dir, folder: Path):
     """Save the base to `folder` (the stock trainer reloads its reference from the model's path) and return its
     latent-model options."""
-    import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from common import bench_base
 
-    from trl_latent.modeling.tiny import tiny_vlm_path
-
-    path = tiny_vlm_path("tiny", cache_dir=cache_dir)
-    processor = AutoProcessor.from_pretrained(path, padding_side="left")
-    if size == "tiny":
-        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
-        latent_kwargs = dict(codebook_size=16, inverse_layers=1, policy_layers=1)
-    elif size == "cpu-3b-depth":
-        config = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).config
-        t = config.text_config
-        t.hidden_size, t.intermediate_size, t.num_hidden_layers = 256, 704, 36
-        t.num_attention_heads, t.num_key_value_heads = 4, 2
-        t.rope_parameters["mrope_section"] = [8, 12, 12]
-        t.layer_types = ["full_attention"] * 36
-        config.vision_config.out_hidden_size = 256
-        torch.manual_seed(0)
-        base = Qwen2_5_VLForConditionalGeneration(config)
-        latent_kwargs = dict(codebook_size=128, inverse_layers=1, policy_layers=8)
-    else:
-        raise ValueError(f"unknown size {size!r}; choose 'tiny' or 'cpu-3b-depth'")
-    base.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    base, processor, latent_kwargs = bench_base(size, cache_dir)
     base.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder, processor, latent_kwargs
