@@ -150,6 +150,28 @@ class LatentGenerationBackend(VLMGenerationBackend):
         return out.completion_ids
 
 
+def generate_answers(
+    model, processor, dataset, max_new_tokens: int = 48, sample: bool = False, batch_size: int = 32
+) -> list[str]:
+    """Answers of a plain VLM or a latent action model to the prompts of a `prompt` + `image` dataset.
+
+    `sample=False`: greedy tokens (plain VLM) or the policy's argmax codes (latent). `sample=True`: the RL rollout
+    setting, temperature-1 token sampling (plain VLM) or code sampling with top-k 32 at temperature 1 (latent)."""
+    from .modeling.model import LatentActionModel
+
+    if isinstance(model, LatentActionModel):
+        backend = LatentGenerationBackend(
+            model, processor, max_new_tokens, temperature=1.0 if sample else 0.0, top_k=32
+        )
+    else:
+        backend = VLMGenerationBackend(model, processor, max_new_tokens, temperature=1.0 if sample else 0.0, top_k=0)
+    out: list[str] = []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        out.extend(backend(rows["prompt"], rows["image"]))
+    return out
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from .evaluation import generate_answers
 from .metrics.diversity import group_diversity
 from .rewards.rubric import answer_accuracy, rubric_reward
 
@@ -118,77 +119,18 @@ def _logged(trainer, key: str) -> list[float]:
     return [float(entry[key]) for entry in trainer.state.log_history if key in entry]
 
 
-# ------------------------------------------------------------------------------------------------ generation
-def _prompt_inputs(processor, rows, device):
-    from trl.data_utils import prepare_multimodal_messages
-
-    conversations = [
-        prepare_multimodal_messages(prompt, images=[image]) for prompt, image in zip(rows["prompt"], rows["image"])
-    ]
-    return processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True, "padding_side": "left"},
-    ).to(device)
-
-
-@torch.no_grad()
-def answers(model, processor, dataset, max_new_tokens: int, sample: bool = False, batch_size: int = 32) -> list[str]:
-    """Answers of a plain VLM or a latent action model to `dataset`'s prompts.
-
-    `sample=False`: greedy tokens (plain VLM) or argmax codes (latent). `sample=True`: the RL rollout setting,
-    temperature-1 token sampling (plain VLM) or code sampling with top-k 32 at temperature 1 (latent)."""
-    from .modeling.model import LatentActionModel
-
-    tokenizer = processor.tokenizer
-    was_training = model.training
-    model.eval()
-    out: list[str] = []
-    try:
-        for start in range(0, len(dataset), batch_size):
-            inputs = _prompt_inputs(processor, dataset[start : start + batch_size], model.device)
-            if isinstance(model, LatentActionModel):
-                completion = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample_codes=sample,
-                    code_top_k=32,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                ).completion_ids
-            else:
-                generated = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=sample,
-                    temperature=1.0 if sample else None,
-                    top_k=0 if sample else None,
-                    top_p=1.0 if sample else None,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                completion = generated[:, inputs["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in processor.batch_decode(completion, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return out
-
-
 def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) -> dict[str, Any]:
     """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts."""
     results = {}
     for name, dataset in eval_sets.items():
-        greedy = answers(model, processor, dataset, config.max_completion_length)
+        greedy = generate_answers(model, processor, dataset, config.max_completion_length)
         columns = {k: dataset[k] for k in dataset.column_names if k not in ("prompt", "image")}
         rewards = rubric_reward(dataset["prompt"], greedy, **columns)
         metrics: dict[str, Any] = answer_accuracy(greedy, dataset["reference"], dataset["character"])
         metrics["reward"] = sum(rewards) / len(rewards)
         # Rollout diversity: `diversity_samples` sampled answers per prompt, adjacent as in a GRPO group.
         repeated = dataset.select([i for i in range(len(dataset)) for _ in range(config.diversity_samples)])
-        sampled = answers(model, processor, repeated, config.max_completion_length, sample=True)
+        sampled = generate_answers(model, processor, repeated, config.max_completion_length, sample=True)
         metrics.update(group_diversity(sampled, config.diversity_samples))
         metrics["examples"] = [
             {"character": c, "reference": r, "answer": a}

@@ -29,44 +29,12 @@ from ..rewards.rubric import answer_accuracy, rubric_reward
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def greedy_completions(model, processor, dataset, max_new_tokens: int = 48, batch_size: int = 32) -> list[str]:
     """Greedy answers of `model` to the prompts of `dataset` (a `prompt` + `image` dataset such as
     [`~trl_latent.data.synthetic.synthetic_rl_dataset`]), decoded without special tokens."""
-    from trl.data_utils import prepare_multimodal_messages
+    from ..evaluation import generate_answers
 
-    was_training = model.training
-    model.eval()
-    answers = []
-    try:
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start : start + batch_size]
-            conversations = [
-                prepare_multimodal_messages(prompt, images=[image])
-                for prompt, image in zip(rows["prompt"], rows["image"])
-            ]
-            inputs = processor.apply_chat_template(
-                conversations,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                # Left padding: generation continues every row from its last real token (docs/design.md section 4).
-                processor_kwargs={"padding": True, "padding_side": "left"},
-            ).to(model.device)
-            # `inputs` carries `mm_token_type_ids`, without which Qwen2.5-VL silently uses wrong 3-D positions.
-            output = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=processor.tokenizer.pad_token_id,
-                eos_token_id=processor.tokenizer.eos_token_id,
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            answers.extend(processor.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return answers
+    return generate_answers(model, processor, dataset, max_new_tokens, batch_size=batch_size)
 
 
 def evaluate_greedy(model, processor, dataset, max_new_tokens: int = 48, batch_size: int = 32) -> dict[str, Any]:
