@@ -50,6 +50,8 @@ class PipelineConfig:
     # Task SFT, the same number of steps for both arms: stock SFT (token arm) and world-model SFT (latent arm).
     task_sft_steps: int = 150
     task_sft_learning_rate: float = 1e-3
+    # The latent arm's stage 5 moves the base under a frozen policy; `None` uses task_sft_learning_rate.
+    world_sft_learning_rate: float | None = None
     batch_size: int = 32
     n_dialogues: int = 1024
     # Latent space (stages 1-4).
@@ -235,7 +237,7 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
     )
     stages: dict[str, Any] = {}
     plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in PRETRAIN_STAGES]
-    plan.append(("world_sft", config.task_sft_steps, config.task_sft_learning_rate))
+    plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
     for stage, steps, lr in plan:
         stage_dir = output_dir / stage
         args = LatentSFTConfig(
