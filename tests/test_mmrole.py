@@ -19,7 +19,7 @@ from trl_latent.data.mmrole import (
     to_sft,
 )
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmrole-sample"
+SAMPLE = Path(__file__).resolve().parent / "data" / "mmrole-sample"
 COMMENT = "dialogues/in-distribution/comment"
 
 

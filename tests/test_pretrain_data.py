@@ -17,7 +17,7 @@ from trl_latent.data.pretrain import (
 )
 from trl_latent.data.synthetic import synthetic_sft_dataset, write_synthetic_task
 
-SAMPLE = Path("/work/shared/data/pretrain-format-sample")
+SAMPLE = Path(__file__).resolve().parent / "data" / "pretrain-format-sample"
 
 
 @pytest.fixture(scope="module")

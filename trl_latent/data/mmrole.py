@@ -1,6 +1,6 @@
 """MMRole (Dai et al., ICLR 2025) as TRL datasets: the release layout, the paper's prompt and its splits.
 
-The loader reads the MMRole release layout (`../shared/data/mmrole-sample/` is a real slice of it; the embedded
+The loader reads the MMRole release layout (`tests/data/mmrole-sample/` is a real slice of it; the embedded
 synthetic task writes the same layout):
 
 ```
