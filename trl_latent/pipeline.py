@@ -62,6 +62,9 @@ class PipelineConfig:
     stage_learning_rate: float = 2e-3
     n_paired: int = 256
     n_text_only: int = 1024
+    # Paired stream of stages 1-4: "dialogues" (the role-play dialogues the base was pretrained on, the analogue of the
+    # paper's general corpora that cover the task's language) or "corpus" (the synthetic captions corpus only).
+    latent_paired_data: str = "dialogues"
     # RL, identical for both arms.
     loss: str = "grpo"
     rl_steps: int = 40
@@ -236,6 +239,9 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
         policy_layers=config.policy_layers,
     )
     stages: dict[str, Any] = {}
+    if config.latent_paired_data not in ("dialogues", "corpus"):
+        raise ValueError(f"latent_paired_data must be 'dialogues' or 'corpus' (got {config.latent_paired_data!r}).")
+    latent_paired = "pretrain" if config.latent_paired_data == "dialogues" else "paired"
     plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in PRETRAIN_STAGES]
     plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
     for stage, steps, lr in plan:
@@ -256,7 +262,7 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
         trainer = LatentSFTTrainer(
             model,
             args,
-            train_dataset=data["task_sft"] if world else data["paired"],
+            train_dataset=data["task_sft"] if world else data[latent_paired],
             text_dataset=None if world else data["text"],
             processing_class=processor,
         )
