@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -37,3 +40,12 @@ def bench_base(size: str, cache_dir=None):
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     base.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return base.eval(), processor, latent_kwargs
+
+
+def write_results(out, result, table: str) -> None:
+    """Write a benchmark's `result` as JSON to `out` and its readable table beside it (`.md`), and print the table."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)

@@ -13,12 +13,10 @@ policy layers) at a CPU-friendly width (hidden 256), random weights.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from common import bench_base
+from common import bench_base, write_results
 from PIL import Image
 
 from trl_latent.modeling import LatentActionModel
@@ -118,11 +116,7 @@ def main(argv=None):
     parser.add_argument("--out", default="outputs/bench_decoding.json")
     args = parser.parse_args(argv)
     rows = run(args.sizes, args.new_tokens, args.batch_size, args.repeats)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    out.with_suffix(".md").write_text(table(rows) + "\n")
-    print(table(rows))
+    write_results(args.out, rows, table(rows))
     return rows
 
 

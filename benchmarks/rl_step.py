@@ -279,11 +279,9 @@ def main(argv=None):
         for kind in runs:
             runs[kind].append(_child(kind, args))
     result = compare(_merge(runs["token"]), _merge(runs["latent"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(table(result) + "\n")
-    print(table(result))
+    from common import write_results
+
+    write_results(args.out, result, table(result))
     return result
 
 

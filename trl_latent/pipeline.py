@@ -29,6 +29,7 @@ from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_s
 from .evaluation import generate_answers
 from .metrics.diversity import group_diversity
 from .rewards.rubric import answer_accuracy, rubric_reward
+from .training.baseline import cpu_training_args, logged
 
 logger = logging.getLogger(__name__)
 
@@ -107,23 +108,6 @@ class PipelineConfig:
         return cls(**values)
 
 
-def _cpu_args() -> dict:
-    # TRL defaults to bf16 and gradient checkpointing; neither works on a CPU (design.md section 4).
-    return dict(
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-
-
-def _logged(trainer, key: str) -> list[float]:
-    return [float(entry[key]) for entry in trainer.state.log_history if key in entry]
-
-
 def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) -> dict[str, Any]:
     """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts."""
     results = {}
@@ -157,13 +141,12 @@ def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_d
         lr_scheduler_type="cosine",
         assistant_only_loss=True,
         max_length=None,  # truncation that cuts image tokens fails (design.md section 4)
-        activation_checkpointing=False,
         seed=config.seed,
-        **_cpu_args(),
+        **cpu_training_args(),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
-    losses = _logged(trainer, "loss")
+    losses = logged(trainer, "loss")
     return trainer.model, {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -177,13 +160,13 @@ def _rl_args(cls, output_dir, learning_rate, config, **extra):
         learning_rate=learning_rate,
         beta=config.beta,
         seed=config.seed,
-        **_cpu_args(),
+        **cpu_training_args(),
         **extra,
     )
 
 
 def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
-    rewards = _logged(trainer, "reward")
+    rewards = logged(trainer, "reward")
     k = max(1, len(rewards) // 4)
     return {
         "steps": len(rewards),
@@ -256,7 +239,7 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             lr_scheduler_type="cosine",
             seed=config.seed,
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),
-            **_cpu_args(),
+            **cpu_training_args(),
         )
         world = stage == "world_sft"
         trainer = LatentSFTTrainer(

@@ -52,7 +52,23 @@ def evaluate_greedy(model, processor, dataset, max_new_tokens: int = 48, batch_s
     return metrics
 
 
-def _logged(trainer, key: str) -> list[float]:
+def cpu_training_args() -> dict:
+    """Trainer arguments every tiny CPU run needs: TRL defaults to bf16 and gradient checkpointing, neither of which
+    works on a CPU (docs/design.md section 4); no checkpoints, no reporting, one log line per step."""
+    return dict(
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        activation_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def logged(trainer, key: str) -> list[float]:
+    """Every value of `key` in the trainer's log history."""
     return [float(entry[key]) for entry in trainer.state.log_history if key in entry]
 
 
@@ -149,17 +165,7 @@ def run_token_baseline(
         }
 
     # CPU-safe settings every run needs: TRL defaults to bf16 and gradient checkpointing (docs/design.md section 4).
-    common = dict(
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
-        activation_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        seed=seed,
-        dataloader_num_workers=0,
-    )
+    common = {**cpu_training_args(), "seed": seed}
     metrics: dict[str, Any] = {"config": config, "eval": {"initial": evaluate()}}
 
     sft: dict[str, Any] = {"steps": sft_steps}
@@ -184,7 +190,7 @@ def run_token_baseline(
         start = time.perf_counter()
         trainer.train()
         sft["seconds"] = time.perf_counter() - start
-        losses = _logged(trainer, "loss")
+        losses = logged(trainer, "loss")
         sft.update(loss_first=losses[0], loss_last=losses[-1], loss_curve=losses)
         model = trainer.model
         metrics["eval"]["after_sft"] = evaluate()
@@ -214,7 +220,7 @@ def run_token_baseline(
         start = time.perf_counter()
         trainer.train()
         grpo["seconds"] = time.perf_counter() - start
-        rewards = _logged(trainer, "reward")
+        rewards = logged(trainer, "reward")
         grpo.update(reward_first=rewards[0], reward_last=rewards[-1], reward_curve=rewards)
         after = dict(trainer.model.named_parameters())
         grpo["changed_parameters"] = sum(not torch.equal(before[n], after[n].detach()) for n in before)
