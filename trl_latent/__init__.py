@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_pretrain_corpus": "trl_latent.data.pretrain",
     "JudgeReward": "trl_latent.rewards.judge",
     "rubric_reward": "trl_latent.rewards.rubric",
+    "task_reward": "trl_latent.rewards.rubric",
     "evaluate": "trl_latent.evaluation",
     "group_diversity": "trl_latent.metrics.diversity",
     "codebook_usage": "trl_latent.metrics.codebook",

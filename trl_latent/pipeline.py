@@ -28,7 +28,11 @@ import torch
 from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from .evaluation import generate_answers
 from .metrics.diversity import group_diversity
-from .rewards.rubric import answer_accuracy, rubric_reward
+from .rewards.rubric import answer_accuracy, rubric_reward, task_reward
+
+# The RL reward of the embedded job: "task" (task success + the rubric ratio, a spread that follows what RL can fix)
+# or "rubric" (the judge-like ratio alone, the paper's reward).
+REWARDS = {"task": task_reward, "rubric": rubric_reward}
 from .training.baseline import cpu_training_args, logged
 
 logger = logging.getLogger(__name__)
@@ -66,8 +70,19 @@ class PipelineConfig:
     # Paired stream of stages 1-4: "dialogues" (the role-play dialogues the base was pretrained on, the analogue of the
     # paper's general corpora that cover the task's language) or "corpus" (the synthetic captions corpus only).
     latent_paired_data: str = "dialogues"
+    # World-model output form per stage (`LatentSFTConfig.world_output_schedule`) and behaviour cloning.
+    world_output_schedule: str = "authors"
+    bc_target: str = "argmax"
+    bc_temperature: float = 1.0
+    bc_entropy_weight: float = 0.0
+    # Latent RL rollouts: code sampling.
+    code_temperature: float = 1.0
+    code_top_k: int | None = 32
+    # Records of held-out task dialogues the latent-space health metrics are measured on after each stage.
+    health_samples: int = 64
     # RL, identical for both arms.
     loss: str = "grpo"
+    reward: str = "task"
     rl_steps: int = 40
     prompts_per_step: int = 8
     num_generations: int = 8
@@ -116,7 +131,9 @@ def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) ->
         columns = {k: dataset[k] for k in dataset.column_names if k not in ("prompt", "image")}
         rewards = rubric_reward(dataset["prompt"], greedy, **columns)
         metrics: dict[str, Any] = answer_accuracy(greedy, dataset["reference"], dataset["character"])
-        metrics["reward"] = sum(rewards) / len(rewards)
+        metrics["reward"] = sum(rewards) / len(rewards)  # the judge-like rubric ratio (the paper's metric)
+        task = task_reward(dataset["prompt"], greedy, **columns)
+        metrics["task_reward"] = sum(task) / len(task)
         # Rollout diversity: `diversity_samples` sampled answers per prompt, adjacent as in a GRPO group.
         repeated = dataset.select([i for i in range(len(dataset)) for _ in range(config.diversity_samples)])
         sampled = generate_answers(model, processor, repeated, config.max_completion_length, sample=True)
@@ -194,7 +211,7 @@ def run_token_arm(base_path, processor, data, eval_sets, config, output_dir) -> 
     args = _rl_args(GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config)
     trainer = TokenGRPOTrainer(
         model=model,
-        reward_funcs=rubric_reward,
+        reward_funcs=REWARDS[config.reward],
         args=args,
         train_dataset=data["rl"],
         processing_class=processor,
@@ -238,6 +255,11 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             learning_rate=lr,
             lr_scheduler_type="cosine",
             seed=config.seed,
+            world_output_schedule=config.world_output_schedule,
+            bc_target=config.bc_target,
+            bc_temperature=config.bc_temperature,
+            bc_entropy_weight=config.bc_entropy_weight,
+            health_samples=config.health_samples,
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),
             **cpu_training_args(),
         )
@@ -248,6 +270,7 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             train_dataset=data["task_sft"] if world else data[latent_paired],
             text_dataset=None if world else data["text"],
             processing_class=processor,
+            health_dataset=data.get("health"),
         )
         start = time.perf_counter()
         trainer.train()
@@ -258,13 +281,23 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             "loss_first": logs[0]["loss"],
             "loss_last": logs[-1]["loss"],
             **{k: v for k, v in logs[-1].items() if "/" in k},
+            "world_output": model.config.world_output,
+            "health": trainer.health,
         }
         trainer.save_model(str(stage_dir))
         model = LatentActionModel.from_pretrained(str(stage_dir))  # each stage reloads the previous one's save
     result: dict[str, Any] = {"stages": stages, "eval_sft": evaluate_model(model, processor, eval_sets, config)}
-    args = _rl_args(LatentGRPOConfig, output_dir / "grpo", config.latent_rl_learning_rate, config, loss=config.loss)
+    args = _rl_args(
+        LatentGRPOConfig,
+        output_dir / "grpo",
+        config.latent_rl_learning_rate,
+        config,
+        loss=config.loss,
+        code_temperature=config.code_temperature,
+        code_top_k=config.code_top_k,
+    )
     trainer = LatentGRPOTrainer(
-        model, reward_funcs=rubric_reward, args=args, train_dataset=data["rl"], processing_class=processor
+        model, reward_funcs=REWARDS[config.reward], args=args, train_dataset=data["rl"], processing_class=processor
     )
     start = time.perf_counter()
     trainer.train()
@@ -295,6 +328,8 @@ def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, 
         "paired": load_pretrain_corpus(task.path(task.paired_file), image_root=task.root).paired,
         "text": load_pretrain_corpus(task.path(task.text_only_file)).text,
         "rl": synthetic_rl_dataset(config.n_rl_prompts, seed, size, "id", split="rl"),
+        # Held-out task dialogues for the latent-space health metrics after each stage.
+        "health": synthetic_sft_dataset(max(config.health_samples, 1), seed, size, "id", split="eval"),
     }
     eval_sets = {
         "id": synthetic_rl_dataset(config.n_eval, seed, size, "id", split="eval"),

@@ -82,6 +82,12 @@ class Backbone:
         return self.text_config.max_position_embeddings
 
     # -------------------------------------------------------------------------------------------- positions
+    def text_position_ids(self, attention_mask) -> torch.Tensor:
+        """Plain 1-D positions of a left-padded batch, as text-only data has: (3, B, S) for the VL families (the
+        same index on every mRoPE axis), (B, S) for causal LMs."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions.unsqueeze(0).expand(3, -1, -1) if self.is_vlm else positions
+
     def position_ids(
         self, input_ids, attention_mask, image_grid_thw=None, mm_token_type_ids=None, video_grid_thw=None
     ) -> torch.Tensor:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-WORLD_OUTPUTS = ("residual_minus_base", "merge_delta")
+# How the world model turns merged states x_K (x_0 = e, x_{k+1} = x_k + Merge_k(x_k, c)) into next-token logits.
+# docs/model.md "World-model output forms" compares them on the embedded task.
+WORLD_OUTPUTS = (
+    "residual_minus_base",  # lm_head(norm(x_K) - e): the authors' form for stages 1-4
+    "merge_delta",  # lm_head(norm(Merge_K(x_{K-1}, c))): the authors' form for stage 5, RL and inference
+    "residual_norm",  # lm_head(norm(x_K)): starts from the base's own prediction, codes steer it
+    "residual",  # lm_head(x_K)
+)
 
 
 class LatentActionConfig(PretrainedConfig):
@@ -33,13 +40,18 @@ class LatentActionConfig(PretrainedConfig):
             Temperature of the Gumbel-softmax the inverse dynamics model samples codes with during training.
         projector_hidden_ratio (`float`, *optional*, defaults to `0.5`):
             Hidden width of the projectors as a fraction of the base hidden size (d -> d/2 -> d).
-        projector_logvar_bound (`float`, *optional*, defaults to `5.0`):
-            The projectors' log-variance is `bound * tanh(.)`, so it stays in `[-bound, bound]`.
+        projector_logvar_bound (`float`, *optional*, defaults to `1.0`):
+            The projectors' log-variance is `bound * tanh(.)`, so it stays in `[-bound, bound]` (the authors' code: 1).
+        projector_shared_trunk (`bool`, *optional*, defaults to `False`):
+            Whether each projector's mean and log-variance heads share their first layer. `False` (the authors'
+            code): two separate MLPs.
         world_output (`str`, *optional*, defaults to `"residual_minus_base"`):
-            How the world model turns merged states into logits. `"residual_minus_base"` (default):
-            `lm_head(norm(x_K) - e_t)`, which makes the action path carry the information (the authors' code for
-            the pre-training stages). `"merge_delta"`: `lm_head(norm(Merge_K(x_{K-1}, c)))`, the form the authors'
-            code switches to for task SFT and RL; set it for exact reproduction of those stages.
+            How the world model turns merged states into logits: `"residual_minus_base"`, `lm_head(norm(x_K) - e_t)`
+            (the authors' form while the codebook is learned); `"merge_delta"`, `lm_head(norm(Merge_K(x_{K-1}, c)))`
+            (the authors' form for task SFT, RL and inference); `"residual_norm"`, `lm_head(norm(x_K))`;
+            `"residual"`, `lm_head(x_K)`. It is a property of the training stage (the stage table and
+            `LatentSFTConfig.world_output_schedule` set it); a saved model carries the form its last stage trained
+            under, so RL, evaluation and inference use that form.
         base_weights_saved (`bool`, *optional*, defaults to `False`):
             Set when a checkpoint holds the base weights too (the base was fine-tuned).
     """
@@ -55,7 +67,8 @@ class LatentActionConfig(PretrainedConfig):
     merge_intermediate_size: int | None = None
     gumbel_temperature: float = 2.0
     projector_hidden_ratio: float = 0.5
-    projector_logvar_bound: float = 5.0
+    projector_logvar_bound: float = 1.0
+    projector_shared_trunk: bool = False
     world_output: str = "residual_minus_base"
     base_weights_saved: bool = False
 
@@ -71,6 +84,8 @@ class LatentActionConfig(PretrainedConfig):
             raise ValueError(f"world_output must be one of {WORLD_OUTPUTS} (got {self.world_output!r}).")
         if not 0 < self.projector_hidden_ratio <= 4:
             raise ValueError(f"projector_hidden_ratio must be in (0, 4] (got {self.projector_hidden_ratio}).")
+        if self.projector_logvar_bound <= 0:
+            raise ValueError(f"projector_logvar_bound must be positive (got {self.projector_logvar_bound}).")
         if self.gumbel_temperature <= 0:
             raise ValueError(f"gumbel_temperature must be positive (got {self.gumbel_temperature}).")
         # TRL reloads `config._name_or_path` to build a reference model; an empty auto_map keeps loading on our

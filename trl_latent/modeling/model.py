@@ -4,7 +4,8 @@
 e_t            = B(x_V, x_<=t)                         base states, after the final norm (frozen by default)
 IDM logits     : step t is read at position t+1        (it has seen token t+1: inverse dynamics)
 policy logits  : pi(a_t | e_<=t)                       (causal: only the past)
-world logits   : lm_head(norm(x_K) - e_t),  x_0 = e_t, x_{k+1} = x_k + Merge_k(x_k, C[a_t])
+world logits   : lm_head(h),  x_0 = e_t, x_{k+1} = x_k + Merge_k(x_k, C[a_t]),  h by `config.world_output`:
+                 norm(x_K) - e_t (minus-base) | norm(Merge_K) (merge-delta) | norm(x_K) | x_K
 projectors     : P(e^T) ~ N(mean, exp(logvar)) ~ e^{V,T},  P'(e^{V,T}) ~ e^T
 ```
 
@@ -28,7 +29,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
 from .backbone import Backbone, base_model_class, check_supported
-from .configuration import LatentActionConfig
+from .configuration import WORLD_OUTPUTS, LatentActionConfig
 from .modules import (
     Codebook,
     DecoderStack,
@@ -130,8 +131,9 @@ class LatentActionModel(LatentActionPreTrainedModel):
         intermediate = config.merge_intermediate_size or text_config.intermediate_size
         self.world_merge = WorldModelMerge(d, intermediate, config.merge_blocks)
         hidden = max(1, int(round(d * config.projector_hidden_ratio)))
-        self.projector = GaussianProjector(d, hidden, config.projector_logvar_bound)
-        self.inverse_projector = GaussianProjector(d, hidden, config.projector_logvar_bound)
+        bound, shared = config.projector_logvar_bound, config.projector_shared_trunk
+        self.projector = GaussianProjector(d, hidden, bound, shared)
+        self.inverse_projector = GaussianProjector(d, hidden, bound, shared)
         self.post_init()
         # `post_init` may re-run `_init_weights` on the base; the base keeps the weights it came with because
         # transformers marks loaded parameters as initialised.
@@ -239,13 +241,15 @@ class LatentActionModel(LatentActionPreTrainedModel):
         with_text_states: bool = False,
         grad_through_base: bool = False,
         cache=None,
+        text_positions: str = "text",
         **unused,
     ) -> BaseStates:
         """One base pass (two when `with_text_states`): states e^{V,T} and, for the same ids without pixels, e^T.
 
-        The two runs share ids and position ids, so they are aligned position by position; `text_mask` marks text
-        tokens (not padding, not image tokens) where losses apply. `cache` (a transformers `Cache`) is filled by the
-        pixel run, for decoding.
+        The two runs share ids, so they are aligned position by position; `text_mask` marks text tokens (not padding,
+        not image tokens) where losses apply. The text-only run uses plain 1-D positions, as real text-only data
+        has (`text_positions="text"`, the authors' code), or the image run's 3-D positions (`"multimodal"`).
+        `cache` (a transformers `Cache`) is filled by the pixel run, for decoding.
         """
         backbone = self.backbone
         if attention_mask is None:
@@ -272,7 +276,12 @@ class LatentActionModel(LatentActionPreTrainedModel):
                 )
             text_states = None
             if with_text_states or not with_pixels:
-                text_states = backbone.states(input_ids, attention_mask, position_ids, None, None)
+                if text_positions not in ("text", "multimodal"):
+                    raise ValueError(f"text_positions must be 'text' or 'multimodal' (got {text_positions!r}).")
+                text_position_ids = position_ids
+                if text_positions == "text" and with_pixels:
+                    text_position_ids = backbone.text_position_ids(attention_mask)
+                text_states = backbone.states(input_ids, attention_mask, text_position_ids, None, None)
         if not grad_through_base:
             states = states.detach() if states is not None else None
             text_states = text_states.detach() if text_states is not None else None
@@ -322,11 +331,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
         c = self.codebook(codes).to(e.dtype)
         backbone = self.backbone
         x, delta = self.world_merge(e, c)
-        norm = backbone.final_norm
-        if self.config.world_output == "residual_minus_base":
-            hidden = norm(x) - e
-        else:
-            hidden = norm(delta)
+        hidden = world_hidden(self.config.world_output, e, x, delta, backbone.final_norm)
         return backbone.lm_head(hidden.to(backbone.lm_head.weight.dtype)).float()
 
     def sample_inverse_codes(self, inverse_logits: torch.Tensor, hard: bool | None = None) -> torch.Tensor:
@@ -475,6 +480,19 @@ class LatentActionModel(LatentActionPreTrainedModel):
             model.to(dtype)
         model.eval()
         return model
+
+
+def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """The hidden state the world model feeds `lm_head`, for one of `WORLD_OUTPUTS` (docs/design.md section 2)."""
+    if form == "residual_minus_base":
+        return norm(x) - e
+    if form == "merge_delta":
+        return norm(delta)
+    if form == "residual_norm":
+        return norm(x)
+    if form == "residual":
+        return x
+    raise ValueError(f"Unknown world_output {form!r}; choose one of {WORLD_OUTPUTS}.")
 
 
 def _without_base(state_dict: dict) -> dict:

@@ -120,18 +120,29 @@ class GaussianOutput:
 
 
 class GaussianProjector(nn.Module):
-    """Per-position MLP d -> hidden -> d with tanh, a mean head and a tanh-bounded log-variance head.
+    """A per-position diagonal Gaussian d -> d: a mean MLP and a log-variance MLP (each d -> hidden -> d with tanh),
+    the log-variance bounded to `[-logvar_bound, logvar_bound]` by a tanh (the authors' code: bound 1).
 
     The projector P maps a text-only state e^T to a pseudo image+text state; the inverse projector P' maps back.
+    `shared_trunk=True` shares the first layer between the two heads (a cheaper variant).
     """
 
-    def __init__(self, dim: int, hidden: int, logvar_bound: float = 5.0):
+    def __init__(self, dim: int, hidden: int, logvar_bound: float = 1.0, shared_trunk: bool = False):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
-        self.mean_head = nn.Linear(hidden, dim)
-        self.logvar_head = nn.Linear(hidden, dim)
+        self.shared_trunk = shared_trunk
         self.logvar_bound = logvar_bound
+        if shared_trunk:
+            self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
+            self.mean_head = nn.Linear(hidden, dim)
+            self.logvar_head = nn.Linear(hidden, dim)
+        else:
+            self.mean_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+            self.logvar_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> GaussianOutput:
-        h = self.trunk(x)
-        return GaussianOutput(self.mean_head(h), self.logvar_bound * torch.tanh(self.logvar_head(h)))
+        if self.shared_trunk:
+            h = self.trunk(x)
+            mean, raw_logvar = self.mean_head(h), self.logvar_head(h)
+        else:
+            mean, raw_logvar = self.mean_mlp(x), self.logvar_mlp(x)
+        return GaussianOutput(mean, self.logvar_bound * torch.tanh(raw_logvar))

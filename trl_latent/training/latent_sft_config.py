@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .stages import STAGE_NAMES, resolve_stage
+from ..modeling.configuration import WORLD_OUTPUTS
+from .stages import STAGE_NAMES, WORLD_OUTPUT_SCHEDULES, resolve_stage
+
+IDM_ENTROPY_FORMS = ("per_step", "batch_mean")
+TEXT_STATE_POSITIONS = ("text", "multimodal")
+BC_TARGETS = ("argmax", "soft")
 
 # Per-stage defaults from the authors' code (docs/design.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
 # 5e-5 and 3 epochs for stage 5, 1 epoch for every pre-training stage.
@@ -40,8 +45,12 @@ class LatentSFTConfig(SFTConfig):
         > Parameters that weight the loss terms
 
         entropy_weight (`float`, *optional*, defaults to `1e-3`):
-            Weight of the IDM entropy bonus (stages 1 and 3). The loss subtracts `entropy_weight` times the entropy of
-            the IDM's code distribution averaged over the batch's steps, which keeps codes in use.
+            Weight of the IDM entropy bonus (stages 1 and 3); the loss subtracts `entropy_weight` times the entropy
+            chosen by `idm_entropy`.
+        idm_entropy (`str`, *optional*, defaults to `"per_step"`):
+            `"per_step"`: the mean of the per-step entropies of the IDM's code distribution (the authors' code).
+            `"batch_mean"`: the entropy of the code distribution averaged over the batch's steps (spreads the batch
+            over codes while each step may still pick one with confidence).
         projector_weight (`float`, *optional*, defaults to `1e-5`):
             Weight of the projector's paired Gaussian NLLs in the `joint` stage (in `projector_warmup` they weigh 1).
         cycle_weight (`float`, *optional*, defaults to `1e-5`):
@@ -59,6 +68,35 @@ class LatentSFTConfig(SFTConfig):
             Whether `joint` and `policy_bc` use the text-only stream. With `False`, every text-only term is removed and
             no `text_dataset` is needed.
 
+        > Parameters of the world model
+
+        world_output_schedule (`str`, *optional*, defaults to `"authors"`):
+            Which world-model output form each stage trains under (`trl_latent.training.stages.WORLD_OUTPUT_SCHEDULES`):
+            `"authors"` (minus-base `lm_head(norm(x_K) - e)` in stages 1 and 3, merge-delta `lm_head(norm(Merge_K))`
+            from stage 5 on), or one form for every stage: `"residual_norm"` (`lm_head(norm(x_K))`), `"merge_delta"`,
+            `"residual"` (`lm_head(x_K)`), `"residual_minus_base"`. The stage writes its form into the model's config,
+            so RL, evaluation and inference use the form the last stage trained under.
+        world_output (`str`, *optional*):
+            Overrides the schedule's form for this stage.
+
+        > Parameters of behaviour cloning (`policy_bc`)
+
+        bc_target (`str`, *optional*, defaults to `"argmax"`):
+            `"argmax"`: the policy clones the IDM's argmax codes (the authors' code). `"soft"`: it matches the IDM's
+            code distribution at `bc_temperature`, which leaves the policy room to explore in RL.
+        bc_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the IDM distribution the policy matches with `bc_target="soft"`.
+        bc_label_smoothing (`float`, *optional*, defaults to `0.0`):
+            Label smoothing of the behaviour-cloning cross-entropy.
+        bc_entropy_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of a policy entropy bonus (`policy/entropy`, raised) during behaviour cloning.
+
+        > Parameters of the projector stages
+
+        text_state_positions (`str`, *optional*, defaults to `"text"`):
+            Positions of the text-only run of a paired record (e^T): `"text"`, plain 1-D positions as real text-only
+            data has (the authors' code); `"multimodal"`, the image run's 3-D mRoPE positions.
+
         > Parameters of the world-model SFT stage
 
         world_sft_last_layers (`int`, *optional*, defaults to `8`):
@@ -72,6 +110,13 @@ class LatentSFTConfig(SFTConfig):
             A paired record whose image is missing or unreadable (or any record with no text token left to train on)
             raises an error naming the record. With `True`, such records are dropped from their batch and counted
             (logged as `data/skipped_records`).
+
+        > Latent-space health
+
+        health_samples (`int`, *optional*, defaults to `64`):
+            At the end of the stage, the latent-space health metrics (`health/...`, docs/metrics.md) are measured on
+            this many records of the trainer's `health_dataset` (default: the eval dataset, else the train dataset)
+            and logged. `0` turns it off.
 
     > [!NOTE]
     > Defaults that differ from [`~trl.SFTConfig`]:
@@ -152,6 +197,54 @@ class LatentSFTConfig(SFTConfig):
         metadata={"help": "Whether the joint and policy_bc stages use the text-only data stream."},
     )
 
+    idm_entropy: str = field(
+        default="per_step",
+        metadata={
+            "help": "IDM entropy bonus: mean of per-step entropies (authors) or entropy of the batch-mean distribution.",
+            "choices": list(IDM_ENTROPY_FORMS),
+        },
+    )
+
+    # World model
+    world_output_schedule: str = field(
+        default="authors",
+        metadata={
+            "help": "World-model output form per stage: 'authors' (minus-base in stages 1-4, merge-delta from 5), or "
+            "one form for every stage.",
+            "choices": list(WORLD_OUTPUT_SCHEDULES),
+        },
+    )
+    world_output: str | None = field(
+        default=None,
+        metadata={
+            "help": "Override the schedule's world-model output form for this stage.",
+            "choices": list(WORLD_OUTPUTS),
+        },
+    )
+
+    # Behaviour cloning
+    bc_target: str = field(
+        default="argmax",
+        metadata={"help": "Clone the IDM's argmax codes or its soft code distribution.", "choices": list(BC_TARGETS)},
+    )
+    bc_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the IDM distribution cloned with bc_target='soft'."}
+    )
+    bc_label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the behaviour-cloning CE."})
+    bc_entropy_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the policy entropy bonus during behaviour cloning."}
+    )
+
+    # Projector stages
+    text_state_positions: str = field(
+        default="text",
+        metadata={
+            "help": "Positions of a paired record's text-only run: plain 1-D text positions (authors) or the image "
+            "run's 3-D mRoPE positions.",
+            "choices": list(TEXT_STATE_POSITIONS),
+        },
+    )
+
     # World-model SFT
     world_sft_last_layers: int = field(
         default=8,
@@ -170,14 +263,35 @@ class LatentSFTConfig(SFTConfig):
         },
     )
 
+    # Latent-space health
+    health_samples: int = field(
+        default=64,
+        metadata={"help": "Records the latent-space health metrics are measured on at the end of the stage (0: off)."},
+    )
+
     def __post_init__(self):
         if self.stage not in STAGE_NAMES:
             raise ValueError(f"Unknown stage {self.stage!r}; choose one of {STAGE_NAMES}.")
+        for name, value, choices in (
+            ("world_output_schedule", self.world_output_schedule, tuple(WORLD_OUTPUT_SCHEDULES)),
+            ("world_output", self.world_output, (None, *WORLD_OUTPUTS)),
+            ("idm_entropy", self.idm_entropy, IDM_ENTROPY_FORMS),
+            ("bc_target", self.bc_target, BC_TARGETS),
+            ("text_state_positions", self.text_state_positions, TEXT_STATE_POSITIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices} (got {value!r}).")
+        if self.bc_temperature <= 0:
+            raise ValueError(f"bc_temperature must be positive (got {self.bc_temperature}).")
+        if not 0.0 <= self.bc_label_smoothing < 1.0:
+            raise ValueError(f"bc_label_smoothing must be in [0, 1) (got {self.bc_label_smoothing}).")
+        if self.health_samples < 0:
+            raise ValueError(f"health_samples must be >= 0 (got {self.health_samples}).")
         if self.learning_rate is None:
             self.learning_rate = STAGE_LEARNING_RATES[self.stage]
         if self.num_train_epochs is None:
             self.num_train_epochs = STAGE_EPOCHS[self.stage]
-        for name in ("entropy_weight", "projector_weight", "cycle_weight"):
+        for name in ("entropy_weight", "projector_weight", "cycle_weight", "bc_entropy_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)}); a loss weight cannot be negative.")
         if self.world_sft_last_layers < 0:

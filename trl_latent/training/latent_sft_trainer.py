@@ -10,16 +10,21 @@ step counts when token t+1 is in the stream's `loss_mask` (text, not padding, no
 
 - `world/ce_paired`, `world/ce_text`: next-token cross-entropy of the world model with the IDM's codes (straight-through
   Gumbel one-hots in training, argmax in evaluation), or with the policy's argmax codes in `world_sft`.
-- `inverse/entropy`, `inverse/entropy_text`: entropy of the IDM's code distribution averaged over the batch's steps
-  (the entropy of the mean, not the mean entropy). Its weight is negative, so it is raised: that spreads the batch over
-  many codes while each step may still pick one code with confidence. Raising the per-step entropy instead would push
-  every step towards a uniform (uninformative) code; the batch-mean form is the one that "keeps codes in use".
+- `inverse/entropy`, `inverse/entropy_text`: entropy of the IDM's code distribution; its weight is negative, so it is
+  raised. `idm_entropy="per_step"` (the authors' code): the mean of the per-step entropies. `"batch_mean"`: the entropy
+  of the distribution averaged over the batch's steps, which spreads the batch over codes while each step may still
+  pick one code with confidence.
 - `projector/nll_paired`, `projector/nll_inverse`: Gaussian NLL of P(e^T) against e^{V,T} and of P'(e^{V,T}) against
   e^T, averaged over text positions (e^T: the same ids run without pixels, aligned position by position).
 - `projector/cycle`: NLL of P'(mean P(e^T)) against e^T on text-only data. P's mean is **not** detached here, so the
   cycle trains P as well as P'; it is detached where it feeds the IDM and the world model.
-- `policy/bc_paired`, `policy/bc_text`: cross-entropy of the policy against the IDM's argmax codes (no Gumbel noise).
-  On text-only data both read `mean P(e^T)` (or raw e^T with `use_projector=False`).
+- `policy/bc_paired`, `policy/bc_text`: cross-entropy of the policy against the IDM's argmax codes (no Gumbel noise;
+  `bc_target="argmax"`, the authors' code, with optional `bc_label_smoothing`) or against the IDM's code distribution
+  at `bc_temperature` (`bc_target="soft"`). On text-only data both read `mean P(e^T)` (or raw e^T with
+  `use_projector=False`). `policy/entropy`: the policy's mean per-step entropy, raised with `bc_entropy_weight`.
+
+World-model terms run under the stage's world-output form (`StagePlan.world_output`), which the trainer writes into the
+model's config. At the end of the stage the latent-space health metrics (`health/...`) are measured and logged.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from trl import SFTTrainer
 
 from ..data.pretrain import LatentDataCollator, with_stream_indices
 from ..metrics.codebook import codebook_usage
+from ..metrics.latent_health import latent_health
 from ..modeling.model import LatentActionModel
-from ..modeling.modules import gaussian_nll
+from ..modeling.modules import entropy_from_logits, gaussian_nll
 from .latent_sft_config import LatentSFTConfig
 from .stages import StagePlan, resolve_stage
 
@@ -56,7 +62,9 @@ class LatentSFTOutput(ModelOutput):
 
 
 # --------------------------------------------------------------------------------------------------- loss pieces
-def _encode(model: LatentActionModel, batch: dict, *, text_states: bool = False, pixels: bool = True, grad=False):
+def _encode(
+    model: LatentActionModel, batch: dict, *, text_states=False, pixels=True, grad=False, text_positions="text"
+):
     return model.encode(
         batch["input_ids"],
         batch["attention_mask"],
@@ -66,6 +74,7 @@ def _encode(model: LatentActionModel, batch: dict, *, text_states: bool = False,
         with_pixels=pixels,
         with_text_states=text_states,
         grad_through_base=grad,
+        text_positions=text_positions,
     )
 
 
@@ -74,10 +83,29 @@ def _steps(x: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
     return x[:, :-1][step_mask]
 
 
-def _marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the code distribution averaged over steps: H(mean_t softmax(logits_t)). `logits`: (N, |C|)."""
+def _code_entropy(logits: torch.Tensor, form: str) -> torch.Tensor:
+    """The IDM entropy bonus over steps `logits` (N, |C|): `"per_step"`, mean_t H(softmax(logits_t)) (the authors'
+    code); `"batch_mean"`, H(mean_t softmax(logits_t))."""
+    if form == "per_step":
+        return entropy_from_logits(logits).mean()
     p = torch.softmax(logits.float(), dim=-1).mean(0)
     return -(p * torch.log(p.clamp_min(1e-12))).sum()
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The per-run choices `stage_losses` reads (a [`LatentSFTConfig`] carries them all)."""
+
+    use_projector: bool = True
+    idm_entropy: str = "per_step"
+    text_state_positions: str = "text"
+    bc_target: str = "argmax"
+    bc_temperature: float = 1.0
+    bc_label_smoothing: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> StageOptions:
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
 def _world_ce(model, e_steps, codes, targets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +126,7 @@ def _gaussian_nll_mean(output, target, mask) -> torch.Tensor:
     return gaussian_nll(output.mean[mask].float(), output.logvar[mask].float(), target[mask].float()).mean()
 
 
-def _inverse_world_terms(model, e, base, batch, step_mask, out: dict, metrics: dict, suffix: str, plan: StagePlan):
+def _inverse_world_terms(model, e, base, batch, step_mask, out, metrics, suffix, plan: StagePlan, entropy_form):
     """World CE with the IDM's codes, and the IDM entropy, on one stream. Returns the hard codes (N,)."""
     inverse = _steps(model.inverse_logits(e, base), step_mask)
     codes = model.sample_inverse_codes(inverse)  # straight-through Gumbel one-hots in training, argmax in eval
@@ -107,7 +135,7 @@ def _inverse_world_terms(model, e, base, batch, step_mask, out: dict, metrics: d
     metrics[f"world/accuracy_{suffix}"] = accuracy
     entropy_name = "inverse/entropy" if suffix == "paired" else "inverse/entropy_text"
     if plan.has(entropy_name):
-        out[entropy_name] = _marginal_entropy(inverse)
+        out[entropy_name] = _code_entropy(inverse, entropy_form)
     return codes.detach().argmax(-1)
 
 
@@ -120,19 +148,31 @@ def _text_input_states(model, text_states, use_projector: bool):
     return projected.mean.detach(), projected
 
 
-def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_projector: bool = True):
+def stage_losses(
+    model: LatentActionModel,
+    inputs: dict,
+    plan: StagePlan,
+    use_projector: bool | None = None,
+    options: StageOptions | None = None,
+):
     """Evaluate the active loss terms of `plan` on a collated batch.
 
     Args:
         model ([`LatentActionModel`]): the (unwrapped) latent model.
         inputs (`dict`): `{"paired": {...}, "text": {...}}` from [`LatentDataCollator`].
         plan ([`StagePlan`]): the resolved stage.
-        use_projector (`bool`): whether text-only states go through the projector.
+        use_projector (`bool`, *optional*): whether text-only states go through the projector (overrides `options`).
+        options ([`StageOptions`], *optional*): entropy form, text-state positions, behaviour-cloning targets.
 
     Returns:
         `(terms, metrics)`: `terms` maps each active loss term to its (unweighted) value, with gradient; `metrics` holds
         detached diagnostics (codebook usage, accuracies).
     """
+    options = options or StageOptions()
+    if use_projector is not None:
+        options = StageOptions(**{**options.__dict__, "use_projector": use_projector})
+    use_projector = options.use_projector
+    entropy_form = options.idm_entropy
     terms: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {}
     codes = []
@@ -144,10 +184,14 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
     if not cloning and plan.stage.code_source != "policy":  # inverse_warmup, projector_warmup, joint
         needs_world = plan.has("world/ce_paired")
         needs_projector = plan.has("projector/nll_paired")
-        base = _encode(model, paired, text_states=needs_projector)
+        base = _encode(model, paired, text_states=needs_projector, text_positions=options.text_state_positions)
         e = base.states
         if needs_world:
-            codes.append(_inverse_world_terms(model, e, base, paired, paired_steps, terms, metrics, "paired", plan))
+            codes.append(
+                _inverse_world_terms(
+                    model, e, base, paired, paired_steps, terms, metrics, "paired", plan, entropy_form
+                )
+            )
         if needs_projector:
             positions = paired["loss_mask"]
             terms["projector/nll_paired"] = _gaussian_nll_mean(model.project(base.text_states), e, positions)
@@ -158,7 +202,9 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
             e_text, projected = _text_input_states(model, text_base.text_states, use_projector)
             text_steps = text["loss_mask"][:, 1:]
             codes.append(
-                _inverse_world_terms(model, e_text, text_base, text, text_steps, terms, metrics, "text", plan)
+                _inverse_world_terms(
+                    model, e_text, text_base, text, text_steps, terms, metrics, "text", plan, entropy_form
+                )
             )
             if plan.has("projector/cycle"):
                 # P's mean is not detached: the cycle trains P and P' (design.md section 3, stage 3).
@@ -167,6 +213,7 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
 
     elif cloning:  # policy_bc
         correct, total = 0.0, 0
+        entropies = []
         streams = [("paired", paired, True)]
         if plan.uses("text"):
             streams.append(("text", inputs["text"], False))
@@ -174,15 +221,30 @@ def stage_losses(model: LatentActionModel, inputs: dict, plan: StagePlan, use_pr
             base = _encode(model, batch, pixels=pixels)
             e = base.states if pixels else _text_input_states(model, base.text_states, use_projector)[0]
             step_mask = batch["loss_mask"][:, 1:]
-            with torch.no_grad():  # the IDM labels; argmax of the plain softmax, no Gumbel noise
-                labels = _steps(model.inverse_logits(e, base), step_mask).argmax(-1)
-            logits = _steps(model.policy_logits(e, base), step_mask)
-            terms[f"policy/bc_{suffix}"] = F.cross_entropy(logits.float(), labels)
+            with torch.no_grad():  # the IDM labels; no Gumbel noise
+                inverse = _steps(model.inverse_logits(e, base), step_mask).float()
+                labels = inverse.argmax(-1)
+            logits = _steps(model.policy_logits(e, base), step_mask).float()
+            if options.bc_target == "soft":
+                targets = torch.softmax(inverse / options.bc_temperature, dim=-1)
+                terms[f"policy/bc_{suffix}"] = F.cross_entropy(
+                    logits, targets, label_smoothing=options.bc_label_smoothing
+                )
+            else:
+                terms[f"policy/bc_{suffix}"] = F.cross_entropy(
+                    logits, labels, label_smoothing=options.bc_label_smoothing
+                )
+            entropies.append(entropy_from_logits(logits))
             predicted = logits.detach().argmax(-1)
             correct += float((predicted == labels).sum())
             total += labels.numel()
             codes.append(predicted)
         metrics["policy/bc_accuracy"] = correct / max(total, 1)
+        entropy = torch.cat(entropies).mean()
+        if plan.has("policy/entropy"):
+            terms["policy/entropy"] = entropy
+        else:
+            metrics["policy/entropy"] = entropy.detach()
 
     else:  # world_sft: the policy's codes drive the world model
         base = _encode(model, paired, pixels=True, grad=plan.base_trainable)
@@ -239,6 +301,10 @@ class LatentSFTTrainer(SFTTrainer):
         peft_config (`peft.PeftConfig`, *optional*):
             Only for `world_sft`: a LoRA adapter put on the **base** model, which then is the only thing that trains
             (instead of the vision tower + last layers + final norm + embeddings).
+        health_dataset (`datasets.Dataset`, *optional*):
+            Dialogues (`messages` + `images`) the latent-space health metrics are measured on at the end of the stage
+            (`args.health_samples` records, answer tokens only); defaults to the eval dataset, else the train dataset.
+            Give held-out task dialogues to see what RL will start from.
 
     Example:
 
@@ -273,6 +339,7 @@ class LatentSFTTrainer(SFTTrainer):
         callbacks=None,
         optimizers=(None, None),
         peft_config=None,
+        health_dataset=None,
     ):
         from datasets import Dataset
         from transformers import AutoProcessor, ProcessorMixin
@@ -362,6 +429,27 @@ class LatentSFTTrainer(SFTTrainer):
         elif eval_dataset is not None:
             eval_dataset = with_stream_indices(eval_dataset, text, seed=args.seed)
 
+        if plan.world_output is not None:
+            # The stage's world-output form travels in the model's config: saved with it, read by RL and inference.
+            model.config.world_output = plan.world_output
+        if health_dataset is None:
+            health_dataset = eval_dataset if isinstance(eval_dataset, Dataset) else None
+        self._health_source = health_dataset if health_dataset is not None else train_dataset
+        health_template = chat_template
+        if health_template is None and not has_generation_markers(processing_class.chat_template):
+            health_template = get_training_chat_template(processing_class)
+        self._health_collator = LatentDataCollator(
+            processing_class,
+            streams=("paired",),
+            paired_requires_image=False,
+            max_length=args.max_length,
+            assistant_only_loss=True,
+            chat_template=health_template,
+            skip_bad_records=True,
+            dataset_text_field=args.dataset_text_field,
+        )
+        self.health: dict[str, float] = {}
+
         self.stage_plan = plan
         self.text_dataset = text_dataset
         super().__init__(
@@ -392,12 +480,29 @@ class LatentSFTTrainer(SFTTrainer):
             if not adapter.is_file():
                 raise FileNotFoundError(f"{adapter} is missing: the checkpoint holds no LoRA adapter to resume from.")
             set_peft_model_state_dict(latent.base, load_file(str(adapter)))
-        return super().train(
+        output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,
             **kwargs,
         )
+        if self.args.health_samples > 0:
+            self.health = self.measure_health()
+            if self.health:
+                self.log(dict(self.health))
+        return output
+
+    def measure_health(self, dataset=None, num_samples: int | None = None, batch_size: int = 16) -> dict[str, float]:
+        """The latent-space health metrics (`trl_latent.metrics.latent_health`) of the model as it is now, on the
+        first `num_samples` (default `args.health_samples`) records of `dataset` (default: the health dataset)."""
+        dataset = self._health_source if dataset is None else dataset
+        n = min(len(dataset), self.args.health_samples if num_samples is None else num_samples)
+        records = [dataset[i] for i in range(n)]
+        batches = [self._health_collator(records[i : i + batch_size]) for i in range(0, n, batch_size)]
+        device = self.accelerator.device
+        batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b["paired"].items()} for b in batches]
+        # Through the wrapped model's forward, so ZeRO-3 gathers the parameters it reads.
+        return self.model_wrapped(latent_fn=lambda model, **_: latent_health(model, batches))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
@@ -405,7 +510,7 @@ class LatentSFTTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         # Through the (possibly DDP/DeepSpeed-wrapped) model's forward, so gradients are synchronised.
         terms, metrics = model(
-            latent_fn=stage_losses, inputs=inputs, plan=self.stage_plan, use_projector=self.args.use_projector
+            latent_fn=stage_losses, inputs=inputs, plan=self.stage_plan, options=StageOptions.from_config(self.args)
         )
         loss = sum(weight * terms[name] for name, weight in self.stage_plan.weights.items())
 

@@ -6,13 +6,19 @@ weights, and the data streams the terms read. [`resolve_stage`] turns a row plus
 concrete plan a trainer runs: the paper's ablations (`use_cycle_loss`, `use_projector`, `use_text_only`) are switches
 that remove exactly their terms (and the modules and streams only those terms needed).
 
-| stage | streams | trainable | loss terms (weight) |
-|---|---|---|---|
-| `inverse_warmup` | paired | IDM, codebook, merge | `world/ce_paired` (1) - `inverse/entropy` (`entropy_weight`) |
-| `projector_warmup` | paired | P, P' | `projector/nll_paired` (1) + `projector/nll_inverse` (1) |
-| `joint` | paired + text | IDM, codebook, merge, P, P' | `world/ce_paired` + `world/ce_text` (1) - entropies (`entropy_weight`) + projector NLLs (`projector_weight`) + `projector/cycle` (`cycle_weight`) |
-| `policy_bc` | paired + text | policy | `policy/bc_paired` + `policy/bc_text` (1) |
-| `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter) | `world/ce_paired` (1), codes = policy argmax |
+| stage | streams | trainable | loss terms (weight) | world output (`"authors"` schedule) |
+|---|---|---|---|---|
+| `inverse_warmup` | paired | IDM, codebook, merge | `world/ce_paired` (1) - `inverse/entropy` (`entropy_weight`) | minus-base |
+| `projector_warmup` | paired | P, P' | `projector/nll_paired` (1) + `projector/nll_inverse` (1) | (unused) |
+| `joint` | paired + text | IDM, codebook, merge, P, P' | `world/ce_paired` + `world/ce_text` (1) - entropies (`entropy_weight`) + projector NLLs (`projector_weight`) + `projector/cycle` (`cycle_weight`) | minus-base |
+| `policy_bc` | paired + text | policy | `policy/bc_paired` + `policy/bc_text` (1) - `policy/entropy` (`bc_entropy_weight`) | (unused) |
+| `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter) | `world/ce_paired` (1), codes = policy argmax | merge-delta |
+
+The world-model output form (docs/design.md section 2) is a property of the stage: the table's last column is the
+authors' schedule; `WORLD_OUTPUT_SCHEDULES` holds the named alternatives (`LatentSFTConfig.world_output_schedule`),
+and `LatentSFTConfig.world_output` overrides one stage. A stage that never runs the world model keeps the form the
+model already has. The trainer writes the stage's form into the model's config, so a saved model carries the form
+its last stage trained under into RL, evaluation and inference.
 
 ```python
 >>> from trl_latent.training.stages import STAGES
@@ -25,7 +31,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["STAGES", "STAGE_NAMES", "STREAMS", "LossTerm", "Stage", "StagePlan", "resolve_stage"]
+__all__ = [
+    "STAGES",
+    "STAGE_NAMES",
+    "STREAMS",
+    "WORLD_OUTPUT_SCHEDULES",
+    "LossTerm",
+    "Stage",
+    "StagePlan",
+    "resolve_stage",
+]
 
 # Data streams. "paired": the trainer's `train_dataset` (image-text records; the task dialogues for `world_sft`).
 # "text": the trainer's `text_dataset` (text-only records), mixed 1:1 with the paired stream per step.
@@ -45,6 +60,7 @@ class LossTerm:
         weight (`float` or `str`): a fixed weight, or the name of the `LatentSFTConfig` field holding it.
         sign (`float`): +1 to minimise the term, -1 to maximise it (the IDM entropy terms).
         requires (`tuple[str, ...]`): ablation switches that must all be on for the term to exist.
+        optional (`bool`): the term exists only when its weight is not zero (an opt-in regulariser).
     """
 
     name: str
@@ -52,6 +68,7 @@ class LossTerm:
     weight: float | str = 1.0
     sign: float = 1.0
     requires: tuple[str, ...] = ()
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,8 @@ class Stage:
             adapter on the base).
         code_source (`str`): where the world model's codes come from, `"inverse"` (the IDM) or `"policy"`.
         paired_requires_image (`bool`): whether each paired record must hold an image.
+        world_output (`str` or `None`): the world-model output form the stage trains under in the authors' schedule
+            (`None`: the stage does not run the world model).
         description (`str`): one line for docs and errors.
     """
 
@@ -77,6 +96,7 @@ class Stage:
     base_trainable: bool = False
     code_source: str | None = None
     paired_requires_image: bool = True
+    world_output: str | None = None
     description: str = ""
 
 
@@ -93,6 +113,7 @@ STAGES: dict[str, Stage] = {
                 LossTerm("inverse/entropy", "paired", **_ENTROPY),
             ),
             code_source="inverse",
+            world_output="residual_minus_base",
             description="stage 1: inverse dynamics warm-up on paired data",
         ),
         Stage(
@@ -124,6 +145,7 @@ STAGES: dict[str, Stage] = {
             ),
             group_requires={"projector": ("use_projector",), "inverse_projector": ("use_projector",)},
             code_source="inverse",
+            world_output="residual_minus_base",
             description="stage 3: joint inverse dynamics and projector training on paired and text-only data",
         ),
         Stage(
@@ -132,6 +154,7 @@ STAGES: dict[str, Stage] = {
             terms=(
                 LossTerm("policy/bc_paired", "paired"),
                 LossTerm("policy/bc_text", "text", requires=("use_text_only",)),
+                LossTerm("policy/entropy", "paired", weight="bc_entropy_weight", sign=-1.0, optional=True),
             ),
             code_source="inverse",
             description="stage 4: policy behaviour cloning of the IDM's argmax codes",
@@ -143,11 +166,25 @@ STAGES: dict[str, Stage] = {
             base_trainable=True,
             code_source="policy",
             paired_requires_image=False,
+            world_output="merge_delta",
             description="stage 5: action-guided task SFT of the base (world model) with the policy's argmax codes",
         ),
     )
 }
 STAGE_NAMES = tuple(STAGES)
+
+# Named world-output schedules: stage -> the form it trains under (stages that do not run the world model are left
+# out and keep the model's form). "authors" is the table's column: minus-base while the codebook is learned, then
+# merge-delta for task SFT, RL and inference. The other schedules train every stage under one form
+# (docs/model.md compares them on the embedded task).
+_WORLD_STAGES = tuple(name for name, stage in STAGES.items() if stage.world_output is not None)
+WORLD_OUTPUT_SCHEDULES: dict[str, dict[str, str]] = {
+    "authors": {name: STAGES[name].world_output for name in _WORLD_STAGES},
+    **{
+        form: dict.fromkeys(_WORLD_STAGES, form)
+        for form in ("residual_norm", "merge_delta", "residual", "residual_minus_base")
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -160,6 +197,7 @@ class StagePlan:
         base_trainable (`bool`): whether part of the base trains.
         weights (`dict[str, float]`): active loss term -> signed weight (the loss is `sum(weight * term)`).
         streams (`tuple[str, ...]`): data streams the active terms read.
+        world_output (`str` or `None`): the world-model output form the stage trains under (`None`: the model's own).
     """
 
     stage: Stage
@@ -167,6 +205,7 @@ class StagePlan:
     base_trainable: bool
     weights: dict[str, float]
     streams: tuple[str, ...]
+    world_output: str | None = None
 
     @property
     def name(self) -> str:
@@ -202,7 +241,9 @@ def resolve_stage(config) -> StagePlan:
     for term in stage.terms:
         if not _switches_on(config, term.requires):
             continue
-        weight = getattr(config, term.weight) if isinstance(term.weight, str) else term.weight
+        weight = getattr(config, term.weight, 0.0) if isinstance(term.weight, str) else term.weight
+        if term.optional and not weight:
+            continue
         weights[term.name] = term.sign * float(weight)
     trainable = tuple(g for g in stage.trainable if _switches_on(config, stage.group_requires.get(g, ())))
     if not weights or not (trainable or stage.base_trainable):
@@ -212,4 +253,16 @@ def resolve_stage(config) -> StagePlan:
             f"{stage.name} stage only trains the projectors, so skip it when running the no-projector ablation."
         )
     streams = tuple(s for s in STREAMS if any(t.stream == s for t in stage.terms if t.name in weights))
-    return StagePlan(stage, trainable, stage.base_trainable, weights, streams)
+    return StagePlan(stage, trainable, stage.base_trainable, weights, streams, _world_output(config, stage))
+
+
+def _world_output(config, stage: Stage) -> str | None:
+    if stage.world_output is None:  # the stage never runs the world model
+        return None
+    explicit = getattr(config, "world_output", None)
+    if explicit is not None:
+        return explicit
+    schedule = getattr(config, "world_output_schedule", "authors")
+    if schedule not in WORLD_OUTPUT_SCHEDULES:
+        raise ValueError(f"Unknown world_output_schedule {schedule!r}; choose one of {tuple(WORLD_OUTPUT_SCHEDULES)}.")
+    return WORLD_OUTPUT_SCHEDULES[schedule][stage.name]

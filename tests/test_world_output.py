@@ -1,0 +1,257 @@
+"""World-model output forms, the per-stage schedule, and the latent-space health metrics.
+
+A tiny VLM is first pretrained with stock TRL SFT on the task's dialogues, so the base alone predicts most answer
+tokens (the situation in which the minus-base form fails, docs/design.md section 2). Stage 1 then runs under each form
+and the health metrics say which forms can reach the answers and whether the codes steer.
+"""
+
+import pytest
+import torch
+
+from trl_latent.data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset
+from trl_latent.metrics.latent_health import HEALTH_METRICS, latent_health
+from trl_latent.modeling import LatentActionModel
+from trl_latent.modeling.configuration import WORLD_OUTPUTS
+from trl_latent.training.latent_sft_config import LatentSFTConfig
+from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
+from trl_latent.training.stages import STAGES, WORLD_OUTPUT_SCHEDULES, resolve_stage
+
+CODES = 16
+
+
+def sft_args(out, stage, steps, **kwargs):
+    kwargs.setdefault("learning_rate", 1e-2)
+    return LatentSFTConfig(
+        str(out),
+        stage=stage,
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        seed=0,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def env(tiny_cache, tmp_path_factory):
+    """A tiny VLM pretrained on role-play dialogues (the stand-in for an instruct VLM) and held-out dialogues."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_latent.modeling.tiny import tiny_vlm_path
+
+    path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
+    processor = AutoProcessor.from_pretrained(path)
+    base = AutoModelForImageTextToText.from_pretrained(path)
+    out = tmp_path_factory.mktemp("pretrained_base")
+    args = SFTConfig(
+        str(out / "run"),
+        max_steps=60,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        assistant_only_loss=True,
+        max_length=None,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    SFTTrainer(model=base, args=args, train_dataset=synthetic_sft_dataset(256, seed=1), processing_class=processor).train()
+    base.save_pretrained(out / "base")
+    processor.save_pretrained(out / "base")
+    return {
+        "path": out / "base",
+        "processor": processor,
+        "dialogues": synthetic_sft_dataset(96, seed=2),
+        "held_out": synthetic_sft_dataset(24, seed=3, split="eval"),
+    }
+
+
+def fresh_model(env, **config):
+    torch.manual_seed(0)
+    return LatentActionModel.from_base(
+        str(env["path"]), codebook_size=CODES, inverse_layers=1, policy_layers=1, **config
+    )
+
+
+def run_stage(env, out, stage, model, steps, **kwargs):
+    trainer = LatentSFTTrainer(
+        model,
+        sft_args(out, stage, steps, health_samples=24, **kwargs),
+        train_dataset=env["dialogues"],
+        processing_class=env["processor"],
+        health_dataset=env["held_out"],
+    )
+    trainer.train()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ the schedule
+def test_authors_schedule_is_the_stage_table_column():
+    assert WORLD_OUTPUT_SCHEDULES["authors"] == {
+        "inverse_warmup": "residual_minus_base",
+        "joint": "residual_minus_base",
+        "world_sft": "merge_delta",
+    }
+    assert STAGES["policy_bc"].world_output is None and STAGES["projector_warmup"].world_output is None
+    for form in WORLD_OUTPUTS:
+        assert set(WORLD_OUTPUT_SCHEDULES[form].values()) == {form}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_resolved_form(stage):
+    plan = resolve_stage(sft_args("unused", stage, 1, world_output_schedule="authors"))
+    assert plan.world_output == WORLD_OUTPUT_SCHEDULES["authors"].get(stage)
+    plan = resolve_stage(sft_args("unused", stage, 1, world_output="residual"))
+    assert plan.world_output == (None if STAGES[stage].world_output is None else "residual")
+
+
+def test_unknown_schedule_or_form_is_refused():
+    with pytest.raises(ValueError, match="world_output_schedule must be one of"):
+        sft_args("unused", "inverse_warmup", 1, world_output_schedule="mine")
+    with pytest.raises(ValueError, match="world_output must be one of"):
+        sft_args("unused", "inverse_warmup", 1, world_output="lm_head")
+    with pytest.raises(ValueError, match="world_output must be one of"):
+        LatentActionModel.config_class(world_output="lm_head")
+
+
+# ------------------------------------------------------------------------------------------------ health metrics
+def test_health_metrics_of_an_identity_world_model(env):
+    """With the merge blocks zeroed, `lm_head(x_K)` is the base's own prediction: the world model's accuracy equals the
+    base's whatever the codes, and no code changes any token."""
+    from transformers.trainer_utils import set_seed
+
+    set_seed(0)
+    model = fresh_model(env, world_output="residual")
+    for block in model.world_merge.blocks:
+        torch.nn.init.zeros_(block.down_proj.weight)
+    trainer = LatentSFTTrainer(
+        model,
+        sft_args("unused", "policy_bc", 1, use_text_only=False),
+        train_dataset=env["dialogues"],
+        processing_class=env["processor"],
+    )
+    health = trainer.measure_health(env["held_out"], num_samples=16)
+    assert set(health) == set(HEALTH_METRICS)
+    base = health["health/base_accuracy"]
+    assert base > 0.5  # the pretrained base knows most answer tokens
+    for key in ("world_accuracy_inverse", "world_accuracy_policy", "world_accuracy_best"):
+        assert health[f"health/{key}"] == pytest.approx(base)
+    assert health["health/controllability"] == 1.0
+    assert 0 < health["health/policy_entropy"] <= torch.log(torch.tensor(float(CODES))) + 1e-4
+    assert 1 <= health["health/codes_used_policy"] <= CODES
+
+
+def test_health_is_empty_without_answer_tokens(env):
+    model = fresh_model(env)
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4)}
+    batch["loss_mask"] = torch.zeros(1, 4, dtype=torch.bool)
+    assert latent_health(model, [batch]) == {}
+
+
+# ------------------------------------------------------------------------------------------------ stage 1 per form
+@pytest.fixture(scope="module")
+def stage_one(env, tmp_path_factory):
+    """Stage 1 under each output form, from the same pretrained base and initialisation."""
+    out = tmp_path_factory.mktemp("stage_one")
+    results = {}
+    for form in WORLD_OUTPUTS:
+        trainer = run_stage(env, out / form, "inverse_warmup", fresh_model(env), 40, world_output=form)
+        results[form] = {"health": trainer.health, "form": trainer.model.config.world_output}
+        results[form]["logged"] = [h for h in trainer.state.log_history if "health/world_accuracy_best" in h]
+    return results
+
+
+def test_stage_one_logs_health_once_in_its_form(stage_one):
+    for form, result in stage_one.items():
+        assert result["form"] == form
+        assert len(result["logged"]) == 1 and set(HEALTH_METRICS) <= set(result["logged"][0])
+
+
+def test_minus_base_cannot_say_what_the_base_is_sure_of(stage_one):
+    """The measured failure of `lm_head(norm(x_K) - e)` (docs/design.md section 2): it almost never emits the answer
+    token the frozen base is confident about, with the IDM's codes or with the best of all codes."""
+    health = stage_one["residual_minus_base"]["health"]
+    assert health["health/base_accuracy"] > 0.5
+    assert health["health/world_accuracy_inverse"] < 0.25, health
+    assert health["health/world_accuracy_best"] < health["health/base_accuracy"] - 0.3, health
+
+
+@pytest.mark.parametrize("form", ["residual_norm", "residual", "merge_delta"])
+def test_residual_forms_reach_the_answers(stage_one, form):
+    """Forms that start from the base's prediction learn, in stage 1, to predict the answer tokens with the IDM's codes
+    far above minus-base, and some code reaches almost every answer token."""
+    health = stage_one[form]["health"]
+    minus_base = stage_one["residual_minus_base"]["health"]
+    assert health["health/world_accuracy_inverse"] > minus_base["health/world_accuracy_inverse"] + 0.4, health
+    assert health["health/world_accuracy_best"] >= health["health/world_accuracy_inverse"]
+    assert health["health/world_accuracy_best"] > 0.8, health
+
+
+def test_codes_steer_under_the_residual_forms(stage_one):
+    """Controllability: under `lm_head(norm(x_K))` the codes change the world model's next token at answer positions
+    (measured: 1.41 distinct tokens per position across 16 codes after 40 steps)."""
+    assert stage_one["residual_norm"]["health"]["health/controllability"] > 1.2, stage_one["residual_norm"]["health"]
+
+
+# ------------------------------------------------------------------------------------------------ the form travels
+def test_stage_five_form_is_what_the_reloaded_model_uses_in_rl_and_evaluation(env, tmp_path):
+    """The form stage 5 trained under is saved in the model's config; a reloaded model uses it when LatentGRPOTrainer
+    rolls out and when the evaluation decodes, and a different form would decode differently."""
+    from trl_latent.evaluation import generate_answers
+    from trl_latent.rewards.rubric import task_reward
+    from trl_latent.training.latent_grpo_config import LatentGRPOConfig
+    from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
+
+    model = fresh_model(env)
+    run_stage(env, tmp_path / "s1", "inverse_warmup", model, 10, world_output_schedule="authors")
+    assert model.config.world_output == "residual_minus_base"
+    trainer = run_stage(env, tmp_path / "s5", "world_sft", model, 10, world_output_schedule="authors")
+    assert trainer.model.config.world_output == "merge_delta"
+    trainer.save_model(str(tmp_path / "saved"))
+
+    reloaded = LatentActionModel.from_pretrained(str(tmp_path / "saved"))
+    assert reloaded.config.world_output == "merge_delta"
+    prompts = synthetic_rl_dataset(8, seed=4, split="eval")
+    answers = generate_answers(reloaded, env["processor"], prompts, max_new_tokens=12)
+    assert answers == generate_answers(trainer.model.eval(), env["processor"], prompts, max_new_tokens=12)
+    reloaded.config.world_output = "residual_minus_base"
+    assert generate_answers(reloaded, env["processor"], prompts, max_new_tokens=12) != answers
+    reloaded.config.world_output = "merge_delta"
+
+    args = LatentGRPOConfig(
+        str(tmp_path / "grpo"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=1,
+        logging_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        code_top_k=1,  # the policy's argmax: rollouts are the greedy answers
+    )
+    grpo = LatentGRPOTrainer(
+        str(tmp_path / "saved"),
+        reward_funcs=task_reward,
+        args=args,
+        train_dataset=prompts,
+        processing_class=env["processor"],
+    )
+    assert grpo.model.config.world_output == "merge_delta"
+    seen = []
+    original = grpo.model.world_logits
+
+    def recording(e, codes):
+        seen.append(grpo.model.config.world_output)
+        return original(e, codes)
+
+    grpo.model.world_logits = recording
+    grpo.train()
+    assert seen and set(seen) == {"merge_delta"}
