@@ -61,7 +61,9 @@ def env(tiny_cache, tmp_path_factory):
         save_strategy="no",
         seed=0,
     )
-    SFTTrainer(model=base, args=args, train_dataset=synthetic_sft_dataset(256, seed=1), processing_class=processor).train()
+    SFTTrainer(
+        model=base, args=args, train_dataset=synthetic_sft_dataset(256, seed=1), processing_class=processor
+    ).train()
     base.save_pretrained(out / "base")
     processor.save_pretrained(out / "base")
     return {

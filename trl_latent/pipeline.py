@@ -29,11 +29,11 @@ from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_s
 from .evaluation import generate_answers
 from .metrics.diversity import group_diversity
 from .rewards.rubric import answer_accuracy, rubric_reward, task_reward
+from .training.baseline import cpu_training_args, logged
 
 # The RL reward of the embedded job: "task" (task success + the rubric ratio, a spread that follows what RL can fix)
 # or "rubric" (the judge-like ratio alone, the paper's reward).
 REWARDS = {"task": task_reward, "rubric": rubric_reward}
-from .training.baseline import cpu_training_args, logged
 
 logger = logging.getLogger(__name__)
 
