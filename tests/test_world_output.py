@@ -164,7 +164,8 @@ def stage_one(env, tmp_path_factory):
     results = {}
     for form in WORLD_OUTPUTS:
         trainer = run_stage(env, out / form, "inverse_warmup", fresh_model(env), 40, world_output=form)
-        results[form] = {"health": trainer.health, "form": trainer.model.config.world_output}
+        results[form] = {"health": trainer.health, "form": trainer.model.config.world_output, "out": out / form}
+        trainer.save_model(str(out / form))
         results[form]["logged"] = [h for h in trainer.state.log_history if "health/world_accuracy_best" in h]
     return results
 
@@ -199,6 +200,28 @@ def test_codes_steer_under_the_residual_forms(stage_one):
     """Controllability: under `lm_head(norm(x_K))` the codes change the world model's next token at answer positions
     (measured: 1.41 distinct tokens per position across 16 codes after 40 steps)."""
     assert stage_one["residual_norm"]["health"]["health/controllability"] > 1.2, stage_one["residual_norm"]["health"]
+
+
+# ------------------------------------------------------------------------------------------------ behaviour cloning
+def test_soft_behaviour_cloning_leaves_room_to_explore(env, stage_one, tmp_path):
+    """Cloning the IDM's whole code distribution keeps the policy's code entropy well above argmax cloning's, while
+    its argmax still agrees with the IDM far above chance."""
+    results = {}
+    for target in ("argmax", "soft"):
+        model = LatentActionModel.from_pretrained(str(stage_one["residual_norm"]["out"]))
+        trainer = run_stage(
+            env, tmp_path / target, "policy_bc", model, 30, use_text_only=False, bc_target=target, learning_rate=3e-3
+        )
+        last = [h for h in trainer.state.log_history if "policy/bc_accuracy" in h][-1]
+        results[target] = {"entropy": trainer.health["health/policy_entropy"], "accuracy": last["policy/bc_accuracy"]}
+    assert results["soft"]["entropy"] > results["argmax"]["entropy"] + 0.3, results
+    assert min(r["accuracy"] for r in results.values()) > 4 / CODES, results
+
+
+def test_bc_entropy_bonus_is_an_opt_in_loss_term():
+    assert "policy/entropy" not in resolve_stage(sft_args("unused", "policy_bc", 1)).weights
+    plan = resolve_stage(sft_args("unused", "policy_bc", 1, bc_entropy_weight=0.1))
+    assert plan.weights["policy/entropy"] == pytest.approx(-0.1)
 
 
 # ------------------------------------------------------------------------------------------------ the form travels
