@@ -11,12 +11,16 @@ rubric. The reward is `sum(A scores) / sum(B scores)` (paper); the evaluation me
 `messages -> text`. Requests run concurrently (at most `max_concurrency` in flight), each with the backend's timeout
 and up to `max_retries` retries with exponential backoff. A judgement that fails (request error, timeout, or no
 score pair parsed) gets the mean reward of the batch's successful judgements; when all fail, every completion gets
-`fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). Failures never
-raise; they are counted (`metrics()`, and TRL's `log_metric` when the trainer passes it).
+`fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). A record the
+rubric cannot build a prompt for (e.g. a PCogAlign record without `eval_info.EvalHelp`) is not sent; it fails the same
+way, with a warning naming the record. Failures never raise; they are counted (`metrics()`, and per batch through TRL's
+`log_metric` when the trainer passes it). Error texts are logged and stored with known secrets masked
+([`mask_secrets`]).
 
 Parsing is tolerant: the judge is asked for `N. <Dimension>: <comment> [Scores]: (A, B)` lines, and the parser also
 reads `A=7, B=8`, `A: 7, B: 8`, bare `(7, 8)` pairs after a dimension name, and JSON objects mapping dimension names
-to `[A, B]` or `{"A": ..., "B": ...}`. When only some dimensions parse, the reward uses those (sums over the parsed
+to `[A, B]` or `{"A": ..., "B": ...}`. A pair outside the 1-10 scale the judge is asked for (0, 11, -3, NaN) is
+rejected and counted (`judge/out_of_scale`); its dimension does not parse. When only some dimensions parse, the reward uses those (sums over the parsed
 dimensions only) and the judgement counts as partial; when none parse it is a parse error.
 
 ```python
@@ -230,17 +234,18 @@ RUBRICS = {"mmrole": MMROLE_RUBRIC, "pcogalign": PCOGALIGN_RUBRIC}
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
-_NUM = r"(\d+(?:\.\d+)?)"
+# Signs, NaN and infinities are read (and then rejected as outside the scale) rather than half-read: "-3" is not 3.
+_NUM = r"([-+]?(?:\d+(?:\.\d+)?|nan\b|inf(?:inity)?\b))"
 _PAIR_PATTERNS = (
     # [Scores]: (7, 8)   Scores: 7, 8   score: (7,8)
     re.compile(r"\[?\s*scores?\s*\]?\s*[:=]?\s*\(?\s*" + _NUM + r"\s*[,;/]\s*" + _NUM + r"\s*\)?", re.I),
     # A=7, B=8   A: 7 / B: 8   Response A: 7, Response B: 8   Model A = 7 ... Model B = 8
     re.compile(r"\bA\s*[=:]\s*" + _NUM + r"\s*(?:/\s*10)?[\s,;/]+(?:\w+\s+)?B\s*[=:]\s*" + _NUM, re.I),
     # (7, 8)
-    re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)"),
+    re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)", re.I),
 )
 _TAGGED = re.compile(r"\[\s*scores?\s*\]\s*:?\s*\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)", re.I)
-MAX_SCORE = 10.0
+MIN_SCORE, MAX_SCORE = 1.0, 10.0  # the scale the judge is asked for ("from 1 (poor) to 10")
 
 
 def _norm(text: str) -> str:
@@ -253,10 +258,24 @@ def _name_pattern(name: str) -> re.Pattern:
 
 
 def _valid(a: float, b: float) -> bool:
-    return 0.0 <= a <= MAX_SCORE and 0.0 <= b <= MAX_SCORE
+    # NaN compares false, so it is rejected too.
+    return MIN_SCORE <= a <= MAX_SCORE and MIN_SCORE <= b <= MAX_SCORE
 
 
-def _parse_json(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[float, float]]:
+class _Rejected:
+    """Counts score pairs a parse saw but rejected (outside the asked scale, NaN, infinite)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def keep(self, a: float, b: float) -> bool:
+        if _valid(a, b):
+            return True
+        self.count += 1
+        return False
+
+
+def _parse_json(text: str, dimensions: Sequence[Dimension], rejected: _Rejected) -> dict[str, tuple[float, float]]:
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
         return {}
@@ -288,7 +307,7 @@ def _parse_json(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[f
             a, b = float(pair[0]), float(pair[1])  # type: ignore[index]
         except (TypeError, ValueError):
             continue
-        if _valid(a, b):
+        if rejected.keep(a, b):
             out[key] = (a, b)
     return out
 
@@ -298,9 +317,14 @@ def parse_scores(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[
 
     Tried in order: a JSON object; then, for each dimension named in the text (preferring a mention at the start
     of a line), the first score pair in the text between that mention and the next dimension's; then, if no
-    dimension is named at all, `[Scores]: (a, b)` pairs taken in rubric order. Scores outside [0, 10] are ignored.
+    dimension is named at all, `[Scores]: (a, b)` pairs taken in rubric order. A pair outside the scale the judge is
+    asked for (1-10), negative, NaN or infinite is rejected: its dimension counts as not parsed.
     """
-    found = _parse_json(text, dimensions)
+    return _parse_scores(text, dimensions, _Rejected())
+
+
+def _parse_scores(text: str, dimensions: Sequence[Dimension], rejected: _Rejected) -> dict[str, tuple[float, float]]:
+    found = _parse_json(text, dimensions, rejected)
     if found:
         return found
     mentions = []
@@ -326,13 +350,13 @@ def parse_scores(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[
                 match = pattern.search(segment)
                 if match:
                     a, b = float(match.group(1)), float(match.group(2))
-                    if _valid(a, b):
+                    if rejected.keep(a, b):
                         out[key] = (a, b)
                     break
         return out
     pairs = [(float(a), float(b)) for a, b in _TAGGED.findall(text)]
     if len(pairs) <= len(dimensions):
-        out = {d.key: pair for d, pair in zip(dimensions, pairs) if _valid(*pair)}
+        out = {d.key: pair for d, pair in zip(dimensions, pairs) if rejected.keep(*pair)}
     return out
 
 
@@ -344,7 +368,8 @@ class Judgement:
     text: str = ""
     error: str | None = None
     num_dimensions: int = 0
-    failure: str | None = None  # "request" (no answer) or "parse" (an answer without usable score pairs)
+    failure: str | None = None  # "request" (no answer), "parse" (no usable score pair) or "record" (no prompt)
+    out_of_scale: int = 0  # score pairs rejected as outside the asked scale (or NaN)
 
     @property
     def ok(self) -> bool:
@@ -387,15 +412,54 @@ class JudgeConnectionError(ConnectionError):
     """The judge endpoint cannot be reached at start-up."""
 
 
+# ------------------------------------------------------------------------------------------------------- secrets
+_SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# Shapes of API keys and tokens (OpenAI, Hugging Face, GitHub, Slack, AWS, bearer headers).
+_KEY_SHAPES = re.compile(
+    r"(?:\bsk-[A-Za-z0-9_\-]{8,}|\bhf_[A-Za-z0-9]{8,}|\bgh[pousr]_[A-Za-z0-9]{8,}|\bxox[abpr]-[A-Za-z0-9\-]{8,}"
+    r"|\bAKIA[0-9A-Z]{12,}|(?<=Bearer )[A-Za-z0-9._\-]{8,})"
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_secret(value: str) -> bool:
+    """Whether `value` has the shape of an API key or token rather than, say, an environment variable's name."""
+    if _KEY_SHAPES.search(value) or value.startswith("Bearer "):
+        return True
+    if not _ENV_NAME.fullmatch(value):
+        return True  # keys hold characters ('-', '.', ...) a variable name cannot
+    # A long mixed-case/digit identifier is a token, not a name such as OPENAI_API_KEY.
+    return len(value) >= 24 and any(c.isdigit() for c in value) and any(c.islower() for c in value)
+
+
+def known_secrets(extra: Sequence[str] = ()) -> list[str]:
+    """Values to mask in anything logged: `extra` plus every environment variable whose name says it holds a key,
+    token, secret or password (8 characters or more)."""
+    values = [v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and v and len(v) >= 8]
+    return sorted({*values, *(v for v in extra if v and len(v) >= 8)}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` with every known secret (see [`known_secrets`]) and every key-shaped string replaced by `***`."""
+    for secret in known_secrets(secrets):
+        text = text.replace(secret, "***")
+    return _KEY_SHAPES.sub("***", text)
+
+
 class JudgeBackend:
     """Turns judge chat messages into the judge's answer text.
 
     Subclasses implement `__call__(messages) -> str`, raising [`JudgeTimeoutError`] on a timeout and
-    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up).
+    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up) and
+    `secrets()` (values masked wherever the judge logs or stores an error text).
     """
 
     def __call__(self, messages: list[dict]) -> str:
         raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        """Secret values this backend holds (an API key), masked in every logged or stored error text."""
+        return []
 
     def check_connection(self) -> None:
         """Raise [`JudgeConnectionError`] if the judge cannot be reached. The default does nothing."""
@@ -427,8 +491,9 @@ class OpenAIJudgeBackend(JudgeBackend):
         model (`str`):
             The judge model name the server expects.
         api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
-            Name of the environment variable holding the key. Servers without authentication accept any key; if
-            the variable is unset, the placeholder `"EMPTY"` is sent (vLLM's convention).
+            Name of the environment variable holding the key (not the key itself: a value shaped like a key is
+            refused). Servers without authentication accept any key; if the variable is unset, the placeholder
+            `"EMPTY"` is sent (vLLM's convention).
         timeout (`float`, *optional*, defaults to `120.0`):
             Seconds to wait for one answer.
         temperature (`float`, *optional*, defaults to `0.0`):
@@ -450,6 +515,13 @@ class OpenAIJudgeBackend(JudgeBackend):
             import openai
         except ImportError as err:
             raise ImportError("The OpenAI judge backend needs `openai`: `pip install trl-latent[judge]`.") from err
+        if not isinstance(api_key_env, str) or looks_like_secret(api_key_env):
+            # The value is not repeated: it may be the key.
+            raise ValueError(
+                "api_key_env must be the NAME of the environment variable that holds the judge's API key (e.g. "
+                "'OPENAI_API_KEY'), but the value given looks like a key itself. Put the key in an environment "
+                "variable (`export JUDGE_API_KEY=...`) and pass api_key_env='JUDGE_API_KEY'."
+            )
         self._openai = openai
         self.base_url = base_url
         self.model = model
@@ -466,6 +538,10 @@ class OpenAIJudgeBackend(JudgeBackend):
             f"OpenAIJudgeBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
             f"timeout={self.timeout})"
         )
+
+    def secrets(self) -> list[str]:
+        key = os.environ.get(self.api_key_env)
+        return [key] if key else []
 
     def __call__(self, messages: list[dict]) -> str:
         openai = self._openai
@@ -556,7 +632,18 @@ def conversation_text(prompt: Any) -> str:
     return "\n".join(lines)
 
 
-COUNTERS = ("requests", "judgements", "failures", "timeouts", "request_errors", "parse_errors", "partial", "retries")
+COUNTERS = (
+    "requests",
+    "judgements",
+    "failures",
+    "timeouts",
+    "request_errors",
+    "parse_errors",
+    "partial",
+    "retries",
+    "out_of_scale",
+    "bad_records",
+)
 
 
 class JudgeReward:
@@ -666,6 +753,7 @@ class JudgeReward:
                 self._count("request_errors")
                 retryable = True
                 reason = f"{type(err).__name__}: {err}"
+            reason = mask_secrets(reason, self.backend.secrets())  # exception texts may quote the key
             if not retryable or attempt >= self.max_retries:
                 raise JudgeRequestError(f"judge request failed after {attempt + 1} attempt(s): {reason}")
             delay = min(self.backoff * 2**attempt, 30.0)
@@ -680,12 +768,35 @@ class JudgeReward:
             text = self._request(messages)
         except Exception as err:
             return Judgement(error=str(err), num_dimensions=n, failure="request")
-        scores = parse_scores(text, self.rubric.dimensions)
-        judgement = Judgement(scores=scores, text=text, num_dimensions=n)
+        rejected = _Rejected()
+        scores = _parse_scores(text, self.rubric.dimensions, rejected)
+        judgement = Judgement(scores=scores, text=text, num_dimensions=n, out_of_scale=rejected.count)
         if judgement.reward is None:
-            judgement.error = "no usable score pair could be parsed from the judge's answer"
+            judgement.error = "no usable score pair could be parsed from the judge's answer" + (
+                f" ({rejected.count} pair(s) outside the {MIN_SCORE:g}-{MAX_SCORE:g} scale or not a number)"
+                if rejected.count
+                else ""
+            )
             judgement.failure = "parse"
         return judgement
+
+    def _build_messages(self, index: int, prompt, completion, row: dict) -> list[dict] | Judgement:
+        """The judge's messages for one completion, or a failed [`Judgement`] naming the record when the rubric cannot
+        build them (e.g. a PCogAlign record whose `eval_info` has no `EvalHelp`)."""
+        conversation = row.get("question") or row.get("query") or conversation_text(prompt)
+        if row.get("history"):
+            conversation = f"{row['history']}\n[{row.get('question_speaker') or 'human'}]: {conversation}"
+        try:
+            return self.rubric.build(conversation, completion_text(completion), row)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            record = f"record id={row['id']!r}" if row.get("id") is not None else f"the record of completion {index}"
+            detail = f"missing field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+            return Judgement(
+                error=f"the {self.rubric.name} judge prompt cannot be built for {record} ({detail}); fix the dataset "
+                "(the loaders in trl_latent.data build every column the rubric reads)",
+                num_dimensions=len(self.rubric.dimensions),
+                failure="record",
+            )
 
     def _rows(self, n: int, kwargs: dict) -> list[dict]:
         missing = [c for c in self.rubric.required_columns if c not in kwargs]
@@ -706,20 +817,21 @@ class JudgeReward:
         if len(prompts) != len(completions):
             raise ValueError(f"Got {len(prompts)} prompts for {len(completions)} completions.")
         rows = self._rows(len(completions), kwargs)
-        messages = []
-        for prompt, completion, row in zip(prompts, completions, rows):
-            conversation = row.get("question") or row.get("query") or conversation_text(prompt)
-            if row.get("history"):
-                conversation = f"{row['history']}\n[{row.get('question_speaker') or 'human'}]: {conversation}"
-            messages.append(self.rubric.build(conversation, completion_text(completion), row))
-        if not messages:
+        built = [self._build_messages(i, *item) for i, item in enumerate(zip(prompts, completions, rows))]
+        if not built:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(messages))) as pool:
-            judgements = list(pool.map(self._judge_one, messages))
+        judgements: list = list(built)
+        to_send = [i for i, b in enumerate(built) if not isinstance(b, Judgement)]
+        if to_send:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(to_send))) as pool:
+                for i, judgement in zip(to_send, pool.map(self._judge_one, [built[i] for i in to_send])):
+                    judgements[i] = judgement
         failed = [j for j in judgements if not j.ok]
         self._count("judgements", len(judgements))
         self._count("failures", len(failed))
         self._count("parse_errors", sum(j.failure == "parse" for j in failed))
+        self._count("bad_records", sum(j.failure == "record" for j in failed))
+        self._count("out_of_scale", sum(j.out_of_scale for j in judgements))
         self._count("partial", sum(j.ok and j.partial for j in judgements))
         if failed:
             reasons = sorted({j.error or "unknown" for j in failed})
@@ -740,7 +852,7 @@ class JudgeReward:
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             after = self.metrics()
-            for key in ("failures", "timeouts", "parse_errors", "request_errors", "partial"):
+            for key in COUNTERS:  # this batch's counts
                 log_metric(f"judge/{key}", after[f"judge/{key}"] - before[f"judge/{key}"])
             log_metric("judge/failure_rate", (len(rewards) - len(succeeded)) / max(len(rewards), 1))
         return [r if r is not None else fill for r in rewards]
