@@ -102,11 +102,25 @@ def test_mmrole_eval_template_reproduces_the_released_record():
     assert prompt[1]["content"][1]["text"] == expected
 
 
-def test_eval_template_from_loader_names_the_script(mmrole_root):
+def test_eval_template_from_loader_is_built_as_the_released_records(mmrole_root):
+    """As MMRole's evaluation records: the short profile of profiles.json verbatim, the work named in roles.json."""
+    folder = mmrole_root / "profiles/in-distribution"
+    short = json.loads((folder / "profiles.json").read_text())
+    splits = load_mmrole(mmrole_root, image_size=(16, 16), template="mmrole_eval", splits=("sft",))
+    by_name = {row["character"]: user_text(row) for row in splits["sft"]}
+    assert set(by_name) == set(short)
+    for name, text in by_name.items():
+        assert f"The description of {name} is as follows:\n{short[name]}\n\n\nPlease respond" in text
+    assert "shoes of Albus Dumbledore from Harry Potter." in by_name["Albus Dumbledore"]
+    assert "shoes of Black Panther from The Avengers." in by_name["Black Panther"]
+    assert "shoes of Aisha Al-Farsi from Hypothetical Characters." in by_name["Aisha Al-Farsi"]
+    # Without the released files: the detailed profile's sections and the script of the image folders.
+    (folder / "profiles.json").unlink()
+    (folder / "roles.json").unlink()
     splits = load_mmrole(mmrole_root, image_size=(16, 16), template="mmrole_eval", splits=("sft",))
     by_name = {row["character"]: user_text(row) for row in splits["sft"]}
     assert "shoes of Albus Dumbledore from Harry Potter." in by_name["Albus Dumbledore"]
-    assert "shoes of Aisha Al-Farsi. Imagine" in by_name["Aisha Al-Farsi"]  # hypothetical: no script
+    assert "shoes of Aisha Al-Farsi. Imagine" in by_name["Aisha Al-Farsi"]  # hypothetical: no script folder
     assert "### Life Story" in by_name["Black Panther"]
 
 
@@ -217,8 +231,8 @@ def test_bad_input_errors(mmrole_root):
     path.write_text(
         json.dumps([{"id": "q_only", "image": "a.jpg", "conversations": [{"from": "human", "value": "Hi"}]}])
     )
-    with pytest.raises(MMRoleFormatError, match="'q_only'.*no reference answer"):
-        load_mmrole(mmrole_root, image_size=(16, 16))
+    with pytest.raises(MMRoleFormatError, match="'q_only'.*no reference answer.*strict=True"):
+        load_mmrole(mmrole_root, image_size=(16, 16), strict=True)
 
     path.write_text(json.dumps([{"id": "nokey", "image": "a.jpg", "conversations": [{"value": "Hi"}]}]))
     with pytest.raises(MMRoleFormatError, match="neither a 'from' nor a 'role'"):
