@@ -35,8 +35,28 @@ def _text(path: Path, what: str, error_cls: type[ValueError]) -> str:
         ) from None
 
 
+def _ends_early(text: str) -> bool:
+    """Whether the JSON text stops inside a string or with brackets still open (a truncated file)."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+    return in_string or depth > 0
+
+
 def _decode_error(path: Path, what: str, text: str, err: json.JSONDecodeError, where: str = "") -> str:
-    at_end = err.pos >= len(text.rstrip())
+    at_end = err.pos >= len(text.rstrip()) or _ends_early(text)
     problem = (
         "it ends before the JSON is complete: the file looks truncated (an interrupted download or copy?); fetch it "
         "again"
