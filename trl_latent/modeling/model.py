@@ -14,7 +14,6 @@ Every new module reads `e` detached unless the caller asks for gradient through 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +35,14 @@ from .modules import (
     GaussianProjector,
     WorldModelMerge,
     gumbel_straight_through,
+)
+from .saving import (
+    check_weight_files,
+    load_folder_state,
+    load_safetensors,
+    read_saved_config,
+    saved_base_path,
+    to_model_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -442,14 +449,14 @@ class LatentActionModel(LatentActionPreTrainedModel):
         loaded model) or from `config.base_model_name_or_path` (optionally quantised). The weights load whichever key
         layout transformers wrote them in (see [`to_model_keys`])."""
         path = Path(pretrained_model_name_or_path)
-        config = kw.pop("config", None) or _read_saved_config(path)
+        config = kw.pop("config", None) or read_saved_config(path)
         if path.is_dir():
             check_weight_files(path)
         if config.base_weights_saved and base_model is None and quantization_config is None:
             return super().from_pretrained(path, *args, config=config, **kw)
         dtype = kw.pop("dtype", None) or kw.pop("torch_dtype", None)
         if base_model is None:
-            base_path = _saved_base_path(path, config)
+            base_path = saved_base_path(path, config)
             base_cls = base_model_class(config.base_config["model_type"])
             base_kwargs = {"dtype": dtype} if dtype is not None else {}
             if quantization_config is not None:
@@ -480,7 +487,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
         A LoRA adapter of the base saved beside the weights (`base_adapter/`) is restored too.
         """
         folder = Path(folder)
-        state = to_model_keys(self, _load_folder_state(folder), folder)
+        state = to_model_keys(self, load_folder_state(folder), folder)
         own = self.state_dict()
         unexpected = sorted(set(state) - set(own))
         missing = [k for k in own if k not in state]
@@ -511,123 +518,11 @@ class LatentActionModel(LatentActionPreTrainedModel):
                     f"{adapter} is missing: {folder} holds no LoRA adapter of the base to restore. Resume from a "
                     "checkpoint written by the same LoRA run, or build the model without `peft_config`."
                 )
-            set_peft_model_state_dict(self.base, _load_safetensors(adapter))
+            set_peft_model_state_dict(self.base, load_safetensors(adapter))
 
 
 def _without_base(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if not k.startswith("base.")}
-
-
-def to_model_keys(model: nn.Module, state: dict[str, torch.Tensor], source="the checkpoint") -> dict:
-    """Rename the keys of a saved state dict to `model`'s own, whichever layout transformers wrote.
-
-    transformers reverts its checkpoint conversion mapping on save (so files keep the layout of the original release)
-    and applies it on load; `from_pretrained` does it, a plain `load_state_dict` (what `Trainer` uses to resume) does
-    not. This applies the same mapping (`transformers.conversion_mapping.get_model_conversion_mapping`, scoped to
-    each sub-model such as `base`) to the keys. Keys already in the model's layout pass unchanged."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, rename_source_key
-
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
-    own = model.state_dict()
-    out = {}
-    for key, tensor in state.items():
-        if key in own:
-            out[key] = tensor
-            continue
-        renamed, converter = rename_source_key(key, renamings, converters)
-        if converter is not None:
-            raise NotImplementedError(
-                f"{source} stores {key!r} in a layout that transformers converts with an operation, not a rename "
-                f"({converter!r}); load it with `LatentActionModel.from_pretrained` instead."
-            )
-        out[renamed] = tensor
-    return out
-
-
-def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(
-            f"{file} cannot be read ({err}): the file is truncated or corrupt (an interrupted save or copy?). Copy "
-            "it again, or resume from an earlier checkpoint."
-        ) from err
-
-
-def check_weight_files(folder: Path) -> None:
-    """Open (header and size) every safetensors file of a saved folder, so a truncated file fails with its name."""
-    from safetensors import SafetensorError, safe_open
-
-    for file in _weight_files(folder):
-        try:
-            with safe_open(str(file), "pt") as f:
-                f.keys()
-        except (SafetensorError, OSError) as err:
-            raise ValueError(
-                f"{file} cannot be read ({err}): the file is truncated or corrupt (an interrupted save or copy?). "
-                "Copy it again, or save the model again."
-            ) from err
-
-
-def _weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as err:
-            raise ValueError(
-                f"{index} is not a valid shard index ({type(err).__name__}: {err}); it must be JSON with a "
-                "`weight_map`. Copy the folder again or save the model again."
-            ) from err
-        files = [path / f for f in files]
-    else:
-        files = [path / "model.safetensors"]
-    for f in files:
-        if not f.is_file():
-            what = "a shard named in model.safetensors.index.json" if index.exists() else "the weights file"
-            raise FileNotFoundError(
-                f"{f} is missing ({what}): {path} is not a complete latent model save. Copy the whole folder, or "
-                "save the model again."
-            )
-    return files
-
-
-def _load_folder_state(path: Path) -> dict[str, torch.Tensor]:
-    state = {}
-    for f in _weight_files(path):
-        state.update(_load_safetensors(f))
-    return state
-
-
-def _read_saved_config(path: Path) -> LatentActionConfig:
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path} has no config.json, so it is not a saved latent model (a save holds config.json and "
-            "model.safetensors). Copy the whole folder, or load a folder written by `save_pretrained`."
-        )
-    if not path.exists() and (path.is_absolute() or str(path).startswith(".") or len(path.parts) > 2):
-        raise FileNotFoundError(f"The latent model folder {path} does not exist.")
-    return LatentActionConfig.from_pretrained(path)
-
-
-def _saved_base_path(path: Path, config: LatentActionConfig) -> str:
-    base = config.base_model_name_or_path
-    if not base:
-        raise ValueError(f"{path} holds no base weights and its config names no base model: pass `base_model=`.")
-    looks_local = os.path.isabs(base) or base.startswith((".", "~")) or len(Path(base).parts) > 2
-    if looks_local and not Path(base).expanduser().exists():
-        raise FileNotFoundError(
-            f"The latent model in {path} was built on the base model folder {base}, which does not exist (moved or "
-            "deleted?). Pass the loaded base as `LatentActionModel.from_pretrained(folder, base_model=...)`, or set "
-            f"`base_model_name_or_path` in {path / 'config.json'} to where the base now is."
-        )
-    return base
 
 
 AutoConfig.register("latent_action", LatentActionConfig)

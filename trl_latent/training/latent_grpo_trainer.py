@@ -411,10 +411,10 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
                 "run cannot continue exactly. Resume from a checkpoint written with sync_ref_model=True, or start the "
                 "run again."
             )
-        from ..modeling.model import _load_safetensors
+        from ..modeling.saving import load_safetensors
 
         reference = self._reference_policy_copy
-        state = _load_safetensors(path)
+        state = load_safetensors(path)
         reference.load_state_dict({k: v.to(reference.head.weight.device) for k, v in state.items()})
 
     @torch.no_grad()
