@@ -164,6 +164,24 @@ def first_shard(folder: Path) -> Path:
     return folder / sorted(set(index["weight_map"].values()))[0]
 
 
+def train_on_empty(ctx, trainer: str):
+    from datasets import Dataset
+
+    from trl_latent import LatentGRPOConfig, LatentGRPOTrainer, LatentSFTConfig, LatentSFTTrainer
+
+    empty, out = Dataset.from_list([]), str(ctx.dir / "out")
+    if trainer == "sft":
+        args = LatentSFTConfig(out, stage="inverse_warmup", use_cpu=True)
+        return LatentSFTTrainer(ctx.shared["model"], args, empty, processing_class=ctx.shared["processor"])
+    return LatentGRPOTrainer(
+        ctx.shared["model"],
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=LatentGRPOConfig(out, use_cpu=True, bf16=False),
+        train_dataset=empty,
+        processing_class=ctx.shared["processor"],
+    )
+
+
 # ------------------------------------------------------------------------------------------------ judge helpers
 MMROLE_COLUMNS = {"reference": ["ref"] * 3, "character": ["Iron Man"] * 3, "profile": [{"introduction": "x"}] * 3}
 
@@ -459,16 +477,16 @@ CASES = [
         FileNotFoundError,
         ("{dir}/old_place/base, which does not exist (moved or deleted?)", "base_model=", "base_model_name_or_path"),
     ),
-    # --- RL
+    # --- training data
+    Case(
+        "sft/empty_dataset",
+        lambda c: train_on_empty(c, "sft"),
+        ValueError,
+        ("The paired (train) dataset is empty",),
+    ),
     Case(
         "grpo/empty_dataset",
-        lambda c: __import__("trl_latent").LatentGRPOTrainer(
-            c.shared["model"],
-            reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-            args=__import__("trl_latent").LatentGRPOConfig(str(c.dir / "out"), use_cpu=True, bf16=False),
-            train_dataset=__import__("datasets").Dataset.from_list([]),
-            processing_class=c.shared["processor"],
-        ),
+        lambda c: train_on_empty(c, "grpo"),
         ValueError,
         ("train_dataset is empty",),
     ),
