@@ -3,7 +3,7 @@
 One module-scoped pipeline runs the five stages in sequence, saving each stage and loading it with
 `LatentActionModel.from_pretrained` for the next, and records what each stage did; the tests below assert on it
 (loss falls, exactly the stage's parameters change, BC accuracy, codes in use, world-model SFT improvement). Smaller
-runs cover the ablation switches, LoRA, resuming and bad input.
+runs cover the ablation switches, LoRA and bad input.
 """
 
 import re
@@ -322,7 +322,8 @@ def test_without_projector_text_only_data_feeds_raw_text_states(env, stage, monk
         assert ("projector/cycle" in terms) == (use_projector and stage == "joint")
 
 
-# --------------------------------------------------------------------------------------------------- LoRA, resume
+# --------------------------------------------------------------------------------------------------- LoRA
+# (Kill-and-resume of every stage: tests/test_resume.py.)
 def test_world_sft_with_lora_trains_only_the_adapter(env, tmp_path):
     from peft import LoraConfig
 
@@ -348,35 +349,6 @@ def test_world_sft_with_lora_trains_only_the_adapter(env, tmp_path):
     reloaded = LatentActionModel.from_pretrained(tmp_path / "final")
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("stage, lora", [("joint", False), ("world_sft", True)])
-def test_resuming_a_stage_continues_where_it_stopped(env, tmp_path, stage, lora):
-    from peft import LoraConfig
-
-    def run(resume=None):
-        model = fresh_model(env)
-        args = make_args(tmp_path / "run", stage, 6, save_strategy="steps", save_steps=3, logging_steps=1)
-        trainer = LatentSFTTrainer(
-            model,
-            args,
-            train_dataset=env["dialogues"] if stage == "world_sft" else env["paired"],
-            text_dataset=env["text"] if stage == "joint" else None,
-            processing_class=env["processor"],
-            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if lora else None,
-        )
-        trainer.train(resume_from_checkpoint=resume)
-        return model, trainer
-
-    straight, trainer = run()
-    checkpoint = tmp_path / "run" / "checkpoint-3"
-    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
-    resumed, resumed_trainer = run(resume=str(checkpoint))
-    assert resumed_trainer.state.global_step == 6
-    # Same data order, same Gumbel noise, same optimiser state (and, with LoRA, the adapter): bit-identical end.
-    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), name
-    assert logs(resumed_trainer)[-1]["world/ce_paired"] == logs(trainer)[-1]["world/ce_paired"]
 
 
 # --------------------------------------------------------------------------------------------------- bad input

@@ -102,11 +102,25 @@ def test_mmrole_eval_template_reproduces_the_released_record():
     assert prompt[1]["content"][1]["text"] == expected
 
 
-def test_eval_template_from_loader_names_the_script(mmrole_root):
+def test_eval_template_from_loader_is_built_as_the_released_records(mmrole_root):
+    """As MMRole's evaluation records: the short profile of profiles.json verbatim, the work named in roles.json."""
+    folder = mmrole_root / "profiles/in-distribution"
+    short = json.loads((folder / "profiles.json").read_text())
+    splits = load_mmrole(mmrole_root, image_size=(16, 16), template="mmrole_eval", splits=("sft",))
+    by_name = {row["character"]: user_text(row) for row in splits["sft"]}
+    assert set(by_name) == set(short)
+    for name, text in by_name.items():
+        assert f"The description of {name} is as follows:\n{short[name]}\n\n\nPlease respond" in text
+    assert "shoes of Albus Dumbledore from Harry Potter." in by_name["Albus Dumbledore"]
+    assert "shoes of Black Panther from The Avengers." in by_name["Black Panther"]
+    assert "shoes of Aisha Al-Farsi from Hypothetical Characters." in by_name["Aisha Al-Farsi"]
+    # Without the released files: the detailed profile's sections and the script of the image folders.
+    (folder / "profiles.json").unlink()
+    (folder / "roles.json").unlink()
     splits = load_mmrole(mmrole_root, image_size=(16, 16), template="mmrole_eval", splits=("sft",))
     by_name = {row["character"]: user_text(row) for row in splits["sft"]}
     assert "shoes of Albus Dumbledore from Harry Potter." in by_name["Albus Dumbledore"]
-    assert "shoes of Aisha Al-Farsi. Imagine" in by_name["Aisha Al-Farsi"]  # hypothetical: no script
+    assert "shoes of Aisha Al-Farsi. Imagine" in by_name["Aisha Al-Farsi"]  # hypothetical: no script folder
     assert "### Life Story" in by_name["Black Panther"]
 
 
@@ -217,8 +231,8 @@ def test_bad_input_errors(mmrole_root):
     path.write_text(
         json.dumps([{"id": "q_only", "image": "a.jpg", "conversations": [{"from": "human", "value": "Hi"}]}])
     )
-    with pytest.raises(MMRoleFormatError, match="'q_only'.*no reference answer"):
-        load_mmrole(mmrole_root, image_size=(16, 16))
+    with pytest.raises(MMRoleFormatError, match="'q_only'.*no reference answer.*strict=True"):
+        load_mmrole(mmrole_root, image_size=(16, 16), strict=True)
 
     path.write_text(json.dumps([{"id": "nokey", "image": "a.jpg", "conversations": [{"value": "Hi"}]}]))
     with pytest.raises(MMRoleFormatError, match="neither a 'from' nor a 'role'"):
@@ -276,3 +290,75 @@ def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
     assert all(any(text.startswith(ref) for ref in dataset["reference"]) for text in labelled)
     trainer.train()
     assert trainer.state.log_history[0]["loss"] > 0
+
+
+# --------------------------------------------------------------------------------------------------- the real release
+@pytest.fixture
+def release_root(mmrole_root):
+    """The sample with the quirks of the real MMRole release: sessions holding only a human turn (no reference) in
+    two of the files, and an out-of-distribution split with its own profiles, profiles.json and roles.json."""
+    for name in ("Black_Panther_COCO.json", "Albus_Dumbledore_script.json"):
+        path = mmrole_root / COMMENT / name
+        sessions = json.loads(path.read_text())
+        human_only = {
+            "id": f"{path.stem}_q",
+            "image": sessions[0]["image"],
+            "conversations": sessions[0]["conversations"][:1],
+        }
+        path.write_text(json.dumps([*sessions, human_only]))
+    ood = mmrole_root / "profiles/out-of-distribution"
+    (ood / "detailed_profiles").mkdir(parents=True)
+    (ood / "detailed_profiles/Howard_Wolowitz.json").write_text(
+        json.dumps({k: f"{k} of Howard" for k in PROFILE_FIELDS})
+    )
+    (ood / "profiles.json").write_text(json.dumps({"Howard Wolowitz": "### Howard\nAn engineer at Caltech."}))
+    (ood / "roles.json").write_text(json.dumps({"The Big Bang Theory": ["Howard Wolowitz"]}))
+    sessions = [
+        {
+            "id": f"Howard_Wolowitz_comment_{i}",
+            "image": "COCO/train2017/000000435579.jpg",
+            "conversations": [
+                {"from": "human", "value": f"What is this {i}?"},
+                {"from": "Howard Wolowitz", "value": f"A{i}"},
+            ],
+        }
+        for i in range(2)
+    ]
+    sessions.append({"id": "Howard_Wolowitz_comment_q", "image": "COCO/train2017/000000435579.jpg",
+                     "conversations": [{"from": "human", "value": "Anyone?"}]})  # fmt: skip
+    (mmrole_root / "dialogues/out-of-distribution").mkdir(parents=True)
+    (mmrole_root / "dialogues/out-of-distribution/comment.json").write_text(json.dumps(sessions))
+    return mmrole_root
+
+
+def test_release_sessions_without_answer_are_skipped_with_one_warning(release_root, caplog):
+    caplog.set_level("WARNING")
+    splits, stats = load_mmrole(release_root, image_size=(16, 16), return_stats=True)
+    assert stats.unanswered_sessions == 3 and stats.sessions == 36 + 2 + 3
+    assert {name: len(ds) for name, ds in splits.items()} == {"sft": 18, "rl": 14, "id_test": 4, "ood_test": 2}
+    warnings = [r.getMessage() for r in caplog.records if "without a character answer" in r.getMessage()]
+    # One warning per distribution read (in: 2 sessions in 2 files; out: 1), each naming a session and the switch.
+    assert len(warnings) == 2 and "skipped 2 in-distribution" in warnings[0] and "strict=True" in warnings[0]
+    with pytest.raises(
+        MMRoleFormatError,
+        match=r"Albus_Dumbledore_script\.json \(session 'Albus_Dumbledore_script_q'\).*no reference answer",
+    ):
+        load_mmrole(release_root, image_size=(16, 16), strict=True)
+
+
+def test_release_each_split_loads_alone(release_root):
+    ood = load_mmrole(release_root, image_size=(16, 16), splits=("ood_test",))
+    assert list(ood) == ["ood_test"] and ood["ood_test"]["reference"] == ["A0", "A1"]
+    # The OOD test set needs nothing of the in-distribution part, and the ID splits nothing of the OOD part.
+    shutil.rmtree(release_root / "dialogues/in-distribution")
+    assert len(load_mmrole(release_root, image_size=(16, 16), splits=("ood_test",))["ood_test"]) == 2
+    with pytest.raises(FileNotFoundError, match="in-distribution"):
+        load_mmrole(release_root, image_size=(16, 16), splits=("sft",))
+
+
+def test_release_ood_eval_prompt_names_the_work(release_root):
+    ood = load_mmrole(release_root, image_size=(16, 16), splits=("ood_test",), template="mmrole_eval")["ood_test"]
+    text = user_text(ood[0])
+    assert text.startswith("Please step into the shoes of Howard Wolowitz from The Big Bang Theory. Imagine")
+    assert "The description of Howard Wolowitz is as follows:\n### Howard\nAn engineer at Caltech.\n\n\n" in text
+    assert text.endswith("vocabulary of Howard Wolowitz:\nWhat is this 0?")

@@ -107,7 +107,13 @@ def test_paired_record_without_image_is_an_error_or_skipped(tmp_path):
     path.write_text(json.dumps([{"id": "x1", "images": [], "messages": [{"role": "user", "content": "hi"}]}]))
     with pytest.raises(BadRecordError, match=r"id='x1'.*paired record without an image"):
         load_pretrain_corpus(path)
-    assert load_pretrain_corpus(path, skip_bad_records=True).skipped[0][1] == "no_image"
+    # Nothing left after skipping: an error, not an empty corpus.
+    with pytest.raises(ValueError, match=r"No usable pretraining record in .*bad\.json \(1 skipped as bad\)"):
+        load_pretrain_corpus(path, skip_bad_records=True)
+    good = {"id": "t1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    path.write_text(json.dumps([{"id": "x1", "images": [], "messages": [{"role": "user", "content": "hi"}]}, good]))
+    corpus = load_pretrain_corpus(path, skip_bad_records=True)
+    assert corpus.skipped[0][1] == "no_image" and len(corpus.text) == 1
 
 
 def test_synthetic_task_corpora_load(task):

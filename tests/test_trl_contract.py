@@ -92,6 +92,12 @@ CONTRACT = {
     ],
     # O LatentGRPOTrainer.
     "transformers.Trainer.train": ["self", "resume_from_checkpoint", "trial", "ignore_keys_for_eval"],
+    # O LatentCheckpointMixin (both latent trainers): checkpoint weights through LatentActionModel.load_saved_weights.
+    "transformers.Trainer._load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+    "transformers.Trainer._load_best_model": ["self"],
+    # O LatentGRPOTrainer: the TR-DPO reference policy is saved with and restored from each checkpoint.
+    "trl.GRPOTrainer._save_checkpoint": ["self", "model", "trial"],
+    "trl.GRPOTrainer._load_optimizer_and_scheduler": ["self", "checkpoint"],
     # O LatentSFTTrainer.
     "trl.SFTTrainer.compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
     # O LatentSFTTrainer.__init__: calls it with keywords model, args, data_collator, train_dataset, eval_dataset,

@@ -35,7 +35,6 @@ so the sizes for 36 sessions are 18 / 14 / 4 and for 7 sessions 3 / 3 / 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -44,62 +43,58 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from .files import read_json_file
+from .mmrole_prompts import (
+    HUMAN,
+    MMROLE_EVAL_SECTIONS,
+    MMROLE_EVAL_SYSTEM_PROMPT,
+    MMROLE_EVAL_USER_TEMPLATE,
+    PAPER_SYSTEM_PROMPT,
+    PAPER_USER_TEMPLATE,
+    PROFILE_FIELDS,
+    PROFILE_LABELS,
+    TEMPLATES,
+    build_mmrole_prompt,
+    format_history,
+    text_content,
+    user_content,
+)
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "HUMAN",
+    "MMROLE_EVAL_SECTIONS",
+    "MMROLE_EVAL_SYSTEM_PROMPT",
+    "MMROLE_EVAL_USER_TEMPLATE",
+    "PAPER_SYSTEM_PROMPT",
+    "PAPER_USER_TEMPLATE",
+    "PROFILE_FIELDS",
+    "PROFILE_LABELS",
+    "SPLITS",
+    "TEMPLATES",
+    "MMRoleFormatError",
+    "MMRoleSession",
+    "MMRoleStats",
+    "build_mmrole_prompt",
+    "format_history",
+    "fraction_bounds",
+    "load_mmrole",
+    "read_mmrole_eval_profiles",
+    "read_mmrole_profile",
+    "read_mmrole_sessions",
+    "session_samples",
+    "split_by_fractions",
+    "text_content",
+    "to_sft",
+    "user_content",
+]
+
 logger = logging.getLogger(__name__)
 
 DIALOGUE_TYPES = ("comment", "human-role", "inter-role")
-PROFILE_FIELDS = ("introduction", "personality", "experience", "relationship", "catchphrase")
-# Labels of the profile fields in the paper's prompt (code), in this order.
-PROFILE_LABELS = {
-    "introduction": "Introduction",
-    "personality": "Personality",
-    "experience": "Experience",
-    "relationship": "Relationship",
-    "catchphrase": "Catchphrase",
-}
-# Section titles of MMRole's own evaluation prompt (`mmrole-sample/eval-example/`), same field order.
-MMROLE_EVAL_SECTIONS = {
-    "introduction": "Brief Introduction",
-    "personality": "Personality",
-    "experience": "Life Story",
-    "relationship": "Main Interpersonal Relationships",
-    "catchphrase": "Catchphrases",
-}
-HUMAN = "human"
 DEFAULT_IMAGE_SIZE = (280, 420)  # (width, height) as PIL's `resize` takes it: the authors' `image.resize((280, 420))`
 SPLIT_FRACTIONS = {"sft": (0.0, 0.5), "rl": (0.5, 0.9), "id_test": (0.9, 1.0)}
 SPLITS = ("sft", "rl", "id_test", "ood_test")
-TEMPLATES = ("paper", "mmrole_eval")
-
-# The paper's prompt (design.md section 5): a system message, then one user turn with the image and this text.
-PAPER_SYSTEM_PROMPT = (
-    "Please embody the given character and respond to the human user in a manner consistent with the character's "
-    "traits, voice, and perspective."
-)
-# The opening sentence is MMRole's own (see `eval-example/`); the rest follows the order of the paper's template.
-PAPER_USER_TEMPLATE = (
-    "Please step into the shoes of {name}. Imagine you are talking with a curious human about the given image. "
-    "This requires a deep understanding of the character's background, including their personality, experiences, "
-    "abilities, and relationships.\n\n"
-    "The auxiliary information about {name} is as follows:\n{profile}\n\n"
-    "The conversation history between {name} and the curious human is as follows:\n{history}\n\n"
-    "Please embody the given character of {name} and complete the following conversation.\n"
-    "[{question_speaker}]: {question}\n"
-    "[{name}]: "
-)
-# MMRole's evaluation prompt, as in the released test record (`eval-example/comment_test_example.json`).
-MMROLE_EVAL_SYSTEM_PROMPT = (
-    "You are a dedicated role-playing assistant designed to immerse yourself fully in the character you are "
-    "portraying."
-)
-MMROLE_EVAL_USER_TEMPLATE = (
-    "Please step into the shoes of {name}{from_script}. Imagine you are talking with a curious human about the given "
-    "image. This requires a deep understanding of the character's background, including their personality, "
-    "experiences, abilities, and relationships.\n\n\n"
-    "The description of {name} is as follows:\n{profile}\n\n\n"
-    "{history}"
-    "Please respond to the following words of the curious human about the image in English using the distinctive "
-    "tone, manner and vocabulary of {name}:\n{question}"
-)
 # Image folders of the release that do not name a script (film, series, book) the character comes from.
 _NOT_A_SCRIPT = {"COCO", "Hypothetical_Characters"}
 
@@ -108,14 +103,32 @@ class MMRoleFormatError(ValueError):
     """The files under an MMRole root do not follow the release layout."""
 
 
+# Keys a session's turns are found under by mistake (a typo, or another dataset's convention).
+_CONVERSATION_KEY_VARIANTS = (
+    "conversation",
+    "Conversations",
+    "Conversation",
+    "convs",
+    "dialogue",
+    "turns",
+    "messages",
+)
+
+
 @dataclass
 class MMRoleStats:
-    """What the loader read and what it left out. `empty_sessions` and `missing_images` are skipped sessions."""
+    """What the loader read and what it left out; every count but `files`, `sessions` and `samples` is of skipped
+    sessions: `empty_sessions` (no turns), `unanswered_sessions` (no character answer, so no reference: about 4% of
+    the release's in-distribution comment sessions), `misnamed_sessions` (turns under a key other than
+    `conversations`), `missing_images` and `unreadable_images` (with `on_missing_image="skip"`)."""
 
     files: int = 0
     sessions: int = 0
     empty_sessions: int = 0
+    unanswered_sessions: int = 0
+    misnamed_sessions: int = 0
     missing_images: int = 0
+    unreadable_images: int = 0
     samples: int = 0
     split_sessions: dict[str, int] = field(default_factory=dict)
 
@@ -184,15 +197,6 @@ def check_on_missing_image(value: str) -> None:
         raise ValueError(f"on_missing_image must be 'error' or 'skip', got {value!r}.")
 
 
-def user_content(text: str) -> list[dict]:
-    """A user turn's content: the image placeholder TRL fills from the `image` column, then the text."""
-    return [{"type": "image", "text": None}, {"type": "text", "text": text}]
-
-
-def text_content(text: str) -> list[dict]:
-    return [{"type": "text", "text": text}]
-
-
 def to_sft(dataset):
     """The SFT form of a prompt dataset: `messages` (the prompt plus the reference as the assistant turn) and
     `images` (a list holding the sample's image), as TRL's `SFTTrainer` takes a vision-language dataset. The other
@@ -205,12 +209,8 @@ def to_sft(dataset):
     return dataset.map(convert, remove_columns=["prompt", "image"])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise MMRoleFormatError(f"{path} is not valid JSON ({err}).") from err
+def _read_json(path: Path, what: str = "MMRole file", expect: str = "JSON") -> Any:
+    return read_json_file(path, what, expect=expect, error_cls=MMRoleFormatError)
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -249,20 +249,24 @@ def read_mmrole_sessions(
     distribution: str = "in",
     dialogue_types: Iterable[str] = ("comment",),
     stats: MMRoleStats | None = None,
+    strict: bool = False,
 ) -> list[MMRoleSession]:
-    """Read the sessions of the given dialogue types, in sorted file order, skipping (and counting) empty ones.
+    """Read the sessions of the given dialogue types, in sorted file order.
 
-    Raises [`MMRoleFormatError`] for a dialogue file that is not a list, a session without `image`, a turn without
-    speaker or text, or a session in which no character answers (no reference answer).
+    Skipped and counted in `stats`: sessions with no turns, sessions whose turns sit under a misspelled key
+    (`conversation`, ...; warned about, naming the first), and sessions in which no character answers (no reference
+    answer; the release has such sessions: ONE warning sums them up). With `strict=True` the last two raise instead.
+    Raises [`MMRoleFormatError`] naming the file and session for a dialogue file that is not a list, a session that is
+    not an object or has no `image`, and a turn without speaker or text.
     """
     root = Path(root)
     if distribution not in ("in", "out"):
         raise ValueError(f"distribution must be 'in' or 'out', got {distribution!r}.")
     stats = stats if stats is not None else MMRoleStats()
-    sessions = []
+    sessions, unanswered, misnamed = [], [], []
     for dialogue_type in dialogue_types:
         for path in _dialogue_files(root, distribution, dialogue_type):
-            data = _read_json(path)
+            data = _read_json(path, "MMRole dialogue file", "a JSON list of sessions {id, image, conversations}")
             if not isinstance(data, list):
                 raise MMRoleFormatError(
                     f"{path} must hold a JSON list of sessions {{id, image, conversations}}, got a "
@@ -276,7 +280,23 @@ def read_mmrole_sessions(
                 session_id = str(raw.get("id", f"{path.stem}_{index}"))
                 where = f"{path} (session {session_id!r})"
                 stats.sessions += 1
+                if "conversations" not in raw:
+                    variant = next((k for k in _CONVERSATION_KEY_VARIANTS if k in raw), None)
+                    if variant is not None:
+                        message = (
+                            f"{where} holds its turns under {variant!r}, not 'conversations'; rename the key to read "
+                            "the session"
+                        )
+                        if strict:
+                            raise MMRoleFormatError(message + ".")
+                        stats.misnamed_sessions += 1
+                        misnamed.append(message)
+                        continue
                 conversations = raw.get("conversations") or []
+                if not isinstance(conversations, list):
+                    raise MMRoleFormatError(
+                        f"{where}: 'conversations' must be a list of turns, got a {type(conversations).__name__}."
+                    )
                 if not conversations:
                     stats.empty_sessions += 1
                     continue
@@ -284,19 +304,18 @@ def read_mmrole_sessions(
                     raise MMRoleFormatError(f"{where} has no 'image' path.")
                 turns = [_speaker(turn, where) for turn in conversations]
                 characters = [speaker for speaker, _ in turns if speaker != HUMAN]
-                if not characters:
-                    raise MMRoleFormatError(
-                        f"{where} has no answer from a character, so it has no reference answer; every session "
-                        f"needs at least one turn whose speaker is not {HUMAN!r}."
-                    )
                 # The session's character is its last non-human speaker (authors' code); in inter-role dialogues
                 # the other character's turns are context only.
-                character = characters[-1]
-                if not any(speaker == character and text.strip() for speaker, text in turns[1:]):
-                    raise MMRoleFormatError(
-                        f"{where}: the answers of {character!r} are empty or have no question before them, so the "
-                        f"session has no reference answer."
-                    )
+                character = characters[-1] if characters else None
+                if character is None or not any(s == character and t.strip() for s, t in turns[1:]):
+                    if strict:
+                        raise MMRoleFormatError(
+                            f"{where} has no answer from a character after a question, so it has no reference answer "
+                            "(strict=True; the default skips and counts such sessions)."
+                        )
+                    stats.unanswered_sessions += 1
+                    unanswered.append(where)
+                    continue
                 sessions.append(
                     MMRoleSession(
                         id=session_id,
@@ -308,6 +327,20 @@ def read_mmrole_sessions(
                         source=str(path),
                     )
                 )
+    if misnamed:
+        logger.warning(
+            "MMRole: skipped %d session(s) whose turns are under a misspelled key (first: %s).",
+            len(misnamed),
+            misnamed[0],
+        )
+    if unanswered:
+        logger.warning(
+            "MMRole: skipped %d %s-distribution session(s) without a character answer (no reference answer; the "
+            "release has such sessions), e.g. %s. Pass strict=True to raise instead.",
+            len(unanswered),
+            distribution,
+            unanswered[0],
+        )
     return sessions
 
 
@@ -321,13 +354,33 @@ def read_mmrole_profile(root: str | Path, distribution: str, character: str) -> 
             f"No profile for character {character!r}: expected {path}. MMRole profiles are named after the "
             f"character with spaces replaced by underscores; add the file or remove the character's dialogues."
         )
-    profile = _read_json(path)
+    profile = _read_json(path, "MMRole profile", "a JSON object with the fields " + ", ".join(PROFILE_FIELDS))
     if not isinstance(profile, dict):
         raise MMRoleFormatError(f"The profile {path} must be a JSON object with the fields {PROFILE_FIELDS}.")
     missing = [key for key in PROFILE_FIELDS if not isinstance(profile.get(key), str)]
     if missing:
         raise MMRoleFormatError(f"The profile {path} lacks the text field(s) {missing}; it needs {PROFILE_FIELDS}.")
     return {key: profile[key] for key in PROFILE_FIELDS}
+
+
+def read_mmrole_eval_profiles(root: str | Path, distribution: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What MMRole's released evaluation prompts are built from: `profiles/<split>/profiles.json` (character ->
+    short markdown profile) and `profiles/<split>/roles.json` (work -> characters), as `(profiles, work of each
+    character)`. A file that is absent gives an empty mapping."""
+    folder = Path(root) / "profiles" / f"{'in' if distribution == 'in' else 'out-of'}-distribution"
+    profiles, works = {}, {}
+    path = folder / "profiles.json"
+    if path.is_file():
+        profiles = _read_json(path, "MMRole profiles file", "a JSON object character -> profile text")
+        if not isinstance(profiles, dict) or not all(isinstance(v, str) for v in profiles.values()):
+            raise MMRoleFormatError(f"{path} must be a JSON object mapping each character to its profile text.")
+    path = folder / "roles.json"
+    if path.is_file():
+        roles = _read_json(path, "MMRole roles file", "a JSON object work -> list of characters")
+        if not isinstance(roles, dict) or not all(isinstance(v, list) for v in roles.values()):
+            raise MMRoleFormatError(f"{path} must be a JSON object mapping each work to a list of its characters.")
+        works = {str(character): str(work) for work, characters in roles.items() for character in characters}
+    return profiles, works
 
 
 def infer_scripts(sessions: Iterable[MMRoleSession]) -> dict[str, str]:
@@ -343,74 +396,16 @@ def infer_scripts(sessions: Iterable[MMRoleSession]) -> dict[str, str]:
     return scripts
 
 
-# ------------------------------------------------------------------------------------------------------ prompts
-def format_history(turns: Sequence[tuple[str, str]]) -> str:
-    """Conversation history as `[speaker]: text` lines (empty for comment dialogues)."""
-    return "\n".join(f"[{speaker}]: {text}" for speaker, text in turns)
-
-
-def build_mmrole_prompt(
-    name: str,
-    profile: dict[str, str],
-    question: str,
-    history: Sequence[tuple[str, str]] = (),
-    template: str = "paper",
-    question_speaker: str = HUMAN,
-    script: str | None = None,
-    system_prompt: str | None = None,
-) -> list[dict]:
-    """The prompt conversation of one sample: a system message and a user turn holding the image and the text.
-
-    Args:
-        name (`str`):
-            The character's display name.
-        profile (`dict[str, str]`):
-            The five profile fields.
-        question (`str`):
-            The last turn before the character's answer.
-        history (`Sequence[tuple[str, str]]`, *optional*, defaults to `()`):
-            Earlier `(speaker, text)` turns.
-        template (`str`, *optional*, defaults to `"paper"`):
-            `"paper"`: the paper's prompt (design.md section 5), ending with `[<name>]: `. `"mmrole_eval"`: MMRole's
-            own evaluation prompt (markdown profile sections, `eval-example/`).
-        question_speaker (`str`, *optional*, defaults to `"human"`):
-            Who asked `question` (another character in inter-role dialogues).
-        script (`str`, *optional*):
-            The character's script, used by the `"mmrole_eval"` template ("... of Iron Man from The Avengers").
-        system_prompt (`str`, *optional*):
-            Replaces the template's system message.
-    """
-    if template == "paper":
-        text = PAPER_USER_TEMPLATE.format(
-            name=name,
-            profile="\n".join(f"- {PROFILE_LABELS[key]}: {profile[key]}" for key in PROFILE_FIELDS),
-            history=format_history(history),
-            question_speaker=question_speaker,
-            question=question,
-        )
-        system = PAPER_SYSTEM_PROMPT
-    elif template == "mmrole_eval":
-        history_text = f"The conversation so far:\n{format_history(history)}\n\n\n" if history else ""
-        text = MMROLE_EVAL_USER_TEMPLATE.format(
-            name=name,
-            from_script=f" from {script}" if script else "",
-            profile="\n".join(f"### {MMROLE_EVAL_SECTIONS[key]}\n{profile[key]}" for key in PROFILE_FIELDS),
-            history=history_text,
-            question=question,
-        )
-        system = MMROLE_EVAL_SYSTEM_PROMPT
-    else:
-        raise ValueError(f"Unknown MMRole prompt template {template!r}; choose from {TEMPLATES}.")
-    return [
-        {"role": "system", "content": text_content(system_prompt if system_prompt is not None else system)},
-        {"role": "user", "content": user_content(text)},
-    ]
-
-
+# ------------------------------------------------------------------------------------------------------ samples
 def session_samples(
-    session: MMRoleSession, profile: dict[str, str], template: str = "paper", script: str | None = None
+    session: MMRoleSession,
+    profile: dict[str, str],
+    template: str = "paper",
+    script: str | None = None,
+    eval_profile: str | None = None,
 ) -> list[dict]:
-    """One sample per answer of the session's character (one for a comment dialogue), without the image."""
+    """One sample per answer of the session's character (one for a comment dialogue), without the image.
+    `eval_profile`: the short profile text the `"mmrole_eval"` prompt uses in place of the five fields."""
     samples = []
     for position in range(1, len(session.turns)):
         speaker, answer = session.turns[position]
@@ -420,7 +415,7 @@ def session_samples(
         history = session.turns[: position - 1]
         prompt = build_mmrole_prompt(
             session.character,
-            profile,
+            eval_profile if template == "mmrole_eval" and eval_profile is not None else profile,
             question,
             history=history,
             template=template,
@@ -458,18 +453,69 @@ def _usable_sessions(sessions, images_dir: Path, on_missing_image: str, stats: M
     return kept
 
 
-def _build_dataset(sessions, root, images_dir, image_size, template, scripts, stats, profiles):
+def unreadable_image_error(relative: str, images_dir: Path, record: str, err: Exception) -> MMRoleFormatError:
+    return MMRoleFormatError(
+        f"Image {relative!r} of {record} cannot be read ({type(err).__name__}: {err}); the file {images_dir / relative} "
+        "is truncated or not an image. Fetch it again, or pass on_missing_image='skip' to leave such records out "
+        "(counted)."
+    )
+
+
+def load_image_or_skip(relative, images_dir: Path, image_size, on_missing_image: str, record: str):
+    """The image (see [`load_image`]), or `None` when it cannot be read and `on_missing_image="skip"`; with
+    `"error"`, an unreadable file raises naming it and the record."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        return load_image(relative, images_dir, image_size)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # truncated, not an image, corrupt
+        if on_missing_image == "error":
+            raise unreadable_image_error(relative, images_dir, record, err) from err
+        logger.warning("Skipping %s: its image %s cannot be read (%s).", record, images_dir / relative, err)
+        return None
+
+
+@dataclass
+class _PromptSources:
+    """What prompts are built from, read once per load: detailed profiles, and for the `mmrole_eval` template the
+    released short profiles and works (`profiles.json`, `roles.json`) and the scripts inferred or given."""
+
+    root: Path
+    template: str
+    scripts: dict
+    detailed: dict = field(default_factory=dict)
+    released: dict = field(default_factory=dict)
+
+    def profile(self, session: MMRoleSession) -> dict[str, str]:
+        key = (session.distribution, session.character)
+        if key not in self.detailed:
+            self.detailed[key] = read_mmrole_profile(self.root, session.distribution, session.character)
+        return self.detailed[key]
+
+    def eval_profile_and_work(self, session: MMRoleSession) -> tuple[str | None, str | None]:
+        if session.distribution not in self.released:
+            self.released[session.distribution] = read_mmrole_eval_profiles(self.root, session.distribution)
+        profiles, works = self.released[session.distribution]
+        work = self.scripts.get("given", {}).get(session.character) or works.get(session.character)
+        return profiles.get(session.character), work or self.scripts.get("inferred", {}).get(session.character)
+
+
+def _build_dataset(sessions, images_dir, image_size, on_missing_image, sources: _PromptSources, stats):
     from datasets import Dataset
 
     rows = []
     for session in sessions:
-        key = (session.distribution, session.character)
-        if key not in profiles:
-            profiles[key] = read_mmrole_profile(root, session.distribution, session.character)
-        samples = session_samples(session, profiles[key], template, scripts.get(session.character))
+        eval_profile, work = (None, None)
+        if sources.template == "mmrole_eval":
+            eval_profile, work = sources.eval_profile_and_work(session)
+        samples = session_samples(session, sources.profile(session), sources.template, work, eval_profile)
         if not samples:
             continue
-        image = load_image(session.image, images_dir, image_size)
+        record = f"session {session.id!r} ({session.source})"
+        image = load_image_or_skip(session.image, images_dir, image_size, on_missing_image, record)
+        if image is None:
+            stats.unreadable_images += 1
+            continue
         for sample in samples:
             rows.append({**sample, "image": image})
     stats.samples += len(rows)
@@ -490,6 +536,7 @@ def load_mmrole(
     seed: int = 42,
     fractions: dict[str, tuple[float, float]] | None = None,
     scripts: dict[str, str] | None = None,
+    strict: bool = False,
     return_stats: bool = False,
 ):
     """Load MMRole as a `DatasetDict` of TRL prompt datasets.
@@ -503,26 +550,38 @@ def load_mmrole(
         root (`str` or `Path`):
             The MMRole dataset folder (holding `dialogues/`, `profiles/` and `images/`).
         splits (`Sequence[str]`, *optional*, defaults to `("sft", "rl", "id_test", "ood_test")`):
-            Which splits to build. `ood_test` is left out, with a warning, when the OOD dialogue file is absent.
+            Which splits to build; only the files they need are read (`("ood_test",)` loads the out-of-distribution
+            test set alone). `ood_test` is left out, with a warning, when the OOD dialogue file is absent and other
+            splits were asked for; asked for alone, its absence raises.
         dialogue_types (`Sequence[str]`, *optional*, defaults to `("comment",)`):
             MMRole dialogue types to read: `"comment"` (the paper's task), `"human-role"`, `"inter-role"`.
         template (`str`, *optional*, defaults to `"paper"`):
-            `"paper"` or `"mmrole_eval"`, see [`build_mmrole_prompt`].
+            `"paper"` or `"mmrole_eval"`, see [`build_mmrole_prompt`]. `"mmrole_eval"` builds the prompt as MMRole's
+            released evaluation records are: the short profile of `profiles/<split>/profiles.json` and the work named
+            in `profiles/<split>/roles.json` ("Please step into the shoes of X from <work>"); without those files it
+            falls back to the detailed profile's sections and the script inferred from the image folders.
         image_size (`tuple[int, int]` or `None`, *optional*, defaults to `(280, 420)`):
             (width, height) every image is resized to; `None` keeps the original size.
         images_dir (`str` or `Path`, *optional*):
             The folder session `image` paths are relative to; defaults to `root / "images"`.
         on_missing_image (`str`, *optional*, defaults to `"error"`):
-            `"error"`: raise naming the file and the images folder. `"skip"`: leave the session out and count it.
+            What to do with a session whose image is missing **or unreadable** (truncated, not an image): `"error"`
+            raises naming the file, the session and the images folder; `"skip"` leaves the session out and counts it
+            (`missing_images`, `unreadable_images`). A missing image is found before the split; an unreadable one
+            while its split is built, so it leaves only that split.
         seed (`int`, *optional*, defaults to `42`):
             Seed of the session shuffle before the in-distribution split.
         fractions (`dict[str, tuple[float, float]]`, *optional*):
             Fraction ranges of the in-distribution splits; defaults to `{"sft": (0, 0.5), "rl": (0.5, 0.9),
             "id_test": (0.9, 1)}`.
         scripts (`dict[str, str]`, *optional*):
-            Character -> script for the `"mmrole_eval"` template; inferred from the script image folders otherwise.
+            Character -> work for the `"mmrole_eval"` template; taken from `roles.json`, or inferred from the script
+            image folders, otherwise.
+        strict (`bool`, *optional*, defaults to `False`):
+            Raise on a session without a character answer, or with its turns under a misspelled key, instead of
+            skipping and counting it (one warning per kind).
         return_stats (`bool`, *optional*, defaults to `False`):
-            Also return the [`MMRoleStats`] (files, sessions, skipped empty sessions and missing images, samples).
+            Also return the [`MMRoleStats`] (files, sessions, what was skipped and why, samples).
     """
     from datasets import DatasetDict
 
@@ -539,21 +598,27 @@ def load_mmrole(
     images_dir = Path(images_dir) if images_dir is not None else root / "images"
 
     stats = MMRoleStats()
-    profiles: dict = {}
-    id_sessions = read_mmrole_sessions(root, "in", dialogue_types, stats)
-    id_sessions = _usable_sessions(id_sessions, images_dir, on_missing_image, stats)
-    ood_sessions = []
+    id_splits = [name for name in splits if name != "ood_test"]
+    id_sessions, ood_sessions = [], []
+    if id_splits:
+        id_sessions = read_mmrole_sessions(root, "in", dialogue_types, stats, strict=strict)
+        id_sessions = _usable_sessions(id_sessions, images_dir, on_missing_image, stats)
     if "ood_test" in splits:
-        ood_sessions = read_mmrole_sessions(root, "out", dialogue_types, stats)
-        if not ood_sessions:
-            logger.warning(
-                "No out-of-distribution %s dialogues under %s/dialogues/out-of-distribution/; the ood_test split is "
-                "left out.",
-                list(dialogue_types),
-                root,
-            )
+        if not any(_dialogue_files(root, "out", t) for t in dialogue_types):
+            expected = root / "dialogues" / "out-of-distribution" / f"{dialogue_types[0]}.json"
+            if not id_splits:
+                raise FileNotFoundError(
+                    f"The ood_test split needs the out-of-distribution dialogues {expected}, which do not exist. "
+                    "Point `root` at the MMRole dataset folder."
+                )
+            logger.warning("%s does not exist; the ood_test split is left out.", expected)
+        ood_sessions = read_mmrole_sessions(root, "out", dialogue_types, stats, strict=strict)
         ood_sessions = _usable_sessions(ood_sessions, images_dir, on_missing_image, stats)
-    all_scripts = {**infer_scripts(id_sessions), **infer_scripts(ood_sessions), **(scripts or {})}
+    sources = _PromptSources(
+        root,
+        template,
+        {"inferred": {**infer_scripts(id_sessions), **infer_scripts(ood_sessions)}, "given": scripts or {}},
+    )
 
     by_split = split_by_fractions(id_sessions, {k: v for k, v in fractions.items() if k in splits}, seed)
     if ood_sessions:
@@ -563,15 +628,18 @@ def load_mmrole(
         if name not in by_split:
             continue
         stats.split_sessions[name] = len(by_split[name])
-        dataset = _build_dataset(by_split[name], root, images_dir, image_size, template, all_scripts, stats, profiles)
+        dataset = _build_dataset(by_split[name], images_dir, image_size, on_missing_image, sources, stats)
         if dataset is None:
             logger.warning("The MMRole %s split is empty (%d sessions); it is left out.", name, len(by_split[name]))
             continue
         result[name] = dataset
-    if stats.empty_sessions or stats.missing_images:
-        logger.info(
-            "MMRole: skipped %d empty session(s) and %d session(s) with a missing image.",
-            stats.empty_sessions,
+    if stats.empty_sessions:
+        logger.info("MMRole: skipped %d session(s) without turns.", stats.empty_sessions)
+    if stats.missing_images or stats.unreadable_images:
+        logger.warning(
+            "MMRole: skipped %d session(s) with a missing image and %d with an unreadable one (on_missing_image="
+            "'skip').",
             stats.missing_images,
+            stats.unreadable_images,
         )
     return (result, stats) if return_stats else result

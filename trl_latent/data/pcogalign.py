@@ -23,16 +23,16 @@ the LS1 test and HCSHR test the LS2 test. Cuts follow [`~trl_latent.data.mmrole.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import read_json_file, read_jsonl_file
 from .mmrole import (
     DEFAULT_IMAGE_SIZE,
     check_on_missing_image,
-    load_image,
+    load_image_or_skip,
     missing_image_error,
     split_by_fractions,
     text_content,
@@ -62,28 +62,16 @@ def pcogalign_system_prompt(role_set: dict[str, str]) -> str:
 
 
 def read_pcogalign_records(path: str | Path) -> list[dict]:
-    """Records of a `.json` file (a list) or a `.jsonl` file (one object per line)."""
+    """Records of a `.json` file (a list) or a `.jsonl` file (one object per line). An empty, truncated or
+    non-UTF-8 file, or a bad line, raises [`PCogAlignFormatError`] naming the file (and line)."""
     path = Path(path)
+    what = "PCogAlignBench file"
     if not path.is_file():
-        raise FileNotFoundError(f"PCogAlignBench file {path} does not exist.")
+        raise FileNotFoundError(f"{what} {path} does not exist.")
     if path.suffix == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise PCogAlignFormatError(f"{path} line {number} is not valid JSON ({err}).") from err
-        return records
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise PCogAlignFormatError(
-            f"{path} is not valid JSON ({err}); use a JSON list of records, or one record per line in a .jsonl file."
-        ) from err
+        records, _ = read_jsonl_file(path, what, error_cls=PCogAlignFormatError)
+        return [record for _, record in records]
+    data = read_json_file(path, what, expect="a JSON list of records", error_cls=PCogAlignFormatError)
     if not isinstance(data, list):
         raise PCogAlignFormatError(
             f"{path} must hold a JSON list of records, got a {type(data).__name__}; use a .jsonl file for one record "
@@ -146,8 +134,9 @@ def pcogalign_dataset(
     stats: dict | None = None,
 ):
     """A TRL prompt `Dataset` from records: columns `prompt`, `image`, `reference`, `role_set`, `query`,
-    `eval_info`, `subset`, `id`, `image_path`. Missing images raise, or are skipped and counted in
-    `stats["missing_images"]` with `on_missing_image="skip"`."""
+    `eval_info`, `subset`, `id`, `image_path`. Missing and unreadable (truncated, not an image) images raise naming
+    the file and record, or, with `on_missing_image="skip"`, are skipped and counted in `stats["missing_images"]` /
+    `stats["unreadable_images"]`."""
     from datasets import Dataset
 
     check_on_missing_image(on_missing_image)
@@ -165,7 +154,11 @@ def pcogalign_dataset(
                 stats["missing_images"] = stats.get("missing_images", 0) + 1
             continue
         row = pcogalign_sample(record, record_id, subset)
-        row["image"] = load_image(path, images_dir, image_size)
+        row["image"] = load_image_or_skip(path, images_dir, image_size, on_missing_image, where)
+        if row["image"] is None:
+            if stats is not None:
+                stats["unreadable_images"] = stats.get("unreadable_images", 0) + 1
+            continue
         rows.append(row)
     return Dataset.from_list(rows) if rows else None
 
@@ -205,13 +198,13 @@ def load_pcogalign(
         image_size (`tuple[int, int]` or `None`, *optional*, defaults to `(280, 420)`):
             (width, height) images are resized to; `None` keeps the original size.
         on_missing_image (`str`, *optional*, defaults to `"error"`):
-            `"error"` or `"skip"` (leave the record out and count it).
+            `"error"` or `"skip"` (leave the record out and count it), for missing and unreadable images alike.
         seed (`int`, *optional*, defaults to `42`):
             Seed of the shuffle of HCMAS train before the SFT / RL cut.
         fractions (`dict[str, tuple[float, float]]`, *optional*):
             Fraction ranges of HCMAS train; defaults to `{"sft": (0, 0.5), "rl": (0.5, 0.7)}`.
         return_stats (`bool`, *optional*, defaults to `False`):
-            Also return `{"records": ..., "missing_images": ..., "split_records": {...}}`.
+            Also return `{"records": ..., "missing_images": ..., "unreadable_images": ..., "split_records": {...}}`.
     """
     from datasets import DatasetDict
 
@@ -225,7 +218,7 @@ def load_pcogalign(
     if unknown:
         raise ValueError(f"Unknown PCogAlignBench split(s) {unknown}; choose from {sorted(file_of)}.")
 
-    stats: dict[str, Any] = {"records": 0, "missing_images": 0, "split_records": {}}
+    stats: dict[str, Any] = {"records": 0, "missing_images": 0, "unreadable_images": 0, "split_records": {}}
     records_of: dict[str, list] = {}
     for name in splits:
         subset, split = file_of[name]

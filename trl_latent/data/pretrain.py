@@ -29,7 +29,6 @@ A paired record whose image is missing or unreadable raises [`BadRecordError`] n
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from collections import Counter
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import DataFileError, read_json_file, read_jsonl_file
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +117,40 @@ def pretrain_messages(messages: list[dict], num_images: int, name: str = "record
     return out
 
 
-def _read_records(path: Path) -> list[dict]:
-    text = path.read_text()
+def _read_records(path: Path, skip_bad_records: bool) -> tuple[list[tuple[int, Any]], list[str]]:
+    """`(index, record)` pairs of a pretraining file (the index is the 0-based line of a `.jsonl` file or the list
+    position), and the bad `.jsonl` lines skipped."""
+    what = "Pretraining file"
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    records = json.loads(text)
+        records, skipped = read_jsonl_file(path, what, skip_bad_lines=skip_bad_records)
+        return [(number - 1, record) for number, record in records], skipped
+    records = read_json_file(path, what, expect="a JSON list of records")
     if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records (got a {type(records).__name__}).")
-    return records
+        raise DataFileError(
+            f"{what} {path} must hold a JSON list of records {{id, images, messages}} (got a "
+            f"{type(records).__name__}); use a .jsonl file for one record per line."
+        )
+    return list(enumerate(records)), []
+
+
+def _check_messages(record: dict, name: str) -> list[dict]:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRecordError(f"{name} has no `messages` list.", reason="no_messages")
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRecordError(
+                f"{name}: message {position} must be an object with a `role` and a string `content` (got "
+                f"{str(message)[:80]!r}).",
+                reason="bad_message",
+            )
+        if not isinstance(message.get("content"), str):
+            raise BadRecordError(
+                f"{name}: message {position} ({message['role']}) must have a string `content` in the pretraining "
+                f"format (got {type(message.get('content')).__name__}).",
+                reason="bad_message",
+            )
+    return messages
 
 
 @dataclass
@@ -149,10 +176,14 @@ class PretrainCorpus:
 def load_pretrain_corpus(paths, image_root=None, skip_bad_records: bool = False) -> PretrainCorpus:
     """Read pretraining JSON (or JSON-lines) files into a paired and a text-only dataset.
 
-    Records with an `images` key are paired, the others text-only. A paired record with no image, a missing image
+    Records with an `images` key are paired, the others text-only. A record that is not an object, has no
+    `messages` list of `{role, content}` objects with string contents, a paired record with no image, a missing image
     file or a placeholder count that does not match its images raises [`BadRecordError`] naming the record and the
-    file, unless `skip_bad_records=True` (then it is left out and listed in `PretrainCorpus.skipped`). Images are only
-    checked to exist here; an unreadable image file is caught when its batch is built ([`LatentDataCollator`]).
+    file, unless `skip_bad_records=True` (then it is left out, warned about and listed in `PretrainCorpus.skipped`;
+    so is a `.jsonl` line that is not valid JSON). An empty, truncated or non-UTF-8 file raises
+    [`~trl_latent.data.files.DataFileError`] naming it, whatever `skip_bad_records` says. Images are only checked to
+    exist here; an unreadable image file is caught (and skipped with `skip_bad_records`) when its batch is built
+    ([`LatentDataCollator`]).
 
     Args:
         paths (`str`, `Path` or a list of them): JSON files (a list of records) or `.jsonl` files.
@@ -167,24 +198,35 @@ def load_pretrain_corpus(paths, image_root=None, skip_bad_records: bool = False)
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("load_pretrain_corpus got no file: pass the paths of the pretraining JSON / JSONL files.")
     paired, text, skipped = [], [], []
-    for path in map(Path, paths):
+    for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"Pretraining file {path} does not exist.")
         root = Path(image_root) if image_root is not None else path.parent
-        for i, record in enumerate(_read_records(path)):
-            name = f"{record_name(record, 'pretraining', i)} of {path}"
+        records, bad_lines = _read_records(path, skip_bad_records)
+        skipped += [(line, "bad_json_line") for line in bad_lines]
+        if not records and not bad_lines:
+            logger.warning("Pretraining file %s holds no record.", path)
+        for i, record in records:
+            name = f"{record_name(record if isinstance(record, dict) else {}, 'pretraining', i)} of {path}"
             try:
-                if not isinstance(record.get("messages"), list) or not record["messages"]:
-                    raise BadRecordError(f"{name} has no `messages` list.", reason="no_messages")
+                if not isinstance(record, dict):
+                    raise BadRecordError(
+                        f"{name} is a {type(record).__name__}, not a record object {{id, images, messages}}.",
+                        reason="not_an_object",
+                    )
+                messages = _check_messages(record, name)
                 if "images" in record:
                     paired.append(_paired_pretrain_record(record, root, name))
                 else:
                     text.append(
                         {
                             "id": str(record.get("id", i)),
-                            "messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]],
-                            "instance_type": record.get("instance_type"),
+                            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+                            "instance_type": _instance_type(record, name),
                         }
                     )
             except BadRecordError as err:
@@ -192,11 +234,30 @@ def load_pretrain_corpus(paths, image_root=None, skip_bad_records: bool = False)
                     raise
                 skipped.append((name, err.reason))
                 logger.warning("Skipping a bad record: %s", err)
+    if skipped:
+        logger.warning(
+            "Skipped %d bad pretraining record(s) or line(s) of %s (see PretrainCorpus.skipped).",
+            len(skipped),
+            ", ".join(map(str, paths)),
+        )
+    if not paired and not text:
+        raise ValueError(
+            f"No usable pretraining record in {', '.join(map(str, paths))}"
+            + (f" ({len(skipped)} skipped as bad)" if skipped else "")
+            + ": check the files (a JSON list of {id, images, messages} records, or one per line in .jsonl)."
+        )
     return PretrainCorpus(
         paired=Dataset.from_list(paired) if paired else None,
         text=Dataset.from_list(text) if text else None,
         skipped=skipped,
     )
+
+
+def _instance_type(record: dict, name: str):
+    value = record.get("instance_type")
+    if value is not None and not isinstance(value, str):
+        raise BadRecordError(f"{name}: `instance_type` must be a string (got {value!r}).", reason="bad_field")
+    return value
 
 
 def _paired_pretrain_record(record: dict, root: Path, name: str) -> dict:
@@ -221,7 +282,7 @@ def _paired_pretrain_record(record: dict, root: Path, name: str) -> dict:
         "id": str(record.get("id", "")),
         "messages": pretrain_messages(record["messages"], len(resolved), name),
         "images": resolved,
-        "instance_type": record.get("instance_type"),
+        "instance_type": _instance_type(record, name),
     }
 
 

@@ -15,7 +15,6 @@ Every new module reads `e` detached unless the caller asks for gradient through 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -37,6 +36,14 @@ from .modules import (
     GaussianProjector,
     WorldModelMerge,
     gumbel_straight_through,
+)
+from .saving import (
+    check_weight_files,
+    load_folder_state,
+    load_safetensors,
+    read_saved_config,
+    saved_base_path,
+    to_model_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -444,22 +451,22 @@ class LatentActionModel(LatentActionPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model=None, quantization_config=None, **kw):
         """Reload a saved latent model. Without base weights in the folder, the base comes from `base_model` (a
-        loaded model) or from `config.base_model_name_or_path` (optionally quantised)."""
+        loaded model) or from `config.base_model_name_or_path` (optionally quantised). The weights load whichever key
+        layout transformers wrote them in (see [`to_model_keys`])."""
         path = Path(pretrained_model_name_or_path)
-        config = kw.pop("config", None) or LatentActionConfig.from_pretrained(path)
+        config = kw.pop("config", None) or read_saved_config(path)
+        if path.is_dir():
+            check_weight_files(path)
         if config.base_weights_saved and base_model is None and quantization_config is None:
             return super().from_pretrained(path, *args, config=config, **kw)
         dtype = kw.pop("dtype", None) or kw.pop("torch_dtype", None)
         if base_model is None:
-            if not config.base_model_name_or_path:
-                raise ValueError(
-                    f"{path} holds no base weights and its config names no base model: pass `base_model=`."
-                )
+            base_path = saved_base_path(path, config)
             base_cls = base_model_class(config.base_config["model_type"])
             base_kwargs = {"dtype": dtype} if dtype is not None else {}
             if quantization_config is not None:
                 base_kwargs["quantization_config"] = quantization_config
-            base_model = base_cls.from_pretrained(config.base_model_name_or_path, **base_kwargs)
+            base_model = base_cls.from_pretrained(base_path, **base_kwargs)
         model = cls(config, base_model=base_model)
         adapter = path / "base_adapter"
         if adapter.exists():
@@ -467,19 +474,56 @@ class LatentActionModel(LatentActionPreTrainedModel):
 
             # Wrapped after `cls(...)`: its `post_init` would re-initialise the adapter's (unmarked) Linear layers.
             model.base = PeftModel.from_pretrained(model.base, adapter)
-        state = _load_folder_state(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("base.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match this latent model: missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
+        model.load_saved_weights(path)
         if quantization_config is not None:
             model._keep_new_modules_full_precision()
         elif dtype is not None:
             model.to(dtype)
         model.eval()
         return model
+
+    def load_saved_weights(self, folder) -> None:
+        """Load the weights of a saved model or a Trainer checkpoint folder into this model, in place.
+
+        The saved keys are mapped to this model's with transformers' own conversion mapping for the base (a Qwen2.5-VL
+        base may be saved as `base.model.layers.*` / `base.visual.*` and is `base.model.language_model.*` /
+        `base.model.visual.*` in memory). Every new module must be in the folder; the base is either absent (it was
+        not changed, the model keeps its own) or complete. Anything else raises, naming the folder and the keys.
+        A LoRA adapter of the base saved beside the weights (`base_adapter/`) is restored too.
+        """
+        folder = Path(folder)
+        state = to_model_keys(self, load_folder_state(folder), folder)
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        missing = [k for k in own if k not in state]
+        missing_new = [k for k in missing if not k.startswith("base.")]
+        missing_base = [k for k in missing if k.startswith("base.")]
+        if missing_base and any(k.startswith("base.") for k in state):
+            # A saved base must be complete, up to weights tied to a saved one (e.g. lm_head and the embeddings).
+            saved_storage = {own[k].data_ptr() for k in state if k in own}
+            missing_base = [k for k in missing_base if own[k].data_ptr() not in saved_storage]
+        else:
+            missing_base = []
+        if missing_new or missing_base or unexpected:
+            raise ValueError(
+                f"The weights in {folder} do not match this latent model: missing {(missing_new + missing_base)[:5]}"
+                f"{' ...' if len(missing_new + missing_base) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{' ...' if len(unexpected) > 5 else ''}. Load the folder into a model built with the same "
+                "LatentActionConfig and base (e.g. `LatentActionModel.from_pretrained(folder)`)."
+            )
+        self.load_state_dict(state, strict=False)
+        from peft import PeftModel
+
+        if isinstance(self.base, PeftModel):
+            from peft import set_peft_model_state_dict
+
+            adapter = folder / "base_adapter" / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise FileNotFoundError(
+                    f"{adapter} is missing: {folder} holds no LoRA adapter of the base to restore. Resume from a "
+                    "checkpoint written by the same LoRA run, or build the model without `peft_config`."
+                )
+            set_peft_model_state_dict(self.base, load_safetensors(adapter))
 
 
 def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -497,20 +541,6 @@ def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tenso
 
 def _without_base(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if not k.startswith("base.")}
-
-
-def _load_folder_state(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else []
-    files = [path / f for f in files] or [path / "model.safetensors"]
-    state = {}
-    for f in files:
-        if not f.exists():
-            raise FileNotFoundError(f"{f} is missing: the folder is not a complete latent model checkpoint.")
-        state.update(load_file(str(f)))
-    return state
 
 
 AutoConfig.register("latent_action", LatentActionConfig)

@@ -11,12 +11,16 @@ rubric. The reward is `sum(A scores) / sum(B scores)` (paper); the evaluation me
 `messages -> text`. Requests run concurrently (at most `max_concurrency` in flight), each with the backend's timeout
 and up to `max_retries` retries with exponential backoff. A judgement that fails (request error, timeout, or no
 score pair parsed) gets the mean reward of the batch's successful judgements; when all fail, every completion gets
-`fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). Failures never
-raise; they are counted (`metrics()`, and TRL's `log_metric` when the trainer passes it).
+`fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). A record the
+rubric cannot build a prompt for (e.g. a PCogAlign record without `eval_info.EvalHelp`) is not sent; it fails the same
+way, with a warning naming the record. Failures never raise; they are counted (`metrics()`, and per batch through TRL's
+`log_metric` when the trainer passes it). Error texts are logged and stored with known secrets masked
+([`mask_secrets`]).
 
 Parsing is tolerant: the judge is asked for `N. <Dimension>: <comment> [Scores]: (A, B)` lines, and the parser also
 reads `A=7, B=8`, `A: 7, B: 8`, bare `(7, 8)` pairs after a dimension name, and JSON objects mapping dimension names
-to `[A, B]` or `{"A": ..., "B": ...}`. When only some dimensions parse, the reward uses those (sums over the parsed
+to `[A, B]` or `{"A": ..., "B": ...}`. A pair outside the 1-10 scale the judge is asked for (0, 11, -3, NaN) is
+rejected and counted (`judge/out_of_scale`); its dimension does not parse. When only some dimensions parse, the reward uses those (sums over the parsed
 dimensions only) and the judgement counts as partial; when none parse it is a parse error.
 
 ```python
@@ -31,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -41,6 +44,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..metrics.diversity import completion_text
+
+# Backends, their errors and secret masking live in their own modules; re-exported here (the public API).
+from .judge_backends import (
+    CallableJudgeBackend,
+    JudgeBackend,
+    JudgeConnectionError,
+    JudgeRequestError,
+    JudgeTimeoutError,
+    OpenAIJudgeBackend,
+    TransformersJudgeBackend,
+)
+from .secrets import known_secrets, looks_like_secret, mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -230,17 +245,18 @@ RUBRICS = {"mmrole": MMROLE_RUBRIC, "pcogalign": PCOGALIGN_RUBRIC}
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
-_NUM = r"(\d+(?:\.\d+)?)"
+# Signs, NaN and infinities are read (and then rejected as outside the scale) rather than half-read: "-3" is not 3.
+_NUM = r"([-+]?(?:\d+(?:\.\d+)?|nan\b|inf(?:inity)?\b))"
 _PAIR_PATTERNS = (
     # [Scores]: (7, 8)   Scores: 7, 8   score: (7,8)
     re.compile(r"\[?\s*scores?\s*\]?\s*[:=]?\s*\(?\s*" + _NUM + r"\s*[,;/]\s*" + _NUM + r"\s*\)?", re.I),
     # A=7, B=8   A: 7 / B: 8   Response A: 7, Response B: 8   Model A = 7 ... Model B = 8
     re.compile(r"\bA\s*[=:]\s*" + _NUM + r"\s*(?:/\s*10)?[\s,;/]+(?:\w+\s+)?B\s*[=:]\s*" + _NUM, re.I),
     # (7, 8)
-    re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)"),
+    re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)", re.I),
 )
 _TAGGED = re.compile(r"\[\s*scores?\s*\]\s*:?\s*\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)", re.I)
-MAX_SCORE = 10.0
+MIN_SCORE, MAX_SCORE = 1.0, 10.0  # the scale the judge is asked for ("from 1 (poor) to 10")
 
 
 def _norm(text: str) -> str:
@@ -253,10 +269,24 @@ def _name_pattern(name: str) -> re.Pattern:
 
 
 def _valid(a: float, b: float) -> bool:
-    return 0.0 <= a <= MAX_SCORE and 0.0 <= b <= MAX_SCORE
+    # NaN compares false, so it is rejected too.
+    return MIN_SCORE <= a <= MAX_SCORE and MIN_SCORE <= b <= MAX_SCORE
 
 
-def _parse_json(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[float, float]]:
+class _Rejected:
+    """Counts score pairs a parse saw but rejected (outside the asked scale, NaN, infinite)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def keep(self, a: float, b: float) -> bool:
+        if _valid(a, b):
+            return True
+        self.count += 1
+        return False
+
+
+def _parse_json(text: str, dimensions: Sequence[Dimension], rejected: _Rejected) -> dict[str, tuple[float, float]]:
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
         return {}
@@ -288,7 +318,7 @@ def _parse_json(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[f
             a, b = float(pair[0]), float(pair[1])  # type: ignore[index]
         except (TypeError, ValueError):
             continue
-        if _valid(a, b):
+        if rejected.keep(a, b):
             out[key] = (a, b)
     return out
 
@@ -298,9 +328,14 @@ def parse_scores(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[
 
     Tried in order: a JSON object; then, for each dimension named in the text (preferring a mention at the start
     of a line), the first score pair in the text between that mention and the next dimension's; then, if no
-    dimension is named at all, `[Scores]: (a, b)` pairs taken in rubric order. Scores outside [0, 10] are ignored.
+    dimension is named at all, `[Scores]: (a, b)` pairs taken in rubric order. A pair outside the scale the judge is
+    asked for (1-10), negative, NaN or infinite is rejected: its dimension counts as not parsed.
     """
-    found = _parse_json(text, dimensions)
+    return _parse_scores(text, dimensions, _Rejected())
+
+
+def _parse_scores(text: str, dimensions: Sequence[Dimension], rejected: _Rejected) -> dict[str, tuple[float, float]]:
+    found = _parse_json(text, dimensions, rejected)
     if found:
         return found
     mentions = []
@@ -326,13 +361,13 @@ def parse_scores(text: str, dimensions: Sequence[Dimension]) -> dict[str, tuple[
                 match = pattern.search(segment)
                 if match:
                     a, b = float(match.group(1)), float(match.group(2))
-                    if _valid(a, b):
+                    if rejected.keep(a, b):
                         out[key] = (a, b)
                     break
         return out
     pairs = [(float(a), float(b)) for a, b in _TAGGED.findall(text)]
     if len(pairs) <= len(dimensions):
-        out = {d.key: pair for d, pair in zip(dimensions, pairs) if _valid(*pair)}
+        out = {d.key: pair for d, pair in zip(dimensions, pairs) if rejected.keep(*pair)}
     return out
 
 
@@ -344,7 +379,8 @@ class Judgement:
     text: str = ""
     error: str | None = None
     num_dimensions: int = 0
-    failure: str | None = None  # "request" (no answer) or "parse" (an answer without usable score pairs)
+    failure: str | None = None  # "request" (no answer), "parse" (no usable score pair) or "record" (no prompt)
+    out_of_scale: int = 0  # score pairs rejected as outside the asked scale (or NaN)
 
     @property
     def ok(self) -> bool:
@@ -370,174 +406,27 @@ class Judgement:
         return sum(ratios) / len(ratios) if ratios else None
 
 
-# ------------------------------------------------------------------------------------------------------- backends
-class JudgeTimeoutError(TimeoutError):
-    """The judge did not answer within the timeout."""
-
-
-class JudgeRequestError(RuntimeError):
-    """A judge request failed. `retryable` is false for errors a retry will not fix (e.g. HTTP 401, 404)."""
-
-    def __init__(self, message: str, retryable: bool = True):
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class JudgeConnectionError(ConnectionError):
-    """The judge endpoint cannot be reached at start-up."""
-
-
-class JudgeBackend:
-    """Turns judge chat messages into the judge's answer text.
-
-    Subclasses implement `__call__(messages) -> str`, raising [`JudgeTimeoutError`] on a timeout and
-    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up).
-    """
-
-    def __call__(self, messages: list[dict]) -> str:
-        raise NotImplementedError
-
-    def check_connection(self) -> None:
-        """Raise [`JudgeConnectionError`] if the judge cannot be reached. The default does nothing."""
-
-
-class CallableJudgeBackend(JudgeBackend):
-    """Wraps a plain function `messages -> text` (a scripted judge in tests, a custom client, ...)."""
-
-    def __init__(self, fn: Callable[[list[dict]], str]):
-        self.fn = fn
-
-    def __call__(self, messages: list[dict]) -> str:
-        return self.fn(messages)
-
-    def __repr__(self) -> str:
-        return f"CallableJudgeBackend({getattr(self.fn, '__name__', type(self.fn).__name__)})"
-
-
-class OpenAIJudgeBackend(JudgeBackend):
-    """An OpenAI-compatible chat-completions endpoint (OpenAI, a vLLM or SGLang server, ...).
-
-    The API key is read from the environment variable named `api_key_env` and is kept only inside the `openai`
-    client: it is never logged and never part of `repr`. Retries are left to [`JudgeReward`] (the client's own are
-    off) so that every timeout and error is counted.
-
-    Args:
-        base_url (`str`):
-            The endpoint, e.g. `"http://localhost:8000/v1"`.
-        model (`str`):
-            The judge model name the server expects.
-        api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
-            Name of the environment variable holding the key. Servers without authentication accept any key; if
-            the variable is unset, the placeholder `"EMPTY"` is sent (vLLM's convention).
-        timeout (`float`, *optional*, defaults to `120.0`):
-            Seconds to wait for one answer.
-        temperature (`float`, *optional*, defaults to `0.0`):
-            Judge sampling temperature (the authors judge at 0).
-        max_tokens (`int`, *optional*, defaults to `1024`):
-            Cap on the judge's answer length.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 120.0,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-    ):
-        try:
-            import openai
-        except ImportError as err:
-            raise ImportError("The OpenAI judge backend needs `openai`: `pip install trl-latent[judge]`.") from err
-        self._openai = openai
-        self.base_url = base_url
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self._client = openai.OpenAI(
-            base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout, max_retries=0
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAIJudgeBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
-            f"timeout={self.timeout})"
-        )
-
-    def __call__(self, messages: list[dict]) -> str:
-        openai = self._openai
-        try:
-            response = self._client.chat.completions.create(
-                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens
-            )
-        except openai.APITimeoutError as err:
-            raise JudgeTimeoutError(f"The judge at {self.base_url} did not answer within {self.timeout} s.") from err
-        except openai.APIStatusError as err:
-            status = err.status_code
-            raise JudgeRequestError(
-                f"The judge at {self.base_url} answered HTTP {status}.",
-                retryable=status >= 500 or status in (408, 429),
-            ) from err
-        except openai.APIError as err:
-            raise JudgeRequestError(f"The judge request to {self.base_url} failed: {type(err).__name__}.") from err
-        try:
-            content = response.choices[0].message.content
-        except (AttributeError, IndexError, TypeError) as err:
-            raise JudgeRequestError(f"The judge at {self.base_url} sent a malformed chat completion.") from err
-        return content or ""
-
-    def check_connection(self) -> None:
-        """Any HTTP answer from the server counts as reachable; only connection failures and timeouts raise."""
-        openai = self._openai
-        try:
-            self._client.with_options(timeout=min(self.timeout, 10.0)).models.list()
-        except (openai.APITimeoutError, openai.APIConnectionError) as err:
-            raise JudgeConnectionError(
-                f"Cannot reach the judge at {self.base_url} ({type(err).__name__}). Start the judge server or fix "
-                f"the base URL; pass check_connection=False to JudgeReward to skip this start-up check."
-            ) from err
-        except openai.APIStatusError:
-            pass
-
-
-class TransformersJudgeBackend(JudgeBackend):
-    """A local transformers causal LM as the judge (greedy decoding, one request at a time).
-
-    Args:
-        model (`transformers.PreTrainedModel`):
-            A causal language model.
-        tokenizer (`transformers.PreTrainedTokenizerBase`):
-            Its tokenizer, with a chat template.
-        max_new_tokens (`int`, *optional*, defaults to `1024`):
-            Cap on the judge's answer length.
-    """
-
-    def __init__(self, model, tokenizer, max_new_tokens: int = 1024):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"TransformersJudgeBackend({type(self.model).__name__}, max_new_tokens={self.max_new_tokens})"
-
-    def __call__(self, messages: list[dict]) -> str:
-        import torch
-
-        with self._lock, torch.no_grad():
-            inputs = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            ).to(self.model.device)
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+__all__ = [
+    "MMROLE_RUBRIC",
+    "PCOGALIGN_RUBRIC",
+    "RUBRICS",
+    "CallableJudgeBackend",
+    "Dimension",
+    "JudgeBackend",
+    "JudgeConnectionError",
+    "JudgeRequestError",
+    "JudgeReward",
+    "JudgeTimeoutError",
+    "Judgement",
+    "OpenAIJudgeBackend",
+    "Rubric",
+    "TransformersJudgeBackend",
+    "judgement_summary",
+    "known_secrets",
+    "looks_like_secret",
+    "mask_secrets",
+    "parse_scores",
+]
 
 
 # ------------------------------------------------------------------------------------------------------- reward
@@ -556,7 +445,18 @@ def conversation_text(prompt: Any) -> str:
     return "\n".join(lines)
 
 
-COUNTERS = ("requests", "judgements", "failures", "timeouts", "request_errors", "parse_errors", "partial", "retries")
+COUNTERS = (
+    "requests",
+    "judgements",
+    "failures",
+    "timeouts",
+    "request_errors",
+    "parse_errors",
+    "partial",
+    "retries",
+    "out_of_scale",
+    "bad_records",
+)
 
 
 class JudgeReward:
@@ -666,6 +566,7 @@ class JudgeReward:
                 self._count("request_errors")
                 retryable = True
                 reason = f"{type(err).__name__}: {err}"
+            reason = mask_secrets(reason, self.backend.secrets())  # exception texts may quote the key
             if not retryable or attempt >= self.max_retries:
                 raise JudgeRequestError(f"judge request failed after {attempt + 1} attempt(s): {reason}")
             delay = min(self.backoff * 2**attempt, 30.0)
@@ -680,12 +581,35 @@ class JudgeReward:
             text = self._request(messages)
         except Exception as err:
             return Judgement(error=str(err), num_dimensions=n, failure="request")
-        scores = parse_scores(text, self.rubric.dimensions)
-        judgement = Judgement(scores=scores, text=text, num_dimensions=n)
+        rejected = _Rejected()
+        scores = _parse_scores(text, self.rubric.dimensions, rejected)
+        judgement = Judgement(scores=scores, text=text, num_dimensions=n, out_of_scale=rejected.count)
         if judgement.reward is None:
-            judgement.error = "no usable score pair could be parsed from the judge's answer"
+            judgement.error = "no usable score pair could be parsed from the judge's answer" + (
+                f" ({rejected.count} pair(s) outside the {MIN_SCORE:g}-{MAX_SCORE:g} scale or not a number)"
+                if rejected.count
+                else ""
+            )
             judgement.failure = "parse"
         return judgement
+
+    def _build_messages(self, index: int, prompt, completion, row: dict) -> list[dict] | Judgement:
+        """The judge's messages for one completion, or a failed [`Judgement`] naming the record when the rubric cannot
+        build them (e.g. a PCogAlign record whose `eval_info` has no `EvalHelp`)."""
+        conversation = row.get("question") or row.get("query") or conversation_text(prompt)
+        if row.get("history"):
+            conversation = f"{row['history']}\n[{row.get('question_speaker') or 'human'}]: {conversation}"
+        try:
+            return self.rubric.build(conversation, completion_text(completion), row)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            record = f"record id={row['id']!r}" if row.get("id") is not None else f"the record of completion {index}"
+            detail = f"missing field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+            return Judgement(
+                error=f"the {self.rubric.name} judge prompt cannot be built for {record} ({detail}); fix the dataset "
+                "(the loaders in trl_latent.data build every column the rubric reads)",
+                num_dimensions=len(self.rubric.dimensions),
+                failure="record",
+            )
 
     def _rows(self, n: int, kwargs: dict) -> list[dict]:
         missing = [c for c in self.rubric.required_columns if c not in kwargs]
@@ -706,20 +630,21 @@ class JudgeReward:
         if len(prompts) != len(completions):
             raise ValueError(f"Got {len(prompts)} prompts for {len(completions)} completions.")
         rows = self._rows(len(completions), kwargs)
-        messages = []
-        for prompt, completion, row in zip(prompts, completions, rows):
-            conversation = row.get("question") or row.get("query") or conversation_text(prompt)
-            if row.get("history"):
-                conversation = f"{row['history']}\n[{row.get('question_speaker') or 'human'}]: {conversation}"
-            messages.append(self.rubric.build(conversation, completion_text(completion), row))
-        if not messages:
+        built = [self._build_messages(i, *item) for i, item in enumerate(zip(prompts, completions, rows))]
+        if not built:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(messages))) as pool:
-            judgements = list(pool.map(self._judge_one, messages))
+        judgements: list = list(built)
+        to_send = [i for i, b in enumerate(built) if not isinstance(b, Judgement)]
+        if to_send:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(to_send))) as pool:
+                for i, judgement in zip(to_send, pool.map(self._judge_one, [built[i] for i in to_send])):
+                    judgements[i] = judgement
         failed = [j for j in judgements if not j.ok]
         self._count("judgements", len(judgements))
         self._count("failures", len(failed))
         self._count("parse_errors", sum(j.failure == "parse" for j in failed))
+        self._count("bad_records", sum(j.failure == "record" for j in failed))
+        self._count("out_of_scale", sum(j.out_of_scale for j in judgements))
         self._count("partial", sum(j.ok and j.partial for j in judgements))
         if failed:
             reasons = sorted({j.error or "unknown" for j in failed})
@@ -740,7 +665,7 @@ class JudgeReward:
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             after = self.metrics()
-            for key in ("failures", "timeouts", "parse_errors", "request_errors", "partial"):
+            for key in COUNTERS:  # this batch's counts
                 log_metric(f"judge/{key}", after[f"judge/{key}"] - before[f"judge/{key}"])
             log_metric("judge/failure_rate", (len(rewards) - len(succeeded)) / max(len(rewards), 1))
         return [r if r is not None else fill for r in rewards]

@@ -36,6 +36,7 @@ from ..metrics.codebook import codebook_usage
 from ..modeling.generation import latent_generate
 from ..modeling.model import LatentActionModel
 from ..modeling.modules import DecoderStack
+from .checkpointing import LatentCheckpointMixin
 from .latent_grpo_config import LatentGRPOConfig
 from .token_grpo_trainer import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
 
@@ -45,6 +46,9 @@ __all__ = ["LatentGRPOTrainer", "POLICY_LORA_TARGET_MODULES"]
 
 # A PEFT `target_modules` regex that puts LoRA on the policy's attention and MLP projections only.
 POLICY_LORA_TARGET_MODULES = r".*\bpolicy\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+# The TR-DPO reference policy (`sync_ref_model`), saved in each checkpoint folder so a resumed run continues from it.
+REFERENCE_POLICY_FILE = "reference_policy.safetensors"
 
 # Keys the latent trainer adds to TRL's batch dict (all batch-first).
 CODES_KEY = "codes"
@@ -112,6 +116,14 @@ def _not_latent_model_error(model) -> TypeError:
     )
 
 
+def _check_train_dataset(train_dataset) -> None:
+    # A map-style dataset of length 0 would make `train()` finish after 0 steps without a word.
+    if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+        raise ValueError(
+            "train_dataset is empty, so there is no prompt to roll out: check the dataset's path, split and filters."
+        )
+
+
 class _SyncReferencePolicyCallback(TrainerCallback):
     """TR-DPO reference update (`sync_ref_model`): every `ref_model_sync_steps` steps, ref = α·policy + (1-α)·ref."""
 
@@ -123,7 +135,7 @@ class _SyncReferencePolicyCallback(TrainerCallback):
             self.trainer._sync_reference_policy(args.ref_model_mixup_alpha)
 
 
-class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
+class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     r"""
     Trainer for reinforcement learning over latent actions (stage 6 of "Controlling Multimodal Conversational Agents
     with Coverage-Enhanced Latent Actions", Li et al., ACL 2026): the policy of a [`~trl_latent.LatentActionModel`]
@@ -226,6 +238,7 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
                 f"args must be a LatentGRPOConfig (got {type(args).__name__}): replace `GRPOConfig(...)` with "
                 "`LatentGRPOConfig(...)`, which takes the same arguments plus the latent-action ones."
             )
+        _check_train_dataset(train_dataset)
         model = self._load_latent_model(model, args, quantization_config)
         latent = model.get_base_model() if is_peft_model(model) else model
         processing_class = self._resolve_processor(processing_class, latent)
@@ -370,6 +383,39 @@ class LatentGRPOTrainer(PolicyLossMixin, GRPOTrainer):
 
             return deepspeed.zero.GatheredParameters(params)
         return contextlib.nullcontext()
+
+    def _checkpoints_reference(self) -> bool:
+        # Only the TR-DPO reference moves during training; the fixed one is rebuilt from the initial policy.
+        return self.args.sync_ref_model and self._reference_policy_copy is not None
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._checkpoints_reference() and self.args.should_save:
+            from safetensors.torch import save_file
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            state = {k: v.detach().contiguous().cpu() for k, v in self._reference_policy_copy.state_dict().items()}
+            save_file(state, os.path.join(folder, REFERENCE_POLICY_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or not self._checkpoints_reference():
+            return
+        path = os.path.join(checkpoint, REFERENCE_POLICY_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing: the checkpoint holds no TR-DPO reference policy (sync_ref_model=True), so the "
+                "run cannot continue exactly. Resume from a checkpoint written with sync_ref_model=True, or start the "
+                "run again."
+            )
+        from ..modeling.saving import load_safetensors
+
+        reference = self._reference_policy_copy
+        state = load_safetensors(path)
+        reference.load_state_dict({k: v.to(reference.head.weight.device) for k, v in state.items()})
 
     @torch.no_grad()
     def _sync_reference_policy(self, alpha: float) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +43,7 @@ from ..metrics.codebook import codebook_usage
 from ..metrics.latent_health import latent_health
 from ..modeling.model import LatentActionModel
 from ..modeling.modules import entropy_from_logits, gaussian_nll
+from .checkpointing import LatentCheckpointMixin
 from .latent_sft_config import LatentSFTConfig
 from .stages import StagePlan, resolve_stage
 
@@ -267,7 +267,7 @@ def stage_losses(
 
 
 # --------------------------------------------------------------------------------------------------- trainer
-class LatentSFTTrainer(SFTTrainer):
+class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
     r"""
     Trainer for the five supervised stages that build a latent action space (docs/design.md section 3): inverse
     dynamics warm-up, projector warm-up, joint inverse dynamics and projector training (with the cycle loss), policy
@@ -276,7 +276,9 @@ class LatentSFTTrainer(SFTTrainer):
     terms and the data streams. Paired and text-only records are mixed 1:1 per step for the stages that use both.
 
     Each stage saves with `trainer.save_model(dir)` a model the next stage loads with
-    `LatentActionModel.from_pretrained(dir)` (or by passing `dir` as `model`).
+    `LatentActionModel.from_pretrained(dir)` (or by passing `dir` as `model`). `train(resume_from_checkpoint=...)`
+    continues a run exactly: the checkpoint's weights load whichever key layout transformers wrote the base in, and a
+    LoRA adapter of the base is restored with them (see `trl_latent.training.checkpointing`).
 
     Args:
         model (`str` or [`LatentActionModel`]):
@@ -465,21 +467,8 @@ class LatentSFTTrainer(SFTTrainer):
         self._skipped_records = 0
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """`Trainer.train`; resuming a LoRA `world_sft` run also restores the base adapter from the checkpoint's
-        `base_adapter/` (the Trainer itself reloads only `model.safetensors`, which holds the latent modules)."""
-        from peft import PeftModel, set_peft_model_state_dict
-        from safetensors.torch import load_file
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        latent = self.accelerator.unwrap_model(self.model)
-        if checkpoint and isinstance(latent.base, PeftModel):
-            adapter = Path(checkpoint) / "base_adapter" / "adapter_model.safetensors"
-            if not adapter.is_file():
-                raise FileNotFoundError(f"{adapter} is missing: the checkpoint holds no LoRA adapter to resume from.")
-            set_peft_model_state_dict(latent.base, load_file(str(adapter)))
+        """`Trainer.train`, then the latent-space health metrics of the trained model (logged, and kept in
+        `self.health`)."""
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
