@@ -211,7 +211,7 @@ def test_latent_grpo_with_reference_sync_resumes_bit_identical(env, tmp_path, no
     kl = [h["latent/kl"] for h in trainer.state.log_history if "latent/kl" in h]
     resumed_kl = [h["latent/kl"] for h in resumed_trainer.state.log_history if "latent/kl" in h]
     assert len(kl) == STEPS and resumed_kl == kl  # the resumed history holds the checkpoint's first steps
-    assert kl[SAVE_AT] > 0.0
+    assert max(kl[SAVE_AT:]) > 0.0  # the policy moved away from the resumed reference
     assert not [m for m in notices[before_resume:] if "keys in the checkpoint" in m], notices[before_resume:]
 
     # A checkpoint without the reference (e.g. written before it was saved) cannot continue exactly: refused.
