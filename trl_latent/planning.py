@@ -708,7 +708,7 @@ def format_plan(plan: Plan) -> str:
             f"{_gib(m.activations):>8}{_gib(m.total):>8}{_gib(m.cpu_per_process):>10}  {'yes' if m.fits else 'no'}"
             f"{chosen}"
         )
-    terms = ", ".join(f"{k} {_gib(v)}" for k, v in plan.activation_terms.items())
+    terms = ", ".join(f"{k} {v / GIB:.2f}" for k, v in plan.activation_terms.items())
     lines += ["", f"activations (estimate, GiB): {terms}"]
     lines.append(_verdict(plan))
     lines += [f"  - {tip}" for tip in plan.suggestions]
