@@ -109,8 +109,6 @@ def make_plan(
         raise PlanError(f"gpu_memory_gib ({gpu_memory_gib}) must exceed the reserve ({reserve_gib} GiB).")
     if lora_r is not None and lora_r < 1:
         raise PlanError(f"lora_r must be at least 1 (got {lora_r}).")
-    if not 0 <= image_tokens <= seq_len:
-        raise PlanError(f"image_tokens must be between 0 and seq_len ({seq_len}), got {image_tokens}.")
     config, source = load_model_config(model, **{k: v for k, v in latent_kwargs.items() if v is not None})
     meta = build_meta_model(config)
     set_stage_trainable(meta, stage, world_sft_last_layers)
@@ -122,7 +120,12 @@ def make_plan(
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in meta.modules())
     shapes = model_shapes(config)
     if not _is_vlm(meta):
-        image_tokens = 0
+        image_tokens = 0  # a text-only base
+    if not 0 <= image_tokens <= seq_len:
+        raise PlanError(
+            f"image_tokens must be between 0 and seq_len ({seq_len}), got {image_tokens}: the sequence length "
+            "counts the image tokens too."
+        )
     act_bytes = PRECISIONS[precision][0]
     terms = activation_terms(shapes, stage, batch_size, seq_len, image_tokens, act_bytes, vision_trainable)
     activations = sum(terms.values())
