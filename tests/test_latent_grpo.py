@@ -500,7 +500,9 @@ def test_lora_beyond_the_policy_is_rejected(model, processor, dataset, tmp_path)
             processor,
             dataset,
             tmp_path,
-            trainer_kwargs={"peft_config": LoraConfig(r=4, target_modules=["q_proj"])},
+            # A regex is used as given: this one also reaches the base's and the world model's q_proj. (Module names,
+            # as TRL's `--lora_target_modules q_proj` gives, are put on the policy: tests/test_peft_script.py.)
+            trainer_kwargs={"peft_config": LoraConfig(r=4, target_modules=r".*\.q_proj")},
         )
 
 

@@ -4,6 +4,7 @@
 trl-latent demo                      # the embedded end-to-end job: token vs latent RL
 trl-latent token-baseline --size tiny --sft-steps 40 --grpo-steps 5
 trl-latent write-synthetic data/shapes --seed 0
+trl-latent plan Qwen/Qwen2.5-VL-7B-Instruct --stage 5 --zero zero3 --num-gpus 8 --gpu-memory 80
 ```
 
 A subcommand is a function `add(subparsers)` in `SUBCOMMANDS` that registers its parser and sets `func`, a callable
@@ -16,6 +17,8 @@ import argparse
 import json
 import os
 import sys
+
+from .planning import add_plan_command
 
 
 def _offline() -> None:
@@ -118,7 +121,7 @@ def add_write_synthetic(subparsers) -> None:
     parser.set_defaults(func=_write_synthetic)
 
 
-SUBCOMMANDS = [add_demo, add_token_baseline, add_write_synthetic]
+SUBCOMMANDS = [add_demo, add_token_baseline, add_write_synthetic, add_plan_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from .token_grpo_trainer import PolicyLossMixin, build_diversity_embedder, resol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatentGRPOTrainer", "POLICY_LORA_TARGET_MODULES"]
+__all__ = ["LatentGRPOTrainer", "POLICY_LORA_TARGET_MODULES", "policy_peft_config"]
 
 # A PEFT `target_modules` regex that puts LoRA on the policy's attention and MLP projections only.
 POLICY_LORA_TARGET_MODULES = r".*\bpolicy\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -104,6 +104,57 @@ def _fit(t: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = length - size
     return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def policy_peft_config(peft_config, latent: LatentActionModel):
+    """The adapter config `LatentGRPOTrainer` applies: the given one, put on the policy (the only module RL trains).
+
+    - `task_type` is dropped: PEFT's task wrappers (TRL's `get_peft_config` sets `"CAUSAL_LM"`) expect a causal LM with
+      token logits and `prepare_inputs_for_generation`, while the adapter sits on the policy, a head over codes. The
+      plain `PeftModel` wraps the latent model instead.
+    - `target_modules` given as module names (TRL's `--lora_target_modules q_proj v_proj`) are scoped to the policy's
+      modules of those names; a name no policy module has is an error naming `POLICY_LORA_TARGET_MODULES`. `None` and
+      `"all-linear"` mean `POLICY_LORA_TARGET_MODULES`; a regex string is used as given (the trainer then checks that
+      it reached the policy only).
+    """
+    import copy
+    import re
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = copy.deepcopy(peft_config)
+    if config.task_type is not None:
+        logger.info(
+            "LatentGRPOTrainer puts the %s adapter on the policy, which is not a causal LM: task_type %r is dropped.",
+            type(config).__name__,
+            config.task_type,
+        )
+        config.task_type = None
+    if not hasattr(config, "target_modules"):  # not a LoRA-style adapter: PEFT and the trainer's checks decide
+        return config
+    targets = config.target_modules
+    if targets is None or targets == "all-linear":
+        config.target_modules = POLICY_LORA_TARGET_MODULES
+    elif not isinstance(targets, str):
+        names = sorted(targets)
+        policy_modules = [f"policy.{name}" for name, _ in latent.policy.named_modules() if name]
+
+        def in_policy(target: str) -> bool:  # PEFT's own matching rule, one target at a time
+            probe = copy.copy(config)
+            probe.target_modules = {target}
+            return any(check_target_module_exists(probe, module) for module in policy_modules)
+
+        missing = [t for t in names if not in_policy(t)]
+        if missing:
+            available = sorted({m.rsplit(".", 1)[-1] for m in policy_modules if m.endswith("_proj")})
+            raise ValueError(
+                f"LoRA target modules {missing} match no module of the policy, the only module latent-action RL "
+                f"trains (its projections: {available}). Name some of those, or use "
+                f"`LoraConfig(target_modules=POLICY_LORA_TARGET_MODULES)` ({POLICY_LORA_TARGET_MODULES!r})."
+            )
+        config.target_modules = r".*\bpolicy\.(?:.+\.)?(?:" + "|".join(re.escape(t) for t in names) + ")"
+        logger.info("LoRA target modules %s are put on the policy's modules of those names only.", names)
+    return config
 
 
 def _not_latent_model_error(model) -> TypeError:
@@ -171,8 +222,10 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         quantization_config ([`~transformers.BitsAndBytesConfig`], *optional*):
             Quantises the frozen base when `model` is a folder.
         peft_config ([`~peft.PeftConfig`], *optional*):
-            An adapter for the policy, e.g. `LoraConfig(target_modules=POLICY_LORA_TARGET_MODULES)`. It must target
-            only policy modules (checked).
+            An adapter for the policy, e.g. `LoraConfig(target_modules=POLICY_LORA_TARGET_MODULES)` or TRL's
+            `get_peft_config(model_args)`: module names (`["q_proj", "v_proj"]`) are put on the policy's modules of
+            those names, and `task_type` is dropped (see [`policy_peft_config`]). It must reach only policy modules
+            (checked).
 
     Example:
 
@@ -242,6 +295,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         model = self._load_latent_model(model, args, quantization_config)
         latent = model.get_base_model() if is_peft_model(model) else model
         processing_class = self._resolve_processor(processing_class, latent)
+        if peft_config is not None:
+            peft_config = policy_peft_config(peft_config, latent)
         uses_peft = peft_config is not None or is_peft_model(model)
         if not uses_peft:
             latent.set_trainable(["policy"])  # stage 6: the policy only (design.md section 3)
