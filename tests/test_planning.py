@@ -60,7 +60,7 @@ def hand_counts(size, codes=128, inverse_layers=4, policy_layers=8, merge_blocks
     layer = decoder_layer(h, i, t["heads"], t["kv_heads"])
     stack = lambda n: n * layer + h + h * codes  # noqa: E731  layers, final RMSNorm, head d -> |C|
     p_hidden = h // 2
-    projector = (h * p_hidden + p_hidden) + 2 * (p_hidden * h + h)
+    projector = 2 * ((h * p_hidden + p_hidden) + (p_hidden * h + h))  # separate mean and log-variance MLPs
     return {
         "vision": vision_tower(h),
         "embeddings": V * h,

@@ -121,7 +121,7 @@ def activation_terms(
     - a decoder stack with gradient (inverse dynamics, policy, the base LM in world-model SFT): `layers * t * layer * a`;
     - world model: each merge block keeps concat[x, c] and its SwiGLU (`2h + 4 i_m`), plus the norm (2h) per token;
       logits `t * V * (a + 8)` (the logits, their fp32 copy and the fp32 log-softmax of the cross-entropy);
-    - projectors: `7d + 2 d_P` per token each (MLP, heads, Gaussian NLL);
+    - projectors: `7d + 4 d_P` per token each (mean and log-variance MLPs, Gaussian NLL);
     - vision tower with gradient (world-model SFT): `depth * patches * layer(hv, hv, iv) * a`, 4 patches per token;
     - RL: the rollout keeps both KV caches (`2 (L + L_pi) * kv * t * a`) and the states it reuses in the update, then
       the update runs the policy with gradient; the larger of rollout and update counts, plus the states.
@@ -135,7 +135,7 @@ def activation_terms(
     state = t * s.hidden * a
     world = t * (s.merge_blocks * (2 * s.hidden + 4 * s.merge_intermediate) + 2 * s.hidden) * a
     logits = t * s.vocab * (a + 8)
-    projector = t * (7 * s.hidden + 2 * s.projector_hidden) * a
+    projector = t * (7 * s.hidden + 4 * s.projector_hidden) * a
     inverse = s.inverse_layers * t * layer * a
     policy = s.policy_layers * t * layer * a
     if stage == "inverse_warmup":
