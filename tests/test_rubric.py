@@ -19,6 +19,7 @@ from trl_latent.rewards.rubric import (
     rubric_ratio,
     rubric_reward,
     rubric_scores,
+    task_reward,
 )
 
 SCENE = ShapesScene("red", "circle", 2)
@@ -128,3 +129,25 @@ def test_answer_accuracy_counts_exact_answers():
     assert accuracy == {"colour": 0.75, "shape": 1.0, "count": 0.75, "voice": 0.75, "all": 0.25}
     # Characters are inferred from the references.
     assert answer_accuracy(responses, [REF] * 4) == accuracy
+
+
+def test_task_reward_spread_follows_task_success():
+    """The judge-like ratio barely separates a wrong shape or colour from the reference; the task reward does, and it
+    still ranks fluent answers above garbage with the same attributes."""
+    ds = synthetic_rl_dataset(8, seed=0)
+    columns = {k: ds[k] for k in ds.column_names if k not in ("prompt", "image")}
+    references = ds["reference"]
+    other = {s: SHAPES[(SHAPES.index(s) + 1) % len(SHAPES)] for s in SHAPES}
+    wrong_shape = [r.replace(s, other[s]) for r, s in zip(references, ds["shape"])]
+    assert task_reward(ds["prompt"], references, **columns) == pytest.approx([1.0] * 8)
+    ratio = rubric_reward(ds["prompt"], wrong_shape, **columns)
+    task = task_reward(ds["prompt"], wrong_shape, **columns)
+    for r, t in zip(ratio, task):
+        assert 1.0 - r < 0.1  # the ratio: a wrong shape costs under 0.1 of the reward
+        assert t == pytest.approx(0.75 * 0.75 + 0.25 * r)  # the task reward: a quarter of the success share
+        assert 1.0 - t > 2.5 * (1.0 - r)
+    garbled = [r + " " + r for r in references]  # every attribute right, but repeated
+    assert all(t < 1.0 for t in task_reward(ds["prompt"], garbled, **columns))
+    assert task_reward(ds["prompt"], wrong_shape, success_weight=0.0, **columns) == pytest.approx(ratio)
+    with pytest.raises(ValueError, match="success_weight must be in"):
+        task_reward(ds["prompt"], references, success_weight=1.5, **columns)
