@@ -75,6 +75,8 @@ class PipelineConfig:
     bc_target: str = "argmax"
     bc_temperature: float = 1.0
     bc_entropy_weight: float = 0.0
+    world_sft_codes: str = "policy"
+    idm_entropy: str = "per_step"
     # Latent RL rollouts: code sampling.
     code_temperature: float = 1.0
     code_top_k: int | None = 32
@@ -261,6 +263,8 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             bc_target=config.bc_target,
             bc_temperature=config.bc_temperature,
             bc_entropy_weight=config.bc_entropy_weight,
+            world_sft_codes=config.world_sft_codes,
+            idm_entropy=config.idm_entropy,
             health_samples=config.health_samples,
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),
             **cpu_training_args(),

@@ -99,6 +99,10 @@ class LatentSFTConfig(SFTConfig):
 
         > Parameters of the world-model SFT stage
 
+        world_sft_codes (`str`, *optional*, defaults to `"policy"`):
+            Which codes drive the world model in `world_sft`: the policy's argmax (`"policy"`, the authors' code: the
+            base learns to answer with the codes greedy inference will pick) or the inverse dynamics model's argmax
+            (`"inverse"`: the codes keep the meaning stages 1-3 gave them, so they keep steering the world model).
         world_sft_last_layers (`int`, *optional*, defaults to `8`):
             The `world_sft` trainable set is the vision tower, the last `world_sft_last_layers` language-model layers,
             the final norm and the embeddings. Pass a `peft.LoraConfig` as the trainer's `peft_config` to train a LoRA
@@ -246,6 +250,13 @@ class LatentSFTConfig(SFTConfig):
     )
 
     # World-model SFT
+    world_sft_codes: str = field(
+        default="policy",
+        metadata={
+            "help": "Codes that drive the world model in world_sft: the policy's argmax (authors) or the IDM's.",
+            "choices": ["policy", "inverse"],
+        },
+    )
     world_sft_last_layers: int = field(
         default=8,
         metadata={
@@ -278,6 +289,7 @@ class LatentSFTConfig(SFTConfig):
             ("idm_entropy", self.idm_entropy, IDM_ENTROPY_FORMS),
             ("bc_target", self.bc_target, BC_TARGETS),
             ("text_state_positions", self.text_state_positions, TEXT_STATE_POSITIONS),
+            ("world_sft_codes", self.world_sft_codes, ("policy", "inverse")),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices} (got {value!r}).")

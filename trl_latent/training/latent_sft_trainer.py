@@ -102,6 +102,7 @@ class StageOptions:
     bc_target: str = "argmax"
     bc_temperature: float = 1.0
     bc_label_smoothing: float = 0.0
+    world_sft_codes: str = "policy"
 
     @classmethod
     def from_config(cls, config) -> StageOptions:
@@ -249,8 +250,12 @@ def stage_losses(
     else:  # world_sft: the policy's codes drive the world model
         base = _encode(model, paired, pixels=True, grad=plan.base_trainable)
         e = base.states
-        with torch.no_grad():  # the policy is frozen: its argmax codes drive the world model
-            policy_codes = _steps(model.policy_logits(e.detach(), base), paired_steps).argmax(-1)
+        with torch.no_grad():  # the policy (or the IDM) is frozen: its argmax codes drive the world model
+            if options.world_sft_codes == "inverse":
+                logits = model.inverse_logits(e.detach(), base)
+            else:
+                logits = model.policy_logits(e.detach(), base)
+            policy_codes = _steps(logits, paired_steps).argmax(-1)
         ce, accuracy = _world_ce(model, _steps(e, paired_steps), policy_codes, _targets(paired, paired_steps))
         terms["world/ce_paired"] = ce
         metrics["world/accuracy_paired"] = accuracy
