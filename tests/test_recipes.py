@@ -10,9 +10,11 @@ every other module is bit-identical. Evaluation must print and write its table. 
 (`examples/recipes/run.sh`) itself.
 """
 
+import gc
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +48,12 @@ TRAIN = "--max_steps 1 --gradient_accumulation_steps 1 --warmup_steps 0 --use_cp
 TRAIN += "--logging_steps 1 --save_strategy no"
 SFT = TRAIN + " --per_device_train_batch_size 2"
 GRPO = TRAIN + " --per_device_train_batch_size 4 --num_generations 4 --max_completion_length 12 --judge_timeout 20"
+# The documented `inspect` command (docs/recipes.md); the recipe test runs it on stage 4's output.
+INSPECT = (
+    "trl-latent inspect --model_name_or_path outputs/qwen2.5-vl-3b/4_policy_bc --paired_files data/pretrain/paired.jsonl "
+    "--image_root data/pretrain"
+)
+SCRIPT = "examples/recipes/run.sh qwen2.5-vl-3b mmrole"
 EVAL = "--max_new_tokens 4 --max_samples 2 --batch_size 2 --embedder none --judge_timeout 20"
 
 
@@ -136,6 +144,7 @@ def workspace(tmp_path_factory, tiny_cache):
     }
     server.shutdown()
     server.server_close()
+    gc.unfreeze()  # see run_cli
 
 
 def overrides(ws: dict, name: str, task: str | None) -> list[str]:
@@ -161,9 +170,24 @@ def overrides(ws: dict, name: str, task: str | None) -> list[str]:
     return args + EVAL.split() + ["--judge_base_url", ws["judge"]]
 
 
+def command_for(yaml_path: Path) -> str:
+    """How the docs write the command of a recipe YAML."""
+    kind = "eval" if yaml_path.stem == "eval" else "grpo" if yaml_path.stem.endswith("grpo") else "sft"
+    return f"trl-latent {kind} --config examples/recipes/{yaml_path.relative_to(RECIPES).as_posix()}"
+
+
+def argv_of(command: str) -> list[str]:
+    """A documented command as `trl_latent.cli.main` arguments, recipe paths made absolute."""
+    return [t.replace("examples/recipes/", f"{RECIPES}/", 1) for t in shlex.split(command)[1:]]
+
+
 def run_cli(argv: list[str]) -> None:
     from trl_latent.cli import main
 
+    # Each trainer ends with a full garbage collection (accelerate's `free_memory`); objects that live on (imported
+    # modules, fixtures) are frozen out of it, which roughly halves a one-step stage here.
+    gc.collect()
+    gc.freeze()
     assert main(argv) == 0, argv
 
 
@@ -272,8 +296,14 @@ def test_recipe_runs_every_stage_at_tiny_size(model, workspace, monkeypatch, cap
     state = fresh_init(ws, load(recipe / "1_inverse_warmup.yaml"))
     for name in PRETRAIN:
         config = load(recipe / f"{name}.yaml")
-        run_cli(["sft", "--config", str(recipe / f"{name}.yaml"), *overrides(ws, name, None)])
+        run_cli([*argv_of(command_for(recipe / f"{name}.yaml")), *overrides(ws, name, None)])
         state = assert_trained(name, state, config["output_dir"])
+    if model == "qwen2.5-vl-3b":
+        shapes = ["--paired_files", "data/shapes/pretrain/paired.json", "--image_root", "data/shapes"]
+        run_cli([*argv_of(INSPECT), *shapes, "--max_records", "4", "--output_dir", "inspect"])
+        codes = json.loads(Path("inspect/codes.json").read_text())
+        assert len(codes) == load(recipe / "1_inverse_warmup.yaml")["codebook_size"]
+        assert sum(row["count"] for row in codes) > 0 and any(row["examples"] for row in codes)
 
     for task in TASKS:
         yamls = {name: recipe / task / f"{name}.yaml" for name in TASK_YAMLS}
@@ -281,19 +311,18 @@ def test_recipe_runs_every_stage_at_tiny_size(model, workspace, monkeypatch, cap
         assert configs["5_world_sft"]["model_name_or_path"] == load(recipe / "4_policy_bc.yaml")["output_dir"]
         world = state
         for name in ("5_world_sft", "6_grpo"):
-            command = "sft" if name == "5_world_sft" else "grpo"
-            run_cli([command, "--config", str(yamls[name]), *overrides(ws, name, task)])
+            run_cli([*argv_of(command_for(yamls[name])), *overrides(ws, name, task)])
             world = assert_trained(name, world, configs[name]["output_dir"])
 
-        run_cli(["sft", "--config", str(yamls["token_sft"]), *overrides(ws, "token_sft", task)])
+        run_cli([*argv_of(command_for(yamls["token_sft"])), *overrides(ws, "token_sft", task)])
         token_sft = vlm_state(configs["token_sft"]["output_dir"])
         assert any(not torch.equal(v, token_sft[k]) for k, v in vlm_state(ws["tiny"]).items())
-        run_cli(["grpo", "--config", str(yamls["token_grpo"]), *overrides(ws, "token_grpo", task)])
+        run_cli([*argv_of(command_for(yamls["token_grpo"])), *overrides(ws, "token_grpo", task)])
         token_rl = vlm_state(configs["token_grpo"]["output_dir"])
         assert any(not torch.equal(v, token_rl[k]) for k, v in token_sft.items())
 
         capsys.readouterr()
-        run_cli(["eval", "--config", str(yamls["eval"]), *overrides(ws, "eval", task)])
+        run_cli([*argv_of(command_for(yamls["eval"])), *overrides(ws, "eval", task)])
         printed = capsys.readouterr().out
         out = Path(configs["eval"]["output_dir"])
         table = (out / "evaluation.md").read_text()
@@ -327,11 +356,27 @@ def test_recipe_script_resumes_and_evaluates(workspace):
     env["GRPO_ARGS"] = " ".join(overrides(ws, "token_grpo", task))
     # One model and split keep the subprocess short; the in-process test evaluates all four on both splits.
     env["EVAL_ARGS"] = " ".join(overrides(ws, "eval", task) + ["--models", str(rl_output), "--splits", "id_test"])
+    script, *script_args = shlex.split(SCRIPT)
+    assert script_args == [model, task]
     result = subprocess.run(
-        [str(RECIPES / "run.sh"), model, task], cwd=ws["root"], env=env, capture_output=True, text=True, timeout=600
+        [str(ROOT / script), *script_args], cwd=ws["root"], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = re.findall(r"^== (\S+): skipped", result.stdout, re.M)
     assert [Path(p).stem for p in skipped] == [*PRETRAIN, "5_world_sft", "6_grpo", "token_sft"]
     assert (rl_output / "model.safetensors").is_file()
     assert "| token_grpo | id_test | 2 |" in result.stdout and "trl-latent eval: results written" in result.stdout
+
+
+def test_documented_commands_are_the_ones_run_here():
+    """Every recipe command in the docs is one the tests above run (with the tiny-size overrides appended)."""
+    tested = {command_for(p) for p in RECIPES.rglob("*.yaml")} | {INSPECT, SCRIPT}
+    documented = []
+    for doc in (ROOT / "docs" / "recipes.md", RECIPES / "README.md", ROOT / "README.md"):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].strip()
+                if "run.sh" in line or re.match(r"trl-latent (sft|grpo|eval|inspect)\b", line):
+                    documented.append(line)
+    assert documented
+    assert set(documented) <= tested, set(documented) - tested
