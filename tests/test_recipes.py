@@ -343,7 +343,7 @@ def test_recipe_runs_every_stage_at_tiny_size(model, workspace, monkeypatch, cap
 
 def test_recipe_script_resumes_and_evaluates(workspace):
     """The recipe script itself, in one subprocess: finished stages are skipped, an unfinished one (the token
-    baseline's RL, deleted here) runs through the script's launcher, and eval prints its table."""
+    baseline's RL, deleted here) runs under `accelerate launch`, and eval prints its table."""
     ws = workspace
     model, task = "qwen2.5-vl-3b", "mmrole"
     recipe = RECIPES / model
@@ -351,7 +351,9 @@ def test_recipe_script_resumes_and_evaluates(workspace):
         pytest.skip("needs the stage outputs of test_recipe_runs_every_stage_at_tiny_size[qwen2.5-vl-3b]")
     rl_output = ws["root"] / load(recipe / task / "token_grpo.yaml")["output_dir"]
     shutil.rmtree(rl_output)
-    env = dict(os.environ, LAUNCHER="python", PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    # The script's default launcher, accelerate, with the one-process config (the CPU stands in for the GPU).
+    env = dict(os.environ, ACCELERATE_TOKEN_RL="single_gpu", PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this environment's accelerate
     env["SFT_ARGS"] = " ".join(overrides(ws, "5_world_sft", task))
     env["GRPO_ARGS"] = " ".join(overrides(ws, "token_grpo", task))
     # One model and split keep the subprocess short; the in-process test evaluates all four on both splits.

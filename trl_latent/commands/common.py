@@ -372,9 +372,12 @@ def build_judge(args: RewardArguments, task: str):
             "http://localhost:8000/v1) and judge_model"
             + ("; or use reward: rubric, the offline rubric of the synthetic task." if task == "synthetic" else ".")
         )
-    backend = OpenAIJudgeBackend(
-        args.judge_base_url, args.judge_model, api_key_env=args.judge_api_key_env, timeout=args.judge_timeout
-    )
+    try:
+        backend = OpenAIJudgeBackend(
+            args.judge_base_url, args.judge_model, api_key_env=args.judge_api_key_env, timeout=args.judge_timeout
+        )
+    except ImportError as err:
+        raise CommandError(str(err)) from err
     try:
         return JudgeReward(
             "pcogalign" if task == "pcogalign" else "mmrole", backend, max_concurrency=args.judge_max_concurrency

@@ -163,7 +163,13 @@ def _main(argv: list[str]) -> int:
     if embedder is not None:
         from ..metrics.diversity import Embedder
 
-        embedder = Embedder(None if embedder == "default" else embedder)
+        try:
+            embedder = Embedder(None if embedder == "default" else embedder)
+        except (ImportError, OSError) as err:
+            raise CommandError(
+                f"cannot load the sentence embedder {args.embedder!r} for embedding diversity ({err}); install "
+                "trl-latent[metrics], give a local sentence-transformers folder, or set embedder: none."
+            ) from err
     device = "cuda" if torch.cuda.is_available() else "cpu"
     output_dir = Path(args.output_dir)
     names: set[str] = set()
