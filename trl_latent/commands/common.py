@@ -394,5 +394,13 @@ def check_rubric(task: str) -> None:
         )
 
 
+def say(message: str) -> None:
+    """Print once per job: on the main process only when launched with several processes."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(message, flush=True)
+
+
 def summary_line(items: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())

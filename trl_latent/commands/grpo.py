@@ -37,6 +37,7 @@ from .common import (
     processor_source,
     register,
     run,
+    say,
     summary_line,
     trl_parser,
 )
@@ -100,7 +101,7 @@ def _main(argv: list[str]) -> int:
         from ..rewards.rubric import rubric_reward as reward
     else:
         reward = build_judge(script_args, script_args.task)  # an unreachable judge fails here, before the model
-    print(f"{PROG}: {action_space} RL on {len(dataset)} {script_args.task} prompts, reward {script_args.reward}")
+    say(f"{PROG}: {action_space} RL on {len(dataset)} {script_args.task} prompts, reward {script_args.reward}")
 
     from transformers import set_seed
 
@@ -127,7 +128,7 @@ def _main(argv: list[str]) -> int:
             processing_class=processor,
         )
 
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a checkpoint folder, or none
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
@@ -135,7 +136,7 @@ def _main(argv: list[str]) -> int:
     result = {"steps": trainer.state.global_step}
     if rewards:
         result.update(reward_first=float(rewards[0]), reward_last=float(rewards[-1]))
-    print(f"{PROG}: done: {summary_line(result)}; saved to {training_args.output_dir}")
+    say(f"{PROG}: done: {summary_line(result)}; saved to {training_args.output_dir}")
     return 0
 
 

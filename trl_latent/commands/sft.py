@@ -37,6 +37,7 @@ from .common import (
     processor_source,
     register,
     run,
+    say,
     summary_line,
     trl_parser,
 )
@@ -134,17 +135,18 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
     from ..data.pretrain import BadRecordError, load_pretrain_corpus
 
     if latent and training_args.stage in PRETRAIN_STAGES:
-        skip = getattr(training_args, "skip_bad_records", False)
+        from ..training.stages import resolve_stage
+
+        skip = training_args.skip_bad_records
+        uses_text = resolve_stage(training_args).uses("text")  # stages 1 and 2 read no text-only data
         try:
             paired = load_pretrain_corpus(script_args.paired_files, script_args.image_root, skip).paired
-            text = None
-            if script_args.text_only_files:
-                text = load_pretrain_corpus(script_args.text_only_files, skip_bad_records=skip).text
+            text = load_pretrain_corpus(script_args.text_only_files, skip_bad_records=skip).text if uses_text else None
         except (BadRecordError, ValueError, FileNotFoundError) as err:
             raise CommandError(f"cannot read the pretraining corpus: {err}") from err
         if paired is None:
             raise CommandError(f"paired_files {script_args.paired_files} hold no paired record (with `images`).")
-        if script_args.text_only_files and text is None:
+        if uses_text and text is None:
             raise CommandError(f"text_only_files {script_args.text_only_files} hold no text-only record.")
         return paired, text
 
@@ -162,7 +164,7 @@ def _main(argv: list[str]) -> int:
     script_args, training_args = parse(make_parser(action_space), argv, PROG)
     what = _check_inputs(script_args, training_args, latent)
     paired, text = _datasets(script_args, training_args, latent)
-    print(f"{PROG}: {what}, {len(paired)} records" + (f" + {len(text)} text-only" if text is not None else ""))
+    say(f"{PROG}: {what}, {len(paired)} records" + (f" + {len(text)} text-only" if text is not None else ""))
 
     from transformers import set_seed
 
@@ -194,7 +196,7 @@ def _main(argv: list[str]) -> int:
             model=script_args.base_model, args=training_args, train_dataset=paired, processing_class=processor
         )
 
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a checkpoint folder, or none
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)  # the next stage finds it beside the weights
@@ -202,7 +204,7 @@ def _main(argv: list[str]) -> int:
     result = {"steps": trainer.state.global_step}
     if losses:
         result.update(loss_first=float(losses[0]), loss_last=float(losses[-1]))
-    print(f"{PROG}: {what} done: {summary_line(result)}; saved to {training_args.output_dir}")
+    say(f"{PROG}: {what} done: {summary_line(result)}; saved to {training_args.output_dir}")
     return 0
 
 
