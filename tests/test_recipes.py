@@ -288,8 +288,12 @@ def test_accelerate_configs_load():
 
 @pytest.mark.parametrize("model", MODELS)
 def test_recipe_runs_every_stage_at_tiny_size(model, workspace, monkeypatch, capsys):
-    ws = workspace
-    monkeypatch.chdir(ws["root"])
+    monkeypatch.chdir(workspace["root"])
+    run_recipe(workspace, model, capsys)
+
+
+def run_recipe(ws: dict, model: str, capsys) -> None:
+    """Every YAML of one model's recipe, in order, each checked to have trained (run in the workspace folder)."""
     recipe = RECIPES / model
 
     # Stages 1-4 (shared by the tasks): each reads the previous stage's output_dir, as the YAMLs say.
@@ -341,14 +345,15 @@ def test_recipe_runs_every_stage_at_tiny_size(model, workspace, monkeypatch, cap
                 assert row and float(row.group(1)) == pytest.approx(result["judge_mean"], abs=1e-3), (name, split)
 
 
-def test_recipe_script_resumes_and_evaluates(workspace):
+def test_recipe_script_resumes_and_evaluates(workspace, monkeypatch, capsys):
     """The recipe script itself, in one subprocess: finished stages are skipped, an unfinished one (the token
     baseline's RL, deleted here) runs under `accelerate launch`, and eval prints its table."""
     ws = workspace
     model, task = "qwen2.5-vl-3b", "mmrole"
     recipe = RECIPES / model
     if not (ws["root"] / load(recipe / task / "token_grpo.yaml")["output_dir"] / "config.json").is_file():
-        pytest.skip("needs the stage outputs of test_recipe_runs_every_stage_at_tiny_size[qwen2.5-vl-3b]")
+        monkeypatch.chdir(ws["root"])  # run alone: make the stage outputs the in-process test makes first
+        run_recipe(ws, model, capsys)
     rl_output = ws["root"] / load(recipe / task / "token_grpo.yaml")["output_dir"]
     shutil.rmtree(rl_output)
     # The script's default launcher, accelerate, with the one-process config (the CPU stands in for the GPU).
