@@ -121,7 +121,21 @@ def add_write_synthetic(subparsers) -> None:
     parser.set_defaults(func=_write_synthetic)
 
 
-SUBCOMMANDS = [add_demo, add_token_baseline, add_write_synthetic, add_plan_command]
+from .commands import eval as _eval_command  # noqa: E402
+from .commands import grpo as _grpo_command  # noqa: E402
+from .commands import inspect as _inspect_command  # noqa: E402
+from .commands import sft as _sft_command  # noqa: E402
+
+SUBCOMMANDS = [
+    add_demo,
+    add_token_baseline,
+    add_write_synthetic,
+    _sft_command.add_parser,
+    _grpo_command.add_parser,
+    _eval_command.add_parser,
+    _inspect_command.add_parser,
+    add_plan_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

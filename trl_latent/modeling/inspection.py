@@ -18,6 +18,8 @@ def inspect_codes(
     code_source: str = "inverse",
     top_n: int = 5,
     max_states_per_batch: int = 256,
+    examples: int = 0,
+    context_tokens: int = 8,
 ) -> list[dict]:
     """Usage and meaning of every code.
 
@@ -30,11 +32,14 @@ def inspect_codes(
             `"policy"` with the policy's argmax (what the agent would do).
         top_n: how many of each code's most emitted tokens to report.
         max_states_per_batch: text states per batch at which every code is forced (bounds the cost on big models).
+        examples: how many places in the data to show per code: the text up to the step the code was chosen at, and
+            the token that followed in the data.
+        context_tokens: how many tokens of text before each example's step to show.
 
     Returns:
         One dict per code, sorted by code id: `code`, `count`, `frequency`, `top_tokens` (list of
         `(token, share)`, where share is the fraction of probed states at which forcing this code makes the world
-        model's argmax token that token).
+        model's argmax token that token), `examples` (up to `examples` dicts `{"context", "next"}`).
     """
     if code_source not in ("inverse", "policy"):
         raise ValueError(f"code_source must be 'inverse' or 'policy' (got {code_source!r}).")
@@ -43,6 +48,7 @@ def inspect_codes(
     n_codes = model.config.codebook_size
     usage = torch.zeros(n_codes, dtype=torch.long)
     emitted = [Counter() for _ in range(n_codes)]
+    shown: list[list[tuple[list[int], int | None]]] = [[] for _ in range(n_codes)]
     probed = 0
     for batch in batches:
         base = model.encode(**batch)
@@ -56,6 +62,13 @@ def inspect_codes(
             mask = base.text_mask
         codes = logits.argmax(-1)
         usage += torch.bincount(codes[mask].flatten().cpu(), minlength=n_codes)
+        if examples:
+            ids = batch["input_ids"]
+            for row, step in mask.nonzero().tolist():
+                code = int(codes[row, step])
+                if len(shown[code]) < examples:
+                    following = int(ids[row, step + 1]) if step + 1 < ids.shape[1] else None
+                    shown[code].append((ids[row, max(0, step + 1 - context_tokens) : step + 1].tolist(), following))
         states = e[mask][:max_states_per_batch]  # (N, d)
         if states.numel() == 0:
             continue
@@ -66,6 +79,10 @@ def inspect_codes(
             emitted[code].update(tokens.tolist())
     model.train(was_training)
     total = int(usage.sum())
+
+    def readable(ids):
+        return tokenizer.decode(ids) if tokenizer is not None else ids
+
     report = []
     for code in range(n_codes):
         top = emitted[code].most_common(top_n)
@@ -78,6 +95,10 @@ def inspect_codes(
                 "count": int(usage[code]),
                 "frequency": int(usage[code]) / total if total else 0.0,
                 "top_tokens": tokens,
+                "examples": [
+                    {"context": readable(context), "next": readable([nxt]) if nxt is not None else None}
+                    for context, nxt in shown[code]
+                ],
             }
         )
     return report

@@ -1,0 +1,257 @@
+"""The stage commands: help, YAML + command-line parsing, bad input (a clear error before any model is loaded), the
+synthetic task with the offline rubric, and `inspect`. The recipes themselves run in tests/test_recipes.py."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_latent.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "examples" / "recipes" / "qwen2.5-vl-3b"
+CPU = ["--use_cpu", "true", "--bf16", "false"]  # the recipes train in bf16 on GPUs
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any model load fails the test: bad input must be refused before."""
+    import transformers
+
+    from trl_latent.modeling.model import LatentActionModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(LatentActionModel, "from_base", classmethod(refuse))
+    monkeypatch.setattr(LatentActionModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", classmethod(refuse))
+
+
+def fails(argv, capsys) -> str:
+    """Run a command that must fail on its input; returns its error message."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    return " ".join(err.split())
+
+
+def write_yaml(path: Path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def fake_latent_model(folder: Path) -> str:
+    """A folder that passes the saved-latent-model check (config.json only): enough for input checks."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "latent_action"}))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from trl_latent.data.synthetic import write_synthetic_task
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_synthetic_task(root, sessions_per_file=2, ood_sessions_per_character=1, n_paired=8, n_text_only=8)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ help, parsing
+def test_help_lists_the_commands_and_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("sft", "grpo", "eval", "inspect", "demo"):
+        assert command in out
+
+    def help_of(argv):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        return capsys.readouterr().out
+
+    sft = help_of(["sft", "--help"])
+    assert "usage: trl-latent sft" in sft
+    assert "--config FILE.yaml" in sft
+    for flag in ("--stage", "--base_model", "--paired_files", "--task_root", "--learning_rate",
+                 "--entropy_weight", "--use_cycle_loss", "--world_sft_last_layers"):  # fmt: skip
+        assert flag in sft, flag
+    assert "{inverse_warmup,projector_warmup,joint,policy_bc,world_sft}" in sft
+    token_sft = help_of(["sft", "--action_space", "token", "--help"])
+    assert "--assistant_only_loss" in token_sft and "--stage" not in token_sft
+    grpo = help_of(["grpo", "-h"])
+    for flag in ("--loss", "--code_top_k", "--num_generations", "--beta", "--judge_base_url", "--reward"):
+        assert flag in grpo, flag
+    assert "--code_top_k" not in help_of(["grpo", "--action_space", "token", "--help"])
+    assert "--num_generations" in help_of(["eval", "--help"])
+    assert "--code_source" in help_of(["inspect", "--help"])
+
+
+def test_yaml_values_and_command_line_overrides():
+    from trl_latent.commands import common, sft
+
+    argv = ["--config", str(RECIPE / "3_joint.yaml"), "--learning_rate", "3e-5", "--use_cycle_loss", "false", *CPU]
+    script_args, training_args = common.parse(sft.make_parser(), argv, "trl-latent sft")
+    assert training_args.stage == "joint" and training_args.num_train_epochs == 1  # from the YAML
+    assert training_args.learning_rate == 3e-5 and training_args.use_cycle_loss is False  # the command line wins
+    assert script_args.model_name_or_path == "outputs/qwen2.5-vl-3b/2_projector_warmup"
+    assert script_args.text_only_files == ["data/pretrain/text_only.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_missing_config_file(capsys, no_model_loading):
+    message = fails(["sft", "--config", "no/such/stage.yaml"], capsys)
+    assert "config file no/such/stage.yaml not found" in message and "examples/recipes" in message
+
+
+def test_unknown_key_and_unknown_stage_in_yaml(tmp_path, capsys, no_model_loading):
+    config = yaml.safe_load((RECIPE / "1_inverse_warmup.yaml").read_text())
+    typo = dict(config, learnin_rate=1e-4)
+    message = fails(["sft", "--config", write_yaml(tmp_path / "typo.yaml", typo)], capsys)
+    assert "unknown key(s) 'learnin_rate' (did you mean 'learning_rate'?)" in message and "--help" in message
+
+    stage = dict(config, stage="stage_7")
+    message = fails(["sft", "--config", write_yaml(tmp_path / "stage.yaml", stage)], capsys)
+    assert "stage: 'stage_7' is not one of ['inverse_warmup', 'projector_warmup', 'joint'" in message
+
+    # A latent-only key in a token-baseline config: that parser is GRPOConfig's, which has no such field.
+    token = yaml.safe_load((RECIPE / "mmrole" / "token_grpo.yaml").read_text())
+    token["code_top_k"] = 32
+    message = fails(["grpo", "--config", write_yaml(tmp_path / "token.yaml", token)], capsys)
+    assert "unknown key(s) 'code_top_k'" in message
+
+    with pytest.raises(SystemExit):  # on the command line, argparse names the valid choices itself
+        main(["sft", "--config", str(RECIPE / "1_inverse_warmup.yaml"), "--stage", "stage_7"])
+    assert "invalid choice: 'stage_7'" in capsys.readouterr().err
+
+
+def test_model_paths_that_do_not_exist(tmp_path, capsys, no_model_loading, monkeypatch, tiny_cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = fails(["sft", "--config", str(RECIPE / "2_projector_warmup.yaml"), *CPU], capsys)
+    assert "model_name_or_path outputs/qwen2.5-vl-3b/1_inverse_warmup is not a saved latent action model" in message
+    assert "run that stage first" in message
+
+    base = ["sft", "--config", str(RECIPE / "1_inverse_warmup.yaml"), *CPU, "--base_model"]
+    message = fails([*base, "Qwen/Not-A-Real-Model-VL"], capsys)
+    assert "neither a local model folder nor a model in the local hub cache" in message
+    assert "hf download Qwen/Not-A-Real-Model-VL" in message and "HF_HUB_OFFLINE=0" in message
+    message = fails([*base, str(tmp_path / "models" / "missing" / "vlm")], capsys)
+    assert "neither a local model folder" in message and "must exist before this command runs" in message
+
+    from trl_latent.modeling.tiny import tiny_vlm_path
+
+    tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
+    message = fails(
+        ["sft", "--config", str(RECIPE / "2_projector_warmup.yaml"), *CPU, "--model_name_or_path", tiny], capsys
+    )
+    assert "holds a 'qwen2_5_vl' model, not a latent action model" in message and "base_model" in message
+    message = fails([*base, tiny, "--model_name_or_path", tiny], capsys)
+    assert "exactly one of base_model" in message
+
+
+def test_dataset_roots_without_the_expected_files(tmp_path, capsys, no_model_loading):
+    model = fake_latent_model(tmp_path / "stage4")
+    (tmp_path / "empty").mkdir()
+    world = ["sft", "--config", str(RECIPE / "mmrole" / "5_world_sft.yaml"), *CPU, "--model_name_or_path", model]
+    message = fails([*world, "--task_root", str(tmp_path / "empty")], capsys)
+    assert f"cannot load the mmrole data under {tmp_path / 'empty'}" in message
+    assert "No in-distribution 'comment' dialogues" in message and "MMRole dataset folder" in message
+    message = fails([*world, "--task_root", str(tmp_path / "nowhere")], capsys)
+    assert f"task_root {tmp_path / 'nowhere'} does not exist" in message
+
+    pcog = ["sft", "--config", str(RECIPE / "pcogalign" / "5_world_sft.yaml"), *CPU, "--model_name_or_path", model]
+    message = fails([*pcog, "--task_root", str(tmp_path / "empty")], capsys)
+    assert "HCMAS-golden-train.json (or .jsonl); it was not found" in message
+
+    paired = ["sft", "--config", str(RECIPE / "1_inverse_warmup.yaml"), *CPU, "--base_model", model]
+    message = fails([*paired, "--paired_files", str(tmp_path / "paired.jsonl")], capsys)
+    assert f"paired_files: {tmp_path / 'paired.jsonl'} does not exist" in message
+
+    # A synthetic root that exists but lacks the pretraining corpus's images.
+    (tmp_path / "corpus.json").write_text(json.dumps([{"id": "p0", "images": ["img/0.png"], "messages": [
+        {"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": "A dot."}]}]))  # fmt: skip
+    message = fails([*paired, "--paired_files", str(tmp_path / "corpus.json")], capsys)
+    assert "id='p0'" in message and "image 'img/0.png' not found" in message
+
+
+def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
+    model = fake_latent_model(tmp_path / "stage5")
+    rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", model]
+    rl += ["--task_root", str(shapes), "--image_size", "56", "56"]
+    message = fails([*rl, "--judge_base_url", "http://127.0.0.1:9/v1", "--judge_timeout", "2"], capsys)
+    assert "Cannot reach the judge at http://127.0.0.1:9/v1" in message
+    message = fails([*rl, "--reward", "rubric"], capsys)
+    assert "reward: rubric scores the synthetic shapes task only, not mmrole" in message
+    evaluation = ["eval", "--task", "synthetic", "--task_root", str(shapes), "--models", model]
+    message = fails(evaluation, capsys)
+    assert "reward: judge needs judge_base_url" in message and "reward: rubric" in message
+
+
+# ------------------------------------------------------------------------------------------------ working runs
+def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache, capsys, monkeypatch):
+    """`eval` with the offline rubric: the reported score is the rubric recomputed from the stored generations."""
+    from trl_latent.modeling.tiny import tiny_vlm_path
+    from trl_latent.rewards.rubric import rubric_scores
+
+    monkeypatch.chdir(tmp_path)
+    tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
+    argv = ["eval", "--task", "synthetic", "--task_root", str(shapes), "--reward", "rubric", "--models", tiny]
+    argv += ["--image_size", "56", "56", "--max_samples", "3", "--num_generations", "2", "--max_new_tokens", "8"]
+    argv += ["--temperature", "1.0", "--embedder", "none", "--output_dir", "out"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    name = Path(tiny).name
+    saved = json.loads((tmp_path / "out" / name / "evaluation.json").read_text())
+    assert (tmp_path / "out" / "evaluation.md").read_text() in printed
+    from trl_latent.data.mmrole import load_mmrole
+
+    tests = load_mmrole(shapes, splits=("id_test", "ood_test"), image_size=(56, 56))
+    for split in ("id_test", "ood_test"):
+        rows = tests[split].select(range(min(3, len(tests[split]))))
+        samples = saved["samples"][split]
+        assert [s["id"] for s in samples] == rows["id"]
+        per_round = []
+        for k in range(2):
+            metrics = []
+            for sample, row in zip(samples, rows):
+                scores = rubric_scores(sample["generations"][k], row["reference"], row["character"], row["question"])
+                metrics.append(sum(scores["response"][d] / scores["reference"][d] for d in scores["response"]) / 4)
+                assert sample["judge_metric"][k] == pytest.approx(metrics[-1])
+            per_round.append(sum(metrics) / len(metrics))
+        summary = saved["summary"][split]
+        mean = sum(per_round) / 2
+        assert summary["judge_mean"] == pytest.approx(mean)
+        assert summary["judge_std"] == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in per_round) / 2))
+        assert f"| {name} | {split} | {len(rows)} | {summary['judge_mean']:.3f} ± " in printed
+
+
+def test_inspect_reports_usage_top_tokens_and_examples(tmp_path, shapes, tiny_cache, capsys):
+    from transformers import AutoProcessor
+
+    from trl_latent.modeling.model import LatentActionModel
+    from trl_latent.modeling.tiny import tiny_vlm_path
+
+    tiny = tiny_vlm_path("tiny", cache_dir=tiny_cache)
+    model = LatentActionModel.from_base(str(tiny), codebook_size=8, inverse_layers=1, policy_layers=1)
+    model.save_pretrained(tmp_path / "latent")
+    AutoProcessor.from_pretrained(tiny).save_pretrained(tmp_path / "latent")
+
+    argv = ["inspect", "--model_name_or_path", str(tmp_path / "latent"), "--task", "synthetic"]
+    argv += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_records", "3", "--batch_size", "2"]
+    argv += ["--code_source", "policy", "--examples", "2", "--output_dir", str(tmp_path / "codes")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "codes" / "codes.json").read_text())
+    assert [row["code"] for row in report] == list(range(8))
+    used = [row for row in report if row["count"] > 0]
+    assert used and sum(row["frequency"] for row in report) == pytest.approx(1.0)
+    for row in report:
+        assert len(row["examples"]) == min(2, row["count"])
+        assert all(isinstance(ex["context"], str) and ex["context"] for ex in row["examples"])
+        assert len(row["top_tokens"]) <= 5 and all(0 < share <= 1 for _, share in row["top_tokens"])
+    assert f"{len(used)} of 8 codes used on 3 records (policy codes)" in printed
+    assert printed.count("\n| ") >= len(used)  # one table row per used code

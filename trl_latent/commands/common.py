@@ -1,0 +1,406 @@
+"""What the stage commands share: TRL-style argument parsing with clear errors, input checks that run before any
+model is loaded, the task datasets, the reward, and the processor.
+
+Every check here raises [`CommandError`], whose message says what is wrong and what to do; the command prints it
+(`trl-latent sft: error: ...`) and exits with status 2 before a model is loaded or a step runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("mmrole", "pcogalign", "synthetic")
+# The splits each task's loader builds (`synthetic` is the shapes task written in the MMRole layout).
+TASK_SPLITS = {
+    "mmrole": ("sft", "rl", "id_test", "ood_test"),
+    "synthetic": ("sft", "rl", "id_test", "ood_test"),
+    "pcogalign": ("sft", "rl", "ls1_test", "ls2_test"),
+}
+TEST_SPLITS = {
+    "mmrole": ("id_test", "ood_test"),
+    "synthetic": ("id_test", "ood_test"),
+    "pcogalign": ("ls1_test", "ls2_test"),
+}
+ACTION_SPACES = ("latent", "token")
+
+
+class CommandError(Exception):
+    """Bad input to a command: the message says what is wrong and what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def register(subparsers, name: str, help: str, main: Callable[[list[str]], int]) -> None:
+    """Add `name` to the `trl-latent` subcommands. The command parses its own arguments with `TrlParser`, so this
+    parser takes every token after the name as is (no option of its own, `-h` included)."""
+    parser = subparsers.add_parser(name, help=help, add_help=False, prefix_chars="+")
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=lambda args: main(args.argv))
+
+
+def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
+    """Run a command body; a [`CommandError`] is printed as `prog: error: message` and gives exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return body(argv)
+    except CommandError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+CONFIG_HELP = (
+    "Options come from a YAML file, --config FILE.yaml (its keys are the option names below, without the dashes), "
+    "and from the command line, which wins over the file. Launch under accelerate with "
+    "`accelerate launch --config_file ACCELERATE.yaml -m trl_latent.cli {command} --config FILE.yaml`."
+)
+
+
+def trl_parser(dataclass_types: tuple, prog: str, summary: str):
+    """A `TrlParser` whose help says how the YAML config and the command line combine."""
+    from trl import TrlParser
+
+    command = prog.split()[-1]
+    return TrlParser(dataclass_types, prog=prog, description=f"{summary} {CONFIG_HELP.format(command=command)}")
+
+
+def _config_path(argv: list[str]) -> Path | None:
+    if "--config" not in argv:
+        return None
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        raise CommandError("--config needs the path of a YAML file, e.g. --config examples/recipes/.../stage.yaml.")
+    return Path(argv[index + 1])
+
+
+def read_config(argv: list[str]) -> tuple[Path | None, dict]:
+    """The `--config` YAML file named in `argv` (path and mapping), checked to exist and hold a mapping."""
+    import yaml
+
+    path = _config_path(argv)
+    if path is None:
+        return None, {}
+    if not path.is_file():
+        raise CommandError(
+            f"config file {path} not found (working directory {Path.cwd()}). Pass --config the path of a YAML "
+            "file, e.g. one of the recipes under examples/recipes/."
+        )
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CommandError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise CommandError(f"{path} must hold a YAML mapping of option: value lines, got {type(config).__name__}.")
+    return path, config
+
+
+def peek(argv: list[str], key: str, default: str) -> str:
+    """The value of `key` from the command line (`--key value`) or else the YAML config, before full parsing (it
+    decides which configuration class the parser is built from)."""
+    flag = f"--{key}"
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    _, config = read_config(argv)
+    return str(config.get(key, default))
+
+
+def _check_keys(parser, config: dict, path: Path, prog: str) -> None:
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    unknown = [key for key in config if key not in actions and key != "env"]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(actions), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise CommandError(
+            f"{path}: unknown key(s) {', '.join(hints)}. Remove or rename them; `{prog} --help` lists every valid key."
+        )
+    for key, value in config.items():
+        choices = getattr(actions.get(key), "choices", None)
+        if choices and value not in choices:
+            raise CommandError(f"{path}: {key}: {value!r} is not one of {list(choices)}.")
+
+
+def parse(parser, argv: list[str], prog: str) -> tuple:
+    """`TrlParser.parse_args_and_config` with clear errors for a missing or malformed config file, unknown keys or
+    values outside their choices, and invalid field combinations (a configuration class's own checks)."""
+    path, config = read_config(argv)
+    if path is not None:
+        _check_keys(parser, config, path, prog)
+    try:
+        return parser.parse_args_and_config(argv)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        where = f" ({path} with the command-line overrides)" if path is not None else ""
+        raise CommandError(f"invalid configuration{where}: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def read_model_config(path: str) -> dict | None:
+    """The `config.json` of a local model folder, or `None` when `path` is not one."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())
+
+
+def check_model(name: str, field_name: str) -> None:
+    """A base model given as a folder (holding `config.json`) or a hub id that can be resolved now."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CommandError(
+                f"{field_name} {name} is a folder without config.json; point it at a model folder written by "
+                "save_pretrained, or at a hub id."
+            )
+        return
+    if path.exists():
+        raise CommandError(f"{field_name} {name} is a file; point it at a model folder or a hub id.")
+    from huggingface_hub import try_to_load_from_cache
+
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if looks_like_hub_id and isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if looks_like_hub_id and not _offline():
+        return  # downloaded when loaded
+    raise CommandError(
+        f"{field_name} {name} is neither a local model folder nor a model in the local hub cache. Fix the path"
+        + (
+            f", or download the model first (`hf download {name}`): trl-latent runs with HF_HUB_OFFLINE=1 unless "
+            "HF_HUB_OFFLINE=0 is set."
+            if looks_like_hub_id
+            else " (it must exist before this command runs; a later stage reads the output_dir of the one before)."
+        )
+    )
+
+
+def check_latent_model(name: str, field_name: str = "model_name_or_path") -> None:
+    """A saved latent action model: a folder whose config.json has `model_type: latent_action`."""
+    config = read_model_config(name)
+    if config is None:
+        raise CommandError(
+            f"{field_name} {name} is not a saved latent action model (no folder with config.json). It should be the "
+            "output_dir of the previous stage: run that stage first, or fix the path. To start from a base VLM, set "
+            "base_model instead."
+        )
+    if config.get("model_type") != "latent_action":
+        raise CommandError(
+            f"{field_name} {name} holds a {config.get('model_type')!r} model, not a latent action model. To wrap a "
+            "base VLM with fresh latent modules, pass it as base_model."
+        )
+
+
+def is_latent_model(name: str) -> bool:
+    config = read_model_config(name)
+    return config is not None and config.get("model_type") == "latent_action"
+
+
+def load_processor(source: str, padding_side: str | None = None):
+    """The model's processor (e.g. `Qwen2_5_VLProcessor`), loaded from `source` (a folder or hub id)."""
+    from transformers import AutoProcessor, ProcessorMixin
+
+    processor = AutoProcessor.from_pretrained(source)
+    if not isinstance(processor, ProcessorMixin):
+        raise CommandError(
+            f"{source} gave a {type(processor).__name__}, not a vision-language processor; AutoProcessor falls back to "
+            "a bare tokenizer when it cannot build the processor (for Qwen2.5-VL: `pip install torchvision`)."
+        )
+    if padding_side is not None:
+        processor.tokenizer.padding_side = padding_side  # batched generation pads on the left
+    return processor
+
+
+def processor_source(model: str) -> str:
+    """Where a model's processor lives: the model folder (every command saves it there), else a latent model's base."""
+    folder = Path(model)
+    if any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        return model
+    config = read_model_config(model) or {}
+    return config.get("base_model_name_or_path") or model
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class TaskArguments:
+    """Where the task's dialogues are: MMRole, PCogAlignBench or the embedded synthetic shapes task."""
+
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task: 'mmrole' (MMRole release layout), 'pcogalign' (PCogAlignBench files) or 'synthetic' "
+            "(the shapes role-play task written by `trl-latent write-synthetic ROOT`, MMRole layout, rubric reward).",
+            "choices": list(TASKS),
+        },
+    )
+    task_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task's folder: MMRole's (dialogues/, profiles/, images/), PCogAlignBench's "
+            "(HCMAS-golden-train.json, HCMAS-golden-test.json, HCSHR-golden-test.json) or a written synthetic task."
+        },
+    )
+    images_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder the records' image paths are relative to (default: task_root/images for MMRole, "
+                  "task_root for PCogAlignBench)."},
+    )  # fmt: skip
+    image_size: list[int] = field(
+        default_factory=lambda: [280, 420],
+        metadata={"help": "Width and height every task image is resized to (the authors' 280 420)."},
+    )
+    on_missing_image: str = field(
+        default="error",
+        metadata={"help": "A record whose image is missing: 'error' (name it) or 'skip' (leave it out, counted).",
+                  "choices": ["error", "skip"]},
+    )  # fmt: skip
+    template: str = field(
+        default="paper",
+        metadata={"help": "MMRole prompt: 'paper' (the paper's) or 'mmrole_eval' (MMRole's evaluation prompt).",
+                  "choices": ["paper", "mmrole_eval"]},
+    )  # fmt: skip
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many samples of each split (quick runs)."}
+    )
+
+
+def check_task(args: TaskArguments, what: str) -> None:
+    """The task is named and its folder exists (the loaders then check the files in it)."""
+    if args.task is None or args.task_root is None:
+        raise CommandError(
+            f"{what} needs task dialogues: set task ({', '.join(TASKS)}) and task_root (the dataset folder)."
+        )
+    if not Path(args.task_root).is_dir():
+        hint = " Write the synthetic task with `trl-latent write-synthetic ROOT`." if args.task == "synthetic" else ""
+        raise CommandError(
+            f"task_root {args.task_root} does not exist; point it at the {args.task} dataset folder.{hint}"
+        )
+    if len(args.image_size) != 2:
+        raise CommandError(f"image_size takes two numbers, width and height (got {args.image_size}).")
+
+
+def load_task(args: TaskArguments, splits: Sequence[str]):
+    """The task's splits as TRL prompt datasets (`prompt`, `image`, `reference`, plus the reward's columns)."""
+    from ..data.mmrole import load_mmrole
+    from ..data.pcogalign import load_pcogalign
+
+    unknown = [split for split in splits if split not in TASK_SPLITS[args.task]]
+    if unknown:
+        raise CommandError(f"{args.task} has no split(s) {unknown}; choose from {list(TASK_SPLITS[args.task])}.")
+    options = dict(
+        splits=tuple(splits),
+        images_dir=args.images_dir,
+        image_size=tuple(args.image_size),
+        on_missing_image=args.on_missing_image,
+    )
+    try:
+        if args.task == "pcogalign":
+            datasets = load_pcogalign(args.task_root, **options)
+        else:
+            datasets = load_mmrole(args.task_root, template=args.template, **options)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(f"cannot load the {args.task} data under {args.task_root}: {err}") from err
+    missing = [split for split in splits if split not in datasets]
+    if missing:
+        raise CommandError(
+            f"the {args.task} data under {args.task_root} gave no samples for split(s) {missing} (see the warnings "
+            "above); add the files that split is built from, or leave it out."
+        )
+    if args.max_samples is not None:
+        for name in splits:
+            datasets[name] = datasets[name].select(range(min(args.max_samples, len(datasets[name]))))
+    return datasets
+
+
+def check_files(paths: Sequence[str] | None, field_name: str) -> list[str]:
+    """Pretraining corpus files: each must exist and be `.json` (a list of records) or `.jsonl`."""
+    paths = list(paths or [])
+    for path in paths:
+        if not Path(path).is_file():
+            raise CommandError(
+                f"{field_name}: {path} does not exist. Give the pretraining corpus as JSON (a list of records) or "
+                "JSON-lines files of {id, images, messages} records (docs/recipes.md, 'Data')."
+            )
+        if Path(path).suffix not in (".json", ".jsonl"):
+            raise CommandError(f"{field_name}: {path} must be a .json or .jsonl file of pretraining records.")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+@dataclass
+class RewardArguments:
+    """How completions are scored: an LLM judge on an OpenAI-compatible endpoint, or the offline rubric."""
+
+    reward: str = field(
+        default="judge",
+        metadata={
+            "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
+            "(OpenAI-compatible endpoint). 'rubric': the offline rubric of the synthetic shapes task.",
+            "choices": ["judge", "rubric"],
+        },
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "The judge's endpoint, e.g. http://localhost:8000/v1 (a vLLM server)."}
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "The judge model name the endpoint expects."})
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the judge's API key."}
+    )
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one judgement."})
+    judge_max_concurrency: int = field(default=8, metadata={"help": "Most judge requests in flight at once."})
+
+
+def build_judge(args: RewardArguments, task: str):
+    """The task's [`JudgeReward`] on the configured endpoint; an unreachable endpoint fails here, at start-up."""
+    from ..rewards.judge import JudgeConnectionError, JudgeReward, OpenAIJudgeBackend
+
+    if not args.judge_base_url or not args.judge_model:
+        raise CommandError(
+            "reward: judge needs judge_base_url (an OpenAI-compatible endpoint, e.g. a vLLM server at "
+            "http://localhost:8000/v1) and judge_model"
+            + ("; or use reward: rubric, the offline rubric of the synthetic task." if task == "synthetic" else ".")
+        )
+    try:
+        backend = OpenAIJudgeBackend(
+            args.judge_base_url, args.judge_model, api_key_env=args.judge_api_key_env, timeout=args.judge_timeout
+        )
+    except ImportError as err:
+        raise CommandError(str(err)) from err
+    try:
+        return JudgeReward(
+            "pcogalign" if task == "pcogalign" else "mmrole", backend, max_concurrency=args.judge_max_concurrency
+        )
+    except JudgeConnectionError as err:
+        raise CommandError(str(err)) from err
+
+
+def check_rubric(task: str) -> None:
+    if task != "synthetic":
+        raise CommandError(
+            f"reward: rubric scores the synthetic shapes task only, not {task}; set reward: judge with "
+            "judge_base_url and judge_model."
+        )
+
+
+def say(message: str) -> None:
+    """Print once per job: on the main process only when launched with several processes."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(message, flush=True)
+
+
+def summary_line(items: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())

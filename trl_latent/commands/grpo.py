@@ -1,0 +1,153 @@
+"""`trl-latent grpo`: reinforcement learning on a task's RL split, from a YAML config.
+
+```
+trl-latent grpo --config examples/recipes/qwen2.5-vl-3b/mmrole/6_grpo.yaml
+trl-latent grpo --config examples/recipes/qwen2.5-vl-3b/mmrole/token_grpo.yaml      # the token-level baseline
+accelerate launch --config_file examples/accelerate_configs/zero2.yaml -m trl_latent.cli grpo --config ...
+```
+
+`action_space: latent` (default) trains the policy of a saved latent action model with `LatentGRPOTrainer`
+(`LatentGRPOConfig` fields: `loss`, `code_top_k`, ...); `action_space: token` trains a plain VLM with
+`TokenGRPOTrainer` (`GRPOConfig` fields). Both compute the objective with the same loss classes
+(`trl_latent.training.losses`), so the two runs differ only in the action space. The reward is an LLM judge on an
+OpenAI-compatible endpoint (the paper's; `reward: judge`) or, for the synthetic shapes task, the offline rubric.
+
+Order of work: parse and check every input, load the prompts, reach the judge, then load the model and train.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from .common import (
+    ACTION_SPACES,
+    CommandError,
+    RewardArguments,
+    TaskArguments,
+    build_judge,
+    check_latent_model,
+    check_model,
+    check_rubric,
+    check_task,
+    load_processor,
+    load_task,
+    parse,
+    peek,
+    processor_source,
+    register,
+    run,
+    say,
+    summary_line,
+    trl_parser,
+)
+
+PROG = "trl-latent grpo"
+SUMMARY = "Reinforcement learning on a task's prompts: over latent actions (action_space: latent, LatentGRPOTrainer) or over tokens (action_space: token, TokenGRPOTrainer), with the same loss classes."
+
+
+@dataclass
+class GRPOScriptArguments(TaskArguments, RewardArguments):
+    """The policy to train, its prompts and its reward (the training settings are `LatentGRPOConfig`'s, or
+    `GRPOConfig`'s for the token baseline)."""
+
+    action_space: str = field(
+        default="latent",
+        metadata={
+            "help": "'latent': RL over the latent actions of a saved latent action model (LatentGRPOTrainer). "
+            "'token': RL over tokens of a plain VLM (TokenGRPOTrainer), the baseline.",
+            "choices": list(ACTION_SPACES),
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Latent: a saved latent action model (after world_sft). Token: a plain VLM (after token SFT)."
+        },
+    )
+    split: str = field(default="rl", metadata={"help": "The task split whose prompts RL trains on."})
+
+
+def make_parser(action_space: str = "latent"):
+    from trl import GRPOConfig
+
+    from ..training.latent_grpo_config import LatentGRPOConfig
+
+    config_class = GRPOConfig if action_space == "token" else LatentGRPOConfig
+    return trl_parser((GRPOScriptArguments, config_class), PROG, SUMMARY)
+
+
+def _main(argv: list[str]) -> int:
+    action_space = peek(argv, "action_space", "latent")
+    if action_space not in ACTION_SPACES:
+        raise CommandError(f"action_space must be one of {list(ACTION_SPACES)} (got {action_space!r}).")
+    latent = action_space == "latent"
+    script_args, training_args = parse(make_parser(action_space), argv, PROG)
+
+    if script_args.model_name_or_path is None:
+        raise CommandError(
+            "set model_name_or_path: the saved latent action model after world_sft (latent), or the VLM after token "
+            "SFT (token)."
+        )
+    if latent:
+        check_latent_model(script_args.model_name_or_path)
+    else:
+        check_model(script_args.model_name_or_path, "model_name_or_path")
+    check_task(script_args, "grpo")
+    if script_args.reward == "rubric":
+        check_rubric(script_args.task)
+    dataset = load_task(script_args, [script_args.split])[script_args.split]
+    if script_args.reward == "rubric":
+        from ..rewards.rubric import rubric_reward as reward
+    else:
+        reward = build_judge(script_args, script_args.task)  # an unreachable judge fails here, before the model
+    say(f"{PROG}: {action_space} RL on {len(dataset)} {script_args.task} prompts, reward {script_args.reward}")
+
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+    processor = load_processor(processor_source(script_args.model_name_or_path), padding_side="left")
+    if latent:
+        from ..training.latent_grpo_trainer import LatentGRPOTrainer
+
+        trainer = LatentGRPOTrainer(
+            script_args.model_name_or_path,
+            reward_funcs=reward,
+            args=training_args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+    else:
+        from ..training.token_grpo_trainer import TokenGRPOTrainer
+
+        trainer = TokenGRPOTrainer(
+            model=script_args.model_name_or_path,
+            reward_funcs=reward,
+            args=training_args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
+
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a checkpoint folder, or none
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    result = {"steps": trainer.state.global_step}
+    if rewards:
+        result.update(reward_first=float(rewards[0]), reward_last=float(rewards[-1]))
+    say(f"{PROG}: done: {summary_line(result)}; saved to {training_args.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-latent grpo [--config FILE.yaml] [--field value ...]`."""
+    return run(PROG, _main, argv)
+
+
+def add_parser(subparsers) -> None:
+    register(subparsers, "grpo", "latent-action RL (or the token baseline) on a task, from a YAML config", main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
