@@ -39,7 +39,7 @@ def _distinct_per_column(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_health(model, batches, code_chunk: int = 16) -> dict[str, float]:
+def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26) -> dict[str, float]:
     """Measure the latent-space health metrics of `model` over `batches`.
 
     Args:
@@ -48,6 +48,8 @@ def latent_health(model, batches, code_chunk: int = 16) -> dict[str, float]:
             image inputs when present); `loss_mask` marks the tokens to predict (the answers, with
             `assistant_only_loss`).
         code_chunk (`int`, *optional*, defaults to `16`): codes scored per world-model pass when trying every code.
+        max_logits (`int`, *optional*, defaults to `2**26`): the most vocabulary logits one pass holds (256 MB in
+            fp32); steps are scored in blocks that fit.
 
     Returns:
         `dict[str, float]`: the `HEALTH_METRICS`; empty when the batches hold no token to predict.
@@ -56,6 +58,7 @@ def latent_health(model, batches, code_chunk: int = 16) -> dict[str, float]:
     model.eval()
     n_codes = model.config.codebook_size
     lm_head = model.backbone.lm_head
+    vocab = lm_head.weight.shape[0]
     hits = dict.fromkeys(("base", "inverse", "policy", "best"), 0)
     distinct = entropy = 0.0
     total = 0
@@ -84,14 +87,18 @@ def latent_health(model, batches, code_chunk: int = 16) -> dict[str, float]:
             for name, codes in (("inverse", inverse_codes), ("policy", policy_codes)):
                 predicted = model.world_logits(e_steps[None], codes[None])[0].argmax(-1)
                 hits[name] += int((predicted == targets).sum())
-            # Every code at every step: (|C|, N) argmax tokens, a chunk of codes per pass.
-            tokens = []
+            # Every code at every step: (|C|, N) argmax tokens, in blocks of codes x steps whose logits stay within
+            # `max_logits` values (a 152K vocabulary makes the full (|C|, N, V) tensor far too large).
+            n_steps = e_steps.shape[0]
+            step_chunk = max(1, max_logits // (code_chunk * vocab))
+            tokens = torch.empty(n_codes, n_steps, dtype=torch.long, device=e.device)
             for start in range(0, n_codes, code_chunk):
                 chunk = torch.arange(start, min(start + code_chunk, n_codes), device=e.device)
-                codes = chunk[:, None].expand(-1, e_steps.shape[0])
-                states = e_steps[None].expand(len(chunk), -1, -1)
-                tokens.append(model.world_logits(states, codes).argmax(-1))
-            tokens = torch.cat(tokens)
+                for first in range(0, n_steps, step_chunk):
+                    part = e_steps[first : first + step_chunk]
+                    codes = chunk[:, None].expand(-1, part.shape[0])
+                    states = part[None].expand(len(chunk), -1, -1)
+                    tokens[chunk, first : first + part.shape[0]] = model.world_logits(states, codes).argmax(-1)
             hits["best"] += int((tokens == targets[None]).any(0).sum())
             distinct += float(_distinct_per_column(tokens).sum())
             entropy += float(entropy_from_logits(policy_logits).sum())
