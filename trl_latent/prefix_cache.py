@@ -10,13 +10,12 @@ The key of a phase is the run's whole `PipelineConfig` minus the fields that can
 a field added later is part of every key until it is listed here, so a new option can cost reuse but never reuses a
 wrong model), plus the cache's `tag` (the study puts the code fingerprint and library versions there).
 
-```python
->>> from trl_latent.pipeline import PipelineConfig
->>> cache = PrefixCache("outputs/study/prefix", tag="v1")
->>> entry = cache.entry("token_sft", PipelineConfig.quick())
->>> if entry.result is None:  # doctest: +SKIP
-...     ...  # train, save the model into entry.build_dir
-...     entry.finish({"loss_last": 1.0})  # now the model is at entry.path
+```
+cache = PrefixCache("outputs/study/prefix", tag="v1")
+entry = cache.entry("token_sft", PipelineConfig.quick())
+if entry.result is None:
+    ...  # train, save the model into entry.build_dir
+    entry.finish({"loss_last": 1.0})  # now the model is at entry.path
 ```
 """
 
@@ -107,6 +106,7 @@ class PrefixEntry:
         if cached and self.result is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.build_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            self.build_dir.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         else:
             self.build_dir = self.path
 

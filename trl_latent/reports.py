@@ -9,11 +9,15 @@ the held-out prompts). Tables give mean ± std over seeds; plots are PNGs of `FI
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo")
 METHODS = ("token", "latent")
@@ -146,7 +150,10 @@ def format_cells_table(cells: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------ plots
 def _figure(ncols: int = 1):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("The plots need matplotlib: `pip install trl-latent[metrics]`.") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -344,5 +351,8 @@ def cells_from_run(results: dict[str, Any]) -> list[dict]:
 
 def write_run_plots(results: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
     """The study's plots for one `run_pipeline` run, next to its `results.json` (ablation and code-usage plots say
-    when the run has no data for them)."""
+    when the run has no data for them). Without matplotlib the run keeps its results and says how to get plots."""
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("No plots for %s: matplotlib is missing (`pip install trl-latent[metrics]`).", output_dir)
+        return {}
     return write_plots(cells_from_run(results), output_dir)

@@ -23,6 +23,7 @@ held-out prompts (histogram, codes used, entropy), the latent arm's `health` ent
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -273,6 +274,8 @@ def run_cell(
     )
     write_json_atomic(cell_path(study_dir, cell), result)
     shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another process is running a cell
+        work.parent.rmdir()
     return result
 
 
