@@ -137,3 +137,37 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     assert len(listing) == 4 * 2 + 3
     assert "grpo-token-s0" in listing[0] and listing[0].endswith("finished")
     assert next(line for line in listing if line.startswith("bnpo-latent-s0")).endswith("to run")
+
+
+def _cell(loss, method, seed, reward, ablation="full", health=None):
+    ev = {"all": reward / 2, "reward": reward, "diversity/distinct_2": 0.5, "diversity/self_bleu": 0.25}
+    return {
+        "name": f"{loss}-{method}-s{seed}",
+        "loss": loss,
+        "method": method,
+        "ablation": ablation,
+        "seed": seed,
+        "eval": {"id": ev, "ood": {**ev, "reward": reward - 0.5}},
+        "health": health or {},
+    }
+
+
+def test_tables_give_mean_and_sample_std_over_seeds():
+    from trl_latent.reports import format_ablation_table, format_health_table, format_main_table
+
+    cells = [_cell("dapo", "latent", s, r) for s, r in enumerate((0.6, 0.8, 1.0))]
+    cells += [_cell("grpo", "token", 0, 0.7), _cell("grpo", "latent", 0, 0.9, "no_projector")]
+    rows = format_main_table(cells).splitlines()
+    # Rows in the paper's order (grpo before dapo); the ablated cell is not a main row; std is the sample std.
+    assert rows[2].startswith("| grpo | token | 1 | 0.350 ± 0.000 | 0.700 ± 0.000 | 0.350 ± 0.000 | 0.200 ± 0.000 |")
+    assert rows[3].startswith("| dapo | latent | 3 | 0.400 ± 0.100 | 0.800 ± 0.200 | 0.400 ± 0.100 | 0.300 ± 0.200 |")
+    assert rows[3].endswith("| 0.500 ± 0.000 | 0.250 ± 0.000 | n/a |") and len(rows) == 4
+    assert (
+        format_ablation_table(cells).splitlines()[2].startswith("| grpo | without the projector | 1 | 0.450 ± 0.000")
+    )
+    assert format_health_table(cells) == ""
+    health = [{"world_sft": {"reachability": v, "codes_used": 4}} for v in (0.5, 0.7)]
+    table = format_health_table([_cell("grpo", "latent", s, 0.5, health=h) for s, h in enumerate(health)])
+    assert (
+        "| world_sft.reachability | 0.600 ± 0.141 |" in table and "| world_sft.codes_used | 4.000 ± 0.000 |" in table
+    )

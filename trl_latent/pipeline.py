@@ -179,7 +179,7 @@ def _rl_args(cls, output_dir, learning_rate, config, **extra):
 
 
 # Per-step RL metrics kept as curves besides the reward (those a trainer logs).
-RL_CURVES = ("latent/code_entropy", "latent/codes_used", "latent/code_perplexity", "kl", "entropy")
+RL_CURVES = ("loss", "latent/code_entropy", "latent/codes_used", "latent/code_perplexity", "kl", "entropy")
 
 
 def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
@@ -210,20 +210,20 @@ def run_token_arm(
     from .training.token_grpo_trainer import TokenGRPOTrainer
 
     evaluate = evaluate or evaluate_model
-    entry = prefix_entry(cache, "token_sft", config, output_dir / "sft")
-    if entry.result is None:
+    prefix = prefix_entry(cache, "token_sft", config, output_dir / "sft")
+    if prefix.result is None:
         model = AutoModelForImageTextToText.from_pretrained(base_path)
         model, sft = _stock_sft(
             model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config,
             output_dir, "token arm: task SFT",
         )  # fmt: skip
         sft_result = {"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)}
-        if entry.cached:
-            model.save_pretrained(entry.build_dir)
-        entry.finish(sft_result)
-    if entry.cached:  # every run continues from the saved model, whether it was built now or before
-        model = AutoModelForImageTextToText.from_pretrained(entry.path)
-    result: dict[str, Any] = dict(entry.result)
+        if prefix.cached:
+            model.save_pretrained(prefix.build_dir)
+        prefix.finish(sft_result)
+    if prefix.cached:  # every run continues from the saved model, whether it was built now or before
+        model = AutoModelForImageTextToText.from_pretrained(prefix.path)
+    result: dict[str, Any] = dict(prefix.result)
     args = _rl_args(GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config)
     trainer = TokenGRPOTrainer(
         model=model,
@@ -272,13 +272,13 @@ def run_latent_arm(
     plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in pretrain]
     plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
     for stage, steps, lr in plan:
-        entry = prefix_entry(cache, f"latent/{stage}", config, output_dir / stage)
-        if entry.result is not None:  # saved by an earlier run with the same prefix; loaded when a stage needs it
-            stages[stage], model = entry.result, entry.path
+        prefix = prefix_entry(cache, f"latent/{stage}", config, output_dir / stage)
+        if prefix.result is not None:  # saved by an earlier run with the same prefix; loaded when a stage needs it
+            stages[stage], model = prefix.result, prefix.path
             continue
         if not isinstance(model, LatentActionModel):
             model = LatentActionModel.from_pretrained(str(model))
-        stage_dir = entry.build_dir
+        stage_dir = prefix.build_dir
         args = LatentSFTConfig(
             str(stage_dir),
             stage=stage,
@@ -311,8 +311,8 @@ def run_latent_arm(
             **{k: v for k, v in logs[-1].items() if "/" in k},
         }
         trainer.save_model(str(stage_dir))
-        entry.finish(stages[stage])
-        model = entry.path  # each stage reloads the previous one's save
+        prefix.finish(stages[stage])
+        model = prefix.path  # each stage reloads the previous one's save
     model = LatentActionModel.from_pretrained(str(model))
     eval_entry = prefix_entry(cache, "latent/eval_world_sft", config, output_dir / "world_sft")
     if eval_entry.result is None:
@@ -368,8 +368,8 @@ def pretrain_base(
 
     evaluate = evaluate or evaluate_model
     output_dir = Path(output_dir)
-    entry = prefix_entry(cache, "base", config, output_dir / "base")
-    if entry.result is None:
+    prefix = prefix_entry(cache, "base", config, output_dir / "base")
+    if prefix.result is None:
         base = AutoModelForImageTextToText.from_pretrained(
             tiny_vlm_path(config.size, seed=config.seed, cache_dir=config.cache_dir)
         )
@@ -377,10 +377,10 @@ def pretrain_base(
             base, processor, data["pretrain"], config.pretrain_steps, config.pretrain_learning_rate, config,
             output_dir / "pretrain", "pretraining the base VLM",
         )  # fmt: skip
-        base.save_pretrained(entry.build_dir)
-        processor.save_pretrained(entry.build_dir)
-        entry.finish({"pretrain": pretrain, "eval_base": evaluate(base, processor, eval_sets, config)})
-    return entry.path, entry.result
+        base.save_pretrained(prefix.build_dir)
+        processor.save_pretrained(prefix.build_dir)
+        prefix.finish({"pretrain": pretrain, "eval_base": evaluate(base, processor, eval_sets, config)})
+    return prefix.path, prefix.result
 
 
 def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, Any]:

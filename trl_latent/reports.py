@@ -31,6 +31,13 @@ ABLATION_LABELS = {
 FIGURE_SIZE = (960, 480)  # pixels of every PNG
 _DPI = 100
 PLOTS = ("reward_curves", "id_ood", "diversity", "ablation", "code_usage")
+PLOT_CAPTIONS = {
+    "reward_curves": "Rollout reward per RL step, mean over seeds with a ±std band, one panel per loss.",
+    "id_ood": "Held-out greedy reward on ID and OOD characters after RL, mean ± std over seeds.",
+    "diversity": "Diversity of sampled rollouts on held-out ID prompts after RL, mean ± std over seeds.",
+    "ablation": "Held-out reward of the latent model with each part switched off, mean ± std over seeds.",
+    "code_usage": "Share of sampled steps per code on held-out prompts after RL, codes sorted by use, mean over seeds.",
+}
 _COLOURS = {"token": "#4c72b0", "latent": "#dd8452"}
 
 # Table columns: (header, split, metric key, higher is better).
@@ -145,6 +152,39 @@ def format_cells_table(cells: list[dict]) -> str:
             f"{rl.get('reward_first_quarter', math.nan):.3f} -> {rl.get('reward_last_quarter', math.nan):.3f} | "
             f"{used} | {entropy} |"
         )
+    return "\n".join(lines)
+
+
+def flatten_numbers(value: Any, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of nested dicts by dotted path (lists and strings are left out)."""
+    if isinstance(value, bool):
+        return {prefix: float(value)} if prefix else {}
+    if isinstance(value, (int, float)):
+        return {prefix: float(value)} if prefix else {}
+    found: dict[str, float] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.update(flatten_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
+    return found
+
+
+def format_health_table(cells: list[dict]) -> str:
+    """The latent cells' `health` entries (whatever the pipeline reports): one row per numeric entry, one column per
+    latent model (loss, ablation), mean ± std over seeds. Empty string when no cell has any."""
+    groups = {k: g for k, g in group_cells(cells).items() if k[1] == "latent"}
+    flat = {key: [flatten_numbers(c.get("health") or {}) for c in group] for key, group in groups.items()}
+    metrics: list[str] = []
+    for values in flat.values():
+        for entry in values:
+            metrics += [name for name in entry if name not in metrics]
+    if not metrics:
+        return ""
+    columns = sorted(flat, key=lambda k: (_ordered([k[0]], LOSSES), ABLATIONS.index(k[2]) if k[2] in ABLATIONS else 9))
+    header = ["health entry", *(loss if a == "full" else f"{loss}, {a}" for loss, _, a in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
+    for name in metrics:
+        row = [format_mean_std([entry.get(name) for entry in flat[key]]) for key in columns]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -290,7 +330,8 @@ def plot_code_usage(cells: list[dict], path: Path) -> Path:
     groups = group_cells(cells)
     fig, axes = _figure(1)
     ax = axes[0]
-    drawn = False
+    drawn = 0
+    styles = ("-", "--", ":", "-.")  # identical usage profiles would otherwise hide each other
     for (loss, method, ablation), group in sorted(groups.items()):
         histograms = [np.array(c["codes"]["histogram"], dtype=float) for c in group if c.get("codes")]
         histograms = [h for h in histograms if h.sum() > 0]
@@ -298,8 +339,9 @@ def plot_code_usage(cells: list[dict], path: Path) -> Path:
             continue
         shares = np.mean([np.sort(h / h.sum())[::-1] for h in histograms], axis=0)
         label = f"{loss}" + ("" if ablation == "full" else f", {ablation}")
-        ax.step(np.arange(1, len(shares) + 1), shares, where="mid", label=f"{label} (n={len(histograms)})")
-        drawn = True
+        style = styles[drawn % len(styles)]
+        ax.step(np.arange(1, len(shares) + 1), shares, style, where="mid", label=f"{label} (n={len(histograms)})")
+        drawn += 1
     if not drawn:
         _empty(ax, "no latent cells with code counts")
     else:

@@ -47,6 +47,15 @@ _NOT_IN_FINGERPRINT = {"study.py", "reports.py", "progress.py", "cli.py"}
 EVALUATION_PROTOCOL = "evaluate_model + MiniLM embedding diversity + sampled code usage, v1"
 
 
+REPRODUCE = (
+    "trl-latent study --list                                   # the 33 cells and which are finished",
+    "trl-latent study                                          # every unfinished cell, then this report",
+    "trl-latent study --cells 'grpo-*' --no-report             # one process per subset (same --study-dir)",
+    "trl-latent study --cells '*-s1' --no-report               # ... e.g. one per seed, on another machine",
+    "trl-latent study --report --report-md docs/results.md     # tables and plots from the cell JSONs",
+)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One RL run of the grid."""
@@ -370,15 +379,14 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     lines += [reports.format_legend(), ""]
     lines += ["## Ablations of the latent model", "", reports.format_ablation_table(cells), ""]
     lines += ["## Per cell: RL time, reward and code usage", "", reports.format_cells_table(cells), ""]
-    health = {c["name"]: c["health"] for c in cells if c.get("health")}
-    if health:
-        lines += ["## Latent-space health (as the pipeline reports it)", "", "```json"]
-        lines += [json.dumps(health, indent=1, default=str), "```", ""]
+    health = reports.format_health_table(cells)
+    lines += ["## Latent-space health, mean ± std over seeds", ""]
+    lines += [health or "The cells hold no `health` entries (the pipeline reported none when they ran).", ""]
     lines += ["## Plots", ""]
     for name, path in plots.items():
         rel = os.path.relpath(path, markdown_path.parent)
-        lines.append(f"![{name}]({rel})")
-        lines.append("")
+        lines += [f"{reports.PLOT_CAPTIONS[name]}", "", f"![{name}]({rel})", ""]
+    lines += ["## How to reproduce", "", "```bash", *REPRODUCE, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
