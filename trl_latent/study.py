@@ -56,6 +56,18 @@ REPRODUCE = (
 )
 
 
+CELL_FIELDS = (
+    "Each cell's JSON (`<study-dir>/cells/<name>.json`) holds: `reward_curve` (rollout reward per RL step); `rl` (steps,",
+    "seconds, `seconds_per_step`, reward first/last quarter, per-step `curves` of the loss, KL and, for latent cells,",
+    "`latent/code_entropy` and `latent/codes_used`); `eval` and `eval_start` (held-out `id` and `ood` metrics after and",
+    "before RL: accuracies, `reward`, `diversity/distinct_1`, `diversity/distinct_2`, `diversity/self_bleu`,",
+    "`diversity/embedding`); `codes` and `codes_start` (latent cells: per-code `histogram` of the codes sampled on the",
+    "held-out prompts, `used`, `entropy` in nats, `perplexity`); `health` (the latent arm's `health` entries, by path);",
+    "`base` and `arm` (everything the pipeline returned); `config`, `fingerprint`, `environment`, `command`,",
+    "`finished_at`.",
+)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One RL run of the grid."""
@@ -323,10 +335,11 @@ def run_study(
     env = environment()
     tag = f"{source_fingerprint()} | {json.dumps(env['versions'], sort_keys=True)} | {evaluate.protocol}"
     cache = PrefixCache(study_dir / "prefix", tag=tag)
-    done = {"run": [], "skipped": []}
+    # Every finished cell is checked before any runs: a study dir of another grid is refused up front.
+    skipped = [cell.name for cell in cells if finished(study_dir, cell, base_config)]
+    done = {"run": [], "skipped": skipped}
     for cell in cells:
-        if finished(study_dir, cell, base_config):
-            done["skipped"].append(cell.name)
+        if cell.name in skipped or cell_path(study_dir, cell).exists():  # or finished by another process meanwhile
             continue
         run_cell(cell, base_config, study_dir, cache, evaluate, command)
         done["run"].append(cell.name)
@@ -386,7 +399,7 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     for name, path in plots.items():
         rel = os.path.relpath(path, markdown_path.parent)
         lines += [f"{reports.PLOT_CAPTIONS[name]}", "", f"![{name}]({rel})", ""]
-    lines += ["## How to reproduce", "", "```bash", *REPRODUCE, "```", ""]
+    lines += ["## How to reproduce", "", "```bash", *REPRODUCE, "```", "", *CELL_FIELDS, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
