@@ -63,6 +63,9 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     argv = ["study", "--quick", "--study-dir", str(study), "--seeds", "0", "--cells", *CELLS]
     argv += ["--cache-dir", str(tiny_cache)]
     assert main(argv) == 0
+    out = capsys.readouterr().out
+    # A heading per cell and a progress bar per phase (stderr), not the Trainer's dict per logging step.
+    assert "== cell grpo-latent-s0" in out and "{'loss'" not in out and "'train_runtime'" not in out
     config = PipelineConfig.quick(cache_dir=str(tiny_cache))
     # Both cells share one pretrained base; every phase trained exactly once.
     assert sorted(trained) == sorted(
@@ -171,3 +174,31 @@ def test_tables_give_mean_and_sample_std_over_seeds():
     assert (
         "| world_sft.reachability | 0.600 ± 0.141 |" in table and "| world_sft.codes_used | 4.000 ± 0.000 |" in table
     )
+
+
+def test_only_the_known_harmless_messages_are_quieted():
+    import logging
+    import warnings
+
+    from trl_latent.console import quiet_known_warnings
+
+    def shown(logger_name, message):
+        record = logging.LogRecord(logger_name, logging.WARNING, __file__, 1, message, None, None)
+        return logging.getLogger(logger_name).filter(record)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # the suite's own filters ignore deprecations; start from "show everything"
+        warnings.simplefilter("always")
+        quiet_known_warnings()  # its filters go in front
+        for module in ("transformers.modeling_utils", "trl_latent.pipeline"):
+            warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module=module)
+        warnings.warn_explicit("`is_gradient_checkpointing` is deprecated", FutureWarning, "x.py", 1, module="m")
+        warnings.warn_explicit("something else", FutureWarning, "x.py", 1, module="m")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (DeprecationWarning, "old API"),  # ours still shows
+        (FutureWarning, "something else"),
+    ]
+    assert not shown("transformers.trainer_utils", "The tokenizer has new PAD/BOS/EOS tokens that differ from ...")
+    assert shown("transformers.trainer_utils", "Some other problem")
+    assert not shown("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, ...")
+    assert shown("DeepSpeed", "ZeRO stage 3 is not supported here")

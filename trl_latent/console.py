@@ -30,7 +30,7 @@ _QUIET_LOGS = {
 # Deprecations raised inside dependencies by calls our code does not make (transformers' Trainer asks for the
 # deprecated property itself), and DeprecationWarnings attributed to the dependencies' own modules.
 _QUIET_FUTURE = (r"`is_gradient_checkpointing` is deprecated",)
-_DEPENDENCY_MODULES = r"(transformers|trl|accelerate|peft|deepspeed|torch|datasets|sentence_transformers)(\..*)?"
+_DEPENDENCY_MODULES = r"(transformers|trl|accelerate|peft|deepspeed|torch|datasets|sentence_transformers)(\..*)?\Z"
 
 
 class _DropMessages(logging.Filter):
