@@ -43,7 +43,8 @@ LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo")
 ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 DEFAULT_SEEDS = (0, 1, 2)
 # Files of the package that cannot change a trained model or its evaluation: edits to them keep the prefix cache.
-_NOT_IN_FINGERPRINT = {"study.py", "reports.py", "progress.py", "cli.py"}
+# (This file is fingerprinted: the study's evaluation lives here.)
+_NOT_IN_FINGERPRINT = {"reports.py", "progress.py", "console.py", "cli.py"}
 EVALUATION_PROTOCOL = "evaluate_model + MiniLM embedding diversity + sampled code usage, v1"
 
 
@@ -174,7 +175,7 @@ def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: in
     tokenizer = getattr(processor, "tokenizer", processor)
     backend = LatentGenerationBackend(model, processor, config.max_completion_length, temperature=1.0, top_k=32)
     counts = torch.zeros(num_codes, dtype=torch.long)
-    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=model.device).manual_seed(config.seed)  # leaves the global RNG alone
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -189,6 +190,7 @@ def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: in
                     code_top_k=32,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
+                    generator=generator,
                 )
                 counts += code_counts(out.codes, num_codes, out.completion_mask)
     model.train(was_training)
