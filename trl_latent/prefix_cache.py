@@ -99,7 +99,7 @@ class PrefixEntry:
 
     def __init__(self, path: str | Path, key: dict | None = None, cached: bool = True):
         self.path = Path(path)
-        self.key = key
+        self.key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as stored: tuples become lists
         self.cached = cached
         self.result: dict | None = self._read() if cached else None
         self.reused = self.result is not None

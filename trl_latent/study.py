@@ -273,7 +273,7 @@ def summarize_cell(cell: Cell, config, base: dict, arm: dict, seconds: float) ->
 
 
 def run_cell(
-    cell: Cell, base_config, study_dir: Path, cache, evaluate: StudyEvaluator, command: str = ""
+    cell: Cell, base_config, study_dir: Path, cache, evaluate: StudyEvaluator, command: str = "", fingerprint=None
 ) -> dict[str, Any]:
     """Run one cell (reusing its cached prefix) and write its JSON atomically; returns the JSON's contents."""
     from .console import heading
@@ -290,7 +290,7 @@ def run_cell(
     arm = run_arm(base_path, processor, data, eval_sets, config, work / cell.method, cache, evaluate)
     result = summarize_cell(cell, config, base, arm, time.perf_counter() - start)
     result.update(
-        fingerprint=source_fingerprint(),
+        fingerprint=fingerprint or source_fingerprint(),
         environment=environment(),
         command=command,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -334,8 +334,8 @@ def run_study(
 
     study_dir = Path(study_dir)
     evaluate = StudyEvaluator(embedder)
-    env = environment()
-    tag = f"{source_fingerprint()} | {json.dumps(env['versions'], sort_keys=True)} | {evaluate.protocol}"
+    env, fingerprint = environment(), source_fingerprint()  # of the code this process imported, taken once
+    tag = f"{fingerprint} | {json.dumps(env['versions'], sort_keys=True)} | {evaluate.protocol}"
     cache = PrefixCache(study_dir / "prefix", tag=tag)
     # Every finished cell is checked before any runs: a study dir of another grid is refused up front.
     skipped = [cell.name for cell in cells if finished(study_dir, cell, base_config)]
@@ -343,7 +343,7 @@ def run_study(
     for cell in cells:
         if cell.name in skipped or cell_path(study_dir, cell).exists():  # or finished by another process meanwhile
             continue
-        run_cell(cell, base_config, study_dir, cache, evaluate, command)
+        run_cell(cell, base_config, study_dir, cache, evaluate, command, fingerprint)
         done["run"].append(cell.name)
     return done
 
