@@ -259,7 +259,7 @@ def _bars(ax, labels: list[str], series: dict[str, list[list[float]]], ylabel: s
         stats = [mean_std(values) for values in groups]
         ax.bar(
             x + (i - (len(series) - 1) / 2) * width,
-            [0.0 if n == 0 else m for m, _, n in stats],
+            [m for m, _, _ in stats],  # NaN (no cells) draws no bar rather than a misleading zero
             width,
             yerr=[0.0 if n == 0 else s for _, s, n in stats],
             capsize=3,
