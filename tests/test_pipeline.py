@@ -3,8 +3,11 @@
 import json
 import math
 
+from PIL import Image
+
 from trl_latent.cli import main
 from trl_latent.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results
+from trl_latent.reports import FIGURE_SIZE, PLOTS
 
 
 def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys):
@@ -47,3 +50,8 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
     ]
     assert "latent/token" in table
     assert format_results(results) in out
+    # The demo explains its columns and writes the study's plots for its own run.
+    assert "Columns:" in out and "- self-BLEU:" in out
+    for name in PLOTS:
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert image.format == "PNG" and image.size == FIGURE_SIZE

@@ -5,6 +5,7 @@ trl-latent demo                      # the embedded end-to-end job: token vs lat
 trl-latent token-baseline --size tiny --sft-steps 40 --grpo-steps 5
 trl-latent write-synthetic data/shapes --seed 0
 trl-latent plan Qwen/Qwen2.5-VL-7B-Instruct --stage 5 --zero zero3 --num-gpus 8 --gpu-memory 80
+trl-latent study --quick --cells 'grpo-*-s0'   # latent vs token over losses, seeds and ablations (resumable)
 ```
 
 A subcommand is a function `add(subparsers)` in `SUBCOMMANDS` that registers its parser and sets `func`, a callable
@@ -19,6 +20,7 @@ import os
 import sys
 
 from .planning import add_plan_command
+from .study import add_study
 
 
 def _offline() -> None:
@@ -59,7 +61,10 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineConfig, format_results, run_pipeline
+    from .console import quiet_known_warnings
+
+    quiet_known_warnings()  # before the heavy imports: some of these messages are logged at import time
+    from .pipeline import PipelineConfig, format_legend, format_results, run_pipeline
 
     print(
         "trl-latent demo: token-level vs latent-action RL on the embedded shapes role-play task (tiny Qwen2.5-VL, "
@@ -75,8 +80,10 @@ def _demo(args: argparse.Namespace) -> int:
     }
     config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
     results = run_pipeline(args.output_dir, config)
+    print("\n== results: held-out greedy answers after each phase\n")
     print(format_results(results))
-    print(f"results written to {os.path.join(args.output_dir, 'results.json')} and results.md")
+    print("\nColumns:\n" + format_legend())
+    print(f"\nresults written to {os.path.join(args.output_dir, 'results.json')} and results.md, plots to *.png there")
     return 0
 
 
@@ -135,6 +142,7 @@ SUBCOMMANDS = [
     _eval_command.add_parser,
     _inspect_command.add_parser,
     add_plan_command,
+    add_study,
 ]
 
 
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that write results
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

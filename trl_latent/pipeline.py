@@ -11,7 +11,11 @@ base --(LatentSFTTrainer: inverse_warmup, projector_warmup, joint, policy_bc on 
 Both RL runs use the same loss class (GRPO by default), prompts, number of generations, steps and reward; both start
 from a model that saw the task's SFT split for the same number of steps. Evaluation on held-out prompts with
 in-distribution and out-of-distribution characters: greedy answer accuracy, mean rubric reward, and the diversity of
-sampled rollouts (distinct-n, self-BLEU). Results go to `results.json` and `results.md`.
+sampled rollouts (distinct-n, self-BLEU). Results go to `results.json` and `results.md`, plots beside them.
+
+The phases (`prepare_task`, `pretrain_base`, `run_token_arm`, `run_latent_arm`) are public so that the study
+(`trl_latent.study`) can run many RL cells over them; with a `PrefixCache` the arms reuse saved prefixes (the token
+SFT model, each latent stage) instead of retraining them.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from typing import Any
 
 import torch
 
+from .console import heading
 from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from .evaluation import generate_answers
 from .metrics.diversity import group_diversity
+from .prefix_cache import PrefixCache, prefix_entry
+from .progress import train_with_progress
 from .rewards.rubric import answer_accuracy, rubric_reward, task_reward
 from .training.baseline import cpu_training_args, logged
 
@@ -82,6 +89,11 @@ class PipelineConfig:
     code_top_k: int | None = 32
     # Records of held-out task dialogues the latent-space health metrics are measured on after each stage.
     health_samples: int = 64
+    # The paper's ablations, passed to every latent stage's `LatentSFTConfig` (docs/stages.md); without the projector
+    # the projector warm-up stage is skipped (it would have nothing to train).
+    use_cycle_loss: bool = True
+    use_projector: bool = True
+    use_text_only: bool = True
     # RL, identical for both arms.
     loss: str = "grpo"
     reward: str = "task"
@@ -127,8 +139,9 @@ class PipelineConfig:
         return cls(**values)
 
 
-def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) -> dict[str, Any]:
-    """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts."""
+def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig, embedder=None) -> dict[str, Any]:
+    """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts (with an
+    `embedder`, e.g. `trl_latent.metrics.diversity.Embedder()`, also `diversity/embedding`)."""
     results = {}
     for name, dataset in eval_sets.items():
         greedy = generate_answers(model, processor, dataset, config.max_completion_length)
@@ -141,7 +154,7 @@ def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) ->
         # Rollout diversity: `diversity_samples` sampled answers per prompt, adjacent as in a GRPO group.
         repeated = dataset.select([i for i in range(len(dataset)) for _ in range(config.diversity_samples)])
         sampled = generate_answers(model, processor, repeated, config.max_completion_length, sample=True)
-        metrics.update(group_diversity(sampled, config.diversity_samples))
+        metrics.update(group_diversity(sampled, config.diversity_samples, embedder))
         metrics["examples"] = [
             {"character": c, "reference": r, "answer": a}
             for c, r, a in list(zip(dataset["character"], dataset["reference"], greedy))[:2]
@@ -151,7 +164,7 @@ def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig) ->
 
 
 # ------------------------------------------------------------------------------------------------ the arms
-def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_dir):
+def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_dir, title="SFT"):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -166,7 +179,7 @@ def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_d
         **cpu_training_args(),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-    trainer.train()
+    train_with_progress(trainer, title)
     losses = logged(trainer, "loss")
     return trainer.model, {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
@@ -186,10 +199,16 @@ def _rl_args(cls, output_dir, learning_rate, config, **extra):
     )
 
 
+# Per-step RL metrics kept as curves besides the reward (those a trainer logs).
+RL_CURVES = ("loss", "latent/code_entropy", "latent/codes_used", "latent/code_perplexity", "kl", "entropy")
+
+
 def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
     rewards = logged(trainer, "reward")
     k = max(1, len(rewards) // 4)
+    curves = {key: logged(trainer, key) for key in RL_CURVES}
     return {
+        "curves": {key: values for key, values in curves.items() if values},
         "steps": len(rewards),
         "seconds": seconds,
         "reward_first": rewards[0],
@@ -201,17 +220,31 @@ def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
     }
 
 
-def run_token_arm(base_path, processor, data, eval_sets, config, output_dir) -> dict[str, Any]:
+def run_token_arm(
+    base_path, processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
+) -> dict[str, Any]:
+    """Stock SFT on the task's SFT split, then `config.loss` over tokens. With `cache` the SFT model and its
+    evaluation are reused by every run that shares them; `evaluate` (default [`evaluate_model`]) scores a model."""
     from transformers import AutoModelForImageTextToText
     from trl import GRPOConfig
 
     from .training.token_grpo_trainer import TokenGRPOTrainer
 
-    model = AutoModelForImageTextToText.from_pretrained(base_path)
-    model, sft = _stock_sft(
-        model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config, output_dir
-    )
-    result: dict[str, Any] = {"sft": sft, "eval_sft": evaluate_model(model, processor, eval_sets, config)}
+    evaluate = evaluate or evaluate_model
+    prefix = prefix_entry(cache, "token_sft", config, output_dir / "sft")
+    if prefix.result is None:
+        model = AutoModelForImageTextToText.from_pretrained(base_path)
+        model, sft = _stock_sft(
+            model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config,
+            output_dir, "token arm: task SFT",
+        )  # fmt: skip
+        sft_result = {"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)}
+        if prefix.cached:
+            model.save_pretrained(prefix.build_dir)
+        prefix.finish(sft_result)
+    if prefix.cached:  # every run continues from the saved model, whether it was built now or before
+        model = AutoModelForImageTextToText.from_pretrained(prefix.path)
+    result: dict[str, Any] = dict(prefix.result)
     args = _rl_args(GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config)
     trainer = TokenGRPOTrainer(
         model=model,
@@ -222,19 +255,26 @@ def run_token_arm(base_path, processor, data, eval_sets, config, output_dir) -> 
         loss=config.loss,
     )
     start = time.perf_counter()
-    trainer.train()
+    train_with_progress(trainer, f"token arm: {config.loss} over tokens")
     result["rl"] = _rl_summary(trainer, time.perf_counter() - start)
-    result["eval_rl"] = evaluate_model(trainer.model, processor, eval_sets, config)
+    result["eval_rl"] = evaluate(trainer.model, processor, eval_sets, config)
     return result
 
 
-def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) -> dict[str, Any]:
+def run_latent_arm(
+    base_path, processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
+) -> dict[str, Any]:
+    """Stages 1-5 (the projector warm-up skipped without the projector), then `config.loss` over latent actions.
+    With `cache` every stage's saved model is reused by every run that shares it (the stage after stage 5 evaluation
+    too); `evaluate` (default [`evaluate_model`]) scores a model."""
     from .modeling.model import LatentActionModel
     from .training.latent_grpo_config import LatentGRPOConfig
     from .training.latent_grpo_trainer import LatentGRPOTrainer
     from .training.latent_sft_config import LatentSFTConfig
     from .training.latent_sft_trainer import LatentSFTTrainer
+    from .training.stages import resolve_stage
 
+    evaluate = evaluate or evaluate_model
     torch.manual_seed(config.seed)
     model = LatentActionModel.from_base(
         str(base_path),
@@ -243,13 +283,23 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
         policy_layers=config.policy_layers,
     )
     stages: dict[str, Any] = {}
+    switches = dict(
+        use_cycle_loss=config.use_cycle_loss, use_projector=config.use_projector, use_text_only=config.use_text_only
+    )
     if config.latent_paired_data not in ("dialogues", "corpus"):
         raise ValueError(f"latent_paired_data must be 'dialogues' or 'corpus' (got {config.latent_paired_data!r}).")
     latent_paired = "pretrain" if config.latent_paired_data == "dialogues" else "paired"
-    plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in PRETRAIN_STAGES]
+    pretrain = [stage for stage in PRETRAIN_STAGES if config.use_projector or stage != "projector_warmup"]
+    plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in pretrain]
     plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
     for stage, steps, lr in plan:
-        stage_dir = output_dir / stage
+        prefix = prefix_entry(cache, f"latent/{stage}", config, output_dir / stage)
+        if prefix.result is not None:  # saved by an earlier run with the same prefix; loaded when a stage needs it
+            stages[stage], model = prefix.result, prefix.path
+            continue
+        if not isinstance(model, LatentActionModel):
+            model = LatentActionModel.from_pretrained(str(model))
+        stage_dir = prefix.build_dir
         args = LatentSFTConfig(
             str(stage_dir),
             stage=stage,
@@ -267,6 +317,7 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             idm_entropy=config.idm_entropy,
             health_samples=config.health_samples,
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),
+            **switches,
             **cpu_training_args(),
         )
         world = stage == "world_sft"
@@ -274,12 +325,12 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             model,
             args,
             train_dataset=data["task_sft"] if world else data[latent_paired],
-            text_dataset=None if world else data["text"],
+            text_dataset=data["text"] if resolve_stage(args).uses("text") else None,
             processing_class=processor,
             health_dataset=data.get("health"),
         )
         start = time.perf_counter()
-        trainer.train()
+        train_with_progress(trainer, f"latent arm: {stage}")
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         stages[stage] = {
             "steps": steps,
@@ -291,8 +342,13 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
             "health": trainer.health,
         }
         trainer.save_model(str(stage_dir))
-        model = LatentActionModel.from_pretrained(str(stage_dir))  # each stage reloads the previous one's save
-    result: dict[str, Any] = {"stages": stages, "eval_sft": evaluate_model(model, processor, eval_sets, config)}
+        prefix.finish(stages[stage])
+        model = prefix.path  # each stage reloads the previous one's save
+    model = LatentActionModel.from_pretrained(str(model))
+    eval_entry = prefix_entry(cache, "latent/eval_world_sft", config, output_dir / "world_sft")
+    if eval_entry.result is None:
+        eval_entry.finish({"eval_sft": evaluate(model, processor, eval_sets, config)})
+    result: dict[str, Any] = {"stages": stages, "eval_sft": eval_entry.result["eval_sft"]}
     args = _rl_args(
         LatentGRPOConfig,
         output_dir / "grpo",
@@ -306,31 +362,24 @@ def run_latent_arm(base_path, processor, data, eval_sets, config, output_dir) ->
         model, reward_funcs=REWARDS[config.reward], args=args, train_dataset=data["rl"], processing_class=processor
     )
     start = time.perf_counter()
-    trainer.train()
+    train_with_progress(trainer, f"latent arm: {config.loss} over latent actions")
     result["rl"] = _rl_summary(trainer, time.perf_counter() - start)
-    result["eval_rl"] = evaluate_model(trainer.model, processor, eval_sets, config)
+    result["eval_rl"] = evaluate(trainer.model, processor, eval_sets, config)
     return result
 
 
 # ------------------------------------------------------------------------------------------------ the job
-def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Run the whole embedded job and write `results.json` and `results.md` to `output_dir`."""
-    from transformers import AutoModelForImageTextToText
+def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
+    """The job's datasets (`data`: pretrain, task_sft, paired, text, rl), its held-out `eval_sets` (id, ood) and the
+    tiny model's processor; the synthetic task's files are written to `data_dir`."""
+    from transformers import AutoProcessor
 
     from .data.pretrain import load_pretrain_corpus
     from .modeling.tiny import tiny_vlm_path
 
-    config = config or PipelineConfig()
-    if config.threads:
-        # Tiny models gain nothing from intra-op threads, and oversubscribed threads are several times slower on a
-        # busy 2-core machine (measured: 0.6 s per pretraining step with 1 thread vs 1.4 s with 2 under load).
-        torch.set_num_threads(config.threads)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     seed, size = config.seed, config.image_size
     task = write_synthetic_task(
-        output_dir / "data", seed=seed, image_size=size, n_paired=config.n_paired, n_text_only=config.n_text_only
+        data_dir, seed=seed, image_size=size, n_paired=config.n_paired, n_text_only=config.n_text_only
     )
     data = {
         "pretrain": synthetic_sft_dataset(config.n_dialogues, seed + 1, size, "id", split="pretrain"),
@@ -345,32 +394,62 @@ def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, 
         "id": synthetic_rl_dataset(config.n_eval, seed, size, "id", split="eval"),
         "ood": synthetic_rl_dataset(config.n_eval, seed, size, "ood", split="eval"),
     }
-    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(tiny_vlm_path(config.size, seed=seed, cache_dir=config.cache_dir))
+    return data, eval_sets, processor
 
-    tiny_path = tiny_vlm_path(config.size, seed=seed, cache_dir=config.cache_dir)
-    processor = AutoProcessor.from_pretrained(tiny_path)
+
+def pretrain_base(
+    processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
+) -> tuple[Path, dict[str, Any]]:
+    """The stand-in for a pretrained instruct VLM, shared by both arms: stock SFT of the tiny VLM on separate
+    dialogues. Returns the folder it is saved in (with the processor) and `{"pretrain": ..., "eval_base": ...}`."""
+    from transformers import AutoModelForImageTextToText
+
+    from .modeling.tiny import tiny_vlm_path
+
+    evaluate = evaluate or evaluate_model
+    output_dir = Path(output_dir)
+    prefix = prefix_entry(cache, "base", config, output_dir / "base")
+    if prefix.result is None:
+        base = AutoModelForImageTextToText.from_pretrained(
+            tiny_vlm_path(config.size, seed=config.seed, cache_dir=config.cache_dir)
+        )
+        base, pretrain = _stock_sft(
+            base, processor, data["pretrain"], config.pretrain_steps, config.pretrain_learning_rate, config,
+            output_dir / "pretrain", "pretraining the base VLM",
+        )  # fmt: skip
+        base.save_pretrained(prefix.build_dir)
+        processor.save_pretrained(prefix.build_dir)
+        prefix.finish({"pretrain": pretrain, "eval_base": evaluate(base, processor, eval_sets, config)})
+    return prefix.path, prefix.result
+
+
+def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Run the whole embedded job and write `results.json`, `results.md` and the plots (`*.png`) to `output_dir`."""
+    from .reports import write_run_plots
+
+    config = config or PipelineConfig()
+    if config.threads:
+        # Tiny models gain nothing from intra-op threads, and oversubscribed threads are several times slower on a
+        # busy 2-core machine (measured: 0.6 s per pretraining step with 1 thread vs 1.4 s with 2 under load).
+        torch.set_num_threads(config.threads)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data, eval_sets, processor = prepare_task(config, output_dir / "data")
     results: dict[str, Any] = {"config": asdict(config)}
 
-    # The stand-in for a pretrained instruct VLM, shared by both arms.
-    logger.info("pretraining the tiny base VLM (%d steps)", config.pretrain_steps)
-    base = AutoModelForImageTextToText.from_pretrained(tiny_path)
-    base, results["pretrain"] = _stock_sft(
-        base, processor, data["pretrain"], config.pretrain_steps, config.pretrain_learning_rate, config,
-        output_dir / "pretrain",
-    )  # fmt: skip
-    base_path = output_dir / "base"
-    base.save_pretrained(base_path)
-    processor.save_pretrained(base_path)
-    results["eval_base"] = evaluate_model(base, processor, eval_sets, config)
-    del base
-
-    logger.info("token arm: stock SFT then %s over tokens", config.loss)
+    heading(f"[1/3] pretraining the tiny base VLM ({config.pretrain_steps} steps), the start of both arms")
+    base_path, base = pretrain_base(processor, data, eval_sets, config, output_dir)
+    results.update(base)
+    heading(f"[2/3] token arm: stock SFT ({config.task_sft_steps} steps), then {config.loss} over tokens")
     results["token"] = run_token_arm(base_path, processor, data, eval_sets, config, output_dir / "token")
-    logger.info("latent arm: stages 1-5 then %s over latent actions", config.loss)
+    heading(f"[3/3] latent arm: stages 1-5, then {config.loss} over latent actions")
     results["latent"] = run_latent_arm(base_path, processor, data, eval_sets, config, output_dir / "latent")
     results["seconds"] = time.perf_counter() - start
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (output_dir / "results.md").write_text(format_results(results) + "\n")
+    write_run_plots(results, output_dir)
     return results
 
 
@@ -406,3 +485,20 @@ def format_results(results: dict[str, Any]) -> str:
         f"Whole job: {results['seconds']:.0f}s."
     )
     return "\n".join(lines)
+
+
+# One line per column of `format_results`, printed under the demo's table.
+COLUMN_NOTES = (
+    ("ID / OOD", "held-out prompts whose characters the task's SFT split had (ID) or never had (OOD)"),
+    ("all", "share of greedy answers with colour, shape, count and voice all right"),
+    ("colour/shape/voice", "share of greedy answers naming only the right colour / shape, in the character's voice"),
+    ("reward", "mean rubric reward of the greedy answers (policy / reference score ratio, the paper's judge metric)"),
+    ("distinct-2", "unique word pairs / all word pairs in a prompt's sampled rollouts, ID (higher = more diverse)"),
+    ("self-BLEU", "BLEU of each sampled rollout against the rest of its group, ID (lower = more diverse)"),
+    ("RL reward", "mean rollout reward over the first and the last quarter of the RL steps"),
+)
+
+
+def format_legend() -> str:
+    """The one-line explanation of each column of `format_results`."""
+    return "\n".join(f"- {name}: {note}" for name, note in COLUMN_NOTES)

@@ -1,0 +1,176 @@
+"""A disk cache of the saved models that several runs share (the pretrained base of a seed, the token SFT model,
+each latent stage), keyed by what determines them, so a grid of RL runs builds each prefix once.
+
+A phase asks for its entry; unless `entry.result` says the prefix is already there, it builds into
+`entry.build_dir` and calls `entry.finish(result)`, which stores `result.json` with the model and moves the folder
+into place in one rename: an interrupted build leaves only a temporary folder and is rebuilt next time, and several
+processes may share one cache.
+
+The key of a phase is the run's whole `PipelineConfig` minus the fields that cannot affect that phase (a deny-list:
+a field added later is part of every key until it is listed here, so a new option can cost reuse but never reuses a
+wrong model), plus the cache's `tag` (the study puts the code fingerprint and library versions there).
+
+```
+cache = PrefixCache("outputs/study/prefix", tag="v1")
+entry = cache.entry("token_sft", PipelineConfig.quick())
+if entry.result is None:
+    ...  # train, save the model into entry.build_dir
+    entry.finish({"loss_last": 1.0})  # now the model is at entry.path
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+# Fields that only the RL phase and the tiny-model cache location read.
+RL_FIELDS = frozenset(
+    {
+        "loss",
+        "rl_steps",
+        "prompts_per_step",
+        "num_generations",
+        "token_rl_learning_rate",
+        "latent_rl_learning_rate",
+        "beta",
+        "n_rl_prompts",
+        "cache_dir",
+    }
+)
+# Fields only the latent arm reads (stages 1-5).
+LATENT_FIELDS = frozenset(
+    {
+        "codebook_size",
+        "inverse_layers",
+        "policy_layers",
+        "stage_steps",
+        "stage_learning_rate",
+        "n_paired",
+        "n_text_only",
+        "latent_paired_data",
+        "world_sft_learning_rate",
+        "use_cycle_loss",
+        "use_projector",
+        "use_text_only",
+    }
+)
+TASK_SFT_FIELDS = frozenset({"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate"})
+PRETRAIN_STAGE_NAMES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
+
+RESULT_FILE = "result.json"
+
+
+def phase_ignores(phase: str) -> frozenset[str]:
+    """The config fields that cannot change the model a phase saves (`base`, `token_sft`, `latent/<stage>`)."""
+    if phase == "base":
+        return RL_FIELDS | LATENT_FIELDS | TASK_SFT_FIELDS
+    if phase == "token_sft":
+        return RL_FIELDS | LATENT_FIELDS
+    if phase.startswith("latent/"):
+        stage = phase.split("/", 1)[1]
+        return RL_FIELDS | (TASK_SFT_FIELDS if stage in PRETRAIN_STAGE_NAMES else frozenset())
+    raise ValueError(f"Unknown prefix phase {phase!r}: expected 'base', 'token_sft' or 'latent/<stage>'.")
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write `value` as JSON to `path` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class PrefixEntry:
+    """Where a phase saves its model, and the phase's result once finished (`None` until then).
+
+    A phase builds into `build_dir` and calls `finish(result)`; then its model is at `path`. Cached entries build in a
+    private temporary folder that `finish` renames to `path` in one step, so processes sharing a cache never see half
+    a model: when two build the same prefix at once, the first rename wins and the other's copy is dropped.
+    Uncached entries (`cached=False`) build straight into `path` and always build.
+    """
+
+    def __init__(self, path: str | Path, key: dict | None = None, cached: bool = True):
+        self.path = Path(path)
+        self.key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as stored: tuples become lists
+        self.cached = cached
+        self.result: dict | None = self._read() if cached else None
+        self.reused = self.result is not None
+        if cached and self.result is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.build_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            self.build_dir.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        else:
+            self.build_dir = self.path
+
+    def _read(self) -> dict | None:
+        result_file = self.path / RESULT_FILE
+        if not result_file.exists():
+            return None
+        try:
+            saved = json.loads(result_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"The cached prefix {result_file} is not valid JSON ({err}); delete the folder {self.path} and rerun "
+                f"to rebuild it."
+            ) from err
+        if saved.get("key") != self.key:
+            raise ValueError(
+                f"The cached prefix {self.path} holds a different key than it is filed under (a copied or edited "
+                f"folder?); delete it and rerun to rebuild it."
+            )
+        return saved["result"]
+
+    def finish(self, result: dict) -> None:
+        """Mark the phase done: its model was saved in `build_dir`; afterwards it is at `path`."""
+        if not self.cached:
+            self.result = result
+            return
+        write_json_atomic(self.build_dir / RESULT_FILE, {"key": self.key, "result": result})
+        try:
+            os.rename(self.build_dir, self.path)
+            self.result = result
+        except OSError:  # another process finished the same prefix first: use theirs
+            shutil.rmtree(self.build_dir, ignore_errors=True)
+            self.result = self._read()
+            if self.result is None:
+                raise
+        self.build_dir = self.path
+
+
+class PrefixCache:
+    """Saved prefixes under `root/<phase>/<digest of the key>/`.
+
+    Args:
+        root (`str` or `Path`): the cache folder.
+        tag (`str`, *optional*): part of every key (code fingerprint, library versions, evaluation protocol).
+    """
+
+    def __init__(self, root: str | Path, tag: str = ""):
+        self.root = Path(root)
+        self.tag = tag
+
+    def key(self, phase: str, config) -> dict:
+        ignored = phase_ignores(phase)
+        fields = {k: v for k, v in sorted(asdict(config).items()) if k not in ignored}
+        return {"phase": phase, "tag": self.tag, "config": fields}
+
+    def entry(self, phase: str, config) -> PrefixEntry:
+        """The entry of `phase` for `config`: finished (`entry.result` set) or ready to build."""
+        key = self.key(phase, config)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return PrefixEntry(self.root / phase.replace("/", "-") / digest, key)
+
+
+def prefix_entry(cache: PrefixCache | None, phase: str, config, default_dir: str | Path) -> PrefixEntry:
+    """`cache.entry(phase, config)`, or without a cache an entry at `default_dir` that always builds."""
+    if cache is None:
+        return PrefixEntry(default_dir, cached=False)
+    return cache.entry(phase, config)

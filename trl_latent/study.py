@@ -1,0 +1,473 @@
+"""The study: latent vs token RL on the embedded task over the four objectives, several seeds and the paper's
+ablations, as a grid of cells that survives interruption and can be spread over processes or machines.
+
+```
+trl-latent study --list                       # the cells of the default grid
+trl-latent study --quick                      # every cell at the test suite's size, then the report
+trl-latent study --cells 'grpo-*-s0'          # a subset (names or globs); finished cells are skipped
+trl-latent study --report --report-md docs/results.md   # tables and plots from the cell JSONs only
+```
+
+A cell is one RL run: `<loss>-<method>-s<seed>` for the token and latent arms under each loss, and
+`<loss>-latent-<ablation>-s<seed>` for the latent model built with `use_cycle_loss=False` (`no_cycle_loss`),
+`use_projector=False` (`no_projector`) or `use_text_only=False` (`no_text_only`) under the default loss. Cells that
+share a prefix share it on disk (`<study-dir>/prefix/`, a [`~trl_latent.prefix_cache.PrefixCache`]): the pretrained
+base of a seed, the token SFT model of a seed, each latent stage of a seed and ablation, keyed by every config field
+that can change them, the code fingerprint and the library versions. Each cell writes `<study-dir>/cells/<name>.json`
+atomically as soon as it ends; a rerun skips cells whose JSON exists (and refuses one run with another config).
+
+Per cell: the reward curve over RL steps, held-out greedy accuracy and reward on ID and OOD characters before and
+after RL, rollout diversity (distinct-n, self-BLEU, MiniLM embedding diversity), the codes the policy samples on the
+held-out prompts (histogram, codes used, entropy), the latent arm's `health` entries, RL wall time per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import math
+import platform
+import shlex
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .prefix_cache import write_json_atomic
+
+LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo")
+ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
+DEFAULT_SEEDS = (0, 1, 2)
+# Files of the package that cannot change a trained model or its evaluation: edits to them keep the prefix cache.
+# (This file is fingerprinted: the study's evaluation lives here.)
+_NOT_IN_FINGERPRINT = {"reports.py", "progress.py", "console.py", "cli.py"}
+EVALUATION_PROTOCOL = "evaluate_model + MiniLM embedding diversity + sampled code usage, v1"
+
+
+REPRODUCE = (
+    "trl-latent study --list                                   # the 33 cells and which are finished",
+    "trl-latent study                                          # every unfinished cell, then this report",
+    "trl-latent study --cells 'grpo-*' --no-report             # one process per subset (same --study-dir)",
+    "trl-latent study --cells '*-s1' --no-report               # ... e.g. one per seed, on another machine",
+    "trl-latent study --report --report-md docs/results.md     # tables and plots from the cell JSONs",
+)
+
+
+CELL_FIELDS = (
+    "Each cell's JSON (`<study-dir>/cells/<name>.json`) holds: `reward_curve` (rollout reward per RL step); `rl` (steps,",
+    "seconds, `seconds_per_step`, reward first/last quarter, per-step `curves` of the loss, KL and, for latent cells,",
+    "`latent/code_entropy` and `latent/codes_used`); `eval` and `eval_start` (held-out `id` and `ood` metrics after and",
+    "before RL: accuracies, `reward`, `diversity/distinct_1`, `diversity/distinct_2`, `diversity/self_bleu`,",
+    "`diversity/embedding`); `codes` and `codes_start` (latent cells: per-code `histogram` of the codes sampled on the",
+    "held-out prompts, `used`, `entropy` in nats, `perplexity`); `health` (the latent arm's `health` entries, by path);",
+    "`base` and `arm` (everything the pipeline returned); `config`, `fingerprint`, `environment`, `command`,",
+    "`finished_at`.",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One RL run of the grid."""
+
+    loss: str
+    method: str  # "token" or "latent"
+    seed: int
+    ablation: str = "full"
+
+    @property
+    def name(self) -> str:
+        middle = self.method if self.ablation == "full" else f"{self.method}-{self.ablation}"
+        return f"{self.loss}-{middle}-s{self.seed}"
+
+    def config(self, base):
+        """The `PipelineConfig` of this cell: `base` with the cell's seed, loss and ablation switch."""
+        overrides: dict[str, Any] = {"seed": self.seed, "loss": self.loss}
+        if self.ablation != "full":
+            overrides[ABLATIONS[self.ablation]] = False
+        return replace(base, **overrides)
+
+
+def grid(losses=LOSSES, seeds=DEFAULT_SEEDS, ablations=tuple(ABLATIONS), ablation_loss: str = "grpo") -> list[Cell]:
+    """Token and latent cells for each loss and seed, then the latent ablations under `ablation_loss`."""
+    unknown = [loss for loss in losses if loss not in LOSSES] + [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"Unknown loss or ablation {unknown}; losses: {LOSSES}, ablations: {tuple(ABLATIONS)}.")
+    cells = [Cell(loss, method, seed) for loss in losses for seed in seeds for method in ("token", "latent")]
+    cells += [Cell(ablation_loss, "latent", seed, ablation) for ablation in ablations for seed in seeds]
+    return cells
+
+
+def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
+    """The cells whose name matches any of `patterns` (names or shell globs, also comma-separated)."""
+    if not patterns:
+        return list(cells)
+    patterns = [p.strip() for pattern in patterns for p in pattern.split(",") if p.strip()]
+    missing = [p for p in patterns if not any(fnmatch.fnmatchcase(c.name, p) for c in cells)]
+    if missing:
+        raise ValueError(
+            f"--cells {missing} match no cell of this grid; `trl-latent study --list` shows the names "
+            f"(e.g. {cells[0].name!r}, globs like 'grpo-*-s0')."
+        )
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+def source_fingerprint() -> str:
+    """Digest of the package's source files that can change a trained model or its evaluation."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if path.parent == root and path.name in _NOT_IN_FINGERPRINT:
+            continue
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def environment() -> dict[str, Any]:
+    """Machine and library versions, recorded with every cell."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("trl-latent", "torch", "transformers", "trl", "accelerate", "sentence-transformers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "cache_dir"}
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+_EMBEDDER = None
+
+
+def _embedder():
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        from .metrics.diversity import Embedder
+
+        _EMBEDDER = Embedder()
+    return _EMBEDDER
+
+
+def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: int = 32) -> dict[str, Any]:
+    """The codes a latent model's policy samples on the held-out prompts in the RL rollout setting (top-k 32,
+    temperature 1, greedy tokens): per-code counts over all splits, codes used, usage entropy (nats) and perplexity."""
+    import torch
+
+    from .evaluation import LatentGenerationBackend
+    from .metrics.codebook import code_counts
+
+    num_codes = model.config.codebook_size
+    tokenizer = getattr(processor, "tokenizer", processor)
+    backend = LatentGenerationBackend(model, processor, config.max_completion_length, temperature=1.0, top_k=32)
+    counts = torch.zeros(num_codes, dtype=torch.long)
+    generator = torch.Generator(device=model.device).manual_seed(config.seed)  # leaves the global RNG alone
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for dataset in eval_sets.values():
+            for start in range(0, len(dataset), batch_size):
+                rows = dataset[start : start + batch_size]
+                out = model.generate(
+                    **backend._inputs(rows["prompt"], rows["image"]),
+                    max_new_tokens=config.max_completion_length,
+                    do_sample_codes=True,
+                    code_temperature=1.0,
+                    code_top_k=32,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    generator=generator,
+                )
+                counts += code_counts(out.codes, num_codes, out.completion_mask)
+    model.train(was_training)
+    total = int(counts.sum())
+    shares = [c / total for c in counts.tolist() if c] if total else []
+    entropy = -sum(p * math.log(p) for p in shares)
+    return {
+        "num_codes": num_codes,
+        "histogram": counts.tolist(),
+        "steps": total,
+        "used": len(shares),
+        "entropy": entropy,
+        "perplexity": math.exp(entropy) if total else 0.0,
+    }
+
+
+class StudyEvaluator:
+    """`evaluate_model` with the MiniLM embedder (embedding diversity), plus, for latent models, the codes sampled on
+    the held-out prompts (`codes` entry beside the splits). `embedder=False` skips embedding diversity."""
+
+    def __init__(self, embedder: bool = True):
+        self.use_embedder = embedder
+
+    @property
+    def protocol(self) -> str:
+        return EVALUATION_PROTOCOL + ("" if self.use_embedder else ", no embedder")
+
+    def __call__(self, model, processor, eval_sets, config) -> dict[str, Any]:
+        from .modeling.model import LatentActionModel
+        from .pipeline import evaluate_model
+
+        results = evaluate_model(model, processor, eval_sets, config, _embedder() if self.use_embedder else None)
+        if isinstance(model, LatentActionModel):
+            results["codes"] = sampled_code_usage(model, processor, eval_sets, config)
+        return results
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def find_health(result: Any, path: str = "") -> dict[str, Any]:
+    """Every `health` entry in an arm's results, by its dotted path (whatever the pipeline reports there)."""
+    found: dict[str, Any] = {}
+    if isinstance(result, dict):
+        for key, value in result.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "health":
+                found[where] = value
+            else:
+                found.update(find_health(value, where))
+    return found
+
+
+def _splits(evaluation: dict) -> dict:
+    return {k: v for k, v in evaluation.items() if k != "codes"}
+
+
+def summarize_cell(cell: Cell, config, base: dict, arm: dict, seconds: float) -> dict[str, Any]:
+    """The cell's JSON: what the report reads at the top level, the arm's full results under `arm`."""
+    rl = arm["rl"]
+    return {
+        "name": cell.name,
+        "loss": cell.loss,
+        "method": cell.method,
+        "ablation": cell.ablation,
+        "seed": cell.seed,
+        "config": asdict(config),
+        "reward_curve": rl["reward_curve"],
+        "rl": {
+            **{k: v for k, v in rl.items() if k != "reward_curve"},
+            "seconds_per_step": rl["seconds"] / max(rl["steps"], 1),
+        },
+        "eval": _splits(arm["eval_rl"]),
+        "eval_start": _splits(arm["eval_sft"]),
+        "codes": arm["eval_rl"].get("codes"),
+        "codes_start": arm["eval_sft"].get("codes"),
+        "health": find_health(arm),
+        "base": base,
+        "arm": arm,
+        "seconds": seconds,
+    }
+
+
+def run_cell(
+    cell: Cell, base_config, study_dir: Path, cache, evaluate: StudyEvaluator, command: str = "", fingerprint=None
+) -> dict[str, Any]:
+    """Run one cell (reusing its cached prefix) and write its JSON atomically; returns the JSON's contents."""
+    from .console import heading
+    from .pipeline import prepare_task, pretrain_base, run_latent_arm, run_token_arm
+
+    config = cell.config(base_config)
+    work = study_dir / "work" / cell.name
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted run of this cell left
+    start = time.perf_counter()
+    heading(f"cell {cell.name}")
+    data, eval_sets, processor = prepare_task(config, work / "data")
+    base_path, base = pretrain_base(processor, data, eval_sets, config, work, cache, evaluate)
+    run_arm = run_token_arm if cell.method == "token" else run_latent_arm
+    arm = run_arm(base_path, processor, data, eval_sets, config, work / cell.method, cache, evaluate)
+    result = summarize_cell(cell, config, base, arm, time.perf_counter() - start)
+    result.update(
+        fingerprint=fingerprint or source_fingerprint(),
+        environment=environment(),
+        command=command,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_json_atomic(cell_path(study_dir, cell), result)
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another process is running a cell
+        work.parent.rmdir()
+    return result
+
+
+def cell_path(study_dir: Path, cell: Cell) -> Path:
+    return Path(study_dir) / "cells" / f"{cell.name}.json"
+
+
+def finished(study_dir: Path, cell: Cell, base_config) -> bool:
+    """Whether the cell's JSON exists; a JSON written with another config is an error (mixing two grids)."""
+    path = cell_path(study_dir, cell)
+    if not path.exists():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun the cell {cell.name}.") from err
+    wanted = _comparable(asdict(cell.config(base_config)))
+    if _comparable(saved.get("config", {})) != wanted:
+        changed = sorted(k for k in wanted if saved.get("config", {}).get(k) != wanted[k])
+        raise ValueError(
+            f"{path} was run with another config (differs in {changed}); use another --study-dir for this grid, "
+            f"or delete the cell's JSON to rerun it."
+        )
+    return True
+
+
+def run_study(
+    study_dir, base_config, cells: list[Cell], embedder: bool = True, command: str = "run_study"
+) -> dict[str, list[str]]:
+    """Run every unfinished cell of `cells` (`command` is recorded in each cell); returns the names run and
+    skipped."""
+    from .prefix_cache import PrefixCache
+
+    study_dir = Path(study_dir)
+    evaluate = StudyEvaluator(embedder)
+    env, fingerprint = environment(), source_fingerprint()  # of the code this process imported, taken once
+    tag = f"{fingerprint} | {json.dumps(env['versions'], sort_keys=True)} | {evaluate.protocol}"
+    cache = PrefixCache(study_dir / "prefix", tag=tag)
+    # Every finished cell is checked before any runs: a study dir of another grid is refused up front.
+    skipped = [cell.name for cell in cells if finished(study_dir, cell, base_config)]
+    done = {"run": [], "skipped": skipped}
+    for cell in cells:
+        if cell.name in skipped or cell_path(study_dir, cell).exists():  # or finished by another process meanwhile
+            continue
+        run_cell(cell, base_config, study_dir, cache, evaluate, command, fingerprint)
+        done["run"].append(cell.name)
+    return done
+
+
+def load_cells(study_dir) -> list[dict]:
+    """Every finished cell's JSON in `study_dir/cells`."""
+    cells = []
+    for path in sorted((Path(study_dir) / "cells").glob("*.json")):
+        try:
+            cells.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun that cell.") from err
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------ report
+def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path, command: str) -> str:
+    """`results.md`: provenance, the main and ablation tables, per-cell timings and the plots."""
+    import os
+
+    from . import reports
+
+    if not cells:
+        raise ValueError("No finished cells to report on: run `trl-latent study` first (see --list).")
+    quick = any(c["config"].get("size") == "tiny" for c in cells)
+    envs = {json.dumps(c["environment"], sort_keys=True) for c in cells}
+    commands = sorted({c.get("command", "") for c in cells})
+    dates = sorted(c["finished_at"] for c in cells)
+    fingerprints = sorted({c["fingerprint"] for c in cells})
+    seeds = sorted({c["seed"] for c in cells})
+    lines = ["# Results: latent vs token RL on the embedded task", ""]
+    if quick:
+        lines += [
+            "> **Smoke-size numbers.** These cells ran at the test suite's size (`--quick`: the unit-test model, a few "
+            "steps of everything). They show that the study's harness, tables and plots work; they say nothing about "
+            "the method. The full grid (`trl-latent study`) replaces them.",
+            "",
+        ]
+    lines += [f"- cells: {len(cells)} ({', '.join(sorted(c['name'] for c in cells))}); seeds {seeds}"]
+    for env in sorted(envs):
+        env = json.loads(env)
+        versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        lines.append(f"- machine: {env['machine']}, Python {env['python']}; {versions}")
+    lines += [f"- cells run with: {', '.join(f'`{c}`' for c in commands)}; report: `{command}`"]
+    lines += [f"- finished: {dates[0]} to {dates[-1]}; code fingerprint{'s' if len(fingerprints) > 1 else ''}: "]
+    lines[-1] += ", ".join(f"`{f}`" for f in fingerprints)
+    lines += ["", "## Latent vs token, mean ± std over seeds", "", reports.format_main_table(cells), ""]
+    lines += [reports.format_legend(), ""]
+    lines += ["## Ablations of the latent model", "", reports.format_ablation_table(cells), ""]
+    lines += ["## Per cell: RL time, reward and code usage", "", reports.format_cells_table(cells), ""]
+    health = reports.format_health_table(cells)
+    lines += ["## Latent-space health, mean ± std over seeds", ""]
+    lines += [health or "The cells hold no `health` entries (the pipeline reported none when they ran).", ""]
+    lines += ["## Plots", ""]
+    for name, path in plots.items():
+        rel = os.path.relpath(path, markdown_path.parent)
+        lines += [f"{reports.PLOT_CAPTIONS[name]}", "", f"![{name}]({rel})", ""]
+    lines += ["## How to reproduce", "", "```bash", *REPRODUCE, "```", "", *CELL_FIELDS, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(study_dir, markdown_path=None, command: str = "trl-latent study --report") -> Path:
+    """Tables and plots from the cell JSONs of `study_dir`: `markdown_path` (default `<study-dir>/results.md`) and
+    its PNGs in the folder of the same name without `.md`."""
+    from . import reports
+
+    study_dir = Path(study_dir)
+    markdown_path = Path(markdown_path) if markdown_path else study_dir / "results.md"
+    cells = load_cells(study_dir)
+    if not cells:
+        raise ValueError(f"No finished cells in {study_dir / 'cells'}: run `trl-latent study` first.")
+    plots = reports.write_plots(cells, markdown_path.with_suffix(""))
+    markdown_path.write_text(format_report(cells, plots, markdown_path, command))
+    return markdown_path
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def add_study(subparsers) -> None:
+    """Register `trl-latent study`."""
+    parser = subparsers.add_parser(
+        "study",
+        help="latent vs token RL over losses, seeds and ablations: resumable grid, tables and plots",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--study-dir", default="outputs/study", help="cells, prefix cache, report (default %(default)s)"
+    )
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="RL objectives")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds (default 0 1 2)")
+    parser.add_argument(
+        "--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS), help="latent ablations"
+    )
+    parser.add_argument("--ablation-loss", default="grpo", choices=LOSSES, help="loss of the ablation cells")
+    parser.add_argument("--cells", nargs="+", default=None, help="run only these cells (names or globs)")
+    parser.add_argument("--list", action="store_true", help="list the cells (and which are finished), run nothing")
+    parser.add_argument("--quick", action="store_true", help="PipelineConfig.quick() size: a CI smoke run")
+    parser.add_argument("--rl-steps", type=int, default=None, help="RL steps per cell (default: the size's)")
+    parser.add_argument("--no-embedder", action="store_true", help="skip MiniLM embedding diversity")
+    parser.add_argument("--report", action="store_true", help="only write the report from the finished cells")
+    parser.add_argument("--no-report", action="store_true", help="run cells without writing the report after")
+    parser.add_argument("--report-md", default=None, help="report path (default <study-dir>/results.md)")
+    parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
+    parser.set_defaults(func=_study)
+
+
+def _study(args) -> int:
+    from .console import heading, quiet_known_warnings
+
+    quiet_known_warnings()  # before the heavy imports: some of these messages are logged at import time
+    from .pipeline import PipelineConfig
+
+    overrides = {k: v for k, v in dict(rl_steps=args.rl_steps, cache_dir=args.cache_dir).items() if v is not None}
+    base_config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
+    study_dir = Path(args.study_dir)
+    cells = select(grid(args.losses, args.seeds, args.ablations, args.ablation_loss), args.cells)
+    command = shlex.join(["trl-latent", *getattr(args, "argv", ["study"])])
+    if args.list:
+        for cell in cells:
+            print(f"{cell.name:32s} {'finished' if finished(study_dir, cell, base_config) else 'to run'}")
+        return 0
+    if not args.report:
+        done = run_study(study_dir, base_config, cells, embedder=not args.no_embedder, command=command)
+        heading(f"study: {len(done['run'])} cells run, {len(done['skipped'])} already finished (skipped)")
+    if args.report or not args.no_report:
+        path = write_report(study_dir, args.report_md, command)
+        print(f"report written to {path}")
+    return 0
