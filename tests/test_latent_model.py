@@ -65,7 +65,8 @@ def _hand_count(cfg) -> dict:
         "inverse_dynamics": 4 * layer + d + d * n_codes,
         "policy": 8 * layer + d + d * n_codes,
         "world_merge": 2 * (2 * (2 * d) * inter + inter * d),
-        "projector": (d * (d // 2) + d // 2) + 2 * ((d // 2) * d + d),
+        # separate mean and log-variance MLPs, each d -> d/2 -> d
+        "projector": 2 * ((d * (d // 2) + d // 2) + ((d // 2) * d + d)),
     }
     new["inverse_projector"] = new["projector"]
     return {"base": text + vision, **new}

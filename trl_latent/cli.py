@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that write results
+    # The whole command line, recorded by commands that write results (`args.argv` is the stage commands' own).
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -459,7 +459,7 @@ def _study(args) -> int:
     base_config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
     study_dir = Path(args.study_dir)
     cells = select(grid(args.losses, args.seeds, args.ablations, args.ablation_loss), args.cells)
-    command = shlex.join(["trl-latent", *getattr(args, "argv", ["study"])])
+    command = shlex.join(["trl-latent", *getattr(args, "command_line", ["study"])])
     if args.list:
         for cell in cells:
             print(f"{cell.name:32s} {'finished' if finished(study_dir, cell, base_config) else 'to run'}")

@@ -11,6 +11,7 @@ WORLD_OUTPUTS = (
     "merge_delta",  # lm_head(norm(Merge_K(x_{K-1}, c))): the authors' form for stage 5, RL and inference
     "residual_norm",  # lm_head(norm(x_K)): starts from the base's own prediction, codes steer it
     "residual",  # lm_head(x_K)
+    "base_plus_delta",  # lm_head(e + norm(Merge_K(x_{K-1}, c))): the base's logits plus a full-strength code expert
 )
 
 

@@ -536,6 +536,10 @@ def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tenso
         return norm(x)
     if form == "residual":
         return x
+    if form == "base_plus_delta":
+        # lm_head is linear: the base's own logits plus those of the merge's (normalised) output, a product of two
+        # experts in which the code expert has the base's strength and the base keeps its direct path to lm_head.
+        return e + norm(delta)
     raise ValueError(f"Unknown world_output {form!r}; choose one of {WORLD_OUTPUTS}.")
 
 

@@ -182,7 +182,7 @@ WORLD_OUTPUT_SCHEDULES: dict[str, dict[str, str]] = {
     "authors": {name: STAGES[name].world_output for name in _WORLD_STAGES},
     **{
         form: dict.fromkeys(_WORLD_STAGES, form)
-        for form in ("residual_norm", "merge_delta", "residual", "residual_minus_base")
+        for form in ("base_plus_delta", "residual_norm", "merge_delta", "residual", "residual_minus_base")
     },
 }
 
