@@ -31,3 +31,14 @@ def test_rl_step_benchmark_smoke(tmp_path, tiny_cache):
     result = json.loads(out.read_text())
     assert result
     assert out.with_suffix(".md").exists()
+
+
+def test_world_outputs_benchmark_smoke(tmp_path, tiny_cache):
+    out = tmp_path / "forms"
+    _run("world_outputs.py", "--quick", "--steps", "2", "--cache-dir", str(tiny_cache), "--output-dir", str(out))
+    result = json.loads((out / "world_outputs.json").read_text())
+    assert set(result["forms"]) == {"residual_minus_base", "merge_delta", "residual_norm", "residual", "base_plus_delta"}
+    for row in result["forms"].values():
+        assert 0 <= row["health/world_accuracy_inverse"] <= row["health/world_accuracy_best"] <= 1
+        assert row["health/controllability"] >= 1
+    assert (out / "world_outputs.md").read_text().startswith("| form in stage 1 |")

@@ -166,7 +166,10 @@ def overrides(ws: dict, name: str, task: str | None) -> list[str]:
     if name == "token_sft":
         return args + SFT.split() + ["--base_model", ws["tiny"], "--gradient_checkpointing", "false"]
     if name in ("6_grpo", "token_grpo"):
-        return args + GRPO.split() + ["--judge_base_url", ws["judge"]]
+        # One step of a tiny, barely trained latent model can give identical rollouts (zero advantages, no update):
+        # sampling the world model's tokens makes the group's answers differ, so the one step must move the policy.
+        sample = ["--token_strategy", "sample"] if name == "6_grpo" else []
+        return args + GRPO.split() + sample + ["--judge_base_url", ws["judge"]]
     return args + EVAL.split() + ["--judge_base_url", ws["judge"]]
 
 

@@ -105,6 +105,13 @@ def test_authors_schedule_is_the_stage_table_column():
         assert set(WORLD_OUTPUT_SCHEDULES[form].values()) == {form}
 
 
+def test_default_schedule_is_merge_delta_everywhere():
+    for stage in STAGES:
+        plan = resolve_stage(sft_args("unused", stage, 1))
+        assert plan.world_output == (None if STAGES[stage].world_output is None else "merge_delta")
+    assert LatentActionModel.config_class().world_output == "merge_delta"
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_resolved_form(stage):
     plan = resolve_stage(sft_args("unused", stage, 1, world_output_schedule="authors"))
@@ -185,7 +192,7 @@ def test_minus_base_cannot_say_what_the_base_is_sure_of(stage_one):
     assert health["health/world_accuracy_best"] < health["health/base_accuracy"] - 0.3, health
 
 
-@pytest.mark.parametrize("form", ["residual_norm", "residual", "merge_delta"])
+@pytest.mark.parametrize("form", ["residual_norm", "residual", "merge_delta", "base_plus_delta"])
 def test_residual_forms_reach_the_answers(stage_one, form):
     """Forms that start from the base's prediction learn, in stage 1, to predict the answer tokens with the IDM's codes
     far above minus-base, and some code reaches almost every answer token."""

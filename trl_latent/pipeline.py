@@ -78,8 +78,8 @@ class PipelineConfig:
     # paper's general corpora that cover the task's language) or "corpus" (the synthetic captions corpus only).
     latent_paired_data: str = "dialogues"
     # World-model output form per stage (`LatentSFTConfig.world_output_schedule`) and behaviour cloning.
-    world_output_schedule: str = "authors"
-    bc_target: str = "argmax"
+    world_output_schedule: str = "merge_delta"
+    bc_target: str = "soft"
     bc_temperature: float = 1.0
     bc_entropy_weight: float = 0.0
     world_sft_codes: str = "policy"

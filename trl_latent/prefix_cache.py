@@ -41,7 +41,11 @@ RL_FIELDS = frozenset(
         "latent_rl_learning_rate",
         "beta",
         "n_rl_prompts",
+        "reward",
+        "code_temperature",
+        "code_top_k",
         "cache_dir",
+        "threads",
     }
 )
 # Fields only the latent arm reads (stages 1-5).
@@ -59,6 +63,13 @@ LATENT_FIELDS = frozenset(
         "use_cycle_loss",
         "use_projector",
         "use_text_only",
+        "world_output_schedule",
+        "bc_target",
+        "bc_temperature",
+        "bc_entropy_weight",
+        "world_sft_codes",
+        "idm_entropy",
+        "health_samples",
     }
 )
 TASK_SFT_FIELDS = frozenset({"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate"})

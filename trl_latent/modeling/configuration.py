@@ -46,11 +46,11 @@ class LatentActionConfig(PretrainedConfig):
         projector_shared_trunk (`bool`, *optional*, defaults to `False`):
             Whether each projector's mean and log-variance heads share their first layer. `False` (the authors'
             code): two separate MLPs.
-        world_output (`str`, *optional*, defaults to `"residual_minus_base"`):
+        world_output (`str`, *optional*, defaults to `"merge_delta"`):
             How the world model turns merged states into logits: `"residual_minus_base"`, `lm_head(norm(x_K) - e_t)`
             (the authors' form while the codebook is learned); `"merge_delta"`, `lm_head(norm(Merge_K(x_{K-1}, c)))`
             (the authors' form for task SFT, RL and inference); `"residual_norm"`, `lm_head(norm(x_K))`;
-            `"residual"`, `lm_head(x_K)`. It is a property of the training stage (the stage table and
+            `"residual"`, `lm_head(x_K)`; `"base_plus_delta"`, `lm_head(e_t + norm(Merge_K))`. It is a property of the training stage (the stage table and
             `LatentSFTConfig.world_output_schedule` set it); a saved model carries the form its last stage trained
             under, so RL, evaluation and inference use that form.
         base_weights_saved (`bool`, *optional*, defaults to `False`):
@@ -70,7 +70,7 @@ class LatentActionConfig(PretrainedConfig):
     projector_hidden_ratio: float = 0.5
     projector_logvar_bound: float = 1.0
     projector_shared_trunk: bool = False
-    world_output: str = "residual_minus_base"
+    world_output: str = "merge_delta"
     base_weights_saved: bool = False
 
     def __post_init__(self, **kwargs):
