@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     from trl_latent.modeling.model import LatentActionModel
-    from trl_latent.pipeline import PipelineConfig, pretrain_base, prepare_task
+    from trl_latent.pipeline import PipelineConfig, prepare_task, pretrain_base
     from trl_latent.training.baseline import cpu_training_args
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer

@@ -37,7 +37,13 @@ def test_world_outputs_benchmark_smoke(tmp_path, tiny_cache):
     out = tmp_path / "forms"
     _run("world_outputs.py", "--quick", "--steps", "2", "--cache-dir", str(tiny_cache), "--output-dir", str(out))
     result = json.loads((out / "world_outputs.json").read_text())
-    assert set(result["forms"]) == {"residual_minus_base", "merge_delta", "residual_norm", "residual", "base_plus_delta"}
+    assert set(result["forms"]) == {
+        "residual_minus_base",
+        "merge_delta",
+        "residual_norm",
+        "residual",
+        "base_plus_delta",
+    }
     for row in result["forms"].values():
         assert 0 <= row["health/world_accuracy_inverse"] <= row["health/world_accuracy_best"] <= 1
         assert row["health/controllability"] >= 1
