@@ -40,7 +40,8 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
     assert json.loads((tmp_path / "latent" / "world_sft" / "config.json").read_text())["base_weights_saved"]
     table = (tmp_path / "results.md").read_text()
     assert table.strip() == format_results(results)
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    comparison, health = table.split("\n\n")[:2]
+    rows = [line for line in comparison.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [r.split(" | ")[0] for r in rows] == [
         "| base (pretrained stand-in)",
         "| token: SFT",
@@ -48,6 +49,14 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
         "| latent: stages 1-5",
         "| latent: stages 1-5 + grpo",
     ]
+    # The latent-space health after every stage, in the form that stage trained under (merge-delta by default).
+    health_rows = [line.split(" | ") for line in health.splitlines()[2:]]
+    assert [r[0] for r in health_rows] == [f"| {stage}" for stage in stages]
+    assert {r[1] for r in health_rows} == {"merge_delta"}
+    for row in health_rows:
+        accuracies = [float(v) for v in row[2:6]]
+        assert all(0.0 <= a <= 1.0 for a in accuracies) and accuracies[2] >= max(accuracies[:2])  # best >= any
+        assert float(row[6]) >= 1.0  # controllability
     assert "latent/token" in table
     assert format_results(results) in out
     # The demo explains its columns and writes the study's plots for its own run.

@@ -43,6 +43,7 @@ RL_FIELDS = frozenset(
         "n_rl_prompts",
         "reward",
         "code_temperature",
+        "token_temperature",
         "code_top_k",
         "cache_dir",
         "threads",
