@@ -330,8 +330,12 @@ def run_study(
 ) -> dict[str, list[str]]:
     """Run every unfinished cell of `cells` (`command` is recorded in each cell); returns the names run and
     skipped."""
+    import torch
+
     from .prefix_cache import PrefixCache
 
+    if base_config.threads:
+        torch.set_num_threads(base_config.threads)  # as the demo: tiny models run fastest on one intra-op thread
     study_dir = Path(study_dir)
     evaluate = StudyEvaluator(embedder)
     env, fingerprint = environment(), source_fingerprint()  # of the code this process imported, taken once
