@@ -74,7 +74,12 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = {
         key: value
         for key, value in dict(
-            seed=args.seed, loss=args.loss, rl_steps=args.rl_steps, n_eval=args.n_eval, cache_dir=args.cache_dir
+            seed=args.seed,
+            loss=args.loss,
+            rl_steps=args.rl_steps,
+            n_eval=args.n_eval,
+            cache_dir=args.cache_dir,
+            reward=args.reward,
         ).items()
         if value is not None
     }
@@ -92,6 +97,12 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--output-dir", default="outputs/demo", help="where results go (default outputs/demo)")
     parser.add_argument("--loss", default=None, choices=["grpo", "dr_grpo", "dapo", "bnpo"], help="RL objective")
     parser.add_argument("--rl-steps", type=int, default=None, help="RL steps of each arm")
+    parser.add_argument(
+        "--reward",
+        default=None,
+        choices=["task", "rubric"],
+        help="RL reward: task success + rubric ratio (default) or the judge-like rubric ratio alone (the paper's)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None, help="held-out prompts per evaluation set")
     parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
