@@ -35,7 +35,11 @@ def initial_model(tiny_cache):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LatentActionModel.from_base(
-            tiny_vlm_path("tiny", cache_dir=tiny_cache), codebook_size=16, inverse_layers=1, policy_layers=1
+            tiny_vlm_path("tiny", cache_dir=tiny_cache),
+            codebook_size=16,
+            inverse_layers=1,
+            policy_layers=1,
+            world_output="residual_minus_base",  # the minus-base output follows the scaled codes
         )
     with torch.no_grad():  # codes that matter to the untrained world model, so rollouts (and rewards) differ
         model.codebook.proj.weight.mul_(100.0)
