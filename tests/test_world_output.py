@@ -120,6 +120,25 @@ def test_resolved_form(stage):
     assert plan.world_output == (None if STAGES[stage].world_output is None else "residual")
 
 
+def test_base_plus_delta_is_the_base_logits_plus_a_scaled_code_expert():
+    from trl_latent.modeling.model import world_hidden
+
+    torch.manual_seed(0)
+    norm = torch.nn.RMSNorm(8)
+    e, x, delta = torch.randn(3, 2, 5, 8).unbind(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    for scale in (1.0, 3.0):
+        logits = head(world_hidden("base_plus_delta", e, x, delta, norm, scale))
+        torch.testing.assert_close(logits, head(e) + scale * head(world_hidden("merge_delta", e, x, delta, norm)))
+    with pytest.raises(ValueError, match="world_delta_scale must be positive"):
+        LatentActionModel.config_class(world_delta_scale=0.0)
+
+
+def test_hybrid_schedule_switches_to_base_plus_delta_at_stage_five():
+    schedule = WORLD_OUTPUT_SCHEDULES["merge_delta_then_base_plus_delta"]
+    assert schedule == {"inverse_warmup": "merge_delta", "joint": "merge_delta", "world_sft": "base_plus_delta"}
+
+
 def test_unknown_schedule_or_form_is_refused():
     with pytest.raises(ValueError, match="world_output_schedule must be one of"):
         sft_args("unused", "inverse_warmup", 1, world_output_schedule="mine")
@@ -289,9 +308,9 @@ def recorded_forms(monkeypatch) -> list[str]:
     seen: list[str] = []
     original = modeling.world_hidden
 
-    def recording(form, e, x, delta, norm):
+    def recording(form, *args):
         seen.append(form)
-        return original(form, e, x, delta, norm)
+        return original(form, *args)
 
     monkeypatch.setattr(modeling, "world_hidden", recording)
     return seen

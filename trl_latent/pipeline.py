@@ -83,6 +83,8 @@ class PipelineConfig:
     bc_temperature: float = 1.0
     bc_entropy_weight: float = 0.0
     world_sft_codes: str = "policy"
+    # `LatentActionConfig.world_delta_scale`, set before stage 5 (it only acts under `base_plus_delta`).
+    world_delta_scale: float = 1.0
     idm_entropy: str = "per_step"
     # Token RL rollouts: sampling temperature (TRL's `temperature`).
     token_temperature: float = 1.0
@@ -305,6 +307,8 @@ def run_latent_arm(
             continue
         if not isinstance(model, LatentActionModel):
             model = LatentActionModel.from_pretrained(str(model))
+        if stage == "world_sft":
+            model.config.world_delta_scale = config.world_delta_scale
         stage_dir = prefix.build_dir
         args = LatentSFTConfig(
             str(stage_dir),

@@ -64,6 +64,7 @@ LATENT_FIELDS = frozenset(
         "use_cycle_loss",
         "use_projector",
         "use_text_only",
+        "world_delta_scale",
         "world_output_schedule",
         "bc_target",
         "bc_temperature",
@@ -73,7 +74,9 @@ LATENT_FIELDS = frozenset(
         "health_samples",
     }
 )
-TASK_SFT_FIELDS = frozenset({"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate"})
+TASK_SFT_FIELDS = frozenset(
+    {"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate", "world_delta_scale"}
+)
 PRETRAIN_STAGE_NAMES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
 
 RESULT_FILE = "result.json"

@@ -53,6 +53,9 @@ class LatentActionConfig(PretrainedConfig):
             `"residual"`, `lm_head(x_K)`; `"base_plus_delta"`, `lm_head(e_t + norm(Merge_K))`. It is a property of the training stage (the stage table and
             `LatentSFTConfig.world_output_schedule` set it); a saved model carries the form its last stage trained
             under, so RL, evaluation and inference use that form.
+        world_delta_scale (`float`, *optional*, defaults to `1.0`):
+            With `world_output="base_plus_delta"`, `h = e_t + world_delta_scale * norm(Merge_K)`: how strongly the code
+            expert speaks against the base's own logits.
         base_weights_saved (`bool`, *optional*, defaults to `False`):
             Set when a checkpoint holds the base weights too (the base was fine-tuned).
     """
@@ -71,6 +74,7 @@ class LatentActionConfig(PretrainedConfig):
     projector_logvar_bound: float = 1.0
     projector_shared_trunk: bool = False
     world_output: str = "merge_delta"
+    world_delta_scale: float = 1.0
     base_weights_saved: bool = False
 
     def __post_init__(self, **kwargs):
@@ -87,6 +91,8 @@ class LatentActionConfig(PretrainedConfig):
             raise ValueError(f"projector_hidden_ratio must be in (0, 4] (got {self.projector_hidden_ratio}).")
         if self.projector_logvar_bound <= 0:
             raise ValueError(f"projector_logvar_bound must be positive (got {self.projector_logvar_bound}).")
+        if self.world_delta_scale <= 0:
+            raise ValueError(f"world_delta_scale must be positive (got {self.world_delta_scale}).")
         if self.gumbel_temperature <= 0:
             raise ValueError(f"gumbel_temperature must be positive (got {self.gumbel_temperature}).")
         # TRL reloads `config._name_or_path` to build a reference model; an empty auto_map keeps loading on our

@@ -338,7 +338,9 @@ class LatentActionModel(LatentActionPreTrainedModel):
         c = self.codebook(codes).to(e.dtype)
         backbone = self.backbone
         x, delta = self.world_merge(e, c)
-        hidden = world_hidden(self.config.world_output, e, x, delta, backbone.final_norm)
+        hidden = world_hidden(
+            self.config.world_output, e, x, delta, backbone.final_norm, self.config.world_delta_scale
+        )
         return backbone.lm_head(hidden.to(backbone.lm_head.weight.dtype)).float()
 
     def sample_inverse_codes(self, inverse_logits: torch.Tensor, hard: bool | None = None) -> torch.Tensor:
@@ -526,7 +528,9 @@ class LatentActionModel(LatentActionPreTrainedModel):
             set_peft_model_state_dict(self.base, load_safetensors(adapter))
 
 
-def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+def world_hidden(
+    form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, norm: nn.Module, delta_scale: float = 1.0
+) -> torch.Tensor:
     """The hidden state the world model feeds `lm_head`, for one of `WORLD_OUTPUTS` (docs/design.md section 2)."""
     if form == "residual_minus_base":
         return norm(x) - e
@@ -539,7 +543,7 @@ def world_hidden(form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tenso
     if form == "base_plus_delta":
         # lm_head is linear: the base's own logits plus those of the merge's (normalised) output, a product of two
         # experts in which the code expert has the base's strength and the base keeps its direct path to lm_head.
-        return e + norm(delta)
+        return e + delta_scale * norm(delta)
     raise ValueError(f"Unknown world_output {form!r}; choose one of {WORLD_OUTPUTS}.")
 
 

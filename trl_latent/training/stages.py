@@ -180,6 +180,12 @@ STAGE_NAMES = tuple(STAGES)
 _WORLD_STAGES = tuple(name for name, stage in STAGES.items() if stage.world_output is not None)
 WORLD_OUTPUT_SCHEDULES: dict[str, dict[str, str]] = {
     "authors": {name: STAGES[name].world_output for name in _WORLD_STAGES},
+    # Merge-delta while the codebook is learned, then the base's own logits plus the merge-delta code expert from stage
+    # 5 on: stage 5 trains the base through its direct path to lm_head (as token SFT does) while the frozen code
+    # expert keeps the codes' meaning.
+    "merge_delta_then_base_plus_delta": {
+        name: "base_plus_delta" if name == "world_sft" else "merge_delta" for name in _WORLD_STAGES
+    },
     **{
         form: dict.fromkeys(_WORLD_STAGES, form)
         for form in ("base_plus_delta", "residual_norm", "merge_delta", "residual", "residual_minus_base")
