@@ -404,3 +404,17 @@ def say(message: str) -> None:
 
 def summary_line(items: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())
+
+
+def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint, metric: str) -> dict[str, Any]:
+    """Train (resuming from a checkpoint folder, if given), save the model with its processor beside it (the next
+    stage finds it there), and return the run's step count with the first and last logged `metric`."""
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+    values = [entry[metric] for entry in trainer.state.log_history if metric in entry]
+    result: dict[str, Any] = {"steps": trainer.state.global_step}
+    if values:
+        result.update({f"{metric}_first": float(values[0]), f"{metric}_last": float(values[-1])})
+    return result

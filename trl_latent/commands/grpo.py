@@ -39,6 +39,7 @@ from .common import (
     run,
     say,
     summary_line,
+    train_and_save,
     trl_parser,
 )
 
@@ -128,14 +129,9 @@ def _main(argv: list[str]) -> int:
             processing_class=processor,
         )
 
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a checkpoint folder, or none
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-    result = {"steps": trainer.state.global_step}
-    if rewards:
-        result.update(reward_first=float(rewards[0]), reward_last=float(rewards[-1]))
+    result = train_and_save(
+        trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "reward"
+    )
     say(f"{PROG}: done: {summary_line(result)}; saved to {training_args.output_dir}")
     return 0
 

@@ -39,6 +39,7 @@ from .common import (
     run,
     say,
     summary_line,
+    train_and_save,
     trl_parser,
 )
 
@@ -196,14 +197,7 @@ def _main(argv: list[str]) -> int:
             model=script_args.base_model, args=training_args, train_dataset=paired, processing_class=processor
         )
 
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a checkpoint folder, or none
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)  # the next stage finds it beside the weights
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = {"steps": trainer.state.global_step}
-    if losses:
-        result.update(loss_first=float(losses[0]), loss_last=float(losses[-1]))
+    result = train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "loss")
     say(f"{PROG}: {what} done: {summary_line(result)}; saved to {training_args.output_dir}")
     return 0
 
