@@ -86,7 +86,10 @@ def main() -> None:
     header = "| form in stage 1 | " + " | ".join(name for _, name in COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(COLUMNS)]
     for form, row in rows.items():
-        cells = [f"{row[k]:.1%}" if "accuracy" in k else f"{row[k]:.2f}" for k, _ in COLUMNS]
+        cells = [
+            f"{row[k]:.1%}" if "accuracy" in k else f"{row[k]:.0f}" if "codes_used" in k else f"{row[k]:.2f}"
+            for k, _ in COLUMNS
+        ]
         lines.append(f"| {form} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "world_outputs.json").write_text(json.dumps({"steps": steps, "seed": args.seed, "forms": rows}, indent=2))

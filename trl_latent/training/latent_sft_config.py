@@ -84,8 +84,8 @@ class LatentSFTConfig(SFTConfig):
 
         bc_target (`str`, *optional*, defaults to `"soft"`):
             `"soft"` (default): the policy matches the IDM's code distribution at `bc_temperature`, which leaves it
-            room to explore in RL (measured on the embedded task: 1.9 nats of code entropy after cloning, against under
-            0.2 with argmax targets). `"argmax"`: it clones the IDM's argmax codes (the authors' code).
+            room to explore in RL (measured in the embedded demo's job, seed 0: 1.87 nats of code entropy after cloning,
+            against 0.41 with argmax targets, and a better latent model after stages 1-5 and after RL, README). `"argmax"`: it clones the IDM's argmax codes (the authors' code).
         bc_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the IDM distribution the policy matches with `bc_target="soft"`.
         bc_label_smoothing (`float`, *optional*, defaults to `0.0`):
