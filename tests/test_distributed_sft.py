@@ -13,17 +13,10 @@ The first DeepSpeed run on a machine compiles a small communication op (about 40
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-ZERO3 = ROOT / "examples" / "accelerate_configs" / "zero3.yaml"
 
 COMMON = textwrap.dedent(
     """
@@ -147,37 +140,13 @@ RL_SCRIPT = COMMON + textwrap.dedent(
 )
 
 
-def launch(script_text: str, tmp_path: Path, *script_args) -> list[dict]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    script = tmp_path / "train.py"
-    script.write_text(script_text)
-    out = tmp_path / "out"
-    out.mkdir()
-    cmd = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3)),
-        *("--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"),
-        *(str(script), str(out), *map(str, script_args)),
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache):
+def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache, launch_two_processes):
     from trl_latent.modeling.tiny import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
-    ranks = launch(SFT_SCRIPT, tmp_path, tiny_cache)
+    ranks = launch_two_processes("zero3.yaml", SFT_SCRIPT, tmp_path, tiny_cache)
 
     assert [r["num_processes"] for r in ranks] == [2, 2]
     assert "DEEPSPEED" in ranks[0]["distributed_type"] and ranks[0]["zero_stage"] == 3
@@ -199,21 +168,9 @@ def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache):
 
 
 @pytest.fixture
-def saved_models(tiny_cache, tmp_path):
+def saved_models(steerable_latent_model, tmp_path):
     """A latent model saved twice: with its base weights (as world-model SFT leaves it) and without them."""
-    from trl_latent.modeling import LatentActionModel
-    from trl_latent.modeling.tiny import tiny_vlm_path
-
-    torch.manual_seed(0)
-    model = LatentActionModel.from_base(
-        tiny_vlm_path("tiny", cache_dir=tiny_cache),
-        codebook_size=16,
-        inverse_layers=1,
-        policy_layers=1,
-        world_output="residual_minus_base",  # the minus-base output follows the scaled codes
-    )
-    with torch.no_grad():  # codes that matter to the untrained world model, so rollouts (and rewards) differ
-        model.codebook.proj.weight.mul_(100.0)
+    model = steerable_latent_model()
     without_base = tmp_path / "without_base"
     model.save_pretrained(without_base)
     torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, without_base / "expected.pt")
@@ -228,9 +185,9 @@ def saved_models(tiny_cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_process_zero3_rl_from_a_saved_latent_model(tmp_path, saved_models):
+def test_two_process_zero3_rl_from_a_saved_latent_model(tmp_path, saved_models, launch_two_processes):
     with_base, without_base = saved_models
-    ranks = launch(RL_SCRIPT, tmp_path / "run", with_base, without_base)
+    ranks = launch_two_processes("zero3.yaml", RL_SCRIPT, tmp_path / "run", with_base, without_base)
 
     assert [r["num_processes"] for r in ranks] == [2, 2] and ranks[0]["zero_stage"] == 3
     for rank in ranks:

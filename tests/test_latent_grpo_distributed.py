@@ -8,17 +8,10 @@ compiles a small communication op (about 40 s).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "examples" / "accelerate_configs"
 
 SCRIPT = textwrap.dedent(
     """
@@ -92,31 +85,11 @@ SCRIPT = textwrap.dedent(
     [("ddp.yaml", "MULTI_"), ("zero2.yaml", "DEEPSPEED"), ("zero3.yaml", "DEEPSPEED")],
     ids=["ddp", "zero2", "zero3"],
 )
-def test_two_process_training(config, distributed_type, tmp_path, tiny_cache):
+def test_two_process_training(config, distributed_type, tmp_path, tiny_cache, launch_two_processes):
     from trl_latent.modeling.tiny import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "out"
-    out.mkdir()
-    cmd = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)),
-        *("--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"),
-        *(str(script), str(out), str(tiny_cache)),
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-
-    ranks = [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
+    ranks = launch_two_processes(config, SCRIPT, tmp_path, tiny_cache)
     assert [r["num_processes"] for r in ranks] == [2, 2]
     assert distributed_type in ranks[0]["distributed_type"]
     policy_names = sorted(ranks[0]["policy"])

@@ -15,8 +15,7 @@ import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_latent.data.synthetic import synthetic_rl_dataset
-from trl_latent.modeling import LatentActionModel
-from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
+from trl_latent.modeling.tiny import tiny_vlm
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import (
     POLICY_LORA_TARGET_MODULES,
@@ -31,19 +30,8 @@ def processor(tiny_cache):
 
 
 @pytest.fixture(scope="module")
-def initial_model(tiny_cache):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LatentActionModel.from_base(
-            tiny_vlm_path("tiny", cache_dir=tiny_cache),
-            codebook_size=16,
-            inverse_layers=1,
-            policy_layers=1,
-            world_output="residual_minus_base",  # the minus-base output follows the scaled codes
-        )
-    with torch.no_grad():  # codes that matter to the untrained world model, so rollouts (and rewards) differ
-        model.codebook.proj.weight.mul_(100.0)
-    return model
+def initial_model(steerable_latent_model):
+    return steerable_latent_model()
 
 
 @pytest.fixture
