@@ -41,8 +41,7 @@ def main() -> None:
 
     import torch
 
-    from trl_latent.modeling.model import LatentActionModel
-    from trl_latent.pipeline import PipelineConfig, prepare_task, pretrain_base
+    from trl_latent.pipeline import PipelineConfig, new_latent_model, prepare_task, pretrain_base
     from trl_latent.training.baseline import cpu_training_args
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
@@ -56,13 +55,7 @@ def main() -> None:
     steps = args.steps or config.stage_steps
     rows = {}
     for form in args.forms:
-        torch.manual_seed(config.seed)
-        model = LatentActionModel.from_base(
-            str(base_path),
-            codebook_size=config.codebook_size,
-            inverse_layers=config.inverse_layers,
-            policy_layers=config.policy_layers,
-        )
+        model = new_latent_model(base_path, config)
         sft_args = LatentSFTConfig(
             str(out / form),
             stage="inverse_warmup",

@@ -15,7 +15,7 @@ from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, load_pr
 from trl_latent.data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_sft_config import LatentSFTConfig
-from trl_latent.training.latent_sft_trainer import LatentSFTTrainer, stage_losses
+from trl_latent.training.latent_sft_trainer import LatentSFTTrainer, StageOptions, stage_losses
 from trl_latent.training.stages import STAGE_NAMES, resolve_stage
 
 CODES = 32  # a small codebook: chance level of behaviour cloning is 1/32
@@ -316,7 +316,7 @@ def test_without_projector_text_only_data_feeds_raw_text_states(env, stage, monk
     for use_projector, expected in ((False, text_states), (True, projected)):
         seen.clear()
         plan = resolve_stage(make_args("unused", stage, 1, use_projector=use_projector))
-        terms, _ = stage_losses(model, batch, plan, use_projector=use_projector)
+        terms, _ = stage_losses(model, batch, plan, StageOptions(use_projector=use_projector))
         text_inputs = [e for e, base in seen if base.attention_mask is text["attention_mask"]]
         assert text_inputs and all(torch.equal(e, expected) for e in text_inputs)
         assert ("projector/cycle" in terms) == (use_projector and stage == "joint")

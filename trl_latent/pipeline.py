@@ -269,6 +269,20 @@ def run_token_arm(
     return result
 
 
+def new_latent_model(base_path, config: PipelineConfig):
+    """The latent arm's starting point: the pretrained base wrapped with fresh latent modules of the config's sizes,
+    initialised from `config.seed`."""
+    from .modeling.model import LatentActionModel
+
+    torch.manual_seed(config.seed)
+    return LatentActionModel.from_base(
+        str(base_path),
+        codebook_size=config.codebook_size,
+        inverse_layers=config.inverse_layers,
+        policy_layers=config.policy_layers,
+    )
+
+
 def run_latent_arm(
     base_path, processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
 ) -> dict[str, Any]:
@@ -283,13 +297,7 @@ def run_latent_arm(
     from .training.stages import resolve_stage
 
     evaluate = evaluate or evaluate_model
-    torch.manual_seed(config.seed)
-    model = LatentActionModel.from_base(
-        str(base_path),
-        codebook_size=config.codebook_size,
-        inverse_layers=config.inverse_layers,
-        policy_layers=config.policy_layers,
-    )
+    model = new_latent_model(base_path, config)
     stages: dict[str, Any] = {}
     switches = dict(
         use_cycle_loss=config.use_cycle_loss, use_projector=config.use_projector, use_text_only=config.use_text_only

@@ -153,7 +153,6 @@ def stage_losses(
     model: LatentActionModel,
     inputs: dict,
     plan: StagePlan,
-    use_projector: bool | None = None,
     options: StageOptions | None = None,
 ):
     """Evaluate the active loss terms of `plan` on a collated batch.
@@ -162,16 +161,14 @@ def stage_losses(
         model ([`LatentActionModel`]): the (unwrapped) latent model.
         inputs (`dict`): `{"paired": {...}, "text": {...}}` from [`LatentDataCollator`].
         plan ([`StagePlan`]): the resolved stage.
-        use_projector (`bool`, *optional*): whether text-only states go through the projector (overrides `options`).
-        options ([`StageOptions`], *optional*): entropy form, text-state positions, behaviour-cloning targets.
+        options ([`StageOptions`], *optional*): whether text-only states go through the projector, the entropy form,
+            text-state positions, behaviour-cloning targets (defaults: the authors' choices, `StageOptions()`).
 
     Returns:
         `(terms, metrics)`: `terms` maps each active loss term to its (unweighted) value, with gradient; `metrics` holds
         detached diagnostics (codebook usage, accuracies).
     """
     options = options or StageOptions()
-    if use_projector is not None:
-        options = StageOptions(**{**options.__dict__, "use_projector": use_projector})
     use_projector = options.use_projector
     entropy_form = options.idm_entropy
     terms: dict[str, torch.Tensor] = {}
