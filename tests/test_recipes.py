@@ -378,6 +378,19 @@ def test_recipe_script_resumes_and_evaluates(workspace, monkeypatch, capsys):
     assert "| token_grpo | id_test | 2 |" in result.stdout and "trl-latent eval: results written" in result.stdout
 
 
+def test_recipe_script_stops_before_any_stage_when_the_plan_does_not_fit(tmp_path):
+    """With the GPUs given, a recipe whose plan does not fit them fails up front with what to try: no stage starts."""
+    env = dict(os.environ, NUM_GPUS="1", GPU_MEMORY="16", PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    script, *_ = shlex.split(SCRIPT)
+    result = subprocess.run(
+        [str(ROOT / script), "qwen2.5-vl-7b", "mmrole"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "ZeRO-2 does not fit 1 GPU(s) of 16 GiB. Try:" in result.stderr
+    assert "run.sh: stage 1 of qwen2.5-vl-7b does not fit 1 GPU(s) of 16 GiB under zero2" in result.stderr
+    assert "== " not in result.stdout and not (tmp_path / "outputs").exists()
+
+
 def test_documented_commands_are_the_ones_run_here():
     """Every recipe command in the docs is one the tests above run (with the tiny-size overrides appended)."""
     tested = {command_for(p) for p in RECIPES.rglob("*.yaml")} | {INSPECT, SCRIPT}

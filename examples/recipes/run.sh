@@ -18,6 +18,8 @@
 #   LAUNCHER=accelerate (default) or python (one process, no accelerate: one GPU or the CPU)
 #   ACCELERATE_PRETRAIN, ACCELERATE_WORLD_SFT, ACCELERATE_RL, ACCELERATE_TOKEN_SFT, ACCELERATE_TOKEN_RL: the
 #     accelerate config (a name in examples/accelerate_configs/) of each kind of stage; defaults per model below
+#   NUM_GPUS, GPU_MEMORY (GiB per GPU): when both are set, `trl-latent plan` first checks that every latent stage fits
+#     its accelerate config on these GPUs, and the recipe stops before any stage runs if one does not
 #   SFT_ARGS, GRPO_ARGS, EVAL_ARGS: extra arguments for every sft, grpo or eval command, e.g.
 #     GRPO_ARGS="--judge_base_url http://judge-host:8000/v1" EVAL_ARGS="--judge_base_url http://judge-host:8000/v1"
 set -euo pipefail
@@ -45,6 +47,23 @@ ACCELERATE_WORLD_SFT=${ACCELERATE_WORLD_SFT:-${defaults[1]}}
 ACCELERATE_RL=${ACCELERATE_RL:-${defaults[2]}}
 ACCELERATE_TOKEN_SFT=${ACCELERATE_TOKEN_SFT:-${defaults[3]}}
 ACCELERATE_TOKEN_RL=${ACCELERATE_TOKEN_RL:-${defaults[4]}}
+
+# Before anything runs: does every latent stage fit the given GPUs under its accelerate config? (`trl-latent plan`
+# builds the model on the meta device; it prints what to try, e.g. ZeRO-3, offload, more GPUs or LoRA, when not.)
+if [ -n "${NUM_GPUS:-}" ] && [ -n "${GPU_MEMORY:-}" ]; then
+  base=$(sed -n 's/^base_model: *\([^ ]*\).*/\1/p' "$RECIPE/1_inverse_warmup.yaml")
+  for check in "1 $ACCELERATE_PRETRAIN" "2 $ACCELERATE_PRETRAIN" "3 $ACCELERATE_PRETRAIN" "4 $ACCELERATE_PRETRAIN" \
+               "5 $ACCELERATE_WORLD_SFT" "grpo $ACCELERATE_RL"; do
+    read -r plan_stage plan_zero <<< "$check"
+    if [ "$plan_zero" = single_gpu ]; then plan_zero=ddp; fi
+    "$PYTHON" -m trl_latent.cli plan "$base" --stage "$plan_stage" --zero "$plan_zero" --num-gpus "$NUM_GPUS" \
+        --gpu-memory "$GPU_MEMORY" > /dev/null || {
+      echo "run.sh: stage $plan_stage of $MODEL does not fit $NUM_GPUS GPU(s) of $GPU_MEMORY GiB under $plan_zero" \
+        "(see above); change ACCELERATE_* or the GPUs, or run 'trl-latent plan $base --stage $plan_stage'." >&2
+      exit 1
+    }
+  done
+fi
 
 # stage ACCELERATE_CONFIG COMMAND YAML EXTRA_ARGS: run one trl-latent command unless its output is already saved.
 stage() {
