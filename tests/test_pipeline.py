@@ -64,3 +64,19 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
     for name in PLOTS:
         with Image.open(tmp_path / f"{name}.png") as image:
             assert image.format == "PNG" and image.size == FIGURE_SIZE
+
+
+def test_demo_set_overrides_any_pipeline_field():
+    import pytest
+
+    from trl_latent.cli import _field_overrides
+
+    assert _field_overrides(["world_output_schedule=authors", "world_delta_scale=3", "bc_target=argmax"]) == {
+        "world_output_schedule": "authors",
+        "world_delta_scale": 3,
+        "bc_target": "argmax",
+    }
+    with pytest.raises(SystemExit, match="--set takes FIELD=VALUE with a PipelineConfig field"):
+        _field_overrides(["no_such_field=1"])
+    with pytest.raises(SystemExit, match="got 'bc_target'"):
+        _field_overrides(["bc_target"])

@@ -83,6 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
         ).items()
         if value is not None
     }
+    overrides.update(_field_overrides(args.set))
     config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
     results = run_pipeline(args.output_dir, config)
     print("\n== results: held-out greedy answers after each phase\n")
@@ -90,6 +91,28 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nColumns:\n" + format_legend())
     print(f"\nresults written to {os.path.join(args.output_dir, 'results.json')} and results.md, plots to *.png there")
     return 0
+
+
+def _field_overrides(items: list[str]) -> dict:
+    """`FIELD=VALUE` strings as PipelineConfig overrides; an unknown field or a missing `=` is a clear error."""
+    from dataclasses import fields
+
+    from .pipeline import PipelineConfig
+
+    known = {f.name for f in fields(PipelineConfig)}
+    overrides = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in known:
+            raise SystemExit(
+                f"trl-latent demo: --set takes FIELD=VALUE with a PipelineConfig field (got {item!r}); fields: "
+                + ", ".join(sorted(known))
+            )
+        try:
+            overrides[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name] = raw
+    return overrides
 
 
 def add_demo(subparsers) -> None:
@@ -107,6 +130,14 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--n-eval", type=int, default=None, help="held-out prompts per evaluation set")
     parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
     parser.add_argument("--quick", action="store_true", help="seconds-long plumbing check instead of the full job")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any PipelineConfig field, e.g. --set world_output_schedule=authors --set bc_target=argmax "
+        "(values are read as JSON when they parse, else as strings; repeatable)",
+    )
     parser.set_defaults(func=_demo)
 
 
