@@ -223,15 +223,11 @@ def stage_losses(
                 inverse = _steps(model.inverse_logits(e, base), step_mask).float()
                 labels = inverse.argmax(-1)
             logits = _steps(model.policy_logits(e, base), step_mask).float()
-            if options.bc_target == "soft":
-                targets = torch.softmax(inverse / options.bc_temperature, dim=-1)
-                terms[f"policy/bc_{suffix}"] = F.cross_entropy(
-                    logits, targets, label_smoothing=options.bc_label_smoothing
-                )
-            else:
-                terms[f"policy/bc_{suffix}"] = F.cross_entropy(
-                    logits, labels, label_smoothing=options.bc_label_smoothing
-                )
+            # Class indices (argmax) or the IDM's code distribution (soft): F.cross_entropy takes either.
+            targets = (
+                torch.softmax(inverse / options.bc_temperature, dim=-1) if options.bc_target == "soft" else labels
+            )
+            terms[f"policy/bc_{suffix}"] = F.cross_entropy(logits, targets, label_smoothing=options.bc_label_smoothing)
             entropies.append(entropy_from_logits(logits))
             predicted = logits.detach().argmax(-1)
             correct += float((predicted == labels).sum())
@@ -252,11 +248,11 @@ def stage_losses(
                 logits = model.inverse_logits(e.detach(), base)
             else:
                 logits = model.policy_logits(e.detach(), base)
-            policy_codes = _steps(logits, paired_steps).argmax(-1)
-        ce, accuracy = _world_ce(model, _steps(e, paired_steps), policy_codes, _targets(paired, paired_steps))
+            world_codes = _steps(logits, paired_steps).argmax(-1)
+        ce, accuracy = _world_ce(model, _steps(e, paired_steps), world_codes, _targets(paired, paired_steps))
         terms["world/ce_paired"] = ce
         metrics["world/accuracy_paired"] = accuracy
-        codes.append(policy_codes)
+        codes.append(world_codes)
 
     if codes:
         all_codes = torch.cat(codes)
