@@ -351,6 +351,36 @@ def test_world_sft_with_lora_trains_only_the_adapter(env, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_world_sft_bc_weight_trains_the_policy_on_the_task_with_the_base(env, tmp_path):
+    """`world_sft_bc_weight > 0`: stage 5 also clones the IDM's codes into the policy on the task dialogues; the IDM,
+    codebook and merge blocks stay bit-identical, and with the weight at 0 the policy is frozen (the authors' stage)."""
+    plan = resolve_stage(make_args("unused", "world_sft", 1))
+    assert plan.trainable == () and set(plan.weights) == {"world/ce_paired"}
+    model = fresh_model(env)
+    before = params(model)
+    # Argmax targets: a fresh IDM's code distribution is near uniform, so soft targets leave little to fall.
+    args = make_args(
+        tmp_path,
+        "world_sft",
+        12,
+        logging_steps=1,
+        assistant_only_loss=True,
+        world_sft_bc_weight=1.0,
+        bc_target="argmax",
+    )
+    trainer = LatentSFTTrainer(model, args, train_dataset=env["dialogues"], processing_class=env["processor"])
+    assert resolve_stage(args).trainable == ("policy",)
+    trainer.train()
+    names = changed(before, model)
+    assert any(n.startswith("policy.") for n in names) and any(n.startswith("base.") for n in names)
+    assert not any(n.startswith(("codebook.", "world_merge.", "inverse_dynamics.")) for n in names)
+    first, last = logs(trainer)[0], logs(trainer)[-1]
+    assert last["policy/bc_task"] < first["policy/bc_task"] - 0.5, (first["policy/bc_task"], last["policy/bc_task"])
+    assert last["world/ce_paired"] < first["world/ce_paired"]
+    with pytest.raises(ValueError, match="world_sft_bc_weight must be >= 0"):
+        make_args(tmp_path, "world_sft", 1, world_sft_bc_weight=-1.0)
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 def test_text_only_stage_without_text_data(env, tmp_path):
     with pytest.raises(ValueError, match=r"'joint' mixes text-only data.*text_dataset=.*use_text_only=False"):

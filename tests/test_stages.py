@@ -43,7 +43,9 @@ def test_stage_names_and_rows_match_the_design():
         "inverse_projector",
     }
     assert STAGES["policy_bc"].trainable == ("policy",)
-    assert STAGES["world_sft"].trainable == () and STAGES["world_sft"].base_trainable
+    # world_sft: the base; the policy too only with world_sft_bc_weight > 0 (test_default_plan_weights_and_streams).
+    assert STAGES["world_sft"].trainable == ("policy",) and STAGES["world_sft"].base_trainable
+    assert STAGES["world_sft"].group_weights == {"policy": "world_sft_bc_weight"}
     assert not any(STAGES[s].base_trainable for s in STAGE_NAMES if s != "world_sft")
     assert STAGES["world_sft"].code_source == "policy" and STAGES["joint"].code_source == "inverse"
     for stage in STAGES.values():
@@ -57,7 +59,7 @@ def test_default_plan_weights_and_streams(stage):
     assert plan.weights == pytest.approx(ALL_ON[stage])
     expected_streams = ("paired", "text") if stage in ("joint", "policy_bc") else ("paired",)
     assert plan.streams == expected_streams
-    assert plan.trainable == STAGES[stage].trainable
+    assert plan.trainable == (() if stage == "world_sft" else STAGES[stage].trainable)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from trl_latent.cli import main
 from trl_latent.pipeline import PipelineConfig
 from trl_latent.prefix_cache import PrefixCache
 from trl_latent.reports import FIGURE_SIZE, PLOTS
-from trl_latent.study import Cell, grid, select
+from trl_latent.study import Cell, finished, grid, select
 
 CELLS = ["grpo-token-s0", "grpo-latent-s0"]
 
@@ -134,6 +134,14 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     # The same study dir with another size is refused, naming the cell file and the differing field.
     with pytest.raises(ValueError, match=r"grpo-token-s0\.json was run with another config .*rl_steps"):
         main([*argv, "--rl-steps", "3"])
+    # A cell run before a config field existed counts as run with the field's default; any other value differs.
+    path = study / "cells" / "grpo-token-s0.json"
+    saved = json.loads(path.read_text())
+    del saved["config"]["world_sft_bc_weight"]
+    path.write_text(json.dumps(saved))
+    assert finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
+    with pytest.raises(ValueError, match=r"another config \(differs in \['world_sft_bc_weight'\]\)"):
+        finished(study, Cell("grpo", "token", 0), PipelineConfig.quick(world_sft_bc_weight=1.0))
     capsys.readouterr()
     assert main(["study", "--quick", "--study-dir", str(study), "--seeds", "0", "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -174,6 +182,16 @@ def test_tables_give_mean_and_sample_std_over_seeds():
     assert (
         "| world_sft.reachability | 0.600 ± 0.141 |" in table and "| world_sft.codes_used | 4.000 ± 0.000 |" in table
     )
+    # The pipeline's paths read as "stage: metric"; losses sharing one latent model share one column.
+    health = {"stages.joint.health": {"health/controllability": 1.5}}
+    shared = [_cell(loss, "latent", 0, 0.5, health=health) for loss in ("grpo", "dapo")]
+    shared.append(_cell("grpo", "latent", 0, 0.5, "no_projector", health={"stages.joint.health": {"health/x": 1}}))
+    rows = format_health_table(shared).splitlines()
+    assert rows[0] == "| health entry | grpo = dapo | grpo, no_projector |"
+    assert (
+        rows[2] == "| joint: controllability | 1.500 ± 0.000 | n/a |"
+        and rows[3] == "| joint: x | n/a | 1.000 ± 0.000 |"
+    )
 
 
 def test_only_the_known_harmless_messages_are_quieted():
@@ -202,3 +220,60 @@ def test_only_the_known_harmless_messages_are_quieted():
     assert shown("transformers.trainer_utils", "Some other problem")
     assert not shown("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, ...")
     assert shown("DeepSpeed", "ZeRO stage 3 is not supported here")
+
+
+def test_gain_table_and_claims_follow_the_cells():
+    from trl_latent.reports import check_claims, format_claims, format_gain_table
+
+    def cell(loss, method, seed, before, after, embedding, ablation="full"):
+        c = _cell(loss, method, seed, after, ablation)
+        c["eval_start"] = {"id": {"reward": before}, "ood": {"reward": before - 0.5}}
+        for split in ("id", "ood"):
+            c["eval"][split]["diversity/embedding"] = embedding
+        return c
+
+    cells = []
+    for seed in (0, 1):
+        for loss in ("grpo", "dr_grpo", "dapo", "bnpo"):
+            # latent beats token on grpo, dr_grpo, dapo; loses on bnpo
+            latent_after = 0.9 if loss != "bnpo" else 0.6
+            cells += [cell(loss, "token", seed, 0.7, 0.8, 1.0), cell(loss, "latent", seed, 0.6, latent_after, 1.2)]
+        cells.append(cell("grpo", "latent", seed, 0.6, 0.95, 1.2, "no_projector"))
+    rows = format_gain_table(cells).splitlines()
+    assert rows[2] == (
+        "| grpo | token | 2 | 0.700 ± 0.000 | 0.800 ± 0.000 | 0.100 ± 0.000 | 0.200 ± 0.000 | 0.300 ± 0.000 "
+        "| 0.100 ± 0.000 |"
+    )
+    assert rows[3].split(" | ")[5] == "0.300 ± 0.000"  # latent ID gain 0.9 - 0.6
+    claims = {claim: (measured, verdict) for claim, measured, verdict in check_claims(cells)}
+    id_claim = claims["final ID reward of latent >= token for at least 3 of the 4 losses"]
+    assert id_claim == ("3 of 4 losses (grpo, dr_grpo, dapo)", "met")
+    diversity = claims["rollout embedding diversity of latent >= 1.15x token"]
+    assert diversity[1] == "met" and diversity[0].startswith("latent / token 1.200")
+    # the ablated model answers better on OOD than the full one: the claim is missed, not hidden
+    assert claims["full latent model >= without the projector on OOD reward (grpo)"] == ("0.400 vs 0.450", "missed")
+    assert "| missed |" in format_claims(cells)
+    from trl_latent.reports import coinciding_losses
+
+    # grpo, dr_grpo and dapo gave the same numbers here (bnpo's latent cells differ): each such pair is named once.
+    assert [n.split(" gave")[0] for n in coinciding_losses(cells)] == [
+        "grpo and dr_grpo",
+        "grpo and dapo",
+        "dr_grpo and dapo",
+    ]
+    cells[0]["eval"] = {"id": {"reward": 0.1}}  # grpo-token-s0 differs now: no pair with grpo is identical
+    assert not any(n.startswith("grpo and") for n in coinciding_losses(cells))
+    twins = [cell(loss, "token", 0, 0.7, 0.8, 1.0) for loss in ("dapo", "bnpo")]
+    assert coinciding_losses(twins) == [
+        "dapo and bnpo gave identical held-out numbers in all 1 cells they share: on one process with one optimisation "
+        "step per generation batch, DAPO's normalisation by the batch's completion tokens is BNPO's, and the clipped "
+        "ratio is exactly 1 on-policy, so clip-higher never acts."
+    ]
+    # Fewer than four losses cannot decide the first claim.
+    two = [c for c in cells if c["loss"] in ("grpo", "dapo")]
+    assert (
+        dict((c, v) for c, _, v in check_claims(two))[
+            "final OOD reward of latent >= token for at least 3 of the 4 losses"
+        ]
+        == "n/a"
+    )

@@ -83,6 +83,8 @@ class PipelineConfig:
     bc_temperature: float = 1.0
     bc_entropy_weight: float = 0.0
     world_sft_codes: str = "policy"
+    # `LatentSFTConfig.world_sft_bc_weight`: stage 5 also clones the IDM's codes into the policy on the task dialogues.
+    world_sft_bc_weight: float = 0.0
     # `LatentActionConfig.world_delta_scale`, set before stage 5 (it only acts under `base_plus_delta`).
     world_delta_scale: float = 1.0
     idm_entropy: str = "per_step"
@@ -332,6 +334,7 @@ def run_latent_arm(
             bc_temperature=config.bc_temperature,
             bc_entropy_weight=config.bc_entropy_weight,
             world_sft_codes=config.world_sft_codes,
+            world_sft_bc_weight=config.world_sft_bc_weight,
             idm_entropy=config.idm_entropy,
             health_samples=config.health_samples,
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),

@@ -70,12 +70,13 @@ LATENT_FIELDS = frozenset(
         "bc_temperature",
         "bc_entropy_weight",
         "world_sft_codes",
+        "world_sft_bc_weight",
         "idm_entropy",
         "health_samples",
     }
 )
 TASK_SFT_FIELDS = frozenset(
-    {"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate", "world_delta_scale"}
+    {"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate", "world_delta_scale", "world_sft_bc_weight"}
 )
 PRETRAIN_STAGE_NAMES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
 

@@ -93,6 +93,10 @@ def group_cells(cells: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     return {key: sorted(group, key=lambda c: c["seed"]) for key, group in groups.items()}
 
 
+def _index(order, key) -> int:
+    return order.index(key) if key in order else len(order)
+
+
 def _ordered(keys, order):
     return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
 
@@ -137,6 +141,132 @@ def format_legend() -> str:
     return "\n".join(f"- **{name}**: {note}" for name, note in COLUMN_NOTES.items())
 
 
+def start_metric(cell: dict, split: str, key: str):
+    """A held-out metric of the cell's model before RL (after its SFT: token SFT, or latent stages 1-5)."""
+    return cell.get("eval_start", {}).get(split, {}).get(key)
+
+
+def _gain(cell: dict, split: str, key: str = "reward"):
+    after, before = metric(cell, split, key), start_metric(cell, split, key)
+    return None if after is None or before is None else after - before
+
+
+def format_gain_table(cells: list[dict]) -> str:
+    """What RL did: held-out greedy reward before RL (the SFT start) and after, and the per-seed gain, ID and OOD,
+    rows loss x method (full models), mean ± std over seeds."""
+    groups = group_cells(cells)
+    header = ["loss", "method", "seeds"]
+    for split in ("ID", "OOD"):
+        header += [f"{split} reward before RL", f"{split} reward after RL", f"{split} gain"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
+    for loss in losses:
+        for method in METHODS:
+            group = groups.get((loss, method, "full"))
+            if not group:
+                continue
+            row = [loss, method, str(len(group))]
+            for split in ("id", "ood"):
+                row += [
+                    format_mean_std([start_metric(c, split, "reward") for c in group]),
+                    format_mean_std([metric(c, split, "reward") for c in group]),
+                    format_mean_std([_gain(c, split) for c in group]),
+                ]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+# Why two objectives can give the same runs: the known cases, by pair of losses.
+_COINCIDING = {
+    ("dapo", "bnpo"): (
+        "on one process with one optimisation step per generation batch, DAPO's normalisation by the batch's "
+        "completion tokens is BNPO's, and the clipped ratio is exactly 1 on-policy, so clip-higher never acts"
+    ),
+}
+
+
+def coinciding_losses(cells: list[dict]) -> list[str]:
+    """One sentence per pair of losses whose cells gave the same held-out numbers for every seed and method they
+    share (full models): a reader should not take two rows that coincide for two independent results."""
+    by_key = {(c["loss"], c["method"], c["seed"]): c.get("eval") for c in cells if c.get("ablation", "full") == "full"}
+    losses = _ordered({loss for loss, _, _ in by_key}, LOSSES)
+    notes = []
+    for i, first in enumerate(losses):
+        for second in losses[i + 1 :]:
+            shared = [(m, s) for (loss, m, s) in by_key if loss == first and (second, m, s) in by_key]
+            if shared and all(by_key[(first, m, s)] == by_key[(second, m, s)] for m, s in shared):
+                why = _COINCIDING.get((first, second)) or _COINCIDING.get((second, first))
+                notes.append(
+                    f"{first} and {second} gave identical held-out numbers in all {len(shared)} cells they share"
+                    + (f": {why}." if why else ": their updates coincide in this setting.")
+                )
+    return notes
+
+
+def _mean(cells: list[dict], value) -> float:
+    return mean_std([value(c) for c in cells])[0]
+
+
+def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
+    """The paper's comparative claims checked on the cells, each as (claim, what was measured, verdict), verdict
+    `"met"`, `"missed"` or `"n/a"` (the cells needed are missing). Means are over seeds; a loss counts for latent
+    when its mean held-out reward is at least token's."""
+    groups = group_cells(cells)
+    losses = [loss for loss in LOSSES if (loss, "token", "full") in groups and (loss, "latent", "full") in groups]
+    claims = []
+    for split, label in (("id", "ID"), ("ood", "OOD")):
+        wins = [
+            loss
+            for loss in losses
+            if _mean(groups[(loss, "latent", "full")], lambda c, s=split: metric(c, s, "reward"))
+            >= _mean(groups[(loss, "token", "full")], lambda c, s=split: metric(c, s, "reward"))
+        ]
+        measured = f"{len(wins)} of {len(losses)} losses ({', '.join(wins) or 'none'})"
+        verdict = "n/a" if len(losses) < 4 else ("met" if len(wins) >= 3 else "missed")
+        claims.append((f"final {label} reward of latent >= token for at least 3 of the 4 losses", measured, verdict))
+    ratios = []
+    for loss in losses:
+        token = _mean(groups[(loss, "token", "full")], lambda c: metric(c, "id", "diversity/embedding"))
+        latent = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, "id", "diversity/embedding"))
+        if token and not math.isnan(token) and not math.isnan(latent):
+            ratios.append((loss, latent / token))
+    if ratios:
+        mean_ratio = statistics.fmean(r for _, r in ratios)
+        measured = f"latent / token {mean_ratio:.3f} (" + ", ".join(f"{loss} {r:.3f}" for loss, r in ratios) + ")"
+        claims.append(
+            (
+                "rollout embedding diversity of latent >= 1.15x token",
+                measured,
+                "met" if mean_ratio >= 1.15 else "missed",
+            )
+        )
+    else:
+        claims.append(
+            ("rollout embedding diversity of latent >= 1.15x token", "no embedding diversity measured", "n/a")
+        )
+    ablated = sorted({(loss, a) for loss, method, a in groups if method == "latent" and a != "full"})
+    for loss, ablation in ablated:
+        if (loss, "latent", "full") not in groups:
+            continue
+        full = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, "ood", "reward"))
+        without = _mean(groups[(loss, "latent", ablation)], lambda c: metric(c, "ood", "reward"))
+        claims.append(
+            (
+                f"full latent model >= {ABLATION_LABELS.get(ablation, ablation)} on OOD reward ({loss})",
+                f"{full:.3f} vs {without:.3f}",
+                "met" if full >= without else "missed",
+            )
+        )
+    return claims
+
+
+def format_claims(cells: list[dict]) -> str:
+    """[`check_claims`] as a markdown table."""
+    lines = ["| claim | measured (mean over seeds) | verdict |", "|---|---|---|"]
+    lines += [f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in check_claims(cells)]
+    return "\n".join(lines)
+
+
 def format_cells_table(cells: list[dict]) -> str:
     """One row per cell: RL steps, wall time per RL step, reward first -> last quarter, codes used and entropy."""
     lines = [
@@ -168,9 +298,16 @@ def flatten_numbers(value: Any, prefix: str = "") -> dict[str, float]:
     return found
 
 
+def _health_label(path: str) -> str:
+    """`stages.joint.health.health/controllability` -> `joint: controllability`."""
+    stage, _, name = path.removeprefix("stages.").rpartition(".health.health/")
+    return f"{stage}: {name}" if stage else path
+
+
 def format_health_table(cells: list[dict]) -> str:
     """The latent cells' `health` entries (whatever the pipeline reports): one row per numeric entry, one column per
-    latent model (loss, ablation), mean ± std over seeds. Empty string when no cell has any."""
+    latent model (loss, ablation), mean ± std over seeds. Latent models whose columns are identical (the losses share
+    stages 1-5, so their health is the same) share one column. Empty string when no cell has any."""
     groups = {k: g for k, g in group_cells(cells).items() if k[1] == "latent"}
     flat = {key: [flatten_numbers(c.get("health") or {}) for c in group] for key, group in groups.items()}
     metrics: list[str] = []
@@ -179,12 +316,21 @@ def format_health_table(cells: list[dict]) -> str:
             metrics += [name for name in entry if name not in metrics]
     if not metrics:
         return ""
-    columns = sorted(flat, key=lambda k: (_ordered([k[0]], LOSSES), ABLATIONS.index(k[2]) if k[2] in ABLATIONS else 9))
-    header = ["health entry", *(loss if a == "full" else f"{loss}, {a}" for loss, _, a in columns)]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
-    for name in metrics:
-        row = [format_mean_std([entry.get(name) for entry in flat[key]]) for key in columns]
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
+
+    def order(key):
+        loss, _, ablation = key
+        return (LOSSES.index(loss) if loss in LOSSES else len(LOSSES), loss, _index(ABLATIONS, ablation), ablation)
+
+    keys = sorted(flat, key=order)
+    merged: dict[tuple[str, ...], list[str]] = {}  # column values -> the models sharing them
+    for key in keys:
+        column = tuple(format_mean_std([entry.get(name) for entry in flat[key]]) for name in metrics)
+        loss, _, ablation = key
+        merged.setdefault(column, []).append(loss if ablation == "full" else f"{loss}, {ablation}")
+    header = ["health entry", *(" = ".join(models) for models in merged.values())]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(merged)]
+    for i, name in enumerate(metrics):
+        lines.append(f"| {_health_label(name)} | " + " | ".join(column[i] for column in merged) + " |")
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ import platform
 import shlex
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -316,8 +316,12 @@ def finished(study_dir: Path, cell: Cell, base_config) -> bool:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun the cell {cell.name}.") from err
     wanted = _comparable(asdict(cell.config(base_config)))
-    if _comparable(saved.get("config", {})) != wanted:
-        changed = sorted(k for k in wanted if saved.get("config", {}).get(k) != wanted[k])
+    # A field added to PipelineConfig after the cell ran did not exist then: the cell ran with its default (a new
+    # field's default keeps the old behaviour).
+    defaults = {f.name: f.default for f in fields(base_config) if f.default is not MISSING}
+    config = {**{k: v for k, v in defaults.items() if k in wanted}, **saved.get("config", {})}
+    if _comparable(config) != wanted:
+        changed = sorted(k for k in wanted if config.get(k) != wanted[k])
         raise ValueError(
             f"{path} was run with another config (differs in {changed}); use another --study-dir for this grid, "
             f"or delete the cell's JSON to rerun it."
@@ -396,6 +400,10 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     lines[-1] += ", ".join(f"`{f}`" for f in fingerprints)
     lines += ["", "## Latent vs token, mean ± std over seeds", "", reports.format_main_table(cells), ""]
     lines += [reports.format_legend(), ""]
+    lines += [f"> {note}" for note in reports.coinciding_losses(cells)] + [""] * bool(reports.coinciding_losses(cells))
+    lines += ["## What RL changed: held-out reward before and after RL, mean ± std over seeds", ""]
+    lines += [reports.format_gain_table(cells), ""]
+    lines += ["## The paper's claims, checked on these cells", "", reports.format_claims(cells), ""]
     lines += ["## Ablations of the latent model", "", reports.format_ablation_table(cells), ""]
     lines += ["## Per cell: RL time, reward and code usage", "", reports.format_cells_table(cells), ""]
     health = reports.format_health_table(cells)

@@ -92,6 +92,10 @@ class LatentSFTConfig(SFTConfig):
             Label smoothing of the behaviour-cloning cross-entropy.
         bc_entropy_weight (`float`, *optional*, defaults to `0.0`):
             Weight of a policy entropy bonus (`policy/entropy`, raised) during behaviour cloning.
+        world_sft_bc_weight (`float`, *optional*, defaults to `0.0`):
+            Stage 5 only: with a weight above 0 the policy keeps cloning the IDM's codes (`policy/bc_task`, targets as
+            `bc_target`) on the task dialogues while the base trains, so the policy that picks the codes learns the
+            task too. 0 (default) leaves the policy frozen in stage 5, as the authors do.
 
         > Parameters of the projector stages
 
@@ -240,6 +244,13 @@ class LatentSFTConfig(SFTConfig):
     bc_entropy_weight: float = field(
         default=0.0, metadata={"help": "Weight of the policy entropy bonus during behaviour cloning."}
     )
+    world_sft_bc_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "world_sft: weight of behaviour cloning of the IDM's codes on the task dialogues (the policy then "
+            "trains with the base); 0 keeps the policy frozen (authors)."
+        },
+    )
 
     # Projector stages
     text_state_positions: str = field(
@@ -305,7 +316,7 @@ class LatentSFTConfig(SFTConfig):
             self.learning_rate = STAGE_LEARNING_RATES[self.stage]
         if self.num_train_epochs is None:
             self.num_train_epochs = STAGE_EPOCHS[self.stage]
-        for name in ("entropy_weight", "projector_weight", "cycle_weight", "bc_entropy_weight"):
+        for name in ("entropy_weight", "projector_weight", "cycle_weight", "bc_entropy_weight", "world_sft_bc_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)}); a loss weight cannot be negative.")
         if self.world_sft_last_layers < 0:

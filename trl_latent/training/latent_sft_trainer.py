@@ -118,6 +118,19 @@ def _world_ce(model, e_steps, codes, targets) -> tuple[torch.Tensor, torch.Tenso
     return ce, accuracy
 
 
+def _cloning_term(model, e, base, step_mask, options: StageOptions):
+    """Behaviour cloning of the IDM's codes into the policy at the masked steps: `(cross-entropy, policy logits (N,
+    K), IDM argmax (N,))`. Targets are the IDM's argmax codes or, with `bc_target="soft"`, its code distribution at
+    `bc_temperature` (no Gumbel noise, no gradient into the IDM)."""
+    with torch.no_grad():
+        inverse = _steps(model.inverse_logits(e, base), step_mask).float()
+        labels = inverse.argmax(-1)
+    logits = _steps(model.policy_logits(e, base), step_mask).float()
+    # Class indices (argmax) or the IDM's code distribution (soft): F.cross_entropy takes either.
+    targets = torch.softmax(inverse / options.bc_temperature, dim=-1) if options.bc_target == "soft" else labels
+    return F.cross_entropy(logits, targets, label_smoothing=options.bc_label_smoothing), logits, labels
+
+
 def _targets(batch: dict, step_mask: torch.Tensor) -> torch.Tensor:
     """The next tokens t+1 at the masked steps t: (N,)."""
     return batch["input_ids"][:, 1:][step_mask]
@@ -178,7 +191,7 @@ def stage_losses(
     paired_steps = paired["loss_mask"][:, 1:]
 
     # Dispatch on what the row asks for (its terms and code source), not on the stage's name.
-    cloning = any(name.startswith("policy/bc_") for name in plan.weights)
+    cloning = plan.stage.code_source != "policy" and any(name.startswith("policy/bc_") for name in plan.weights)
     if not cloning and plan.stage.code_source != "policy":  # inverse_warmup, projector_warmup, joint
         needs_world = plan.has("world/ce_paired")
         needs_projector = plan.has("projector/nll_paired")
@@ -219,15 +232,8 @@ def stage_losses(
             base = _encode(model, batch, pixels=pixels)
             e = base.states if pixels else _text_input_states(model, base.text_states, use_projector)[0]
             step_mask = batch["loss_mask"][:, 1:]
-            with torch.no_grad():  # the IDM labels; no Gumbel noise
-                inverse = _steps(model.inverse_logits(e, base), step_mask).float()
-                labels = inverse.argmax(-1)
-            logits = _steps(model.policy_logits(e, base), step_mask).float()
-            # Class indices (argmax) or the IDM's code distribution (soft): F.cross_entropy takes either.
-            targets = (
-                torch.softmax(inverse / options.bc_temperature, dim=-1) if options.bc_target == "soft" else labels
-            )
-            terms[f"policy/bc_{suffix}"] = F.cross_entropy(logits, targets, label_smoothing=options.bc_label_smoothing)
+            term, logits, labels = _cloning_term(model, e, base, step_mask, options)
+            terms[f"policy/bc_{suffix}"] = term
             entropies.append(entropy_from_logits(logits))
             predicted = logits.detach().argmax(-1)
             correct += float((predicted == labels).sum())
@@ -253,6 +259,10 @@ def stage_losses(
         terms["world/ce_paired"] = ce
         metrics["world/accuracy_paired"] = accuracy
         codes.append(world_codes)
+        if plan.has("policy/bc_task"):  # the policy keeps cloning the IDM, now on the task dialogues
+            term, logits, labels = _cloning_term(model, e.detach(), base, paired_steps, options)
+            terms["policy/bc_task"] = term
+            metrics["policy/bc_accuracy"] = (logits.detach().argmax(-1) == labels).float().mean()
 
     if codes:
         all_codes = torch.cat(codes)
@@ -392,8 +402,8 @@ class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
 
             if isinstance(model.base, PeftModel):
                 raise ValueError("The base already carries a PEFT adapter; merge it or drop `peft_config`.")
-            model.set_trainable([])
-            model.base = get_peft_model(model.base, peft_config)  # only the adapter's parameters require grad
+            model.set_trainable(plan.trainable)  # the policy, when world_sft_bc_weight > 0
+            model.base = get_peft_model(model.base, peft_config)  # of the base, only the adapter requires grad
         else:
             base_modules = model.base_tail_prefixes(args.world_sft_last_layers) if plan.base_trainable else None
             model.set_trainable(plan.trainable, base_modules=base_modules)

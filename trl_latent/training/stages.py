@@ -12,7 +12,7 @@ that remove exactly their terms (and the modules and streams only those terms ne
 | `projector_warmup` | paired | P, P' | `projector/nll_paired` (1) + `projector/nll_inverse` (1) | (unused) |
 | `joint` | paired + text | IDM, codebook, merge, P, P' | `world/ce_paired` + `world/ce_text` (1) - entropies (`entropy_weight`) + projector NLLs (`projector_weight`) + `projector/cycle` (`cycle_weight`) | minus-base |
 | `policy_bc` | paired + text | policy | `policy/bc_paired` + `policy/bc_text` (1) - `policy/entropy` (`bc_entropy_weight`) | (unused) |
-| `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter) | `world/ce_paired` (1), codes = policy argmax | merge-delta |
+| `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter); policy when `world_sft_bc_weight` > 0 | `world/ce_paired` (1), codes = policy argmax; + `policy/bc_task` (`world_sft_bc_weight`, optional) | merge-delta |
 
 The world-model output form (docs/design.md section 2) is a property of the stage: the table's last column is the
 authors' schedule; `WORLD_OUTPUT_SCHEDULES` holds the named alternatives (`LatentSFTConfig.world_output_schedule`),
@@ -80,6 +80,8 @@ class Stage:
         trainable (`tuple[str, ...]`): module groups of [`LatentActionModel`] that train.
         terms (`tuple[LossTerm, ...]`): the loss terms.
         group_requires (`dict[str, tuple[str, ...]]`): module groups that train only while these switches are on.
+        group_weights (`dict[str, str]`): module groups that train only while the config field named here (a loss
+            weight) is not zero.
         base_trainable (`bool`): whether part of the base model trains (the world-model SFT trainable set, or a LoRA
             adapter on the base).
         code_source (`str`): where the world model's codes come from, `"inverse"` (the IDM) or `"policy"`.
@@ -93,6 +95,7 @@ class Stage:
     trainable: tuple[str, ...]
     terms: tuple[LossTerm, ...]
     group_requires: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    group_weights: dict[str, str] = field(default_factory=dict)
     base_trainable: bool = False
     code_source: str | None = None
     paired_requires_image: bool = True
@@ -161,8 +164,12 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             name="world_sft",
-            trainable=(),
-            terms=(LossTerm("world/ce_paired", "paired"),),
+            trainable=("policy",),
+            terms=(
+                LossTerm("world/ce_paired", "paired"),
+                LossTerm("policy/bc_task", "paired", weight="world_sft_bc_weight", optional=True),
+            ),
+            group_weights={"policy": "world_sft_bc_weight"},
             base_trainable=True,
             code_source="policy",
             paired_requires_image=False,
@@ -251,7 +258,12 @@ def resolve_stage(config) -> StagePlan:
         if term.optional and not weight:
             continue
         weights[term.name] = term.sign * float(weight)
-    trainable = tuple(g for g in stage.trainable if _switches_on(config, stage.group_requires.get(g, ())))
+    trainable = tuple(
+        group
+        for group in stage.trainable
+        if _switches_on(config, stage.group_requires.get(group, ()))
+        and (group not in stage.group_weights or getattr(config, stage.group_weights[group], 0.0))
+    )
     if not weights or not (trainable or stage.base_trainable):
         raise ValueError(
             f"Stage {stage.name!r} has nothing left to train with use_projector={config.use_projector}, "
