@@ -33,7 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="outputs/world_outputs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the demo's stage_steps)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="stage-1 steps (default 150 as docs/model.md's table; --quick: 3)"
+    )
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
     parser.add_argument("--quick", action="store_true", help="the seconds-long size of the test suite")
     parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
@@ -52,7 +54,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data, eval_sets, processor = prepare_task(config, out / "data")
     base_path, _ = pretrain_base(processor, data, eval_sets, config, out, evaluate=lambda *_: {})
-    steps = args.steps or config.stage_steps
+    steps = args.steps or (config.stage_steps if args.quick else 150)
     rows = {}
     for form in args.forms:
         model = new_latent_model(base_path, config)

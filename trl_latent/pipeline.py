@@ -70,7 +70,9 @@ class PipelineConfig:
     codebook_size: int = 64
     inverse_layers: int = 1
     policy_layers: int = 2
-    stage_steps: int = 150
+    # Steps of each of stages 1-4. 300, not 150: on seed 0 the policy cloned for 300 steps picks the right colour's code
+    # (colour 0.94 vs 0.66 after stages 1-5, README), and the codes steer more (controllability 1.44 vs 1.20).
+    stage_steps: int = 300
     stage_learning_rate: float = 2e-3
     n_paired: int = 256
     n_text_only: int = 1024
