@@ -40,7 +40,7 @@ PLOT_CAPTIONS = {
 }
 _COLOURS = {"token": "#4c72b0", "latent": "#dd8452"}
 
-# Table columns: (header, split, metric key, higher is better).
+# Table columns: (header, split, metric key).
 COLUMNS = (
     ("ID accuracy", "id", "all"),
     ("ID reward", "id", "reward"),
@@ -98,7 +98,7 @@ def _index(order, key) -> int:
 
 
 def _ordered(keys, order):
-    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return sorted(keys, key=lambda k: (_index(order, k), k))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -319,7 +319,7 @@ def format_health_table(cells: list[dict]) -> str:
 
     def order(key):
         loss, _, ablation = key
-        return (LOSSES.index(loss) if loss in LOSSES else len(LOSSES), loss, _index(ABLATIONS, ablation), ablation)
+        return (_index(LOSSES, loss), loss, _index(ABLATIONS, ablation), ablation)
 
     keys = sorted(flat, key=order)
     merged: dict[tuple[str, ...], list[str]] = {}  # column values -> the models sharing them

@@ -400,7 +400,8 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     lines[-1] += ", ".join(f"`{f}`" for f in fingerprints)
     lines += ["", "## Latent vs token, mean ± std over seeds", "", reports.format_main_table(cells), ""]
     lines += [reports.format_legend(), ""]
-    lines += [f"> {note}" for note in reports.coinciding_losses(cells)] + [""] * bool(reports.coinciding_losses(cells))
+    coinciding = reports.coinciding_losses(cells)
+    lines += [f"> {note}" for note in coinciding] + [""] * bool(coinciding)
     lines += ["## What RL changed: held-out reward before and after RL, mean ± std over seeds", ""]
     lines += [reports.format_gain_table(cells), ""]
     lines += ["## The paper's claims, checked on these cells", "", reports.format_claims(cells), ""]
