@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from trl_latent.modeling.tiny import tiny_vlm_path
+from trl_latent.experiments.models import tiny_vlm_path
 
 SIZES = ("tiny", "cpu-3b-depth")
 

@@ -85,7 +85,7 @@ def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: in
     import torch
     from transformers import TrainerCallback
 
-    from trl_latent.data.synthetic import synthetic_rl_dataset
+    from trl_latent.experiments.task import synthetic_rl_dataset
 
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)

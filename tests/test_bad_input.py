@@ -515,8 +515,8 @@ CASES = [
 def shared(tiny_cache):
     import torch
 
+    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
-    from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
 
     torch.manual_seed(0)
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)

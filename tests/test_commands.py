@@ -52,7 +52,7 @@ def fake_latent_model(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from trl_latent.data.synthetic import write_synthetic_task
+    from trl_latent.experiments.task import write_synthetic_task
 
     root = tmp_path_factory.mktemp("shapes")
     write_synthetic_task(root, sessions_per_file=2, ood_sessions_per_character=1, n_paired=8, n_text_only=8)
@@ -142,7 +142,7 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_model_loading, monke
     message = fails([*base, str(tmp_path / "models" / "missing" / "vlm")], capsys)
     assert "neither a local model folder" in message and "must exist before this command runs" in message
 
-    from trl_latent.modeling.tiny import tiny_vlm_path
+    from trl_latent.experiments.models import tiny_vlm_path
 
     tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
     message = fails(
@@ -185,21 +185,28 @@ def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
     message = fails([*rl, "--judge_base_url", "http://127.0.0.1:9/v1", "--judge_timeout", "2"], capsys)
     assert "Cannot reach the judge at http://127.0.0.1:9/v1" in message
     message = fails([*rl, "--reward", "rubric"], capsys)
-    assert "reward: rubric scores the synthetic shapes task only, not mmrole" in message
-    evaluation = ["eval", "--task", "synthetic", "--task_root", str(shapes), "--models", model]
+    assert "reward: 'rubric' is neither 'judge' nor a dotted import path" in message
+    message = fails([*rl, "--reward", "no_such_package.reward"], capsys)
+    assert "reward: cannot import module 'no_such_package'" in message
+    message = fails([*rl, "--reward", "trl_latent.experiments.reward.no_such_reward"], capsys)
+    assert "has no 'no_such_reward'" in message
+    evaluation = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", model]
     message = fails(evaluation, capsys)
-    assert "reward: judge needs judge_base_url" in message and "reward: rubric" in message
+    assert "reward: judge needs judge_base_url" in message and "trl_latent.experiments.reward" in message
+    message = fails([*evaluation, "--reward", "trl_latent.experiments.reward.rubric_reward"], capsys)
+    assert "is not a judge" in message
 
 
 # ------------------------------------------------------------------------------------------------ working runs
 def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache, capsys, monkeypatch):
     """`eval` with the offline rubric: the reported score is the rubric recomputed from the stored generations."""
-    from trl_latent.modeling.tiny import tiny_vlm_path
-    from trl_latent.rewards.rubric import rubric_scores
+    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.reward import rubric_scores
 
     monkeypatch.chdir(tmp_path)
     tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
-    argv = ["eval", "--task", "synthetic", "--task_root", str(shapes), "--reward", "rubric", "--models", tiny]
+    argv = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", tiny]
+    argv += ["--reward", "trl_latent.experiments.reward.RubricJudge"]
     argv += ["--image_size", "56", "56", "--max_samples", "3", "--num_generations", "2", "--max_new_tokens", "8"]
     argv += ["--temperature", "1.0", "--embedder", "none", "--output_dir", "out"]
     assert main(argv) == 0
@@ -232,15 +239,15 @@ def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache
 def test_inspect_reports_usage_top_tokens_and_examples(tmp_path, shapes, tiny_cache, capsys):
     from transformers import AutoProcessor
 
+    from trl_latent.experiments.models import tiny_vlm_path
     from trl_latent.modeling.model import LatentActionModel
-    from trl_latent.modeling.tiny import tiny_vlm_path
 
     tiny = tiny_vlm_path("tiny", cache_dir=tiny_cache)
     model = LatentActionModel.from_base(str(tiny), codebook_size=8, inverse_layers=1, policy_layers=1)
     model.save_pretrained(tmp_path / "latent")
     AutoProcessor.from_pretrained(tiny).save_pretrained(tmp_path / "latent")
 
-    argv = ["inspect", "--model_name_or_path", str(tmp_path / "latent"), "--task", "synthetic"]
+    argv = ["inspect", "--model_name_or_path", str(tmp_path / "latent"), "--task", "mmrole"]
     argv += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_records", "3", "--batch_size", "2"]
     argv += ["--code_source", "policy", "--examples", "2", "--output_dir", str(tmp_path / "codes")]
     assert main(argv) == 0

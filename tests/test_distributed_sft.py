@@ -47,8 +47,8 @@ COMMON = textwrap.dedent(
 
 SFT_SCRIPT = COMMON + textwrap.dedent(
     """
-    from trl_latent.data.synthetic import synthetic_sft_dataset
-    from trl_latent.modeling.tiny import tiny_vlm_path
+    from trl_latent.experiments.task import synthetic_sft_dataset
+    from trl_latent.experiments.models import tiny_vlm_path
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
 
@@ -87,7 +87,7 @@ SFT_SCRIPT = COMMON + textwrap.dedent(
 
 RL_SCRIPT = COMMON + textwrap.dedent(
     """
-    from trl_latent.data.synthetic import synthetic_rl_dataset
+    from trl_latent.experiments.task import synthetic_rl_dataset
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
@@ -143,7 +143,7 @@ RL_SCRIPT = COMMON + textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache, launch_two_processes):
-    from trl_latent.modeling.tiny import tiny_vlm_path
+    from trl_latent.experiments.models import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
     ranks = launch_two_processes("zero3.yaml", SFT_SCRIPT, tmp_path, tiny_cache)

@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent(
     import torch
     from transformers import set_seed
 
-    from trl_latent.data.synthetic import synthetic_rl_dataset
+    from trl_latent.experiments.task import synthetic_rl_dataset
     from trl_latent.modeling import LatentActionModel
-    from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
+    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
@@ -86,7 +86,7 @@ SCRIPT = textwrap.dedent(
     ids=["ddp", "zero2", "zero3"],
 )
 def test_two_process_training(config, distributed_type, tmp_path, tiny_cache, launch_two_processes):
-    from trl_latent.modeling.tiny import tiny_vlm_path
+    from trl_latent.experiments.models import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
     ranks = launch_two_processes(config, SCRIPT, tmp_path, tiny_cache)

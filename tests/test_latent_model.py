@@ -5,11 +5,12 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
+from trl_latent.experiments.models import tiny_lm_path, tiny_vlm_path
 from trl_latent.modeling import LatentActionConfig, LatentActionModel
 from trl_latent.modeling.generation import latent_generate
 from trl_latent.modeling.inspection import format_code_report, inspect_codes
 from trl_latent.modeling.quantization import base_memory_bytes, quantised_memory_table
-from trl_latent.modeling.tiny import real_shape_config, tiny_lm_path, tiny_vlm_path
+from trl_latent.modeling.tiny import real_shape_config
 
 SMALL = dict(codebook_size=16, inverse_layers=1, policy_layers=2)
 

@@ -6,8 +6,8 @@ import math
 from PIL import Image
 
 from trl_latent.cli import main
-from trl_latent.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results
-from trl_latent.reports import FIGURE_SIZE, PLOTS
+from trl_latent.experiments.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results
+from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
 
 
 def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys):
@@ -69,7 +69,7 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
 def test_demo_set_overrides_any_pipeline_field():
     import pytest
 
-    from trl_latent.cli import _field_overrides
+    from trl_latent.experiments.commands import _field_overrides
 
     assert _field_overrides(["world_output_schedule=authors", "world_delta_scale=3", "bc_target=argmax"]) == {
         "world_output_schedule": "authors",

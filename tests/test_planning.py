@@ -213,8 +213,8 @@ def test_world_sft_activations_follow_the_formula():
 # --------------------------------------------------------------------------------- the same set the trainers train
 @pytest.fixture(scope="module")
 def saved_latent(tiny_cache, tmp_path_factory):
+    from trl_latent.experiments.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
-    from trl_latent.modeling.tiny import tiny_vlm_path
 
     model = LatentActionModel.from_base(
         tiny_vlm_path("tiny", cache_dir=tiny_cache), codebook_size=16, inverse_layers=1, policy_layers=1
@@ -228,7 +228,7 @@ def saved_latent(tiny_cache, tmp_path_factory):
 def test_trainable_set_is_the_trainers(stage, saved_latent, tiny_cache, tmp_path):
     from transformers import AutoProcessor
 
-    from trl_latent.data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset
+    from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset
     from trl_latent.modeling import LatentActionModel
 
     model = LatentActionModel.from_pretrained(saved_latent)

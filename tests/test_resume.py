@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 
 from trl_latent.data.pretrain import load_pretrain_corpus
-from trl_latent.data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
-from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import REFERENCE_POLICY_FILE, LatentGRPOTrainer
 from trl_latent.training.latent_sft_config import LatentSFTConfig

@@ -2,16 +2,7 @@
 
 import pytest
 
-from trl_latent.data.synthetic import (
-    ALL_CHARACTERS,
-    COLOURS,
-    QUESTIONS,
-    SHAPES,
-    ShapesScene,
-    reference_answer,
-    synthetic_rl_dataset,
-)
-from trl_latent.rewards.rubric import (
+from trl_latent.experiments.reward import (
     RUBRIC_DIMENSIONS,
     answer_accuracy,
     completion_text,
@@ -20,6 +11,15 @@ from trl_latent.rewards.rubric import (
     rubric_reward,
     rubric_scores,
     task_reward,
+)
+from trl_latent.experiments.task import (
+    ALL_CHARACTERS,
+    COLOURS,
+    QUESTIONS,
+    SHAPES,
+    ShapesScene,
+    reference_answer,
+    synthetic_rl_dataset,
 )
 
 SCENE = ShapesScene("red", "circle", 2)

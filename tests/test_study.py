@@ -6,12 +6,12 @@ import math
 import pytest
 from PIL import Image
 
-import trl_latent.pipeline as pipeline
+import trl_latent.experiments.pipeline as pipeline
 from trl_latent.cli import main
-from trl_latent.pipeline import PipelineConfig
-from trl_latent.prefix_cache import PrefixCache
-from trl_latent.reports import FIGURE_SIZE, PLOTS
-from trl_latent.study import Cell, finished, grid, select
+from trl_latent.experiments.pipeline import PipelineConfig
+from trl_latent.experiments.prefix_cache import PrefixCache
+from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
+from trl_latent.experiments.study import Cell, finished, grid, select
 
 CELLS = ["grpo-token-s0", "grpo-latent-s0"]
 
@@ -164,7 +164,7 @@ def _cell(loss, method, seed, reward, ablation="full", health=None):
 
 
 def test_tables_give_mean_and_sample_std_over_seeds():
-    from trl_latent.reports import format_ablation_table, format_health_table, format_main_table
+    from trl_latent.experiments.reports import format_ablation_table, format_health_table, format_main_table
 
     cells = [_cell("dapo", "latent", s, r) for s, r in enumerate((0.6, 0.8, 1.0))]
     cells += [_cell("grpo", "token", 0, 0.7), _cell("grpo", "latent", 0, 0.9, "no_projector")]
@@ -198,7 +198,7 @@ def test_only_the_known_harmless_messages_are_quieted():
     import logging
     import warnings
 
-    from trl_latent.console import quiet_known_warnings
+    from trl_latent.experiments.console import quiet_known_warnings
 
     def shown(logger_name, message):
         record = logging.LogRecord(logger_name, logging.WARNING, __file__, 1, message, None, None)
@@ -208,7 +208,7 @@ def test_only_the_known_harmless_messages_are_quieted():
         warnings.resetwarnings()  # the suite's own filters ignore deprecations; start from "show everything"
         warnings.simplefilter("always")
         quiet_known_warnings()  # its filters go in front
-        for module in ("transformers.modeling_utils", "trl_latent.pipeline"):
+        for module in ("transformers.modeling_utils", "trl_latent.experiments.pipeline"):
             warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module=module)
         warnings.warn_explicit("`is_gradient_checkpointing` is deprecated", FutureWarning, "x.py", 1, module="m")
         warnings.warn_explicit("something else", FutureWarning, "x.py", 1, module="m")
@@ -223,7 +223,7 @@ def test_only_the_known_harmless_messages_are_quieted():
 
 
 def test_gain_table_and_claims_follow_the_cells():
-    from trl_latent.reports import check_claims, format_claims, format_gain_table
+    from trl_latent.experiments.reports import check_claims, format_claims, format_gain_table
 
     def cell(loss, method, seed, before, after, embedding, ablation="full"):
         c = _cell(loss, method, seed, after, ablation)
@@ -253,7 +253,7 @@ def test_gain_table_and_claims_follow_the_cells():
     # the ablated model answers better on OOD than the full one: the claim is missed, not hidden
     assert claims["full latent model >= without the projector on OOD reward (grpo)"] == ("0.400 vs 0.450", "missed")
     assert "| missed |" in format_claims(cells)
-    from trl_latent.reports import coinciding_losses
+    from trl_latent.experiments.reports import coinciding_losses
 
     # grpo, dr_grpo and dapo gave the same numbers here (bnpo's latent cells differ): each such pair is named once.
     assert [n.split(" gave")[0] for n in coinciding_losses(cells)] == [

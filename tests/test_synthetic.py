@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trl_latent.data.synthetic import (
+from trl_latent.experiments.reward import parse_scene
+from trl_latent.experiments.task import (
     _RGB,
     CHARACTERS,
     COLOURS,
@@ -30,7 +31,6 @@ from trl_latent.data.synthetic import (
     underscored,
     write_synthetic_task,
 )
-from trl_latent.rewards.rubric import parse_scene
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "synthetic_task.md"
 SMALL = dict(sessions_per_file=3, ood_sessions_per_character=3, n_paired=60, n_text_only=96)

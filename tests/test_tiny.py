@@ -6,14 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_latent.modeling.tiny import (
-    _MANIFEST,
-    REAL_SHAPES,
-    real_shape_vlm,
-    tiny_lm,
-    tiny_vlm,
-    tiny_vlm_path,
-)
+from trl_latent.experiments.models import tiny_lm, tiny_vlm, tiny_vlm_path
+from trl_latent.modeling import tiny as library_tiny
+from trl_latent.modeling.tiny import _MANIFEST, REAL_SHAPES, real_shape_vlm
 
 TEXT = "Ahoy, matey! I spot two red circles on deck."
 
@@ -184,3 +179,19 @@ def test_real_shapes_on_meta_match_hand_count(size, published):
     assert vision_counted == expected["vision"]
     assert counted == expected["total"] == published
     assert model.config.tie_word_embeddings is REAL_SHAPES[size]["tie_word_embeddings"]
+
+
+def test_library_builders_take_their_corpus(tmp_path):
+    """The library's builders know no task: the tokenizer corpus is an argument, a different corpus is a different
+    build (another vocabulary), and no corpus is a clear error."""
+    corpus = ["Hello there, how are you today?", "A quiet morning by the sea.", "What a fine day for a walk!"]
+    _, processor = library_tiny.tiny_vlm("tiny", cache_dir=tmp_path, corpus=corpus)
+    _, shapes_processor = tiny_vlm("tiny", cache_dir=tmp_path)
+    assert processor.tokenizer.get_vocab() != shapes_processor.tokenizer.get_vocab()
+    assert len(processor.tokenizer("A quiet morning by the sea.").input_ids) < len(
+        shapes_processor.tokenizer("A quiet morning by the sea.").input_ids
+    )
+    with pytest.raises(TypeError, match="corpus"):
+        library_tiny.tiny_vlm_path("tiny", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="non-empty sequence of texts"):
+        library_tiny.tiny_vlm_path("tiny", cache_dir=tmp_path, corpus="one string")

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("mmrole", "pcogalign", "synthetic")
-# The splits each task's loader builds (`synthetic` is the shapes task written in the MMRole layout).
+TASKS = ("mmrole", "pcogalign")
+# The splits each task's loader builds. Any dataset written in the MMRole release layout (the embedded shapes task of
+# `trl-latent write-synthetic`, say) is `task: mmrole`.
 TASK_SPLITS = {
     "mmrole": ("sft", "rl", "id_test", "ood_test"),
-    "synthetic": ("sft", "rl", "id_test", "ood_test"),
     "pcogalign": ("sft", "rl", "ls1_test", "ls2_test"),
 }
 TEST_SPLITS = {
     "mmrole": ("id_test", "ood_test"),
-    "synthetic": ("id_test", "ood_test"),
     "pcogalign": ("ls1_test", "ls2_test"),
 }
 ACTION_SPACES = ("latent", "token")
@@ -240,8 +239,8 @@ class TaskArguments:
     task: str | None = field(
         default=None,
         metadata={
-            "help": "The task: 'mmrole' (MMRole release layout), 'pcogalign' (PCogAlignBench files) or 'synthetic' "
-            "(the shapes role-play task written by `trl-latent write-synthetic ROOT`, MMRole layout, rubric reward).",
+            "help": "The task: 'mmrole' (the MMRole release layout, or any dataset written in it, such as the embedded "
+            "shapes task of `trl-latent write-synthetic ROOT`) or 'pcogalign' (PCogAlignBench files).",
             "choices": list(TASKS),
         },
     )
@@ -283,9 +282,9 @@ def check_task(args: TaskArguments, what: str) -> None:
             f"{what} needs task dialogues: set task ({', '.join(TASKS)}) and task_root (the dataset folder)."
         )
     if not Path(args.task_root).is_dir():
-        hint = " Write the synthetic task with `trl-latent write-synthetic ROOT`." if args.task == "synthetic" else ""
         raise CommandError(
-            f"task_root {args.task_root} does not exist; point it at the {args.task} dataset folder.{hint}"
+            f"task_root {args.task_root} does not exist; point it at the {args.task} dataset folder (the embedded "
+            "shapes task is written by `trl-latent write-synthetic ROOT`, in the MMRole layout)."
         )
     if len(args.image_size) != 2:
         raise CommandError(f"image_size takes two numbers, width and height (got {args.image_size}).")
@@ -341,14 +340,16 @@ def check_files(paths: Sequence[str] | None, field_name: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ rewards
 @dataclass
 class RewardArguments:
-    """How completions are scored: an LLM judge on an OpenAI-compatible endpoint, or the offline rubric."""
+    """How completions are scored: an LLM judge on an OpenAI-compatible endpoint, or a reward of your own."""
 
     reward: str = field(
         default="judge",
         metadata={
             "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
-            "(OpenAI-compatible endpoint). 'rubric': the offline rubric of the synthetic shapes task.",
-            "choices": ["judge", "rubric"],
+            "(OpenAI-compatible endpoint). Or a dotted import path: a TRL reward function for `grpo`, a judge (an "
+            "object or class with `judge(prompts, completions, **columns)`) for `eval`; e.g. the embedded shapes "
+            "task's offline rubric, trl_latent.experiments.reward.rubric_reward / "
+            "trl_latent.experiments.reward.RubricJudge."
         },
     )
     judge_base_url: str | None = field(
@@ -369,8 +370,8 @@ def build_judge(args: RewardArguments, task: str):
     if not args.judge_base_url or not args.judge_model:
         raise CommandError(
             "reward: judge needs judge_base_url (an OpenAI-compatible endpoint, e.g. a vLLM server at "
-            "http://localhost:8000/v1) and judge_model"
-            + ("; or use reward: rubric, the offline rubric of the synthetic task." if task == "synthetic" else ".")
+            "http://localhost:8000/v1) and judge_model; or set reward to the dotted import path of a reward of your "
+            "own (offline: trl_latent.experiments.reward.rubric_reward for the embedded shapes task)."
         )
     try:
         backend = OpenAIJudgeBackend(
@@ -386,12 +387,24 @@ def build_judge(args: RewardArguments, task: str):
         raise CommandError(str(err)) from err
 
 
-def check_rubric(task: str) -> None:
-    if task != "synthetic":
+def import_reward(path: str):
+    """The object a dotted import path names (`package.module.name`), as TRL's scripts resolve `reward_funcs`; a path
+    that does not import is a clear error."""
+    import importlib
+
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
         raise CommandError(
-            f"reward: rubric scores the synthetic shapes task only, not {task}; set reward: judge with "
-            "judge_base_url and judge_model."
+            f"reward: {path!r} is neither 'judge' nor a dotted import path (package.module.function), e.g. "
+            "trl_latent.experiments.reward.rubric_reward."
         )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CommandError(f"reward: cannot import module {module_name!r} of {path!r}: {err}") from err
+    if not hasattr(module, attribute):
+        raise CommandError(f"reward: module {module_name!r} has no {attribute!r} (from {path!r}).")
+    return getattr(module, attribute)
 
 
 def say(message: str) -> None:

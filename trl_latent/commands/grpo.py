@@ -10,7 +10,7 @@ accelerate launch --config_file examples/accelerate_configs/zero2.yaml -m trl_la
 (`LatentGRPOConfig` fields: `loss`, `code_top_k`, ...); `action_space: token` trains a plain VLM with
 `TokenGRPOTrainer` (`GRPOConfig` fields). Both compute the objective with the same loss classes
 (`trl_latent.training.losses`), so the two runs differ only in the action space. The reward is an LLM judge on an
-OpenAI-compatible endpoint (the paper's; `reward: judge`) or, for the synthetic shapes task, the offline rubric.
+OpenAI-compatible endpoint (the paper's; `reward: judge`) or a reward function given by its dotted import path.
 
 Order of work: parse and check every input, load the prompts, reach the judge, then load the model and train.
 """
@@ -28,8 +28,8 @@ from .common import (
     build_judge,
     check_latent_model,
     check_model,
-    check_rubric,
     check_task,
+    import_reward,
     load_processor,
     load_task,
     parse,
@@ -95,11 +95,9 @@ def _main(argv: list[str]) -> int:
     else:
         check_model(script_args.model_name_or_path, "model_name_or_path")
     check_task(script_args, "grpo")
-    if script_args.reward == "rubric":
-        check_rubric(script_args.task)
     dataset = load_task(script_args, [script_args.split])[script_args.split]
-    if script_args.reward == "rubric":
-        from ..rewards.rubric import rubric_reward as reward
+    if script_args.reward != "judge":
+        reward = import_reward(script_args.reward)
     else:
         reward = build_judge(script_args, script_args.task)  # an unreachable judge fails here, before the model
     say(f"{PROG}: {action_space} RL on {len(dataset)} {script_args.task} prompts, reward {script_args.reward}")

@@ -103,7 +103,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
 
     ```python
     >>> from trl_latent import LatentActionModel
-    >>> from trl_latent.modeling.tiny import tiny_vlm_path
+    >>> from trl_latent.experiments.models import tiny_vlm_path
     >>> model = LatentActionModel.from_base(tiny_vlm_path("tiny"), codebook_size=16, inverse_layers=1, policy_layers=1)
     >>> model.config.codebook_size
     16

@@ -1,7 +1,7 @@
 """Offline tiny models and processors, built in-process and deterministically from a seed.
 
 Nothing here downloads anything. The tiny Qwen2.5-VL uses the **stock** `Qwen2_5_VLProcessor` with a byte-level BPE
-tokenizer trained with `tokenizers` on the embedded synthetic task's text, the Qwen special tokens in Qwen order,
+tokenizer trained with `tokenizers` on a corpus the caller gives (`corpus=`), the Qwen special tokens in Qwen order,
 TRL's Qwen2.5-VL chat template and left padding. Models are saved with `save_pretrained` to a cache folder and
 reloaded from there, so every caller gets a model exactly as `from_pretrained` would give it.
 
@@ -9,11 +9,14 @@ Also here: the real Qwen2.5-VL-3B / -7B shapes, on the `meta` device for paramet
 for GPU benchmarks.
 
 ```python
->>> from trl_latent.modeling.tiny import tiny_vlm
->>> model, processor = tiny_vlm("tiny", seed=0)
+>>> from trl_latent.experiments.models import tiny_vlm
+>>> corpus = ["A red circle.", "Two blue squares on a white background.", "What do you see?"]
+>>> model, processor = tiny_vlm("tiny", seed=0, corpus=corpus)
 >>> model.config.text_config.hidden_size
 64
 ```
+
+The embedded experiment binds its own task's text: `trl_latent.experiments.models.tiny_vlm("tiny")`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,6 +95,15 @@ def _spec(size: str) -> TinySpec:
     return TINY_SPECS[size]
 
 
+def _checked_corpus(corpus) -> list[str]:
+    if isinstance(corpus, str) or not corpus or not all(isinstance(text, str) for text in corpus):
+        raise ValueError(
+            "corpus must be a non-empty sequence of texts to train the tiny tokenizer on (the texts the model will "
+            "read); the embedded experiment's is trl_latent.experiments.task.tokenizer_corpus()."
+        )
+    return list(corpus)
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     # Qwen2.5-VL splits the rotary half-dimension into (temporal, height, width) sections, 16/24/24 of 64 for 3B.
     half = head_dim // 2
@@ -100,16 +113,13 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
-def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 440):
-    """A Qwen2 byte-level BPE tokenizer trained on `corpus` (default: the synthetic task's text), with Qwen's
+def build_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
+    """A Qwen2 byte-level BPE tokenizer trained on `corpus` (the texts the tiny model will read), with Qwen's
     special tokens appended in Qwen order, `<|im_end|>` as EOS and left padding."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
-    if corpus is None:
-        from ..data.synthetic import tokenizer_corpus
-
-        corpus = tokenizer_corpus()
+    corpus = _checked_corpus(corpus)
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
@@ -154,7 +164,7 @@ def _chat_template() -> str:
     return qwen2_5_vl_chat_template
 
 
-def build_processor(spec: TinySpec, corpus: list[str] | None = None):
+def build_processor(spec: TinySpec, corpus: Sequence[str]):
     """The stock `Qwen2_5_VLProcessor` around the tiny tokenizer and a Qwen2-VL image processor."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -250,11 +260,9 @@ def _seeded_init(build):
     return wrapper
 
 
-def _fingerprint(kind: str, size: str, seed: int, arch: str) -> str:
-    from ..data.synthetic import tokenizer_corpus
-
-    # The tokenizer corpus is part of the key: a changed synthetic task gives a new tokenizer, hence a new build.
-    corpus = hashlib.sha256("\n".join(tokenizer_corpus()).encode()).hexdigest()
+def _fingerprint(kind: str, size: str, seed: int, arch: str, corpus: Sequence[str]) -> str:
+    # The tokenizer corpus is part of the key: a changed corpus gives a new tokenizer, hence a new build.
+    corpus = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
     payload = json.dumps(
         {
             "kind": kind,
@@ -290,11 +298,11 @@ def _check_not_empty(folder: Path) -> None:
             raise RuntimeError(f"The tiny model build wrote empty tensors ({empty[:3]}...) to {path}.")
 
 
-def _cached_build(kind: str, size: str, seed: int, arch: str, cache_dir, build_and_save) -> Path:
+def _cached_build(kind: str, size: str, seed: int, arch: str, cache_dir, corpus, build_and_save) -> Path:
     """Return a folder holding a verified build, (re)building it when missing, stale or corrupt."""
     from filelock import FileLock
 
-    fingerprint = _fingerprint(kind, size, seed, arch)
+    fingerprint = _fingerprint(kind, size, seed, arch, corpus)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{kind}-{arch}-{size}-seed{seed}-{fingerprint}"
     root.mkdir(parents=True, exist_ok=True)
@@ -336,16 +344,20 @@ def _verified_or_built(folder: Path, fingerprint: str, build_and_save) -> Path:
     return folder
 
 
-def tiny_vlm_path(size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", cache_dir=None) -> Path:
-    """Build (once) and return the folder of a tiny VLM and its processor, loadable with `from_pretrained`."""
+def tiny_vlm_path(
+    size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", cache_dir=None, *, corpus: Sequence[str]
+) -> Path:
+    """Build (once) and return the folder of a tiny VLM and its processor, loadable with `from_pretrained`; the
+    tokenizer is trained on `corpus` (the texts the model will read)."""
     spec = _spec(size)
+    corpus = _checked_corpus(corpus)
     if arch not in SUPPORTED_TINY_ARCHS:
         raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {SUPPORTED_TINY_ARCHS}.")
 
     def build_and_save(folder: Path) -> None:
         from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
-        processor = build_processor(spec)
+        processor = build_processor(spec, corpus)
         config = _vlm_config(spec, processor.tokenizer, arch)
         cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
         model = _seeded_init(lambda: cls(config))(seed)
@@ -354,28 +366,38 @@ def tiny_vlm_path(size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", c
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return _cached_build("vlm", size, seed, arch, cache_dir, build_and_save)
+    return _cached_build("vlm", size, seed, arch, cache_dir, corpus, build_and_save)
 
 
-def tiny_vlm(size: str = "tiny", seed: int = 0, arch: str = "qwen2_5_vl", cache_dir=None, dtype=torch.float32):
+def tiny_vlm(
+    size: str = "tiny",
+    seed: int = 0,
+    arch: str = "qwen2_5_vl",
+    cache_dir=None,
+    dtype=torch.float32,
+    *,
+    corpus: Sequence[str],
+):
     """A tiny Qwen2.5-VL (or Qwen2-VL) and its stock processor, reloaded from the cache folder."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    folder = tiny_vlm_path(size, seed, arch, cache_dir)
+    folder = tiny_vlm_path(size, seed, arch, cache_dir, corpus=corpus)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
     processor = AutoProcessor.from_pretrained(folder)
     processor.tokenizer.padding_side = "left"
     return model, processor
 
 
-def tiny_lm_path(size: str = "tiny", seed: int = 0, cache_dir=None) -> Path:
-    """Build (once) and return the folder of a tiny text-only Qwen2 causal LM sharing the tiny VLM's tokenizer."""
+def tiny_lm_path(size: str = "tiny", seed: int = 0, cache_dir=None, *, corpus: Sequence[str]) -> Path:
+    """Build (once) and return the folder of a tiny text-only Qwen2 causal LM (the tiny VLM's tokenizer for the
+    same `corpus`)."""
     spec = _spec(size)
+    corpus = _checked_corpus(corpus)
 
     def build_and_save(folder: Path) -> None:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        tokenizer = build_tokenizer(None, spec.bpe_vocab_size)
+        tokenizer = build_tokenizer(corpus, spec.bpe_vocab_size)
         from trl.chat_template_utils import qwen2_5_chat_template
 
         tokenizer.chat_template = qwen2_5_chat_template
@@ -386,14 +408,14 @@ def tiny_lm_path(size: str = "tiny", seed: int = 0, cache_dir=None) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return _cached_build("lm", size, seed, "qwen2", cache_dir, build_and_save)
+    return _cached_build("lm", size, seed, "qwen2", cache_dir, corpus, build_and_save)
 
 
-def tiny_lm(size: str = "tiny", seed: int = 0, cache_dir=None, dtype=torch.float32):
-    """A tiny Qwen2 causal LM and its tokenizer (same vocabulary as the tiny VLM)."""
+def tiny_lm(size: str = "tiny", seed: int = 0, cache_dir=None, dtype=torch.float32, *, corpus: Sequence[str]):
+    """A tiny Qwen2 causal LM and its tokenizer (same vocabulary as the tiny VLM for the same `corpus`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = tiny_lm_path(size, seed, cache_dir)
+    folder = tiny_lm_path(size, seed, cache_dir, corpus=corpus)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"

@@ -24,7 +24,7 @@ autograd keeps for backward (see `activation_terms`), with SDPA attention and no
 
 from .counting import PlanError, build_meta_model, count_modules, load_model_config, resolve_plan_stage
 from .memory import GIB, PRECISIONS, STRATEGIES, activation_terms, layer_values, strategy_memory
-from .plan import Plan, add_plan_command, format_plan, make_plan, run_plan_command
+from .plan import Plan, format_plan, make_plan
 
 __all__ = [
     "GIB",
@@ -33,7 +33,6 @@ __all__ = [
     "Plan",
     "PlanError",
     "activation_terms",
-    "add_plan_command",
     "build_meta_model",
     "count_modules",
     "format_plan",
@@ -41,6 +40,5 @@ __all__ = [
     "load_model_config",
     "make_plan",
     "resolve_plan_stage",
-    "run_plan_command",
     "strategy_memory",
 ]

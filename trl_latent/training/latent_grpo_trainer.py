@@ -231,8 +231,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
 
     ```python
     >>> from trl_latent import LatentActionModel
-    >>> from trl_latent.data.synthetic import synthetic_rl_dataset
-    >>> from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
+    >>> from trl_latent.experiments.task import synthetic_rl_dataset
+    >>> from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
     >>> from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     >>> from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 

@@ -12,6 +12,8 @@ from .stages import STAGE_NAMES, WORLD_OUTPUT_SCHEDULES, resolve_stage
 IDM_ENTROPY_FORMS = ("per_step", "batch_mean")
 TEXT_STATE_POSITIONS = ("text", "multimodal")
 BC_TARGETS = ("argmax", "soft")
+# The paper's ablations, each one switch of this config turned off (name -> field).
+ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 
 # Per-stage defaults from the authors' code (docs/design.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
 # 5e-5 and 3 epochs for stage 5, 1 epoch for every pre-training stage.

@@ -320,8 +320,8 @@ class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
 
     ```python
     >>> from trl_latent.modeling import LatentActionModel
-    >>> from trl_latent.data.synthetic import synthetic_sft_dataset
-    >>> from trl_latent.modeling.tiny import tiny_vlm_path
+    >>> from trl_latent.experiments.task import synthetic_sft_dataset
+    >>> from trl_latent.experiments.models import tiny_vlm_path
     >>> from trl_latent.training.latent_sft_config import LatentSFTConfig
     >>> from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
     >>> from transformers import AutoProcessor

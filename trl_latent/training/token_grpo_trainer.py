@@ -285,7 +285,7 @@ class TokenGRPOTrainer(PolicyLossMixin, GRPOTrainer):
     ```python
     >>> from datasets import Dataset
     >>> from trl import GRPOConfig
-    >>> from trl_latent.modeling.tiny import tiny_lm
+    >>> from trl_latent.experiments.models import tiny_lm
     >>> from trl_latent.training.losses import DrGRPOLoss
     >>> from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 

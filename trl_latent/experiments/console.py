@@ -3,10 +3,10 @@ narrowly (by logger and message, or by warning category and module), never all w
 
 `quiet_known_warnings()` is called by the CLI before the heavy imports (some of these messages are logged at import
 time), never on import of the library: a library must not change its users' warning filters. Progress bars per
-training run are in `trl_latent.progress`.
+training run are in `trl_latent.experiments.progress`.
 
 ```python
->>> from trl_latent.console import heading
+>>> from trl_latent.experiments.console import heading
 >>> heading("token arm")
 <BLANKLINE>
 == token arm

@@ -1,5 +1,5 @@
-"""Tables and plots of latent vs token RL runs: the study's grid of cells (`trl_latent.study`) and the demo's single
-run (`trl_latent.pipeline.run_pipeline`) go through the same functions.
+"""Tables and plots of latent vs token RL runs: the study's grid of cells (`trl_latent.experiments.study`) and the demo's single
+run (`trl_latent.experiments.pipeline.run_pipeline`) go through the same functions.
 
 A *cell* is one RL run, a dict with at least `loss`, `method` (`"token"` or `"latent"`), `ablation` (`"full"` or the
 switch turned off), `seed`, `reward_curve` (rollout reward per RL step), `eval` (held-out metrics after RL per split
@@ -17,11 +17,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..training.latent_sft_config import ABLATIONS as LATENT_ABLATIONS
+from ..training.losses import LOSS_CLASSES
+
 logger = logging.getLogger(__name__)
 
-LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo")
+LOSSES = tuple(LOSS_CLASSES)
 METHODS = ("token", "latent")
-ABLATIONS = ("full", "no_cycle_loss", "no_projector", "no_text_only")
+ABLATIONS = ("full", *LATENT_ABLATIONS)
 ABLATION_LABELS = {
     "full": "full latent model",
     "no_cycle_loss": "without the cycle loss",

@@ -19,7 +19,7 @@ Two ways to use it:
   corpus in the pretraining record format (see `docs/synthetic_task.md`).
 
 ```python
->>> from trl_latent.data.synthetic import reference_answer, ShapesScene
+>>> from trl_latent.experiments.task import reference_answer, ShapesScene
 >>> reference_answer("Captain Rolo", ShapesScene("red", "circle", 2))
 'Ahoy, matey! I spot two red circles on deck. A bold and brave sight!'
 ```

@@ -2,12 +2,12 @@
 
 ```
 trl-latent eval --config examples/recipes/qwen2.5-vl-3b/mmrole/eval.yaml
-trl-latent eval --task synthetic --task_root data/shapes --reward rubric --models outputs/shapes/grpo
+trl-latent eval --task mmrole --task_root data/shapes --reward trl_latent.experiments.reward.RubricJudge --models outputs/shapes/grpo
 ```
 
 For each model (a saved latent action model, or a plain VLM such as the token baseline) and each test split: N
 generations per prompt (paper: 3), each scored by the judge (the mean over the benchmark's dimensions of policy score
-/ reference score) or, for the synthetic task, the offline rubric; the split's score is the mean ± std over the N
+/ reference score) or by a judge of your own (`reward: package.module.Judge`); the split's score is the mean ± std over the N
 generation rounds, beside rollout diversity (distinct-n, self-BLEU, embedding diversity). Runs through
 `trl_latent.evaluation.evaluate`; writes `<output_dir>/<model name>/evaluation.{json,md}` and one table of all models
 and splits, `<output_dir>/evaluation.md`, and prints it.
@@ -30,8 +30,8 @@ from .common import (
     TaskArguments,
     build_judge,
     check_model,
-    check_rubric,
     check_task,
+    import_reward,
     is_latent_model,
     load_processor,
     load_task,
@@ -43,7 +43,7 @@ from .common import (
 )
 
 PROG = "trl-latent eval"
-SUMMARY = "N generations per test prompt; judge or rubric score, mean ± std over the generations; rollout diversity."
+SUMMARY = "N generations per test prompt; judge score, mean ± std over the generations; rollout diversity."
 
 
 @dataclass
@@ -75,33 +75,6 @@ class EvalArguments(TaskArguments, RewardArguments):
                   "sentence-transformers model name or folder, or 'none' to skip the metric."},
     )  # fmt: skip
     seed: int = field(default=0, metadata={"help": "Generation round k runs under seed + k."})
-
-
-class RubricJudge:
-    """The synthetic task's offline rubric with the judge's interface: each answer and the reference are scored on
-    the rubric's dimensions, and the metric is the mean over dimensions of answer score / reference score."""
-
-    def __repr__(self) -> str:
-        return "RubricJudge(trl_latent.rewards.rubric)"
-
-    def judge(self, prompts, completions, reference=None, character=None, question=None, **kwargs):
-        from ..rewards.judge import Judgement
-        from ..rewards.rubric import completion_text, rubric_scores
-
-        judgements = []
-        for i, completion in enumerate(completions):
-            scores = rubric_scores(
-                completion_text(completion),
-                reference[i],
-                character=character[i] if character else None,
-                question=question[i] if question else None,
-            )
-            pairs = {k: (scores["response"][k], scores["reference"][k]) for k in scores["response"]}
-            judgements.append(Judgement(scores=pairs, num_dimensions=len(pairs)))
-        return judgements
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
 
 class _ProgressBackend:
@@ -149,10 +122,8 @@ def _main(argv: list[str]) -> int:
     if args.num_generations < 1:
         raise CommandError(f"num_generations must be at least 1 (got {args.num_generations}).")
     splits = list(args.splits or TEST_SPLITS[args.task])
-    if args.reward == "rubric":
-        check_rubric(args.task)
     datasets = load_task(args, splits)
-    judge = RubricJudge() if args.reward == "rubric" else build_judge(args, args.task)
+    judge = build_judge(args, args.task) if args.reward == "judge" else _custom_judge(args.reward)
 
     import torch
     from tqdm.auto import tqdm
@@ -216,13 +187,27 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def _custom_judge(path: str):
+    """A judge given by its dotted import path: an object with `judge(prompts, completions, **columns)` returning
+    [`~trl_latent.rewards.judge.Judgement`]s, or a class or factory that builds one with no arguments."""
+    judge = import_reward(path)
+    if not hasattr(judge, "judge") or isinstance(judge, type):
+        judge = judge()
+    if not callable(getattr(judge, "judge", None)):
+        raise CommandError(
+            f"reward: {path} is not a judge: eval needs an object with judge(prompts, completions, **columns) "
+            "returning Judgements (trl_latent.rewards.judge), e.g. trl_latent.experiments.reward.RubricJudge."
+        )
+    return judge
+
+
 def main(argv: list[str] | None = None) -> int:
     """`trl-latent eval [--config FILE.yaml] [--field value ...]`."""
     return run(PROG, _main, argv)
 
 
 def add_parser(subparsers) -> None:
-    register(subparsers, "eval", "N generations per test prompt, judge or rubric score (mean ± std), diversity", main)
+    register(subparsers, "eval", "N generations per test prompt, judge score (mean ± std), diversity", main)
 
 
 if __name__ == "__main__":

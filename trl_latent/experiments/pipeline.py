@@ -14,7 +14,7 @@ in-distribution and out-of-distribution characters: greedy answer accuracy, mean
 sampled rollouts (distinct-n, self-BLEU). Results go to `results.json` and `results.md`, plots beside them.
 
 The phases (`prepare_task`, `pretrain_base`, `run_token_arm`, `run_latent_arm`) are public so that the study
-(`trl_latent.study`) can run many RL cells over them; with a `PrefixCache` the arms reuse saved prefixes (the token
+(`trl_latent.experiments.study`) can run many RL cells over them; with a `PrefixCache` the arms reuse saved prefixes (the token
 SFT model, each latent stage) instead of retraining them.
 """
 
@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
+from ..evaluation import generate_answers
+from ..metrics.diversity import group_diversity
 from .console import heading
-from .data.synthetic import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
-from .evaluation import generate_answers
-from .metrics.diversity import group_diversity
 from .prefix_cache import PrefixCache, prefix_entry
 from .progress import train_with_progress
-from .rewards.rubric import answer_accuracy, rubric_reward, task_reward
-from .training.baseline import cpu_training_args, logged
+from .reward import answer_accuracy, rubric_reward, task_reward
+from .task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from .trainer_args import cpu_training_args, logged
 
 # The RL reward of the embedded job: "task" (task success + the rubric ratio, a spread that follows what RL can fix)
 # or "rubric" (the judge-like ratio alone, the paper's reward).
@@ -238,7 +238,7 @@ def run_token_arm(
     from transformers import AutoModelForImageTextToText
     from trl import GRPOConfig
 
-    from .training.token_grpo_trainer import TokenGRPOTrainer
+    from ..training.token_grpo_trainer import TokenGRPOTrainer
 
     evaluate = evaluate or evaluate_model
     prefix = prefix_entry(cache, "token_sft", config, output_dir / "sft")
@@ -276,7 +276,7 @@ def run_token_arm(
 def new_latent_model(base_path, config: PipelineConfig):
     """The latent arm's starting point: the pretrained base wrapped with fresh latent modules of the config's sizes,
     initialised from `config.seed`."""
-    from .modeling.model import LatentActionModel
+    from ..modeling.model import LatentActionModel
 
     torch.manual_seed(config.seed)
     return LatentActionModel.from_base(
@@ -293,12 +293,12 @@ def run_latent_arm(
     """Stages 1-5 (the projector warm-up skipped without the projector), then `config.loss` over latent actions.
     With `cache` every stage's saved model is reused by every run that shares it (the stage after stage 5 evaluation
     too); `evaluate` (default [`evaluate_model`]) scores a model."""
-    from .modeling.model import LatentActionModel
-    from .training.latent_grpo_config import LatentGRPOConfig
-    from .training.latent_grpo_trainer import LatentGRPOTrainer
-    from .training.latent_sft_config import LatentSFTConfig
-    from .training.latent_sft_trainer import LatentSFTTrainer
-    from .training.stages import resolve_stage
+    from ..modeling.model import LatentActionModel
+    from ..training.latent_grpo_config import LatentGRPOConfig
+    from ..training.latent_grpo_trainer import LatentGRPOTrainer
+    from ..training.latent_sft_config import LatentSFTConfig
+    from ..training.latent_sft_trainer import LatentSFTTrainer
+    from ..training.stages import resolve_stage
 
     evaluate = evaluate or evaluate_model
     model = new_latent_model(base_path, config)
@@ -397,8 +397,8 @@ def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
     tiny model's processor; the synthetic task's files are written to `data_dir`."""
     from transformers import AutoProcessor
 
-    from .data.pretrain import load_pretrain_corpus
-    from .modeling.tiny import tiny_vlm_path
+    from ..data.pretrain import load_pretrain_corpus
+    from .models import tiny_vlm_path
 
     seed, size = config.seed, config.image_size
     task = write_synthetic_task(
@@ -428,7 +428,7 @@ def pretrain_base(
     dialogues. Returns the folder it is saved in (with the processor) and `{"pretrain": ..., "eval_base": ...}`."""
     from transformers import AutoModelForImageTextToText
 
-    from .modeling.tiny import tiny_vlm_path
+    from .models import tiny_vlm_path
 
     evaluate = evaluate or evaluate_model
     output_dir = Path(output_dir)

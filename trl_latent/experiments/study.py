@@ -11,7 +11,7 @@ trl-latent study --report --report-md docs/results.md   # tables and plots from 
 A cell is one RL run: `<loss>-<method>-s<seed>` for the token and latent arms under each loss, and
 `<loss>-latent-<ablation>-s<seed>` for the latent model built with `use_cycle_loss=False` (`no_cycle_loss`),
 `use_projector=False` (`no_projector`) or `use_text_only=False` (`no_text_only`) under the default loss. Cells that
-share a prefix share it on disk (`<study-dir>/prefix/`, a [`~trl_latent.prefix_cache.PrefixCache`]): the pretrained
+share a prefix share it on disk (`<study-dir>/prefix/`, a [`~trl_latent.experiments.prefix_cache.PrefixCache`]): the pretrained
 base of a seed, the token SFT model of a seed, each latent stage of a seed and ablation, keyed by every config field
 that can change them, the code fingerprint and the library versions. Each cell writes `<study-dir>/cells/<name>.json`
 atomically as soon as it ends; a rerun skips cells whose JSON exists (and refuses one run with another config).
@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import platform
-import shlex
 import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
@@ -37,10 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..training.latent_sft_config import ABLATIONS
+from ..training.losses import LOSS_CLASSES
 from .prefix_cache import write_json_atomic
 
-LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo")
-ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
+LOSSES = tuple(LOSS_CLASSES)
 DEFAULT_SEEDS = (0, 1, 2)
 # Files of the package that cannot change a trained model or its evaluation: edits to them keep the prefix cache.
 # (This file is fingerprinted: the study's evaluation lives here.)
@@ -157,7 +157,7 @@ _EMBEDDER = None
 def _embedder():
     global _EMBEDDER
     if _EMBEDDER is None:
-        from .metrics.diversity import Embedder
+        from ..metrics.diversity import Embedder
 
         _EMBEDDER = Embedder()
     return _EMBEDDER
@@ -168,8 +168,8 @@ def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: in
     temperature 1, greedy tokens): per-code counts over all splits, codes used, usage entropy (nats) and perplexity."""
     import torch
 
-    from .evaluation import LatentGenerationBackend
-    from .metrics.codebook import code_counts
+    from ..evaluation import LatentGenerationBackend
+    from ..metrics.codebook import code_counts
 
     num_codes = model.config.codebook_size
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -219,7 +219,7 @@ class StudyEvaluator:
         return EVALUATION_PROTOCOL + ("" if self.use_embedder else ", no embedder")
 
     def __call__(self, model, processor, eval_sets, config) -> dict[str, Any]:
-        from .modeling.model import LatentActionModel
+        from ..modeling.model import LatentActionModel
         from .pipeline import evaluate_model
 
         results = evaluate_model(model, processor, eval_sets, config, _embedder() if self.use_embedder else None)
@@ -434,53 +434,3 @@ def write_report(study_dir, markdown_path=None, command: str = "trl-latent study
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def add_study(subparsers) -> None:
-    """Register `trl-latent study`."""
-    parser = subparsers.add_parser(
-        "study",
-        help="latent vs token RL over losses, seeds and ablations: resumable grid, tables and plots",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument(
-        "--study-dir", default="outputs/study", help="cells, prefix cache, report (default %(default)s)"
-    )
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="RL objectives")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds (default 0 1 2)")
-    parser.add_argument(
-        "--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS), help="latent ablations"
-    )
-    parser.add_argument("--ablation-loss", default="grpo", choices=LOSSES, help="loss of the ablation cells")
-    parser.add_argument("--cells", nargs="+", default=None, help="run only these cells (names or globs)")
-    parser.add_argument("--list", action="store_true", help="list the cells (and which are finished), run nothing")
-    parser.add_argument("--quick", action="store_true", help="PipelineConfig.quick() size: a CI smoke run")
-    parser.add_argument("--rl-steps", type=int, default=None, help="RL steps per cell (default: the size's)")
-    parser.add_argument("--no-embedder", action="store_true", help="skip MiniLM embedding diversity")
-    parser.add_argument("--report", action="store_true", help="only write the report from the finished cells")
-    parser.add_argument("--no-report", action="store_true", help="run cells without writing the report after")
-    parser.add_argument("--report-md", default=None, help="report path (default <study-dir>/results.md)")
-    parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
-    parser.set_defaults(func=_study)
-
-
-def _study(args) -> int:
-    from .console import heading, quiet_known_warnings
-
-    quiet_known_warnings()  # before the heavy imports: some of these messages are logged at import time
-    from .pipeline import PipelineConfig
-
-    overrides = {k: v for k, v in dict(rl_steps=args.rl_steps, cache_dir=args.cache_dir).items() if v is not None}
-    base_config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
-    study_dir = Path(args.study_dir)
-    cells = select(grid(args.losses, args.seeds, args.ablations, args.ablation_loss), args.cells)
-    command = shlex.join(["trl-latent", *getattr(args, "command_line", ["study"])])
-    if args.list:
-        for cell in cells:
-            print(f"{cell.name:32s} {'finished' if finished(study_dir, cell, base_config) else 'to run'}")
-        return 0
-    if not args.report:
-        done = run_study(study_dir, base_config, cells, embedder=not args.no_embedder, command=command)
-        heading(f"study: {len(done['run'])} cells run, {len(done['skipped'])} already finished (skipped)")
-    if args.report or not args.no_report:
-        path = write_report(study_dir, args.report_md, command)
-        print(f"report written to {path}")
-    return 0

@@ -15,7 +15,7 @@ Each score is a float in [1, 10]; the reference answers of the task score 10 on 
 scores 1.0 against itself.
 
 ```python
->>> from trl_latent.rewards.rubric import rubric_ratio
+>>> from trl_latent.experiments.reward import rubric_ratio
 >>> ref = "Ahoy, matey! I spot two red circles on deck. A bold and brave sight!"
 >>> rubric_ratio(ref, ref, character="Captain Rolo")
 1.0
@@ -30,7 +30,7 @@ import math
 import re
 from functools import lru_cache
 
-from ..data.synthetic import (
+from .task import (
     ALL_CHARACTERS,
     COLOURS,
     COUNT_WORDS,
@@ -277,7 +277,7 @@ def rubric_reward(prompts, completions, reference=None, character=None, **kwargs
     """The rubric as a TRL reward function: Σ response scores / Σ reference scores for each completion.
 
     Use it as `GRPOTrainer(reward_funcs=rubric_reward, ...)` on a dataset with a `reference` column (such as
-    [`~trl_latent.data.synthetic.synthetic_rl_dataset`]). TRL passes the other dataset columns as keyword arguments:
+    [`~trl_latent.experiments.task.synthetic_rl_dataset`]). TRL passes the other dataset columns as keyword arguments:
     `character`, `question` and `colour`/`shape`/`count` are used when present (the question is otherwise read from
     the prompt's last user message, the scene parsed from the reference, the character inferred from it).
 
@@ -374,3 +374,29 @@ def task_reward(
         success = sum(checks[k] for k in ("colour", "shape", "count", "voice")) / 4
         rewards.append(success_weight * success + (1 - success_weight) * ratio)
     return rewards
+
+
+class RubricJudge:
+    """The synthetic task's offline rubric with the judge's interface: each answer and the reference are scored on
+    the rubric's dimensions, and the metric is the mean over dimensions of answer score / reference score."""
+
+    def __repr__(self) -> str:
+        return "RubricJudge(trl_latent.experiments.reward)"
+
+    def judge(self, prompts, completions, reference=None, character=None, question=None, **kwargs):
+        from ..rewards.judge import Judgement
+
+        judgements = []
+        for i, completion in enumerate(completions):
+            scores = rubric_scores(
+                completion_text(completion),
+                reference[i],
+                character=character[i] if character else None,
+                question=question[i] if question else None,
+            )
+            pairs = {k: (scores["response"][k], scores["reference"][k]) for k in scores["response"]}
+            judgements.append(Judgement(scores=pairs, num_dimensions=len(pairs)))
+        return judgements
+
+    def metrics(self) -> dict[str, float]:
+        return {}
