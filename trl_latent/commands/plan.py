@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..planning import PRECISIONS, PlanError, format_plan, make_plan
+from ..planning.plan import verdict
 
 PLAN_HELP = """\
 Parameter counts and per-GPU memory of one training stage, from the model's config alone: the latent action model is
