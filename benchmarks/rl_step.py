@@ -15,7 +15,7 @@ generations), beta = 0.01 (the paper's, so the stock trainer builds its referenc
 checkpointing. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the peak resident set size of the
 process (`resource.getrusage(...).ru_maxrss`, which includes the Python/torch runtime, reported also minus the RSS
 measured before the model is built). CPU times are indicative only: report ratios, and absolute times only from a GPU
-(design.md section 6).
+(docs/architecture.md section 6).
 
     python benchmarks/rl_step.py --size tiny --out outputs/bench_rl_step.json
     python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32

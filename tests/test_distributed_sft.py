@@ -53,7 +53,7 @@ SFT_SCRIPT = COMMON + textwrap.dedent(
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
 
     out_dir, cache_dir = sys.argv[1], sys.argv[2]
-    # The config first: under ZeRO-3 the base is then loaded already partitioned (design.md section 4).
+    # The config first: under ZeRO-3 the base is then loaded already partitioned (docs/architecture.md section 4).
     args = LatentSFTConfig(
         out_dir, stage="world_sft", world_sft_last_layers=1, assistant_only_loss=True, per_device_train_batch_size=4,
         max_steps=6, learning_rate=1e-2, use_cpu=True, bf16=False, report_to="none", save_strategy="no",

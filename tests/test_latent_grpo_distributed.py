@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
     out_dir, cache_dir = sys.argv[1], sys.argv[2]
-    # The config first: under ZeRO-3 the base is then loaded already partitioned (design.md section 4).
+    # The config first: under ZeRO-3 the base is then loaded already partitioned (docs/architecture.md section 4).
     args = LatentGRPOConfig(
         out_dir, per_device_train_batch_size=4, num_generations=4, max_completion_length=6, max_steps=2,
         learning_rate=1e-2, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,

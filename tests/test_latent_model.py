@@ -44,7 +44,7 @@ def _batch(processor, questions=("What do you see?", "What colour is the shape i
 
 # ------------------------------------------------------------------------------------------------ real shapes
 def _hand_count(cfg) -> dict:
-    """Parameter count of a latent model on Qwen2.5-VL, computed by hand from the config (design.md section 2)."""
+    """Parameter count of a latent model on Qwen2.5-VL, computed by hand from the config (docs/architecture.md section 2)."""
     t, v = cfg.text_config, cfg.vision_config
     d, inter, n_layers = t.hidden_size, t.intermediate_size, t.num_hidden_layers
     heads, kv = t.num_attention_heads, t.num_key_value_heads

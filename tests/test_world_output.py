@@ -1,7 +1,7 @@
 """World-model output forms, the per-stage schedule, and the latent-space health metrics.
 
 A tiny VLM is first pretrained with stock TRL SFT on the task's dialogues, so the base alone predicts most answer
-tokens (the situation in which the minus-base form fails, docs/design.md section 2). Stage 1 then runs under each form
+tokens (the situation in which the minus-base form fails, docs/architecture.md section 2). Stage 1 then runs under each form
 and the health metrics say which forms can reach the answers and whether the codes steer.
 """
 
@@ -203,7 +203,7 @@ def test_stage_one_logs_health_once_in_its_form(stage_one):
 
 
 def test_minus_base_cannot_say_what_the_base_is_sure_of(stage_one):
-    """The measured failure of `lm_head(norm(x_K) - e)` (docs/design.md section 2): it almost never emits the answer
+    """The measured failure of `lm_head(norm(x_K) - e)` (docs/architecture.md section 2): it almost never emits the answer
     token the frozen base is confident about, with the IDM's codes or with the best of all codes."""
     health = stage_one["residual_minus_base"]["health"]
     assert health["health/base_accuracy"] > 0.5

@@ -1,6 +1,6 @@
 """Evaluation runner: N generations per test prompt, judge metric (mean +/- std over generations) and diversity.
 
-The paper's protocol (design.md section 5): for each test prompt draw N = 3 responses; score each with the judge,
+The paper's protocol (docs/architecture.md section 5): for each test prompt draw N = 3 responses; score each with the judge,
 the metric of one response being the mean over the rubric's dimensions of `A_d / B_d`; average over prompts per
 generation round and report mean +/- std over the N rounds. Diversity is measured on each prompt's group of N
 responses: embedding diversity (reciprocal of the mean pairwise cosine similarity), distinct-n and self-BLEU.

@@ -17,7 +17,7 @@ synthetic task writes the same layout):
 file carries the same name with underscores.
 
 Every answer of the session's character becomes one sample: the prompt is the paper's (a system message plus one
-user turn holding the image and the templated text, design.md section 5), the reference answer, the character and
+user turn holding the image and the templated text, docs/architecture.md section 5), the reference answer, the character and
 its profile travel as extra columns for the judge reward ([`~trl_latent.rewards.judge.JudgeReward`]).
 
 Splits (authors' code): the in-distribution sessions, in sorted file order, are shuffled with `random.Random(42)`

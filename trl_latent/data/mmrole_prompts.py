@@ -1,4 +1,4 @@
-"""MMRole's two prompts: the paper's (docs/design.md section 5) and MMRole's own evaluation prompt, as its released
+"""MMRole's two prompts: the paper's (docs/architecture.md section 5) and MMRole's own evaluation prompt, as its released
 test records are built (`tests/data/mmrole-sample/eval-example/`). Re-exported by [`trl_latent.data.mmrole`]."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MMROLE_EVAL_SECTIONS = {
 }
 TEMPLATES = ("paper", "mmrole_eval")
 
-# The paper's prompt (design.md section 5): a system message, then one user turn with the image and this text.
+# The paper's prompt (docs/architecture.md section 5): a system message, then one user turn with the image and this text.
 PAPER_SYSTEM_PROMPT = (
     "Please embody the given character and respond to the human user in a manner consistent with the character's "
     "traits, voice, and perspective."
@@ -94,7 +94,7 @@ def build_mmrole_prompt(
         history (`Sequence[tuple[str, str]]`, *optional*, defaults to `()`):
             Earlier `(speaker, text)` turns.
         template (`str`, *optional*, defaults to `"paper"`):
-            `"paper"`: the paper's prompt (design.md section 5), ending with `[<name>]: `. `"mmrole_eval"`: MMRole's
+            `"paper"`: the paper's prompt (docs/architecture.md section 5), ending with `[<name>]: `. `"mmrole_eval"`: MMRole's
             own evaluation prompt (markdown profile sections, `eval-example/`).
         question_speaker (`str`, *optional*, defaults to `"human"`):
             Who asked `question` (another character in inter-role dialogues).

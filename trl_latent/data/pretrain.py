@@ -5,7 +5,7 @@ Two record formats are read:
 - **TRL's conversational VLM format**: `{"messages": [...], "images": [PIL image or path, ...]}` (what
   `trl.SFTTrainer` takes, and what [`synthetic_sft_dataset`] builds); text-only records are `{"messages": [...]}` or a
   plain `{"text": "..."}`.
-- **The authors' pretraining JSON format** (docs/design.md section 3; a sample in `tests/data/pretrain-format-sample/`):
+- **The authors' pretraining JSON format** (docs/architecture.md section 3; a sample in `tests/data/pretrain-format-sample/`):
   a JSON list of `{id, images: [path], messages: [{role, content}], instance_type}`. The first user turn of a paired
   record may hold an `<image>` placeholder where the image goes (without one, the image goes before the first user
   text, as TRL does); text-only records have no `images` key. [`load_pretrain_corpus`] reads such files into a paired

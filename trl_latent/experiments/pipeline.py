@@ -56,7 +56,7 @@ class PipelineConfig:
     seed: int = 0
     image_size: int = 56
     # A tiny model starts from random weights, so stock SFT on separate dialogues stands in for the pretrained
-    # instruct VLM; it stops short of mastering the task (design.md section 8: RL needs room to improve).
+    # instruct VLM; it stops short of mastering the task (docs/architecture.md section 8: RL needs room to improve).
     pretrain_steps: int = 300
     pretrain_learning_rate: float = 2e-3
     # Task SFT, the same number of steps for both arms: stock SFT (token arm) and world-model SFT (latent arm).
@@ -184,7 +184,7 @@ def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_d
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         assistant_only_loss=True,
-        max_length=None,  # truncation that cuts image tokens fails (design.md section 4)
+        max_length=None,  # truncation that cuts image tokens fails (docs/architecture.md section 4)
         seed=config.seed,
         **cpu_training_args(),
     )
@@ -223,7 +223,7 @@ def _rl_summary(trainer, seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "reward_first": rewards[0],
         "reward_last": rewards[-1],
-        # Quarter means: single steps are noisy (design.md section 8).
+        # Quarter means: single steps are noisy (docs/architecture.md section 8).
         "reward_first_quarter": sum(rewards[:k]) / k,
         "reward_last_quarter": sum(rewards[-k:]) / k,
         "reward_curve": rewards,

@@ -7,7 +7,7 @@ import torch
 
 def cpu_training_args() -> dict:
     """Trainer arguments every tiny CPU run needs: TRL defaults to bf16 and gradient checkpointing, neither of which
-    works on a CPU (docs/architecture.md, "TRL facts"); no checkpoints, no reporting, one log line per step."""
+    works on a CPU (docs/architecture.md section 4); no checkpoints, no reporting, one log line per step."""
     return dict(
         use_cpu=not torch.cuda.is_available(),
         bf16=False,

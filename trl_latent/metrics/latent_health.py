@@ -1,6 +1,6 @@
 """Latent-space health: can the world model say what the task needs, and do the codes change what it says?
 
-A latent action space is useful for RL only if both hold (docs/design.md section 2):
+A latent action space is useful for RL only if both hold (docs/architecture.md section 2):
 - **reachability**: for the answer tokens of held-out dialogues, some code makes the world model emit the right token
   (`health/world_accuracy_best`);
 - **controllability**: different codes make it emit different tokens (`health/controllability`, the mean number of

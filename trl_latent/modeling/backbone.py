@@ -5,7 +5,7 @@ layers must share with the base (3-D mRoPE for Qwen2.5-VL and Qwen2-VL, computed
 the pieces the latent model reuses (decoder-layer class, rotary embedding, final norm, `lm_head`).
 
 Position ids are always computed here and passed explicitly, so the base's sticky `rope_deltas` state is never read
-or written (docs/design.md section 4).
+or written (docs/architecture.md section 4).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Backbone:
                 )
             return text_positions.unsqueeze(0).expand(3, -1, -1)
         if mm_token_type_ids is None:
-            # Qwen2.5-VL silently builds wrong 3-D positions without mm_token_type_ids (design.md section 4): rebuild
+            # Qwen2.5-VL silently builds wrong 3-D positions without mm_token_type_ids (docs/architecture.md section 4): rebuild
             # them from the token ids rather than guess.
             mm_token_type_ids = torch.zeros_like(input_ids, dtype=torch.int)
             mm_token_type_ids[input_ids == self.image_token_id] = 1

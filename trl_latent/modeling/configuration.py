@@ -1,4 +1,4 @@
-"""`LatentActionConfig`: the configuration of a latent action model (docs/design.md section 2)."""
+"""`LatentActionConfig`: the configuration of a latent action model (docs/architecture.md section 2)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,6 @@ class LatentActionConfig(PretrainedConfig):
         if self.gumbel_temperature <= 0:
             raise ValueError(f"gumbel_temperature must be positive (got {self.gumbel_temperature}).")
         # TRL reloads `config._name_or_path` to build a reference model; an empty auto_map keeps loading on our
-        # registered classes instead of remote code (docs/design.md section 4).
+        # registered classes instead of remote code (docs/architecture.md section 4).
         kwargs.setdefault("auto_map", {})
         super().__post_init__(**kwargs)

@@ -1,6 +1,6 @@
 """Latent decoding: the policy picks a code per step, the frozen world model turns (state, code) into the next token.
 
-One step (docs/design.md section 2): `e_t = B(x_V, x_<=t)`; `a_t ~ pi(. | e_<=t)`; `x_{t+1} = argmax lm_head(...)`.
+One step (docs/architecture.md section 2): `e_t = B(x_V, x_<=t)`; `a_t ~ pi(. | e_<=t)`; `x_{t+1} = argmax lm_head(...)`.
 Both the base and the policy keep a KV cache, so a step costs one base forward of one token plus the policy layers.
 """
 

@@ -1,4 +1,4 @@
-"""`LatentActionModel`: a base (vision-)language model wrapped with latent actions (docs/design.md section 2).
+"""`LatentActionModel`: a base (vision-)language model wrapped with latent actions (docs/architecture.md section 2).
 
 ```
 e_t            = B(x_V, x_<=t)                         base states, after the final norm (frozen by default)
@@ -216,7 +216,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
         self.config.base_weights_saved = True
 
     def base_tail_prefixes(self, num_layers: int = 8) -> list[str]:
-        """Parameter-name prefixes of the world-model SFT trainable set (design.md section 3, stage 5): the vision
+        """Parameter-name prefixes of the world-model SFT trainable set (docs/architecture.md section 3, stage 5): the vision
         tower, the last `num_layers` LM layers, the final norm and the embeddings."""
         backbone = self.backbone
         names = dict(self.base.named_modules())
@@ -531,7 +531,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
 def world_hidden(
     form: str, e: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, norm: nn.Module, delta_scale: float = 1.0
 ) -> torch.Tensor:
-    """The hidden state the world model feeds `lm_head`, for one of `WORLD_OUTPUTS` (docs/design.md section 2)."""
+    """The hidden state the world model feeds `lm_head`, for one of `WORLD_OUTPUTS` (docs/architecture.md section 2)."""
     if form == "residual_minus_base":
         return norm(x) - e
     if form == "merge_delta":

@@ -1,4 +1,4 @@
-"""The new modules of a latent action model, as small composable PyTorch modules (docs/design.md section 2).
+"""The new modules of a latent action model, as small composable PyTorch modules (docs/architecture.md section 2).
 
 Each module reads base-model states `e` (batch, seq, d) and is testable on random tensors, without TRL and without a
 checkpoint. Decoder stacks are built from the base model's own decoder-layer class, so they take the same rotary

@@ -77,7 +77,7 @@ class TinySpec:
 TINY_SPECS: dict[str, TinySpec] = {
     # ~0.2M parameters: unit tests.
     "tiny": TinySpec(64, 128, 2, 4, 2, vision_hidden_size=32, vision_depth=1, vision_heads=2),
-    # ~0.7M parameters: learns the shapes role-play task completely on a 2-core CPU (docs/design.md section 8).
+    # ~0.7M parameters: learns the shapes role-play task completely on a 2-core CPU (docs/architecture.md section 8).
     "small": TinySpec(128, 256, 2, 4, 2, vision_hidden_size=64, vision_depth=2, vision_heads=4),
 }
 

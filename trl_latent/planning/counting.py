@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-# Stage aliases: the numbers of the paper's table (docs/design.md section 3) and RL.
+# Stage aliases: the numbers of the paper's table (docs/architecture.md section 3) and RL.
 STAGE_NUMBERS = {"1": "inverse_warmup", "2": "projector_warmup", "3": "joint", "4": "policy_bc", "5": "world_sft"}
 RL_STAGE = "grpo"
 RL_ALIASES = ("grpo", "rl", "6")

@@ -1,4 +1,4 @@
-"""`LatentGRPOConfig`: the configuration of latent-action RL (stage 6, docs/design.md sections 3 and 4)."""
+"""`LatentGRPOConfig`: the configuration of latent-action RL (stage 6, docs/architecture.md sections 3 and 4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`LatentGRPOTrainer`: GRPO-family RL over the latent actions of a [`~trl_latent.LatentActionModel`] (stage 6).
 
-A thin subclass of TRL's `GRPOTrainer` (docs/design.md section 4). What changes, and where:
+A thin subclass of TRL's `GRPOTrainer` (docs/architecture.md section 4). What changes, and where:
 
 - **Rollouts** (`_generate_single_turn`): TRL tokenises, pads and unwraps the model as usual; only the decoding call is
   replaced by latent decoding (the policy samples a code per step, the frozen world model turns it into the next
@@ -299,7 +299,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
             peft_config = policy_peft_config(peft_config, latent)
         uses_peft = peft_config is not None or is_peft_model(model)
         if not uses_peft:
-            latent.set_trainable(["policy"])  # stage 6: the policy only (design.md section 3)
+            latent.set_trainable(["policy"])  # stage 6: the policy only (docs/architecture.md section 3)
 
         self.policy_loss = resolve_policy_loss(args.loss, args)  # sets args.beta to the loss's beta
         self.diversity_embedder = build_diversity_embedder(args.diversity_embedder)
@@ -364,7 +364,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
                 )
             processing_class = AutoProcessor.from_pretrained(source, padding_side="left", truncation_side="left")
             if latent.backbone.is_vlm and not isinstance(processing_class, ProcessorMixin):
-                # AutoProcessor silently falls back to a bare tokenizer for unknown processor classes (design.md 4).
+                # AutoProcessor silently falls back to a bare tokenizer for unknown processor classes (docs/architecture.md section 4).
                 raise TypeError(
                     f"AutoProcessor loaded a {type(processing_class).__name__} from {source!r}, not the multimodal "
                     "processor a vision-language base needs: pass the processor explicitly as `processing_class=`."

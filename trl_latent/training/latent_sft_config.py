@@ -15,7 +15,7 @@ BC_TARGETS = ("argmax", "soft")
 # The paper's ablations, each one switch of this config turned off (name -> field).
 ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 
-# Per-stage defaults from the authors' code (docs/design.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
+# Per-stage defaults from the authors' code (docs/architecture.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
 # 5e-5 and 3 epochs for stage 5, 1 epoch for every pre-training stage.
 STAGE_LEARNING_RATES = {
     "inverse_warmup": 1e-4,
@@ -31,7 +31,7 @@ STAGE_EPOCHS = {"inverse_warmup": 1.0, "projector_warmup": 1.0, "joint": 1.0, "p
 class LatentSFTConfig(SFTConfig):
     r"""
     Configuration class for the [`LatentSFTTrainer`]: one of the five supervised stages that build the latent action
-    space (docs/design.md section 3; the stage table is `trl_latent.training.stages.STAGES`).
+    space (docs/architecture.md section 3; the stage table is `trl_latent.training.stages.STAGES`).
 
     [`LatentSFTConfig`] inherits every parameter of [`~trl.SFTConfig`]. Only the stage-specific ones are listed here.
 

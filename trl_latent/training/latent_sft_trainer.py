@@ -4,7 +4,7 @@ The stage (a row of `trl_latent.training.stages.STAGES`) decides which module gr
 `compute_loss` evaluates, and which data streams the collator builds. Everything else is TRL's `SFTTrainer` (and
 `transformers.Trainer`): optimiser, schedule, logging (`report_to`), checkpoints and resuming.
 
-Losses (docs/design.md section 3). `e` are base states (detached unless the stage trains the base), steps are text
+Losses (docs/architecture.md section 3). `e` are base states (detached unless the stage trains the base), steps are text
 positions: the world model's logits at position t predict token t+1, the IDM's code for step t is read at t+1, and a
 step counts when token t+1 is in the stream's `loss_mask` (text, not padding, not image tokens).
 
@@ -218,7 +218,7 @@ def stage_losses(
                 )
             )
             if plan.has("projector/cycle"):
-                # P's mean is not detached: the cycle trains P and P' (design.md section 3, stage 3).
+                # P's mean is not detached: the cycle trains P and P' (docs/architecture.md section 3, stage 3).
                 back = model.inverse_project(projected.mean)
                 terms["projector/cycle"] = _gaussian_nll_mean(back, text_base.text_states, text["loss_mask"])
 
@@ -277,7 +277,7 @@ def stage_losses(
 # --------------------------------------------------------------------------------------------------- trainer
 class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
     r"""
-    Trainer for the five supervised stages that build a latent action space (docs/design.md section 3): inverse
+    Trainer for the five supervised stages that build a latent action space (docs/architecture.md section 3): inverse
     dynamics warm-up, projector warm-up, joint inverse dynamics and projector training (with the cycle loss), policy
     behaviour cloning and action-guided task SFT of the base. The stage is `args.stage`; its row of the stage table
     (`trl_latent.training.stages.STAGES`) sets the trainable modules (every other parameter is frozen), the loss

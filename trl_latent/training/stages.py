@@ -1,6 +1,6 @@
 """The stage table: what each latent-space pre-training stage trains, on which data, with which loss terms.
 
-The five supervised stages that build the latent action space (docs/design.md section 3) are rows of one table, not
+The five supervised stages that build the latent action space (docs/architecture.md section 3) are rows of one table, not
 classes. A row names the module groups that train (every other parameter is frozen), the loss terms with their
 weights, and the data streams the terms read. [`resolve_stage`] turns a row plus a [`LatentSFTConfig`] into the
 concrete plan a trainer runs: the paper's ablations (`use_cycle_loss`, `use_projector`, `use_text_only`) are switches
@@ -14,7 +14,7 @@ that remove exactly their terms (and the modules and streams only those terms ne
 | `policy_bc` | paired + text | policy | `policy/bc_paired` + `policy/bc_text` (1) - `policy/entropy` (`bc_entropy_weight`) | (unused) |
 | `world_sft` | paired (task dialogues; images optional) | base tail (or a LoRA adapter); policy when `world_sft_bc_weight` > 0 | `world/ce_paired` (1), codes = policy argmax; + `policy/bc_task` (`world_sft_bc_weight`, optional) | merge-delta |
 
-The world-model output form (docs/design.md section 2) is a property of the stage: the table's last column is the
+The world-model output form (docs/architecture.md section 2) is a property of the stage: the table's last column is the
 authors' schedule; `WORLD_OUTPUT_SCHEDULES` holds the named alternatives (`LatentSFTConfig.world_output_schedule`),
 and `LatentSFTConfig.world_output` overrides one stage. A stage that never runs the world model keeps the form the
 model already has. The trainer writes the stage's form into the model's config, so a saved model carries the form
