@@ -274,8 +274,9 @@ def test_world_sft_improves_latent_decoding(pipeline):
     # Teacher-forced: next-token accuracy on held-out answers with the policy's codes.
     # Measured on this tiny setup: 0.42 -> 0.88.
     assert run["tf_after"] > run["tf_before"] + 0.3, (run["tf_before"], run["tf_after"])
-    # Free-running greedy latent decoding (policy codes -> world-model tokens); measured: 0.01 -> 0.25.
-    assert run["recall_after"] > run["recall_before"] + 0.15, (run["recall_before"], run["recall_after"])
+    # Free-running greedy latent decoding (policy codes -> world-model tokens). Measured under the library's default
+    # (the authors' schedule, argmax cloning): 0.004 -> 0.14 (under merge-delta in every stage it was 0.01 -> 0.25).
+    assert run["recall_after"] > run["recall_before"] + 0.1, (run["recall_before"], run["recall_after"])
 
 
 # --------------------------------------------------------------------------------------------------- ablations

@@ -6,8 +6,9 @@ import math
 from PIL import Image
 
 from trl_latent.cli import main
-from trl_latent.experiments.pipeline import PRETRAIN_STAGES, PipelineConfig, format_results
+from trl_latent.experiments.pipeline import PipelineConfig, format_results
 from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
+from trl_latent.training.stages import PRETRAIN_STAGE_NAMES
 
 
 def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys):
@@ -22,7 +23,7 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
     assert saved["config"]["loss"] == "grpo"
     # The latent arm ran every stage, each for its configured steps, saving and reloading between them.
     stages = results["latent"]["stages"]
-    assert list(stages) == [*PRETRAIN_STAGES, "world_sft"]
+    assert list(stages) == [*PRETRAIN_STAGE_NAMES, "world_sft"]
     for name, stage in stages.items():
         assert (tmp_path / "latent" / name / "config.json").exists(), name
         assert math.isfinite(stage["loss_first"]) and math.isfinite(stage["loss_last"])

@@ -105,10 +105,13 @@ def test_authors_schedule_is_the_stage_table_column():
         assert set(WORLD_OUTPUT_SCHEDULES[form].values()) == {form}
 
 
-def test_default_schedule_is_merge_delta_everywhere():
+def test_default_schedule_is_the_authors():
+    """The library trains under the paper's schedule unless a config says otherwise; a fresh model's form is the one
+    RL and inference use (merge-delta)."""
     for stage in STAGES:
         plan = resolve_stage(sft_args("unused", stage, 1))
-        assert plan.world_output == (None if STAGES[stage].world_output is None else "merge_delta")
+        assert plan.world_output == WORLD_OUTPUT_SCHEDULES["authors"].get(stage)
+    assert resolve_stage(sft_args("unused", "inverse_warmup", 1)).world_output == "residual_minus_base"
     assert LatentActionModel.config_class().world_output == "merge_delta"
 
 

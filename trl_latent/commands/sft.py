@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from ..training.stages import PRETRAIN_STAGE_NAMES
 from .common import (
     ACTION_SPACES,
     CommandError,
@@ -45,7 +46,6 @@ from .common import (
 
 PROG = "trl-latent sft"
 SUMMARY = "One supervised stage of a latent action model (stage: inverse_warmup, projector_warmup, joint, policy_bc or world_sft), or stock SFT of a plain VLM with action_space: token."
-PRETRAIN_STAGES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool) 
             raise CommandError("action_space: token trains a plain VLM: set base_model (a folder or hub id).")
         check_model(script_args.base_model, "base_model")
 
-    if latent and training_args.stage in PRETRAIN_STAGES:
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES:
         if not script_args.paired_files:
             raise CommandError(
                 f"stage {training_args.stage} reads the paired image-text pretraining corpus: set paired_files."
@@ -135,7 +135,7 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
     """(paired, text-only) datasets of the stage."""
     from ..data.pretrain import BadRecordError, load_pretrain_corpus
 
-    if latent and training_args.stage in PRETRAIN_STAGES:
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES:
         from ..training.stages import resolve_stage
 
         skip = training_args.skip_bad_records

@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 from ..training.losses import LOSS_CLASSES
+from .reward import REWARDS
 from .study import ABLATIONS, DEFAULT_SEEDS, LOSSES, finished, grid, run_study, select, write_report
 
 
@@ -80,7 +81,7 @@ def add_demo(subparsers) -> None:
     parser.add_argument(
         "--reward",
         default=None,
-        choices=["task", "rubric"],
+        choices=list(REWARDS),
         help="RL reward: task success + rubric ratio (default) or the judge-like rubric ratio alone (the paper's)",
     )
     parser.add_argument("--seed", type=int, default=None)

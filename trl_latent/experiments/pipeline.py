@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,97 +31,187 @@ import torch
 
 from ..evaluation import generate_answers
 from ..metrics.diversity import group_diversity
+from ..modeling.configuration import LatentActionConfig
+from ..training.latent_grpo_config import LatentGRPOConfig
+from ..training.latent_sft_config import LatentSFTConfig
+from ..training.stages import PRETRAIN_STAGE_NAMES
 from .console import heading
 from .prefix_cache import PrefixCache, prefix_entry
 from .progress import train_with_progress
-from .reward import answer_accuracy, rubric_reward, task_reward
+from .reward import REWARDS, answer_accuracy, rubric_reward, task_reward
 from .task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from .trainer_args import cpu_training_args, logged
 
-# The RL reward of the embedded job: "task" (task success + the rubric ratio, a spread that follows what RL can fix)
-# or "rubric" (the judge-like ratio alone, the paper's reward).
-REWARDS = {"task": task_reward, "rubric": rubric_reward}
-
 logger = logging.getLogger(__name__)
 
-PRETRAIN_STAGES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
+
+@dataclass(frozen=True)
+class Override:
+    """A value the embedded job sets against the library's default, in plain sight: why, and the command that
+    measured it (or that runs at this size)."""
+
+    value: Any
+    why: str
+    command: str
+
+
+def option(default=MISSING, *, reads: tuple[str, ...], feeds: type | None = None, override: Override | None = None):
+    """A `PipelineConfig` field. `reads`: the parts of the job whose result the field can change (`READS`), from which
+    the prefix cache builds its keys. `feeds`: the library config (`LatentSFTConfig`, `LatentActionConfig` or
+    `LatentGRPOConfig`) whose field of the same name it sets; its default is then the library's, unless `override`
+    says otherwise and why."""
+    unknown = set(reads) - set(READS)
+    if unknown:
+        raise ValueError(f"Unknown reads {sorted(unknown)}; choose from {READS}.")
+    metadata = {"reads": tuple(reads), "feeds": feeds, "override": override}
+    if feeds is not None:
+        if default is not MISSING:
+            raise ValueError("A field that feeds a library config takes the library's default (or an override).")
+        return field(default=None, metadata=metadata)  # the library's default, filled in by `_library_defaults`
+    return field(default=default, metadata=metadata)
+
+
+# The parts of the job a field can change: the pretrained base, task SFT (both arms), the latent stages 1-5, the
+# latent arm's stage 5 alone, evaluation, RL; "run" fields change no result (where the cache lives, threads).
+READS = ("base", "task_sft", "latent", "world_sft", "eval", "rl", "run")
+
+
+def library_default(config_class: type, name: str):
+    """The default of field `name` of a library config (a dataclass such as `LatentSFTConfig`, or a
+    `PretrainedConfig` such as `LatentActionConfig`, whose defaults are class attributes)."""
+    dataclass_fields = getattr(config_class, "__dataclass_fields__", {})
+    if name in dataclass_fields:
+        spec = dataclass_fields[name]
+        return spec.default_factory() if spec.default is MISSING else spec.default
+    if hasattr(config_class, name):
+        return getattr(config_class, name)
+    raise AttributeError(f"{config_class.__name__} has no field {name!r}.")
+
+
+def _library_defaults(cls):
+    """Before `dataclass` reads the class: each `feeds` field's default is its override's value, else the library
+    config's own default (so the two never hold two defaults)."""
+    for name, spec in list(vars(cls).items()):
+        if isinstance(spec, Field) and spec.metadata.get("feeds") is not None:
+            override = spec.metadata["override"]
+            spec.default = override.value if override is not None else library_default(spec.metadata["feeds"], name)
+    return cls
 
 
 @dataclass
+@_library_defaults
 class PipelineConfig:
-    """Sizes of the embedded job. The defaults run `make demo` on a 2-core CPU; `PipelineConfig.quick()` is the
-    seconds-long version the test suite runs."""
+    """Sizes and choices of the embedded job. The defaults run `make demo` on a 2-core CPU; `PipelineConfig.quick()`
+    is the seconds-long version the test suite runs.
 
-    size: str = "small"
-    seed: int = 0
-    image_size: int = 56
+    Fields that set a library config's field of the same name (`feeds`) take the library's default, which is the
+    paper's and the authors' code; where this job measured something better on its toy, the field carries an
+    [`Override`] with the reason and the command (`embedded_overrides()` lists them, docs/stages.md shows them)."""
+
+    size: str = option("small", reads=("base",))
+    seed: int = option(0, reads=("base",))
+    image_size: int = option(56, reads=("base",))
     # A tiny model starts from random weights, so stock SFT on separate dialogues stands in for the pretrained
     # instruct VLM; it stops short of mastering the task (docs/architecture.md section 8: RL needs room to improve).
-    pretrain_steps: int = 300
-    pretrain_learning_rate: float = 2e-3
+    pretrain_steps: int = option(300, reads=("base",))
+    pretrain_learning_rate: float = option(2e-3, reads=("base",))
     # Task SFT, the same number of steps for both arms: stock SFT (token arm) and world-model SFT (latent arm).
-    task_sft_steps: int = 150
-    task_sft_learning_rate: float = 1e-3
+    task_sft_steps: int = option(150, reads=("task_sft",))
+    task_sft_learning_rate: float = option(1e-3, reads=("task_sft",))
     # The latent arm's stage 5 moves the base under a frozen policy; `None` uses task_sft_learning_rate.
-    world_sft_learning_rate: float | None = None
-    batch_size: int = 32
-    n_dialogues: int = 1024
-    # Latent space (stages 1-4).
-    codebook_size: int = 64
-    inverse_layers: int = 1
-    policy_layers: int = 2
+    world_sft_learning_rate: float | None = option(None, reads=("world_sft",))
+    batch_size: int = option(32, reads=("base",))
+    n_dialogues: int = option(1024, reads=("base",))
+    # Latent space (stages 1-4), sized for a 2-core CPU.
+    codebook_size: int = option(
+        reads=("latent",),
+        feeds=LatentActionConfig,
+        override=Override(64, "sized for the tiny base (hidden size 128) on a 2-core CPU", "make demo"),
+    )
+    inverse_layers: int = option(
+        reads=("latent",),
+        feeds=LatentActionConfig,
+        override=Override(1, "sized for the tiny base (2 layers) on a 2-core CPU", "make demo"),
+    )
+    policy_layers: int = option(
+        reads=("latent",),
+        feeds=LatentActionConfig,
+        override=Override(
+            2,
+            "sized for the tiny base (2 layers); a 4-layer policy was worse (ID 0.923 -> 0.913 after RL)",
+            "trl-latent demo --set stage_steps=150 --set policy_layers=4",
+        ),
+    )
     # Steps of each of stages 1-4. 300, not 150: on seed 0 the policy cloned for 300 steps picks the right colour's code
-    # (colour 0.94 vs 0.66 after stages 1-5, README), and the codes steer more (controllability 1.44 vs 1.20).
-    stage_steps: int = 300
-    stage_learning_rate: float = 2e-3
-    n_paired: int = 256
-    n_text_only: int = 1024
+    # (colour 0.94 vs 0.66 after stages 1-5, docs/findings.md), and the codes steer more (controllability 1.44 vs 1.20).
+    stage_steps: int = option(300, reads=("latent",))
+    stage_learning_rate: float = option(2e-3, reads=("latent",))
+    n_paired: int = option(256, reads=("latent",))
+    n_text_only: int = option(1024, reads=("latent",))
     # Paired stream of stages 1-4: "dialogues" (the role-play dialogues the base was pretrained on, the analogue of the
     # paper's general corpora that cover the task's language) or "corpus" (the synthetic captions corpus only).
-    latent_paired_data: str = "dialogues"
-    # World-model output form per stage (`LatentSFTConfig.world_output_schedule`) and behaviour cloning.
-    world_output_schedule: str = "merge_delta"
-    bc_target: str = "soft"
-    bc_temperature: float = 1.0
-    bc_entropy_weight: float = 0.0
-    world_sft_codes: str = "policy"
-    # `LatentSFTConfig.world_sft_bc_weight`: stage 5 also clones the IDM's codes into the policy on the task dialogues.
-    world_sft_bc_weight: float = 0.0
-    # `LatentActionConfig.world_delta_scale`, set before stage 5 (it only acts under `base_plus_delta`).
-    world_delta_scale: float = 1.0
-    idm_entropy: str = "per_step"
+    latent_paired_data: str = option("dialogues", reads=("latent",))
+    # World-model output form per stage and behaviour cloning: this job's measured choices against the paper's.
+    world_output_schedule: str = option(
+        reads=("latent",),
+        feeds=LatentSFTConfig,
+        override=Override(
+            "merge_delta",
+            "the tiny base is pretrained on the task itself: minus-base (the authors' stages 1-4) predicts 0.0% of "
+            "answer tokens after stage 1, merge-delta 97.2% (docs/model.md)",
+            "python benchmarks/world_outputs.py",
+        ),
+    )
+    bc_target: str = option(
+        reads=("latent",),
+        feeds=LatentSFTConfig,
+        override=Override(
+            "soft",
+            "policy code entropy 1.87 nats after cloning instead of 0.41, reward 0.925 instead of 0.907 after stages "
+            "1-5 and 0.937 instead of 0.913 after RL (seed 0, docs/findings.md)",
+            "trl-latent demo --set stage_steps=150 --set bc_target=argmax",
+        ),
+    )
+    bc_temperature: float = option(reads=("latent",), feeds=LatentSFTConfig)
+    bc_entropy_weight: float = option(reads=("latent",), feeds=LatentSFTConfig)
+    world_sft_codes: str = option(reads=("world_sft",), feeds=LatentSFTConfig)
+    # Stage 5 also clones the IDM's codes into the policy on the task dialogues (measured worse: docs/findings.md).
+    world_sft_bc_weight: float = option(reads=("world_sft",), feeds=LatentSFTConfig)
+    # Set on the model before stage 5 (it only acts under `base_plus_delta`).
+    world_delta_scale: float = option(reads=("world_sft",), feeds=LatentActionConfig)
+    idm_entropy: str = option(reads=("latent",), feeds=LatentSFTConfig)
     # Token RL rollouts: sampling temperature (TRL's `temperature`).
-    token_temperature: float = 1.0
+    token_temperature: float = option(1.0, reads=("rl",))
     # Latent RL rollouts: code sampling.
-    code_temperature: float = 1.0
-    code_top_k: int | None = 32
+    code_temperature: float = option(reads=("rl",), feeds=LatentGRPOConfig)
+    code_top_k: int | None = option(reads=("rl",), feeds=LatentGRPOConfig)
     # Records of held-out task dialogues the latent-space health metrics are measured on after each stage.
-    health_samples: int = 64
+    health_samples: int = option(reads=("latent",), feeds=LatentSFTConfig)
     # The paper's ablations, passed to every latent stage's `LatentSFTConfig` (docs/stages.md); without the projector
     # the projector warm-up stage is skipped (it would have nothing to train).
-    use_cycle_loss: bool = True
-    use_projector: bool = True
-    use_text_only: bool = True
+    use_cycle_loss: bool = option(reads=("latent",), feeds=LatentSFTConfig)
+    use_projector: bool = option(reads=("latent",), feeds=LatentSFTConfig)
+    use_text_only: bool = option(reads=("latent",), feeds=LatentSFTConfig)
     # RL, identical for both arms.
-    loss: str = "grpo"
-    reward: str = "task"
-    rl_steps: int = 40
-    prompts_per_step: int = 8
-    num_generations: int = 8
-    # Each arm's learning rate is the best of a small sweep on seed 0 (README): token 1e-5 (of 1e-5, 3e-5, 1e-4),
-    # latent 1e-3 (of 1e-4, 1e-3; only the small policy trains).
-    token_rl_learning_rate: float = 1e-5
-    latent_rl_learning_rate: float = 1e-3
-    beta: float = 0.01
-    max_completion_length: int = 32
-    n_rl_prompts: int = 512
+    loss: str = option("grpo", reads=("rl",))
+    reward: str = option("task", reads=("rl",))
+    rl_steps: int = option(40, reads=("rl",))
+    prompts_per_step: int = option(8, reads=("rl",))
+    num_generations: int = option(8, reads=("rl",))
+    # Each arm's learning rate is the best of a small sweep on seed 0 (docs/findings.md): token 1e-5 (of 1e-5, 3e-5,
+    # 1e-4), latent 1e-3 (of 1e-4, 1e-3; only the small policy trains).
+    token_rl_learning_rate: float = option(1e-5, reads=("rl",))
+    latent_rl_learning_rate: float = option(1e-3, reads=("rl",))
+    beta: float = option(reads=("rl",), feeds=LatentGRPOConfig)
+    # Generation length of RL rollouts and of every evaluation.
+    max_completion_length: int = option(32, reads=("rl", "eval"))
+    n_rl_prompts: int = option(512, reads=("rl",))
     # Evaluation.
-    n_eval: int = 32
-    diversity_samples: int = 4
-    cache_dir: str | None = None
+    n_eval: int = option(32, reads=("eval",))
+    diversity_samples: int = option(4, reads=("eval",))
+    cache_dir: str | None = option(None, reads=("run",))
     # Intra-op threads for the run (0: leave torch's default).
-    threads: int = 1
-    extra: dict = field(default_factory=dict)
+    threads: int = option(1, reads=("run",))
 
     @classmethod
     def quick(cls, **overrides) -> PipelineConfig:
@@ -147,6 +237,26 @@ class PipelineConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+
+def embedded_overrides() -> dict[str, tuple[str, Any, Any, str, str]]:
+    """`field -> (library config, library default, this job's value, why, command)` for every value the embedded job
+    sets against the library's default."""
+    overrides = {}
+    for spec in fields(PipelineConfig):
+        override = spec.metadata.get("override")
+        if override is not None:
+            source = spec.metadata["feeds"]
+            default = library_default(source, spec.name)
+            overrides[spec.name] = (source.__name__, default, override.value, override.why, override.command)
+    return overrides
+
+
+def library_kwargs(config: PipelineConfig, config_class: type) -> dict[str, Any]:
+    """The fields of `config` that feed `config_class`, as keyword arguments for it."""
+    return {
+        spec.name: getattr(config, spec.name) for spec in fields(config) if spec.metadata.get("feeds") is config_class
+    }
 
 
 def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig, embedder=None) -> dict[str, Any]:
@@ -279,12 +389,8 @@ def new_latent_model(base_path, config: PipelineConfig):
     from ..modeling.model import LatentActionModel
 
     torch.manual_seed(config.seed)
-    return LatentActionModel.from_base(
-        str(base_path),
-        codebook_size=config.codebook_size,
-        inverse_layers=config.inverse_layers,
-        policy_layers=config.policy_layers,
-    )
+    sizes = {k: v for k, v in library_kwargs(config, LatentActionConfig).items() if k != "world_delta_scale"}
+    return LatentActionModel.from_base(str(base_path), **sizes)
 
 
 def run_latent_arm(
@@ -294,22 +400,17 @@ def run_latent_arm(
     With `cache` every stage's saved model is reused by every run that shares it (the stage after stage 5 evaluation
     too); `evaluate` (default [`evaluate_model`]) scores a model."""
     from ..modeling.model import LatentActionModel
-    from ..training.latent_grpo_config import LatentGRPOConfig
     from ..training.latent_grpo_trainer import LatentGRPOTrainer
-    from ..training.latent_sft_config import LatentSFTConfig
     from ..training.latent_sft_trainer import LatentSFTTrainer
     from ..training.stages import resolve_stage
 
     evaluate = evaluate or evaluate_model
     model = new_latent_model(base_path, config)
     stages: dict[str, Any] = {}
-    switches = dict(
-        use_cycle_loss=config.use_cycle_loss, use_projector=config.use_projector, use_text_only=config.use_text_only
-    )
     if config.latent_paired_data not in ("dialogues", "corpus"):
         raise ValueError(f"latent_paired_data must be 'dialogues' or 'corpus' (got {config.latent_paired_data!r}).")
     latent_paired = "pretrain" if config.latent_paired_data == "dialogues" else "paired"
-    pretrain = [stage for stage in PRETRAIN_STAGES if config.use_projector or stage != "projector_warmup"]
+    pretrain = [stage for stage in PRETRAIN_STAGE_NAMES if config.use_projector or stage != "projector_warmup"]
     plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in pretrain]
     plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
     for stage, steps, lr in plan:
@@ -331,16 +432,8 @@ def run_latent_arm(
             learning_rate=lr,
             lr_scheduler_type="cosine",
             seed=config.seed,
-            world_output_schedule=config.world_output_schedule,
-            bc_target=config.bc_target,
-            bc_temperature=config.bc_temperature,
-            bc_entropy_weight=config.bc_entropy_weight,
-            world_sft_codes=config.world_sft_codes,
-            world_sft_bc_weight=config.world_sft_bc_weight,
-            idm_entropy=config.idm_entropy,
-            health_samples=config.health_samples,
+            **library_kwargs(config, LatentSFTConfig),
             **({"assistant_only_loss": True} if stage == "world_sft" else {}),
-            **switches,
             **cpu_training_args(),
         )
         world = stage == "world_sft"
@@ -378,8 +471,7 @@ def run_latent_arm(
         config.latent_rl_learning_rate,
         config,
         loss=config.loss,
-        code_temperature=config.code_temperature,
-        code_top_k=config.code_top_k,
+        **{k: v for k, v in library_kwargs(config, LatentGRPOConfig).items() if k != "beta"},
     )
     trainer = LatentGRPOTrainer(
         model, reward_funcs=REWARDS[config.reward], args=args, train_dataset=data["rl"], processing_class=processor

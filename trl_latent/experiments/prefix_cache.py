@@ -6,9 +6,9 @@ A phase asks for its entry; unless `entry.result` says the prefix is already the
 into place in one rename: an interrupted build leaves only a temporary folder and is rebuilt next time, and several
 processes may share one cache.
 
-The key of a phase is the run's whole `PipelineConfig` minus the fields that cannot affect that phase (a deny-list:
-a field added later is part of every key until it is listed here, so a new option can cost reuse but never reuses a
-wrong model), plus the cache's `tag` (the study puts the code fingerprint and library versions there).
+The key of a phase is the `PipelineConfig` fields that can change that phase's result, read from each field's `reads`
+metadata (`PHASE_READS`; a field without it is an error, so a new option can never be left out of a key), plus the
+cache's `tag` (the study puts the code fingerprint and library versions there).
 
 ```
 cache = PrefixCache("outputs/study/prefix", tag="v1")
@@ -26,73 +26,41 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-# Fields that only the RL phase and the tiny-model cache location read.
-RL_FIELDS = frozenset(
-    {
-        "loss",
-        "rl_steps",
-        "prompts_per_step",
-        "num_generations",
-        "token_rl_learning_rate",
-        "latent_rl_learning_rate",
-        "beta",
-        "n_rl_prompts",
-        "reward",
-        "code_temperature",
-        "token_temperature",
-        "code_top_k",
-        "cache_dir",
-        "threads",
-    }
-)
-# Fields only the latent arm reads (stages 1-5).
-LATENT_FIELDS = frozenset(
-    {
-        "codebook_size",
-        "inverse_layers",
-        "policy_layers",
-        "stage_steps",
-        "stage_learning_rate",
-        "n_paired",
-        "n_text_only",
-        "latent_paired_data",
-        "world_sft_learning_rate",
-        "use_cycle_loss",
-        "use_projector",
-        "use_text_only",
-        "world_delta_scale",
-        "world_output_schedule",
-        "bc_target",
-        "bc_temperature",
-        "bc_entropy_weight",
-        "world_sft_codes",
-        "world_sft_bc_weight",
-        "idm_entropy",
-        "health_samples",
-    }
-)
-TASK_SFT_FIELDS = frozenset(
-    {"task_sft_steps", "task_sft_learning_rate", "world_sft_learning_rate", "world_delta_scale", "world_sft_bc_weight"}
-)
-PRETRAIN_STAGE_NAMES = ("inverse_warmup", "projector_warmup", "joint", "policy_bc")
+from ..training.stages import PRETRAIN_STAGE_NAMES
+
+# What each cached phase's result depends on, as the `reads` tags of the config's fields (`PipelineConfig` declares, per
+# field, which parts of the job it can change). Every prefix result holds an evaluation except the latent stages 1-4.
+PHASE_READS = {
+    "base": ("base", "eval"),
+    "token_sft": ("base", "task_sft", "eval"),
+    **{f"latent/{stage}": ("base", "latent") for stage in PRETRAIN_STAGE_NAMES},
+    "latent/world_sft": ("base", "latent", "task_sft", "world_sft"),
+    "latent/eval_world_sft": ("base", "latent", "task_sft", "world_sft", "eval"),
+}
 
 RESULT_FILE = "result.json"
 
 
-def phase_ignores(phase: str) -> frozenset[str]:
-    """The config fields that cannot change the model a phase saves (`base`, `token_sft`, `latent/<stage>`)."""
-    if phase == "base":
-        return RL_FIELDS | LATENT_FIELDS | TASK_SFT_FIELDS
-    if phase == "token_sft":
-        return RL_FIELDS | LATENT_FIELDS
-    if phase.startswith("latent/"):
-        stage = phase.split("/", 1)[1]
-        return RL_FIELDS | (TASK_SFT_FIELDS if stage in PRETRAIN_STAGE_NAMES else frozenset())
-    raise ValueError(f"Unknown prefix phase {phase!r}: expected 'base', 'token_sft' or 'latent/<stage>'.")
+def phase_fields(phase: str, config) -> list[str]:
+    """The fields of `config` that can change the result a phase saves: those whose `reads` metadata meets the
+    phase's. A field that declares no `reads` is an error, so a new option can never be left out of a key by
+    accident."""
+    if phase not in PHASE_READS:
+        raise ValueError(f"Unknown prefix phase {phase!r}: expected one of {sorted(PHASE_READS)}.")
+    names = []
+    for spec in fields(config):
+        if "reads" not in spec.metadata:
+            raise ValueError(
+                f"{type(config).__name__}.{spec.name} declares no `reads` metadata: say which parts of the job it "
+                "can change (pipeline.option(..., reads=...)) so the prefix cache keys it right."
+            )
+        if set(spec.metadata["reads"]) & set(PHASE_READS[phase]):
+            names.append(spec.name)
+    return names
 
 
 def write_json_atomic(path: str | Path, value: Any) -> None:
@@ -174,9 +142,11 @@ class PrefixCache:
         self.tag = tag
 
     def key(self, phase: str, config) -> dict:
-        ignored = phase_ignores(phase)
-        fields = {k: v for k, v in sorted(asdict(config).items()) if k not in ignored}
-        return {"phase": phase, "tag": self.tag, "config": fields}
+        return {
+            "phase": phase,
+            "tag": self.tag,
+            "config": {k: getattr(config, k) for k in sorted(phase_fields(phase, config))},
+        }
 
     def entry(self, phase: str, config) -> PrefixEntry:
         """The entry of `phase` for `config`: finished (`entry.result` set) or ready to build."""

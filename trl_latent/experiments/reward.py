@@ -400,3 +400,8 @@ class RubricJudge:
 
     def metrics(self) -> dict[str, float]:
         return {}
+
+
+# The RL reward of the embedded job: "task" (task success + the rubric ratio, a spread that follows what RL can fix)
+# or "rubric" (the judge-like ratio alone, the paper's reward).
+REWARDS = {"task": task_reward, "rubric": rubric_reward}

@@ -9,7 +9,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 # Stage aliases: the numbers of the paper's table (docs/architecture.md section 3) and RL.
-STAGE_NUMBERS = {"1": "inverse_warmup", "2": "projector_warmup", "3": "joint", "4": "policy_bc", "5": "world_sft"}
 RL_STAGE = "grpo"
 RL_ALIASES = ("grpo", "rl", "6")
 
@@ -38,7 +37,7 @@ class ModuleCount:
 # ------------------------------------------------------------------------------------------------------ inputs
 def resolve_plan_stage(stage: str) -> str:
     """A stage name of the table, its number (1-5), or `grpo` (RL; also `rl`, `6`) -> the canonical name."""
-    from ..training.stages import STAGE_NAMES
+    from ..training.stages import STAGE_NAMES, STAGE_NUMBERS
 
     key = str(stage).strip().lower()
     if key in STAGE_NAMES:

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ..modeling.configuration import WORLD_OUTPUTS
-from .stages import STAGE_NAMES, WORLD_OUTPUT_SCHEDULES, resolve_stage
+from .stages import DEFAULT_WORLD_OUTPUT_SCHEDULE, STAGE_NAMES, WORLD_OUTPUT_SCHEDULES, resolve_stage
 
 IDM_ENTROPY_FORMS = ("per_step", "batch_mean")
 TEXT_STATE_POSITIONS = ("text", "multimodal")
 BC_TARGETS = ("argmax", "soft")
+# Which codes drive the world model in `world_sft`: the policy's argmax (the authors' code) or the IDM's.
+WORLD_SFT_CODE_SOURCES = ("policy", "inverse")
 # The paper's ablations, each one switch of this config turned off (name -> field).
 ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 
@@ -72,22 +74,26 @@ class LatentSFTConfig(SFTConfig):
 
         > Parameters of the world model
 
-        world_output_schedule (`str`, *optional*, defaults to `"merge_delta"`):
-            Which world-model output form each stage trains under (`trl_latent.training.stages.WORLD_OUTPUT_SCHEDULES`):
-            one form for every stage, `"merge_delta"` (`lm_head(norm(Merge_K))`, the default, chosen by measurement on
-            the embedded task, docs/model.md), `"base_plus_delta"`, `"residual_norm"`, `"residual"` or
-            `"residual_minus_base"`; or `"authors"`, the authors' code for exact reproduction (minus-base
-            `lm_head(norm(x_K) - e)` in stages 1 and 3, merge-delta from stage 5 on). The stage writes its form into
-            the model's config, so RL, evaluation and inference use the form the last stage trained under.
+        world_output_schedule (`str`, *optional*, defaults to `"authors"`):
+            Which world-model output form each stage trains under (`trl_latent.training.stages.WORLD_OUTPUT_SCHEDULES`).
+            `"authors"` (default): the paper's and the authors' code, minus-base `lm_head(norm(x_K) - e)` in stages 1
+            and 3 (subtracting the base state makes the action path carry the information while the codebook is
+            learned), merge-delta `lm_head(norm(Merge_K))` from stage 5 on. Or one form for every stage:
+            `"merge_delta"`, `"base_plus_delta"`, `"residual_norm"`, `"residual"`, `"residual_minus_base"`, or
+            `"merge_delta_then_base_plus_delta"`. The embedded experiment trains every stage under `"merge_delta"`:
+            its tiny base is pretrained on the task itself, so minus-base cannot emit what the base is sure of
+            (docs/model.md); nothing shows that this holds for a real VLM. The stage writes its form into the model's
+            config, so RL, evaluation and inference use the form the last stage trained under.
         world_output (`str`, *optional*):
             Overrides the schedule's form for this stage.
 
         > Parameters of behaviour cloning (`policy_bc`)
 
-        bc_target (`str`, *optional*, defaults to `"soft"`):
-            `"soft"` (default): the policy matches the IDM's code distribution at `bc_temperature`, which leaves it
-            room to explore in RL (measured in the embedded demo's job, seed 0: 1.87 nats of code entropy after cloning,
-            against 0.41 with argmax targets, and a better latent model after stages 1-5 and after RL, README). `"argmax"`: it clones the IDM's argmax codes (the authors' code).
+        bc_target (`str`, *optional*, defaults to `"argmax"`):
+            `"argmax"` (default, the paper and the authors' code): the policy clones the IDM's argmax codes. `"soft"`:
+            the policy matches the IDM's code distribution at `bc_temperature`, which leaves it room to explore in RL
+            (the embedded experiment uses it: 1.87 nats of policy code entropy after cloning against 0.41 with argmax
+            targets, docs/findings.md).
         bc_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the IDM distribution the policy matches with `bc_target="soft"`.
         bc_label_smoothing (`float`, *optional*, defaults to `0.0`):
@@ -219,10 +225,10 @@ class LatentSFTConfig(SFTConfig):
 
     # World model
     world_output_schedule: str = field(
-        default="merge_delta",
+        default=DEFAULT_WORLD_OUTPUT_SCHEDULE,
         metadata={
-            "help": "World-model output form per stage: one form for every stage (default merge_delta, chosen on the "
-            "embedded task: docs/model.md), or 'authors' (minus-base in stages 1-4, merge-delta from 5).",
+            "help": "World-model output form per stage: 'authors' (default: minus-base in stages 1-4, merge-delta "
+            "from 5, as the paper's code) or one form for every stage (e.g. merge_delta).",
             "choices": list(WORLD_OUTPUT_SCHEDULES),
         },
     )
@@ -236,7 +242,7 @@ class LatentSFTConfig(SFTConfig):
 
     # Behaviour cloning
     bc_target: str = field(
-        default="soft",
+        default="argmax",
         metadata={"help": "Clone the IDM's argmax codes or its soft code distribution.", "choices": list(BC_TARGETS)},
     )
     bc_temperature: float = field(
@@ -269,7 +275,7 @@ class LatentSFTConfig(SFTConfig):
         default="policy",
         metadata={
             "help": "Codes that drive the world model in world_sft: the policy's argmax (authors) or the IDM's.",
-            "choices": ["policy", "inverse"],
+            "choices": list(WORLD_SFT_CODE_SOURCES),
         },
     )
     world_sft_last_layers: int = field(
@@ -304,7 +310,7 @@ class LatentSFTConfig(SFTConfig):
             ("idm_entropy", self.idm_entropy, IDM_ENTROPY_FORMS),
             ("bc_target", self.bc_target, BC_TARGETS),
             ("text_state_positions", self.text_state_positions, TEXT_STATE_POSITIONS),
-            ("world_sft_codes", self.world_sft_codes, ("policy", "inverse")),
+            ("world_sft_codes", self.world_sft_codes, WORLD_SFT_CODE_SOURCES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices} (got {value!r}).")

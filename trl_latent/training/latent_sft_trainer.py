@@ -29,6 +29,7 @@ model's config. At the end of the stage the latent-space health metrics (`health
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -92,21 +93,41 @@ def _code_entropy(logits: torch.Tensor, form: str) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum()
 
 
-@dataclass(frozen=True)
-class StageOptions:
-    """The per-run choices `stage_losses` reads (a [`LatentSFTConfig`] carries them all)."""
+# The fields of a [`LatentSFTConfig`] that `stage_losses` reads. `StageOptions` is derived from the config (same names,
+# same defaults), so the two cannot drift; the trainer builds one from its args with `StageOptions.from_config`.
+STAGE_OPTION_FIELDS = (
+    "use_projector",
+    "idm_entropy",
+    "text_state_positions",
+    "bc_target",
+    "bc_temperature",
+    "bc_label_smoothing",
+    "world_sft_codes",
+)
 
-    use_projector: bool = True
-    idm_entropy: str = "per_step"
-    text_state_positions: str = "text"
-    bc_target: str = "argmax"
-    bc_temperature: float = 1.0
-    bc_label_smoothing: float = 0.0
-    world_sft_codes: str = "policy"
 
-    @classmethod
-    def from_config(cls, config) -> StageOptions:
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+def _stage_options_class():
+    config_fields = {f.name: f for f in dataclasses.fields(LatentSFTConfig)}
+    cls = dataclasses.make_dataclass(
+        "StageOptions",
+        [
+            (name, config_fields[name].type, dataclasses.field(default=config_fields[name].default))
+            for name in STAGE_OPTION_FIELDS
+        ],
+        frozen=True,
+        namespace={
+            "__doc__": "The per-run choices `stage_losses` reads, with [`LatentSFTConfig`]'s defaults (a config carries "
+            "them all: `StageOptions.from_config(config)`).",
+            "from_config": classmethod(
+                lambda cls, config: cls(**{name: getattr(config, name) for name in STAGE_OPTION_FIELDS})
+            ),
+        },
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+StageOptions = _stage_options_class()
 
 
 def _world_ce(model, e_steps, codes, targets) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,8 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "DEFAULT_WORLD_OUTPUT_SCHEDULE",
+    "PRETRAIN_STAGE_NAMES",
     "STAGES",
     "STAGE_NAMES",
+    "STAGE_NUMBERS",
     "STREAMS",
     "WORLD_OUTPUT_SCHEDULES",
     "LossTerm",
@@ -179,12 +182,19 @@ STAGES: dict[str, Stage] = {
     )
 }
 STAGE_NAMES = tuple(STAGES)
+# Stages 1-4 read the pre-training corpora (paired image-text and text-only); stage 5 reads the task's dialogues.
+PRETRAIN_STAGE_NAMES = tuple(name for name in STAGE_NAMES if name != "world_sft")
+# The stage numbers of the paper and the stage commands: "1" -> "inverse_warmup", ..., "5" -> "world_sft".
+STAGE_NUMBERS = {str(number): name for number, name in enumerate(STAGE_NAMES, start=1)}
 
 # Named world-output schedules: stage -> the form it trains under (stages that do not run the world model are left
 # out and keep the model's form). "authors" is the table's column: minus-base while the codebook is learned, then
 # merge-delta for task SFT, RL and inference. The other schedules train every stage under one form
 # (docs/model.md compares them on the embedded task).
 _WORLD_STAGES = tuple(name for name, stage in STAGES.items() if stage.world_output is not None)
+# The library's default is the authors' schedule (`LatentSFTConfig.world_output_schedule`); an experiment that measured
+# another one better sets it in its own config.
+DEFAULT_WORLD_OUTPUT_SCHEDULE = "authors"
 WORLD_OUTPUT_SCHEDULES: dict[str, dict[str, str]] = {
     "authors": {name: STAGES[name].world_output for name in _WORLD_STAGES},
     # Merge-delta while the codebook is learned, then the base's own logits plus the merge-delta code expert from stage
@@ -280,7 +290,7 @@ def _world_output(config, stage: Stage) -> str | None:
     explicit = getattr(config, "world_output", None)
     if explicit is not None:
         return explicit
-    schedule = getattr(config, "world_output_schedule", "authors")
+    schedule = getattr(config, "world_output_schedule", DEFAULT_WORLD_OUTPUT_SCHEDULE)
     if schedule not in WORLD_OUTPUT_SCHEDULES:
         raise ValueError(f"Unknown world_output_schedule {schedule!r}; choose one of {tuple(WORLD_OUTPUT_SCHEDULES)}.")
     return WORLD_OUTPUT_SCHEDULES[schedule][stage.name]
