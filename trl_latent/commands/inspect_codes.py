@@ -2,7 +2,7 @@
 
 ```
 trl-latent inspect --model_name_or_path outputs/qwen2.5-vl-3b/4_policy_bc --paired_files data/pretrain/paired.jsonl
-trl-latent inspect --model_name_or_path outputs/shapes/world_sft --task synthetic --task_root data/shapes
+trl-latent inspect --model_name_or_path outputs/shapes/world_sft --task mmrole --task_root data/shapes
 ```
 
 Runs the model over records (the task's `split`, or the paired pretraining corpus) and, for every code: how often the
