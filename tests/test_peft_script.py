@@ -1,6 +1,6 @@
 """PEFT through TRL's script path: `--use_peft --lora_target_modules q_proj v_proj` with `LatentGRPOTrainer`.
 
-TRL's scripts (e.g. `examples/scripts/grpo_vlm.py`) parse a `ModelConfig` and pass `get_peft_config(model_args)`, a
+TRL's example scripts (its VLM GRPO script, say) parse a `ModelConfig` and pass `get_peft_config(model_args)`, a
 `LoraConfig(task_type="CAUSAL_LM", target_modules={"q_proj", "v_proj"}, ...)`. The latent trainer puts that adapter on
 the policy (the only module RL trains) and it learns there; the base and the world model stay bit-identical. Names no
 policy module has fail with the project's message naming `POLICY_LORA_TARGET_MODULES`.

@@ -102,7 +102,7 @@ class ScriptedJudge(BaseHTTPRequestHandler):
 
 
 def write_pcogalign(root: Path, n_train: int = 8, n_test: int = 2) -> None:
-    """PCogAlignBench files in the release's format (data/README.md), images made here."""
+    """PCogAlignBench files in the release's format (docs/tasks_and_rewards.md), images made here."""
     offset = 0
     for stem, subset, n in (("HCMAS-golden-train", "HCMAS", n_train), ("HCMAS-golden-test", "HCMAS", n_test),
                             ("HCSHR-golden-test", "HCSHR", n_test)):  # fmt: skip

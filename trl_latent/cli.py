@@ -1,7 +1,7 @@
 """The `trl-latent` command line: a thin dispatcher over subcommands.
 
 ```
-trl-latent sft --config examples/recipes/qwen2.5-vl-3b/mmrole/1_inverse_warmup.yaml   # stages 1-5, stock SFT
+trl-latent sft --config examples/recipes/qwen2.5-vl-3b/1_inverse_warmup.yaml          # stages 1-5, stock SFT
 trl-latent grpo --config examples/recipes/qwen2.5-vl-3b/mmrole/6_grpo.yaml            # latent or token RL
 trl-latent eval --config ...                                   # N generations per prompt, judge, diversity
 trl-latent inspect --model-name-or-path out/world_sft ...      # what each latent action does

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 # How the world model turns merged states x_K (x_0 = e, x_{k+1} = x_k + Merge_k(x_k, c)) into next-token logits.
-# docs/model.md "World-model output forms" compares them on the embedded task.
+# docs/model.md "World-model output" compares them on the embedded task.
 WORLD_OUTPUTS = (
     "residual_minus_base",  # lm_head(norm(x_K) - e): the authors' form for stages 1-4
     "merge_delta",  # lm_head(norm(Merge_K(x_{K-1}, c))): the authors' form for stage 5, RL and inference
