@@ -65,11 +65,11 @@ def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path
         assert split.num_prompts == len(shapes_splits[name]) > 0
         assert all(len(s["generations"]) == 3 for s in split.samples)
         # The judge metric is recomputed from the stored generations: mean over dimensions of A_d / B_d, averaged
-        # over prompts per generation round, then mean and population std over the 3 rounds.
+        # over prompts per generation round, then mean and sample std (divisor n - 1) over the 3 rounds.
         per_round = [statistics.fmean(expected_metric(s["generations"][k]) for s in split.samples) for k in range(3)]
         assert split.judge_per_generation == pytest.approx(per_round)
         assert split.judge_mean == pytest.approx(statistics.fmean(per_round))
-        assert split.judge_std == pytest.approx(statistics.pstdev(per_round))
+        assert split.judge_std == pytest.approx(statistics.stdev(per_round))
         for key in ("embedding", "distinct_1", "distinct_2", "self_bleu"):
             assert not math.isnan(split.diversity[key])
     table = (tmp_path / "evaluation.md").read_text()

@@ -2,8 +2,9 @@
 
 The paper's protocol (docs/architecture.md section 5): for each test prompt draw N = 3 responses; score each with the judge,
 the metric of one response being the mean over the rubric's dimensions of `A_d / B_d`; average over prompts per
-generation round and report mean +/- std over the N rounds. Diversity is measured on each prompt's group of N
-responses: embedding diversity (reciprocal of the mean pairwise cosine similarity), distinct-n and self-BLEU.
+generation round and report mean +/- sample std (divisor N - 1) over the N rounds. Diversity is measured on each
+prompt's group of N responses: embedding diversity (reciprocal of the mean pairwise cosine similarity), distinct-n and
+self-BLEU.
 
 Generation goes through a *generation backend*: any callable `generate(prompts, images) -> list[str]` taking a batch
 of prompt conversations (TRL format, `{"type": "image"}` placeholders) and their PIL images and returning one
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from .metrics.diversity import Embedder, distinct_n, embedding_diversity, self_bleu
+from .metrics.stats import mean_std
 from .rewards.judge import JudgeReward
 
 logger = logging.getLogger(__name__)
@@ -172,13 +174,6 @@ def generate_answers(
     return out
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.pstdev(values)
-
-
 def _nanmean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return statistics.fmean(values) if values else math.nan
@@ -311,7 +306,7 @@ def evaluate_split(
     result = SplitResult(name=name, num_prompts=n, num_generations=num_generations, judge_failures=failures)
     if judge is not None:
         result.judge_per_generation = [_nanmean([metrics[i][k] for i in range(n)]) for k in range(num_generations)]
-        result.judge_mean, result.judge_std = _mean_std(result.judge_per_generation)
+        result.judge_mean, result.judge_std = mean_std(result.judge_per_generation)  # sample std (n - 1)
     result.diversity = {f"distinct_{k}": _nanmean([distinct_n(g, k) for g in generations]) for k in distinct_ngrams}
     result.diversity["self_bleu"] = _nanmean([self_bleu(g) for g in generations])
     if embedder is not None:
@@ -385,7 +380,7 @@ def evaluate(
         "generate": repr(generate),
         "judge": repr(judge),
         "embedder": repr(embedder),
-        "judge_std": "population std (ddof=0) over the generation rounds",
+        "judge_std": "sample std (ddof=1, divisor n - 1; 0 for one round) over the generation rounds",
     }
     if judge is not None:
         config["judge_counters"] = judge.metrics()

@@ -72,7 +72,7 @@ def _records(args: InspectArguments):
         if dataset is None:
             raise CommandError(f"paired_files {args.paired_files} hold no paired record.")
     else:
-        from ..data.mmrole import to_sft
+        from ..data.formats import to_sft
 
         check_task(args, "inspect (or set paired_files)")
         dataset = to_sft(load_task(args, [args.split])[args.split])

@@ -151,7 +151,7 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
             raise CommandError(f"text_only_files {script_args.text_only_files} hold no text-only record.")
         return paired, text
 
-    from ..data.mmrole import to_sft
+    from ..data.formats import to_sft
 
     return to_sft(load_task(script_args, ["sft"])["sft"]), None
 

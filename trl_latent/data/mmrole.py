@@ -36,14 +36,23 @@ so the sizes for 36 sessions are 18 / 14 / 4 and for 7 sessions 3 / 3 / 1.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from .files import read_json_file
+
+# `to_sft` and the image and split helpers, shared with the PCogAlignBench loader, live in their own modules; they
+# are re-exported here, where they used to live.
+from .formats import to_sft
+from .images import (
+    check_on_missing_image,
+    load_image,  # noqa: F401 (re-exported)
+    load_image_or_skip,
+    missing_image_error,
+    unreadable_image_error,  # noqa: F401 (re-exported)
+)
 from .mmrole_prompts import (
     HUMAN,
     MMROLE_EVAL_SECTIONS,
@@ -59,6 +68,7 @@ from .mmrole_prompts import (
     text_content,
     user_content,
 )
+from .splits import fraction_bounds, split_by_fractions
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -150,65 +160,6 @@ class MMRoleSession:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def fraction_bounds(n: int, start: float, end: float) -> tuple[int, int]:
-    """Indices `[floor(start * n), floor(end * n))` of the slice a fraction range selects, computed exactly.
-
-    `Fraction(str(x))` reads the decimal the user wrote, so `0.29 * 100` gives 29, not the 28 that float rounding in
-    `int(0.29 * 100)` gives. The authors' code uses `int(f * n)`, which agrees wherever the float product is exact.
-    """
-    if not 0.0 <= start <= end <= 1.0:
-        raise ValueError(f"A split fraction range must satisfy 0 <= start <= end <= 1, got ({start}, {end}).")
-    return int(Fraction(str(start)) * n), int(Fraction(str(end)) * n)
-
-
-def split_by_fractions(items: Sequence, fractions: dict[str, tuple[float, float]], seed: int = 42) -> dict:
-    """Shuffle `items` with `random.Random(seed)` (the same order as the authors' `random.seed(42); random.shuffle`)
-    and cut one slice per named fraction range (see [`fraction_bounds`])."""
-    shuffled = list(items)
-    random.Random(seed).shuffle(shuffled)
-    out = {}
-    for name, (start, end) in fractions.items():
-        i, j = fraction_bounds(len(shuffled), start, end)
-        out[name] = shuffled[i:j]
-    return out
-
-
-def load_image(relative: str, images_dir: Path, image_size: tuple[int, int] | None):
-    """Open `images_dir / relative` as RGB, resized to `image_size` = (width, height) unless it is `None`."""
-    from PIL import Image
-
-    with Image.open(images_dir / relative) as img:
-        img = img.convert("RGB")
-        if image_size is not None:
-            img = img.resize(tuple(image_size))
-        return img
-
-
-def missing_image_error(relative: str, images_dir: Path, record: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"Image {relative!r} of {record} was not found: expected {images_dir / relative} inside the images folder "
-        f"{images_dir}. Put the dataset's images there (MMRole: COCO train2017 under images/COCO/train2017/), point "
-        f"`images_dir` at the folder that holds them, or pass on_missing_image='skip' to leave such records out."
-    )
-
-
-def check_on_missing_image(value: str) -> None:
-    if value not in ("error", "skip"):
-        raise ValueError(f"on_missing_image must be 'error' or 'skip', got {value!r}.")
-
-
-def to_sft(dataset):
-    """The SFT form of a prompt dataset: `messages` (the prompt plus the reference as the assistant turn) and
-    `images` (a list holding the sample's image), as TRL's `SFTTrainer` takes a vision-language dataset. The other
-    columns are kept."""
-
-    def convert(example):
-        messages = list(example["prompt"]) + [{"role": "assistant", "content": text_content(example["reference"])}]
-        return {"messages": messages, "images": [example["image"]]}
-
-    return dataset.map(convert, remove_columns=["prompt", "image"])
-
-
 def _read_json(path: Path, what: str = "MMRole file", expect: str = "JSON") -> Any:
     return read_json_file(path, what, expect=expect, error_cls=MMRoleFormatError)
 
@@ -453,28 +404,6 @@ def _usable_sessions(sessions, images_dir: Path, on_missing_image: str, stats: M
     return kept
 
 
-def unreadable_image_error(relative: str, images_dir: Path, record: str, err: Exception) -> MMRoleFormatError:
-    return MMRoleFormatError(
-        f"Image {relative!r} of {record} cannot be read ({type(err).__name__}: {err}); the file {images_dir / relative} "
-        "is truncated or not an image. Fetch it again, or pass on_missing_image='skip' to leave such records out "
-        "(counted)."
-    )
-
-
-def load_image_or_skip(relative, images_dir: Path, image_size, on_missing_image: str, record: str):
-    """The image (see [`load_image`]), or `None` when it cannot be read and `on_missing_image="skip"`; with
-    `"error"`, an unreadable file raises naming it and the record."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        return load_image(relative, images_dir, image_size)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # truncated, not an image, corrupt
-        if on_missing_image == "error":
-            raise unreadable_image_error(relative, images_dir, record, err) from err
-        logger.warning("Skipping %s: its image %s cannot be read (%s).", record, images_dir / relative, err)
-        return None
-
-
 @dataclass
 class _PromptSources:
     """What prompts are built from, read once per load: detailed profiles, and for the `mmrole_eval` template the
@@ -512,7 +441,7 @@ def _build_dataset(sessions, images_dir, image_size, on_missing_image, sources: 
         if not samples:
             continue
         record = f"session {session.id!r} ({session.source})"
-        image = load_image_or_skip(session.image, images_dir, image_size, on_missing_image, record)
+        image = load_image_or_skip(session.image, images_dir, image_size, on_missing_image, record, MMRoleFormatError)
         if image is None:
             stats.unreadable_images += 1
             continue
@@ -543,8 +472,9 @@ def load_mmrole(
 
     Each split has the columns `prompt` (system + user conversation, the user turn holding a `{"type": "image"}`
     part), `image` (PIL, resized), `reference` (the character's answer), `character`, `profile` (the five fields),
-    `question`, `question_speaker`, `history`, `id`, `dialogue_type`, `distribution` and `image_path`. [`to_sft`]
-    turns a split into the SFT form (`messages` with the reference as the assistant turn, `images`).
+    `question`, `question_speaker`, `history`, `id`, `dialogue_type`, `distribution` and `image_path`.
+    [`~trl_latent.data.formats.to_sft`] turns a split into the SFT form (`messages` with the reference as the assistant
+    turn, `images`).
 
     Args:
         root (`str` or `Path`):

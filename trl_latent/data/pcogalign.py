@@ -12,7 +12,7 @@ list of records) or `.jsonl` (one record per line); `<SUBSET>-<split>.json[l]` i
 The prompt (paper, code) is a system message `You are a helpful assistant for a user who is "<role1 at loc1; ...>".`
 and a user turn holding the image and the query. Splits: the HCMAS train records are shuffled with
 `random.Random(42)` and cut at [0, 0.5) SFT and [0.5, 0.7) RL (the authors' RL script uses that range), HCMAS test is
-the LS1 test and HCSHR test the LS2 test. Cuts follow [`~trl_latent.data.mmrole.fraction_bounds`].
+the LS1 test and HCSHR test the LS2 test. Cuts follow [`~trl_latent.data.splits.fraction_bounds`].
 
 ```python
 >>> from trl_latent.data.pcogalign import role_set_string
@@ -29,15 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from .files import read_json_file, read_jsonl_file
-from .mmrole import (
-    DEFAULT_IMAGE_SIZE,
-    check_on_missing_image,
-    load_image_or_skip,
-    missing_image_error,
-    split_by_fractions,
-    text_content,
-    user_content,
-)
+from .images import check_on_missing_image, load_image_or_skip, missing_image_error
+from .mmrole import DEFAULT_IMAGE_SIZE, MMRoleFormatError
+from .mmrole_prompts import text_content, user_content
+from .splits import split_by_fractions
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +149,8 @@ def pcogalign_dataset(
                 stats["missing_images"] = stats.get("missing_images", 0) + 1
             continue
         row = pcogalign_sample(record, record_id, subset)
-        row["image"] = load_image_or_skip(path, images_dir, image_size, on_missing_image, where)
+        # An unreadable image raises MMRoleFormatError, as it did when the image helpers lived in the MMRole loader.
+        row["image"] = load_image_or_skip(path, images_dir, image_size, on_missing_image, where, MMRoleFormatError)
         if row["image"] is None:
             if stats is not None:
                 stats["unreadable_images"] = stats.get("unreadable_images", 0) + 1

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..metrics.stats import mean_std as sample_mean_std
 from ..training.latent_sft_config import ABLATIONS as LATENT_ABLATIONS
 from ..training.losses import LOSS_CLASSES
 
@@ -70,11 +71,12 @@ def _finite(values) -> list[float]:
 
 
 def mean_std(values) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values; NaN mean when none."""
+    """Mean, sample standard deviation (0 for one value) and count of the finite values; NaN mean when none: the
+    library's [`~trl_latent.metrics.stats.mean_std`] with the count."""
     values = _finite(values)
     if not values:
         return math.nan, math.nan, 0
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+    return (*sample_mean_std(values), len(values))
 
 
 def format_mean_std(values, digits: int = 3) -> str:

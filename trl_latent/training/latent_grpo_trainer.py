@@ -38,7 +38,7 @@ from ..modeling.model import LatentActionModel
 from ..modeling.modules import DecoderStack
 from .checkpointing import LatentCheckpointMixin
 from .latent_grpo_config import LatentGRPOConfig
-from .token_grpo_trainer import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
+from .policy_loss import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
 
 logger = logging.getLogger(__name__)
 
