@@ -21,7 +21,8 @@ from trl_latent.data.files import DataFileError
 from trl_latent.data.mmrole import MMRoleFormatError, load_mmrole
 from trl_latent.data.pcogalign import PCogAlignFormatError, load_pcogalign
 from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, load_pretrain_corpus
-from trl_latent.rewards.judge import JudgeReward, OpenAIJudgeBackend
+from trl_latent.rewards.judge import JudgeCheckError, JudgeReward, OpenAIJudgeBackend
+from trl_latent.training.checkpointing import CheckpointError
 
 SAMPLES = Path(__file__).resolve().parent / "data"
 KEY = "sk-test0123456789abcdefSECRET"
@@ -182,6 +183,65 @@ def train_on_empty(ctx, trainer: str):
     )
 
 
+# ------------------------------------------------------------------------------------------------ checkpoint helpers
+def sft_trainer(ctx, out: Path, steps: int = 2):
+    import copy
+
+    from trl_latent import LatentSFTConfig, LatentSFTTrainer
+    from trl_latent.experiments.task import synthetic_sft_dataset
+
+    args = LatentSFTConfig(
+        str(out),
+        stage="world_sft",
+        max_steps=steps,
+        save_strategy="steps",
+        save_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        health_samples=0,
+    )
+    model = copy.deepcopy(ctx.shared["model"])
+    return LatentSFTTrainer(model, args, synthetic_sft_dataset(4), processing_class=ctx.shared["processor"])
+
+
+def checkpoints(ctx) -> Path:
+    """A copy of a 2-step run's output_dir, a checkpoint after each step (checkpoint-1, checkpoint-2)."""
+    if "run" not in ctx.shared:  # trained once per module
+        sft_trainer(ctx, ctx.dir / "first_run").train()
+        ctx.shared["run"] = ctx.dir / "first_run"
+    run = ctx.dir / "run"
+    shutil.copytree(ctx.shared["run"], run)
+    return run
+
+
+def resume_true_skips(ctx, damage) -> Outcome:
+    """Damage checkpoint-2 as a killed save would, resolve `resume_from_checkpoint=True` as the trainers do, and count
+    the folders skipped on the way to checkpoint-1."""
+    from trl_latent.training.checkpointing import resolve_resume_checkpoint
+
+    run = checkpoints(ctx)
+    damage(run / "checkpoint-2")
+    assert resolve_resume_checkpoint(True, run) == str(run / "checkpoint-1")
+    return Outcome(1)
+
+
+def resume_explicit(ctx, file: str):
+    """Resume a trainer from checkpoint-2 given explicitly, `file` in it cut short."""
+    run = checkpoints(ctx)
+    truncate_file(next((run / "checkpoint-2").glob(file)))
+    sft_trainer(ctx, run, steps=3).train(resume_from_checkpoint=str(run / "checkpoint-2"))
+
+
+def no_complete_checkpoint(ctx):
+    run = checkpoints(ctx)
+    (run / "checkpoint-2" / "trainer_state.json").unlink()
+    truncate_file(run / "checkpoint-1" / "model.safetensors")
+    sft_trainer(ctx, run, steps=3).train(resume_from_checkpoint=True)
+
+
 # ------------------------------------------------------------------------------------------------ judge helpers
 MMROLE_COLUMNS = {"reference": ["ref"] * 3, "character": ["Iron Man"] * 3, "profile": [{"introduction": "x"}] * 3}
 
@@ -243,6 +303,52 @@ def backend_error_with_key(ctx):
     # The docs' judge/requests, judge/judgements and judge/retries are logged each batch.
     assert logged["judge/requests"] == 6.0 and logged["judge/retries"] == 3.0 and logged["judge/judgements"] == 3.0
     return Outcome(int(logged["judge/request_errors"]))  # 3 completions x 2 attempts
+
+
+def judge_answering(status: int, body: dict):
+    """Build a JudgeReward against a local OpenAI-compatible server that answers every chat request with `status` and
+    `body` (the start-up test judgement included); the key is read from JUDGE_API_KEY."""
+
+    def run(ctx):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # models.list(): reachable
+                self._send(200, {"object": "list", "data": [{"id": "served-judge", "object": "model"}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self._send(status, body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+            JudgeReward("mmrole", OpenAIJudgeBackend(url, "judge", api_key_env="JUDGE_API_KEY", timeout=5.0))
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    return run
+
+
+def chat_answer(text: str) -> dict:
+    message = {"role": "assistant", "content": text}
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "judge",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
 
 
 def collator_truncated_image(ctx, skip):
@@ -477,6 +583,58 @@ CASES = [
         FileNotFoundError,
         ("{dir}/old_place/base, which does not exist (moved or deleted?)", "base_model=", "base_model_name_or_path"),
     ),
+    # --- checkpoints left by a run killed while saving
+    Case(
+        "checkpoint/no_trainer_state_skipped_by_resume_true",
+        lambda c: resume_true_skips(c, lambda folder: (folder / "trainer_state.json").unlink()),
+        fragments=("Not resuming from {dir}/run/checkpoint-2", "trainer_state.json is missing"),
+        count=1,
+    ),
+    Case(
+        "checkpoint/weights_cut_short_skipped_by_resume_true",
+        lambda c: resume_true_skips(c, lambda folder: truncate_file(folder / "model.safetensors")),
+        fragments=("Not resuming from {dir}/run/checkpoint-2", "model.safetensors cannot be read", "cut short"),
+        count=1,
+    ),
+    Case(
+        "checkpoint/optimizer_cut_short",
+        lambda c: resume_explicit(c, "optimizer.pt"),
+        CheckpointError,
+        (
+            "Cannot resume from {dir}/run/checkpoint-2: {dir}/run/checkpoint-2/optimizer.pt cannot be read",
+            "cut short",
+            "earlier checkpoint",
+        ),
+    ),  # fmt: skip
+    Case(
+        "checkpoint/scheduler_cut_short",
+        lambda c: resume_explicit(c, "scheduler.pt"),
+        CheckpointError,
+        ("{dir}/run/checkpoint-2/scheduler.pt cannot be read", "earlier checkpoint"),
+    ),
+    Case(
+        "checkpoint/rng_state_cut_short",
+        lambda c: resume_explicit(c, "rng_state*.pth"),
+        CheckpointError,
+        ("{dir}/run/checkpoint-2/rng_state", ".pth cannot be read", "earlier checkpoint"),
+    ),
+    Case(
+        "checkpoint/weights_cut_short",
+        lambda c: resume_explicit(c, "model.safetensors"),
+        CheckpointError,
+        ("{dir}/run/checkpoint-2/model.safetensors cannot be read", "earlier checkpoint"),
+    ),
+    Case(
+        "checkpoint/none_complete_with_resume_true",
+        no_complete_checkpoint,
+        FileNotFoundError,
+        (
+            "resume_from_checkpoint=True, but no checkpoint in {dir}/run is complete",
+            "checkpoint-2 ({dir}/run/checkpoint-2/trainer_state.json is missing",
+            "checkpoint-1 ({dir}/run/checkpoint-1/model.safetensors cannot be read",
+            "without resume_from_checkpoint",
+        ),
+    ),  # fmt: skip
     # --- training data
     Case(
         "sft/empty_dataset",
@@ -508,6 +666,41 @@ CASES = [
         ("api_key_env must be the NAME of the environment variable", "looks like a key itself"),
     ),
     Case("judge/backend_error_quotes_the_key", backend_error_with_key, fragments=("invalid key ***",), count=6),
+    # --- judge: the start-up test judgement (a real request) refused or unreadable
+    Case(
+        "judge/start_up_key_rejected",
+        judge_answering(401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_api_key"}}),
+        JudgeCheckError,
+        (
+            "refused the start-up test judgement",
+            "HTTP 401 Unauthorized: Incorrect API key provided: ***",
+            "valid key in the environment variable JUDGE_API_KEY",
+            "check_connection=False",
+        ),
+    ),  # fmt: skip
+    Case(
+        "judge/start_up_no_permission",
+        judge_answering(403, {"error": {"message": "You are not allowed to sample from this model"}}),
+        JudgeCheckError,
+        ("HTTP 403 Forbidden: You are not allowed to sample from this model", "not allowed to use model 'judge'"),
+    ),
+    Case(
+        "judge/start_up_unknown_model",
+        judge_answering(404, {"object": "error", "message": "The model `judge` does not exist.", "code": 404}),
+        JudgeCheckError,
+        (
+            "HTTP 404 Not Found: The model `judge` does not exist",
+            "has no model 'judge'",
+            "The server lists: ['served-judge']",
+            "Fix judge_model (--judge_model)",
+        ),
+    ),  # fmt: skip
+    Case(
+        "judge/start_up_unreadable_answer",
+        judge_answering(200, chat_answer("Both responses are lovely; I would not want to rank them.")),
+        JudgeCheckError,
+        ("no score pair could be read from its answer", "I would not want to rank them", "[Scores]: (A, B)"),
+    ),
 ]
 
 

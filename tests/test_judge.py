@@ -37,7 +37,8 @@ PARTIAL = (
 
 
 class ScriptedJudge(BaseHTTPRequestHandler):
-    """Answers by the marker in the policy answer (Response A): GOOD, GOOD2, PARTIAL, SLOW, E500, GARBAGE, WAIT."""
+    """Answers by the marker in the policy answer (Response A): GOOD, GOOD2, PARTIAL, SLOW, E500, GARBAGE, WAIT (any
+    other answer, such as the start-up test judgement's, gets GOOD)."""
 
     state = None  # set per server
 
@@ -84,7 +85,7 @@ class ScriptedJudge(BaseHTTPRequestHandler):
                 "WAIT": GOOD,
                 "SLOW": GOOD,
                 "GARBAGE": "As an AI I refuse to grade. Lorem ipsum dolor sit amet.",
-            }[answer]
+            }.get(answer, GOOD)  # any other answer: the start-up test judgement
             self._send(
                 200,
                 {

@@ -6,12 +6,17 @@ run must end bit-identical to the uninterrupted one: every parameter (the base i
 logged loss terms, and for RL with `sync_ref_model` the TR-DPO reference policy and its KL. Transformers' missing-keys
 notice must not be printed on any resume (it used to be printed on every one, hiding the real data loss of world-model
 SFT, whose checkpoints store the base in Qwen2.5-VL's release key layout).
+
+`resume_from_checkpoint=True` takes the newest *complete* checkpoint: a folder a kill during `save` left behind (no
+`trainer_state.json`, weights cut short) is skipped with a warning naming it, and the run resumed from the checkpoint
+before it ends bit-identical to the uninterrupted run. A broken checkpoint given explicitly fails naming the file.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
 
 import pytest
 import torch
@@ -21,6 +26,7 @@ from trl_latent.data.pretrain import load_pretrain_corpus
 from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
 from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
+from trl_latent.training.checkpointing import CheckpointError
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import REFERENCE_POLICY_FILE, LatentGRPOTrainer
 from trl_latent.training.latent_sft_config import LatentSFTConfig
@@ -161,8 +167,54 @@ def test_checkpoint_loads_in_either_key_layout(env, tmp_path):
         assert_same_parameters(model, target)
 
 
+def cut_short(path):
+    """What a kill in the middle of writing `path` leaves: the file without its end."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_true_skips_checkpoints_a_killed_save_left(env, tmp_path, notices, caplog):
+    """`resume_from_checkpoint=True` passes over the broken newer folders to the newest complete checkpoint."""
+    run = tmp_path / "run"
+    straight, trainer = sft_run(env, run, "inverse_warmup")
+    # checkpoint-4: its weights cut short (trainer_state.json kept, so only the weights check can catch it).
+    cut_short(run / f"checkpoint-{STEPS}" / "model.safetensors")
+    # checkpoint-3: killed before trainer_state.json, the last file transformers writes (weights all there).
+    shutil.copytree(run / f"checkpoint-{SAVE_AT}", run / "checkpoint-3")
+    (run / "checkpoint-3" / "trainer_state.json").unlink()
+    before_resume = len(notices)
+    with caplog.at_level(logging.WARNING, logger="trl_latent.training.checkpointing"):
+        resumed, resumed_trainer = sft_run(env, run, "inverse_warmup", resume=True)
+    skipped = [r.getMessage() for r in caplog.records if r.name == "trl_latent.training.checkpointing"]
+    assert len(skipped) == 2, skipped
+    assert f"{run / f'checkpoint-{STEPS}'}:" in skipped[0] and "model.safetensors cannot be read" in skipped[0]
+    assert f"{run / 'checkpoint-3'}:" in skipped[1] and "trainer_state.json is missing" in skipped[1]
+    # Resumed from checkpoint-2: steps 3 and 4 again, ending where the uninterrupted run ended.
+    assert resumed_trainer.state.global_step == STEPS
+    assert [h["step"] for h in resumed_trainer.state.log_history if "loss" in h] == list(range(1, STEPS + 1))
+    assert_same_parameters(straight, resumed)
+    assert last_log(resumed_trainer) == last_log(trainer)
+    assert not [m for m in notices[before_resume:] if "keys in the checkpoint" in m], notices[before_resume:]
+
+    # Given explicitly, a broken checkpoint fails naming the file, before any step (here a cut-short optimizer.pt,
+    # which torch alone reports as a zip error without naming the file).
+    cut_short(run / f"checkpoint-{SAVE_AT}" / "optimizer.pt")
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint-{SAVE_AT}/optimizer.pt cannot be read.*earlier checkpoint"
+    ):
+        sft_run(env, run, "inverse_warmup", resume=str(run / f"checkpoint-{SAVE_AT}"))
+    # With True and nothing complete left, it says so, naming every folder and why.
+    (run / f"checkpoint-{STEPS}" / "model.safetensors").unlink()  # the resumed run rewrote checkpoint-4
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .* is complete: checkpoint-4 \(.*checkpoint-2 \("):
+        sft_run(env, run, "inverse_warmup", resume=True)
+
+
 # --------------------------------------------------------------------------------------------------- latent RL
-def grpo_run(env, out, resume=None):
+def grpo_run(env, out, resume=None, lora=False):
+    from peft import LoraConfig
+
+    from trl_latent.training.latent_grpo_trainer import POLICY_LORA_TARGET_MODULES
+
     model = copy.deepcopy(env["initial"])
     args = LatentGRPOConfig(
         str(out),
@@ -190,6 +242,11 @@ def grpo_run(env, out, resume=None):
         args=args,
         train_dataset=env["prompts"],
         processing_class=env["processor"],
+        peft_config=(
+            LoraConfig(r=4, lora_alpha=8, target_modules=POLICY_LORA_TARGET_MODULES, lora_dropout=0.0)
+            if lora
+            else None
+        ),
     )
     trainer.train(resume_from_checkpoint=resume)
     return model, trainer
@@ -218,3 +275,110 @@ def test_latent_grpo_with_reference_sync_resumes_bit_identical(env, tmp_path, no
     (checkpoint / REFERENCE_POLICY_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=rf"{REFERENCE_POLICY_FILE} is missing.*sync_ref_model=True"):
         grpo_run(env, tmp_path / "run", resume=str(checkpoint))
+
+
+def test_latent_grpo_lora_with_reference_sync_resumes_bit_identical(env, tmp_path):
+    """LoRA on the policy with TR-DPO (`sync_ref_model`, synced every step, so before and after the interruption): the
+    reference is the policy with its adapter merged, mixed each step, saved with the adapter, and the resumed run
+    ends bit-identical (adapter, frozen weights, reference, KL history)."""
+    straight, trainer = grpo_run(env, tmp_path / "run", lora=True)
+    checkpoint = tmp_path / "run" / f"checkpoint-{SAVE_AT}"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / REFERENCE_POLICY_FILE).is_file()
+    resumed, resumed_trainer = grpo_run(env, tmp_path / "run", resume=str(checkpoint), lora=True)
+    assert any("lora_B" in name for name, _ in straight.named_parameters())
+    assert_same_parameters(straight, resumed)
+    reference, resumed_reference = trainer._reference_policy(), resumed_trainer._reference_policy()
+    assert reference is not None
+    for (name, a), b in zip(reference.named_parameters(), resumed_reference.parameters(), strict=True):
+        assert torch.equal(a, b), f"reference {name} differs after resuming"
+    # The reference moved with the adapted policy (its merged LoRA weights), away from the starting policy.
+    start = env["initial"].policy.state_dict()
+    moved = [n for n, p in reference.named_parameters() if not torch.equal(p, start[n])]
+    assert any(".self_attn.q_proj.weight" in n for n in moved), moved
+    kl = [h["latent/kl"] for h in trainer.state.log_history if "latent/kl" in h]
+    assert len(kl) == STEPS and kl == [h["latent/kl"] for h in resumed_trainer.state.log_history if "latent/kl" in h]
+    assert max(kl[SAVE_AT:]) > 0.0
+
+
+# --------------------------------------------------------------------------------------------------- token RL
+def token_grpo_run(tiny_cache, out, resume=None):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from trl_latent.experiments.models import tiny_lm
+    from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
+
+    model, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
+    prompts = [[{"role": "user", "content": f"Which colour is the {shape}?"}] for shape in ("circle", "square")] * 8
+    args = GRPOConfig(
+        str(out),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        logging_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    trainer = TokenGRPOTrainer(
+        model,
+        reward_funcs=lambda completions, **kw: [float(len(c[0]["content"])) for c in completions],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return model, trainer
+
+
+def test_token_grpo_resume_true_skips_a_killed_save(tiny_cache, tmp_path, caplog):
+    """TokenGRPOTrainer resolves `resume_from_checkpoint=True` the same way: the last folder, whose save was killed
+    before trainer_state.json, is skipped, and the run resumed from the one before ends bit-identical."""
+    run = tmp_path / "run"
+    straight, trainer = token_grpo_run(tiny_cache, run)
+    (run / f"checkpoint-{STEPS}" / "trainer_state.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="trl_latent.training.checkpointing"):
+        resumed, resumed_trainer = token_grpo_run(tiny_cache, run, resume=True)
+    assert any(f"{run / f'checkpoint-{STEPS}'}:" in r.getMessage() for r in caplog.records)
+    assert resumed_trainer.state.global_step == STEPS
+    assert_same_parameters(straight, resumed)
+    wall_clock = {"step_time"}
+    assert {k: v for k, v in last_log(resumed_trainer).items() if k not in wall_clock} == {
+        k: v for k, v in last_log(trainer).items() if k not in wall_clock
+    }
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def test_stage_command_resume_true_and_a_broken_explicit_checkpoint(tiny_cache, tmp_path, caplog, capsys):
+    """`trl-latent sft --resume_from_checkpoint true` resumes from the newest complete checkpoint; a broken one given
+    as a path is the command's error (exit status 2) naming the file."""
+    from trl_latent.cli import main
+
+    write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1, n_paired=4)
+    out = tmp_path / "out"
+    argv = ["sft", "--stage", "inverse_warmup", "--base_model", str(tiny_vlm_path("tiny", cache_dir=tiny_cache))]
+    argv += ["--codebook_size", "8", "--inverse_layers", "1", "--policy_layers", "1"]
+    argv += ["--paired_files", str(tmp_path / "shapes/pretrain/paired.json"), "--image_root", str(tmp_path / "shapes")]
+    argv += ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_steps", "1"]
+    argv += ["--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--logging_steps", "1", "--seed", "0"]
+    assert main(argv) == 0
+    (out / "checkpoint-2" / "trainer_state.json").unlink()  # killed while saving step 2
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="trl_latent.training.checkpointing"):
+        assert main([*argv, "--resume_from_checkpoint", "true"]) == 0
+    assert any(f"{out / 'checkpoint-2'}: it is not a complete checkpoint" in r.getMessage() for r in caplog.records)
+    printed = capsys.readouterr().out
+    assert "done: steps 2" in printed and printed.count("'loss':") == 1  # resumed after step 1: only step 2 ran
+
+    cut_short(out / "checkpoint-1" / "optimizer.pt")
+    assert main([*argv, "--resume_from_checkpoint", str(out / "checkpoint-1")]) == 2
+    err = capsys.readouterr().err
+    assert f"trl-latent sft: error: Cannot resume from {out / 'checkpoint-1'}" in err
+    assert f"{out / 'checkpoint-1' / 'optimizer.pt'} cannot be read" in err

@@ -138,6 +138,7 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     path = study / "cells" / "grpo-token-s0.json"
     saved = json.loads(path.read_text())
     del saved["config"]["world_sft_bc_weight"]
+    saved["config"]["extra"] = {}  # a field since removed from PipelineConfig (never read) no longer matters
     path.write_text(json.dumps(saved))
     assert finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
     with pytest.raises(ValueError, match=r"another config \(differs in \['world_sft_bc_weight'\]\)"):

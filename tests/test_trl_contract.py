@@ -43,7 +43,7 @@ CONTRACT = {
     ],
     # O TokenGRPOTrainer: log-probs from TRL, loss from the PolicyLoss object.
     "trl.GRPOTrainer._compute_loss": ["self", "model", "inputs"],
-    # O PolicyLossMixin: keeps the gathered rewards, logs diversity.
+    # O PolicyLossMixin: keeps the gathered rewards, logs diversity, counts batches without a reward (reward_failures).
     "trl.GRPOTrainer._calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
     # O PolicyLossMixin: advantages from the PolicyLoss object.
     "trl.GRPOTrainer._generate_and_score_completions": ["self", "inputs"],
@@ -90,10 +90,15 @@ CONTRACT = {
         "num_generations",
         "has_tool_images",
     ],
-    # O LatentGRPOTrainer.
+    # O LatentGRPOTrainer; PolicyLossMixin (both GRPO trainers): raises RewardFailureError after a reward-failure stop;
+    # ResumeCheckpointMixin (all three trainers): resolves `resume_from_checkpoint` (True: the newest complete
+    # checkpoint) and passes it on positionally.
     "transformers.Trainer.train": ["self", "resume_from_checkpoint", "trial", "ignore_keys_for_eval"],
     # O LatentCheckpointMixin (both latent trainers): checkpoint weights through LatentActionModel.load_saved_weights.
     "transformers.Trainer._load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+    # O LatentModelCardMixin (both latent trainers): TRL writes its card to output_dir/README.md, then the body is
+    # rendered again from trl_latent/training/model_card.py (TRL's metadata and tracker badges kept).
+    "trl.trainer.base_trainer._BaseTrainer.create_model_card": ["self", "model_name", "dataset_name", "tags"],
     "transformers.Trainer._load_best_model": ["self"],
     # O LatentGRPOTrainer: the TR-DPO reference policy is saved with and restored from each checkpoint.
     "trl.GRPOTrainer._save_checkpoint": ["self", "model", "trial"],
@@ -204,9 +209,12 @@ def test_every_override_is_pinned():
                     continue
                 if not hasattr(trl_base, name):
                     continue  # a new helper, not an override
-                # Pinned under the class that defines it: "trl.GRPOTrainer.x", "transformers.Trainer.y".
+                # Pinned under the class that defines it: "trl.GRPOTrainer.x", "transformers.Trainer.y"; a class the
+                # package does not export by its full module path ("trl.trainer.base_trainer._BaseTrainer.z").
                 owner = next(k for k in trl_base.__mro__ if name in vars(k))
-                key = f"{owner.__module__.split('.')[0]}.{owner.__name__}.{name}"
+                package = owner.__module__.split(".")[0]
+                exported = getattr(importlib.import_module(package), owner.__name__, None) is owner
+                key = f"{package if exported else owner.__module__}.{owner.__name__}.{name}"
                 if key not in CONTRACT and name != "__init__":
                     missing.append(f"{cls.__name__}.{name} overrides {key}")
     assert not missing, "Add these TRL methods to CONTRACT: " + "; ".join(missing)

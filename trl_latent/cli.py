@@ -23,6 +23,7 @@ import os
 import sys
 
 from .commands import evaluate, grpo, inspect_codes, plan, sft
+from .commands.common import quiet_import_notices
 from .experiments import commands as experiment_commands
 
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `trl-latent` and `python -m trl_latent.cli`."""
     _offline()
+    quiet_import_notices()  # before any command imports transformers' training stack
     parser = build_parser()
     args = parser.parse_args(argv)
     # The whole command line, recorded by commands that write results (`args.argv` is the stage commands' own).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,11 @@ class CommandError(Exception):
     """Bad input to a command: the message says what is wrong and what to do."""
 
 
+class RunError(Exception):
+    """A run that started and then stopped on a problem the user can fix (e.g. a judge that failed every judgement of
+    several batches): the message says what happened, where the checkpoint is and how to resume. Exit status 1."""
+
+
 # ------------------------------------------------------------------------------------------------ registration
 def register(subparsers, name: str, help: str, main: Callable[[list[str]], int]) -> None:
     """Add `name` to the `trl-latent` subcommands. The command parses its own arguments with `TrlParser`, so this
@@ -44,14 +50,48 @@ def register(subparsers, name: str, help: str, main: Callable[[list[str]], int])
     parser.set_defaults(func=lambda args: main(args.argv))
 
 
+# bitsandbytes' start-up line that says nothing about a trl-latent command (see `quiet_import_notices`).
+BITSANDBYTES_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+BITSANDBYTES_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+class _DropBitsandbytesKernelNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return BITSANDBYTES_KERNEL_NOTICE not in record.getMessage()
+
+
+def quiet_import_notices() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'"
+    line, which every training command would print at start-up. Called by the commands (the CLI process), never on
+    import of the library: a library must not change its users' logging. Idempotent.
+
+    Where it comes from: transformers' training stack imports peft whenever peft is installed (a trl-latent
+    dependency; `transformers.trainer_utils` does `from peft import PeftModel`), `import peft` imports bitsandbytes
+    whenever that is installed (`peft/helpers.py`), and bitsandbytes' CPU backend, on a CPU with AVX512-BF16, looks for
+    the optional `kernels` package (a faster 4-bit matmul *on the CPU*) at import and logs this line when it is
+    missing. No supported switch avoids that chain: both imports are eager, and importing only peft's submodules still
+    runs `peft/__init__`. trl-latent itself imports neither peft nor bitsandbytes until a run needs them (help and the
+    parsers never import them), and no command loads a quantised base, the only case the kernel concerns; so this one
+    message of this one logger is dropped, and every other message still shows.
+    """
+    logger = logging.getLogger(BITSANDBYTES_KERNEL_LOGGER)  # created now if bitsandbytes is not imported yet
+    if not any(isinstance(f, _DropBitsandbytesKernelNotice) for f in logger.filters):
+        logger.addFilter(_DropBitsandbytesKernelNotice())
+
+
 def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
-    """Run a command body; a [`CommandError`] is printed as `prog: error: message` and gives exit status 2."""
+    """Run a command body; a [`CommandError`] is printed as `prog: error: message` and gives exit status 2, a
+    [`RunError`] the same way with exit status 1."""
+    quiet_import_notices()  # before the body's heavy imports
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return body(argv)
     except CommandError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -364,7 +404,8 @@ class RewardArguments:
 
 
 def build_judge(args: RewardArguments, task: str):
-    """The task's [`JudgeReward`] on the configured endpoint; an unreachable endpoint fails here, at start-up."""
+    """The task's [`JudgeReward`] on the configured endpoint. An unreachable endpoint, and a judge that refuses or
+    cannot answer a test judgement (bad key, unknown model, unreadable answer), fail here, at start-up."""
     from ..rewards.judge import JudgeConnectionError, JudgeReward, OpenAIJudgeBackend
 
     if not args.judge_base_url or not args.judge_model:
@@ -419,10 +460,28 @@ def summary_line(items: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())
 
 
+def resume_argument(value):
+    """`resume_from_checkpoint` as the trainers take it: `true` (from the command line or YAML) means the newest
+    complete checkpoint of output_dir, `false` none; anything else is a checkpoint folder."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false") and not Path(value).exists():
+        return value.strip().lower() == "true"
+    return value
+
+
 def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint, metric: str) -> dict[str, Any]:
-    """Train (resuming from a checkpoint folder, if given), save the model with its processor beside it (the next
-    stage finds it there), and return the run's step count with the first and last logged `metric`."""
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    """Train (resuming from a checkpoint folder, or with `true` from the newest complete one of output_dir), save the
+    model with its processor beside it (the next stage finds it there), and return the run's step count with the
+    first and last logged `metric`."""
+    from ..training.checkpointing import CheckpointError, resolve_resume_checkpoint
+
+    # Resolved here too (the latent trainers and TokenGRPOTrainer do it in `train`) so that a stock TRL trainer (the
+    # token baseline's SFT) also skips a broken last checkpoint, and a broken one is this command's error, not a trace.
+    required = getattr(trainer, "_required_checkpoint_files", dict)()
+    try:
+        resume = resolve_resume_checkpoint(resume_argument(resume_from_checkpoint) or None, output_dir, required)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise CommandError(str(err)) from err
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(output_dir)

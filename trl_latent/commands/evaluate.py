@@ -189,9 +189,9 @@ def _main(argv: list[str]) -> int:
 
 def _custom_judge(path: str):
     """A judge given by its dotted import path: an object with `judge(prompts, completions, **columns)` returning
-    [`~trl_latent.rewards.judge.Judgement`]s, or a class or factory that builds one with no arguments."""
+    [`~trl_latent.rewards.judge.Judgement`]s, or a class that builds one with no arguments."""
     judge = import_reward(path)
-    if not hasattr(judge, "judge") or isinstance(judge, type):
+    if isinstance(judge, type):
         judge = judge()
     if not callable(getattr(judge, "judge", None)):
         raise CommandError(

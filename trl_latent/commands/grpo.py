@@ -12,7 +12,9 @@ accelerate launch --config_file examples/accelerate_configs/zero2.yaml -m trl_la
 (`trl_latent.training.losses`), so the two runs differ only in the action space. The reward is an LLM judge on an
 OpenAI-compatible endpoint (the paper's; `reward: judge`) or a reward function given by its dotted import path.
 
-Order of work: parse and check every input, load the prompts, reach the judge, then load the model and train.
+Order of work: parse and check every input, load the prompts, reach the judge (and have it answer one test
+judgement), then load the model and train. A run whose judge fails every judgement of `max_failed_reward_batches`
+batches in a row saves a checkpoint and stops with exit status 1, saying how to resume.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .common import (
     ACTION_SPACES,
     CommandError,
     RewardArguments,
+    RunError,
     TaskArguments,
     build_judge,
     check_latent_model,
@@ -127,9 +130,14 @@ def _main(argv: list[str]) -> int:
             processing_class=processor,
         )
 
-    result = train_and_save(
-        trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "reward"
-    )
+    from ..training.reward_failures import RewardFailureError
+
+    try:
+        result = train_and_save(
+            trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "reward"
+        )
+    except RewardFailureError as err:  # the judge or the reward failed for batches in a row: checkpoint saved
+        raise RunError(str(err)) from err
     say(f"{PROG}: done: {summary_line(result)}; saved to {training_args.output_dir}")
     return 0
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics.stats import mean_std as sample_mean_std
-from ..training.latent_sft_config import ABLATIONS as LATENT_ABLATIONS
 from ..training.losses import LOSS_CLASSES
+from ..training.stages import ABLATIONS as LATENT_ABLATIONS
 
 logger = logging.getLogger(__name__)
 

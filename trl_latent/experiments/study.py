@@ -36,8 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..training.latent_sft_config import ABLATIONS
 from ..training.losses import LOSS_CLASSES
+from ..training.stages import ABLATIONS
 from .prefix_cache import write_json_atomic
 
 LOSSES = tuple(LOSS_CLASSES)
@@ -317,9 +317,10 @@ def finished(study_dir: Path, cell: Cell, base_config) -> bool:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun the cell {cell.name}.") from err
     wanted = _comparable(asdict(cell.config(base_config)))
     # A field added to PipelineConfig after the cell ran did not exist then: the cell ran with its default (a new
-    # field's default keeps the old behaviour).
+    # field's default keeps the old behaviour). A field removed since (`extra`, never read) no longer matters.
     defaults = {f.name: f.default for f in fields(base_config) if f.default is not MISSING}
-    config = {**{k: v for k, v in defaults.items() if k in wanted}, **saved.get("config", {})}
+    recorded = {k: v for k, v in saved.get("config", {}).items() if k in wanted}
+    config = {**{k: v for k, v in defaults.items() if k in wanted}, **recorded}
     if _comparable(config) != wanted:
         changed = sorted(k for k in wanted if config.get(k) != wanted[k])
         raise ValueError(

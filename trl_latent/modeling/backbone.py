@@ -10,6 +10,8 @@ or written (docs/architecture.md section 4).
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 VLM_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
@@ -33,11 +35,16 @@ def base_model_class(model_type: str):
     return AutoModelForImageTextToText if model_type in VLM_MODEL_TYPES else AutoModelForCausalLM
 
 
+def is_peft_model(model) -> bool:
+    """Whether `model` is a `peft.PeftModel`, without importing peft: a model cannot be one unless peft is loaded.
+    (Importing peft imports bitsandbytes, which logs about optional kernels at import; see `trl_latent.cli`.)"""
+    peft = sys.modules.get("peft")
+    return peft is not None and hasattr(peft, "PeftModel") and isinstance(model, peft.PeftModel)
+
+
 def _unwrap_peft(model):
     # A PEFT-wrapped base (world-model SFT with LoRA) keeps the transformers model under `.base_model.model`.
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 class Backbone:

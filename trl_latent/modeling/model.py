@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
-from .backbone import Backbone, base_model_class, check_supported
+from .backbone import Backbone, base_model_class, check_supported, is_peft_model
 from .configuration import WORLD_OUTPUTS, LatentActionConfig
 from .modules import (
     Codebook,
@@ -150,6 +150,11 @@ class LatentActionModel(LatentActionPreTrainedModel):
         self.generation_config = copy.deepcopy(getattr(base_model, "generation_config", None))
         if backbone.is_vlm:
             config.image_token_id = backbone.image_token_id
+        # `Trainer.train` aligns `model.config`'s special-token ids with the tokenizer's, with a warning whenever one
+        # is unset or differs: the latent model's are its base's (a saved latent model keeps its own).
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(config, name, None) is None and getattr(text_config, name, None) is not None:
+                setattr(config, name, getattr(text_config, name))
 
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
@@ -439,9 +444,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """Save the new modules and a reference to the base. Base weights are written only once the base was
         changed (`config.base_weights_saved`), so a frozen multi-GB base is never duplicated."""
-        from peft import PeftModel
-
-        if isinstance(self.base, PeftModel):
+        if is_peft_model(self.base):
             # A LoRA-adapted base: save the adapter beside the new modules; the base itself stays where it is.
             self.base.save_pretrained(Path(save_directory) / "base_adapter")
             state_dict = self.new_module_state_dict() if state_dict is None else _without_base(state_dict)
@@ -514,9 +517,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
                 "LatentActionConfig and base (e.g. `LatentActionModel.from_pretrained(folder)`)."
             )
         self.load_state_dict(state, strict=False)
-        from peft import PeftModel
-
-        if isinstance(self.base, PeftModel):
+        if is_peft_model(self.base):
             from peft import set_peft_model_state_dict
 
             adapter = folder / "base_adapter" / "adapter_model.safetensors"

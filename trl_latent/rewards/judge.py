@@ -14,8 +14,17 @@ score pair parsed) gets the mean reward of the batch's successful judgements; wh
 `fallback_reward` (1.0, a tie with the reference: a constant within a group gives zero advantage). A record the
 rubric cannot build a prompt for (e.g. a PCogAlign record without `eval_info.EvalHelp`) is not sent; it fails the same
 way, with a warning naming the record. Failures never raise; they are counted (`metrics()`, and per batch through TRL's
-`log_metric` when the trainer passes it). Error texts are logged and stored with known secrets masked
-([`mask_secrets`]).
+`log_metric` when the trainer passes it), and the last batch's outcome (`last_batch`, a [`BatchOutcome`]: failures by
+reason) is kept for the trainer: `LatentGRPOTrainer` and `TokenGRPOTrainer` save a checkpoint and stop when every
+judgement of `max_failed_reward_batches` consecutive batches failed
+([`~trl_latent.training.reward_failures.RewardFailureError`]). Error texts are logged and stored with known secrets
+masked ([`mask_secrets`]).
+
+At start-up (`check_connection=True`) the judge must be reachable, and a remote judge ([`OpenAIJudgeBackend`]) must
+also answer one real, small judgement built with the rubric ([`JudgeReward.check_judgement`]), through the same
+request path as training: a refused request (HTTP 401, 403, 404, ...) or an answer without a readable score pair
+raises [`JudgeCheckError`], naming what the judge answered and what to do. Timeouts and server errors (5xx) are
+retried; if they persist the run starts with a warning.
 
 The judge's answer is read tolerantly ([`~trl_latent.rewards.parsing.parse_scores`]); a score pair outside the 1-10
 scale is rejected and counted (`judge/out_of_scale`). When only some dimensions parse, the reward uses those (sums
@@ -43,6 +52,7 @@ from ..metrics.diversity import completion_text
 from .judge_backends import (
     CallableJudgeBackend,
     JudgeBackend,
+    JudgeCheckError,
     JudgeConnectionError,
     JudgeRequestError,
     JudgeTimeoutError,
@@ -70,9 +80,11 @@ __all__ = [
     "PCOGALIGN_DIMENSIONS",
     "PCOGALIGN_RUBRIC",
     "RUBRICS",
+    "BatchOutcome",
     "CallableJudgeBackend",
     "Dimension",
     "JudgeBackend",
+    "JudgeCheckError",
     "JudgeConnectionError",
     "JudgeRequestError",
     "JudgeReward",
@@ -102,6 +114,7 @@ class Judgement:
     num_dimensions: int = 0
     failure: str | None = None  # "request" (no answer), "parse" (no usable score pair) or "record" (no prompt)
     out_of_scale: int = 0  # score pairs rejected as outside the asked scale (or NaN)
+    reason: str | None = None  # a short name of the failure, by which failures are counted ("HTTP 401 Unauthorized")
 
     @property
     def ok(self) -> bool:
@@ -125,6 +138,26 @@ class Judgement:
         are left out."""
         ratios = [a / b for a, b in self.scores.values() if b > 0]
         return sum(ratios) / len(ratios) if ratios else None
+
+
+@dataclass
+class BatchOutcome:
+    """How one batch of judgements went: how many failed, by reason (`{"HTTP 401 Unauthorized": 96}`), with the
+    (masked) error text of the first failure of each reason. A trainer reads it from `JudgeReward.last_batch`."""
+
+    judgements: int
+    failures: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_failed(self) -> bool:
+        return self.judgements > 0 and self.failures == self.judgements
+
+
+PARSE_FAILURE = "no score pair in the answer"
+SCALE_FAILURE = "scores outside the 1-10 scale"
+RECORD_FAILURE = "judge prompt cannot be built"
 
 
 # ------------------------------------------------------------------------------------------------------- reward
@@ -159,7 +192,9 @@ class JudgeReward:
         fallback_reward (`float`, *optional*, defaults to `1.0`):
             Reward of every completion in a batch where no judgement succeeded (1.0 = a tie with the reference).
         check_connection (`bool`, *optional*, defaults to `True`):
-            Call the backend's `check_connection()` now, so an unreachable judge fails at start-up.
+            Call the backend's `check_connection()` now, so an unreachable judge fails at start-up; for a remote
+            backend ([`OpenAIJudgeBackend`]) also send one test judgement ([`check_judgement`]), so a judge that
+            refuses requests (bad key, unknown model) or answers in a format the parser cannot read fails here too.
         name (`str`, *optional*, defaults to `"judge_reward"`):
             The reward function's `__name__` (TRL logs `rewards/<name>/mean`).
 
@@ -207,8 +242,11 @@ class JudgeReward:
         self.__name__ = name
         self._lock = threading.Lock()
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.last_batch: BatchOutcome | None = None
         if check_connection:
             self.backend.check_connection()
+            if self.backend.test_judgement_at_start_up:
+                self.check_judgement()
 
     def __repr__(self) -> str:
         return (
@@ -230,28 +268,112 @@ class JudgeReward:
         with self._lock:
             self.counters = dict.fromkeys(COUNTERS, 0)
 
+    # -- start-up check
+    def check_judgement(self) -> Judgement | None:
+        """Send one small, valid judgement built with the rubric (its `example`) through the same request path as
+        training, and check that the answer parses.
+
+        Raises [`JudgeCheckError`] (naming the status, the server's error text with secrets masked, and what to do)
+        when the judge refuses the request (HTTP 401, 403, 404 or another error a retry will not fix) or answers
+        without a readable score pair. Timeouts, server errors (5xx) and dropped connections are retried
+        (`max_retries`); if they persist, a warning is logged and `None` returned: the run starts, and stops if every
+        judgement of several batches fails. The check's requests are not counted in `metrics()`.
+        """
+        example = dict(self.rubric.example or {})
+        prompt = example.pop("prompt", "Hello! What do you see?")
+        answer = example.pop("answer", "Hello! I see a picture.")
+        row = {column: "an example" for column in self.rubric.required_columns} | example
+        try:
+            messages = self.rubric.build(str(prompt), str(answer), row)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            logger.warning(
+                "The start-up test judgement was not sent: the %s rubric cannot build a prompt from placeholder "
+                "columns (%s: %s); give the Rubric an `example` row to enable it.",
+                self.rubric.name,
+                type(err).__name__,
+                err,
+            )
+            return None
+        skip = "Pass check_connection=False to JudgeReward to skip this start-up check."
+        with self._lock:
+            saved = dict(self.counters)
+        try:
+            text = self._request(messages)
+        except JudgeRequestError as err:
+            if err.retryable:
+                logger.warning(
+                    "The judge (%r) did not answer the start-up test judgement (%s); training starts anyway. If every "
+                    "judgement of several batches fails, the run saves a checkpoint and stops.",
+                    self.backend,
+                    err,
+                )
+                return None
+            advice = mask_secrets(self.backend.advice(err), self.backend.secrets())
+            raise JudgeCheckError(
+                f"The judge refused the start-up test judgement: {str(err).rstrip('.')}. {advice} Every judgement of "
+                f"the run would fail the same way. {skip}",
+                status=err.status,
+            ) from None
+        finally:
+            with self._lock:
+                self.counters = saved
+        rejected = _Rejected()
+        scores = _parse_scores(text, self.rubric.dimensions, rejected)
+        judgement = Judgement(scores=scores, text=text, num_dimensions=len(self.rubric.dimensions))
+        if judgement.reward is None:
+            shown = " ".join(mask_secrets(text, self.backend.secrets()).split())
+            shown = shown if len(shown) <= 300 else shown[:297] + "..."
+            scale = (
+                f" ({rejected.count} score pair(s) outside the {MIN_SCORE:g}-{MAX_SCORE:g} scale)"
+                if rejected.count
+                else ""
+            )
+            raise JudgeCheckError(
+                f"The judge ({self.backend!r}) answered the start-up test judgement, but no score pair could be read "
+                f"from its answer{scale}: {shown!r}. The {self.rubric.name} rubric asks for one `N. <Dimension>: <comment> "
+                "[Scores]: (A, B)` line per dimension, scores 1-10 (docs/tasks_and_rewards.md); use an "
+                "instruction-following chat model as the judge, check that the answer is not cut short (max_tokens), "
+                f"or give a custom Rubric. Every judgement of the run would fail the same way. {skip}"
+            )
+        if judgement.partial:
+            logger.warning(
+                "The judge's answer to the start-up test judgement gave scores for %d of %d %s dimensions; the reward "
+                "uses the parsed ones. Check the judge follows the rubric's format.",
+                len(scores),
+                len(self.rubric.dimensions),
+                self.rubric.name,
+            )
+        return judgement
+
     # -- judging
     def _request(self, messages: list[dict]) -> str:
         attempt = 0
         while True:
             self._count("requests")
+            status = None
             try:
                 return self.backend(messages)
             except JudgeTimeoutError:
                 self._count("timeouts")
                 retryable = True
-                reason = "timeout"
+                reason = label = "timeout"
             except JudgeRequestError as err:
                 self._count("request_errors")
-                retryable = err.retryable
+                retryable, status, label = err.retryable, err.status, err.label
                 reason = str(err)
             except Exception as err:  # a custom backend's failure must not stop training
                 self._count("request_errors")
                 retryable = True
                 reason = f"{type(err).__name__}: {err}"
+                label = type(err).__name__
             reason = mask_secrets(reason, self.backend.secrets())  # exception texts may quote the key
             if not retryable or attempt >= self.max_retries:
-                raise JudgeRequestError(f"judge request failed after {attempt + 1} attempt(s): {reason}")
+                raise JudgeRequestError(
+                    f"judge request failed after {attempt + 1} attempt(s): {reason}",
+                    retryable=retryable,
+                    status=status,
+                    label=label,
+                )
             delay = min(self.backoff * 2**attempt, 30.0)
             attempt += 1
             self._count("retries")
@@ -262,8 +384,10 @@ class JudgeReward:
         n = len(self.rubric.dimensions)
         try:
             text = self._request(messages)
+        except JudgeRequestError as err:
+            return Judgement(error=str(err), num_dimensions=n, failure="request", reason=err.label)
         except Exception as err:
-            return Judgement(error=str(err), num_dimensions=n, failure="request")
+            return Judgement(error=str(err), num_dimensions=n, failure="request", reason=type(err).__name__)
         rejected = _Rejected()
         scores = _parse_scores(text, self.rubric.dimensions, rejected)
         judgement = Judgement(scores=scores, text=text, num_dimensions=n, out_of_scale=rejected.count)
@@ -274,6 +398,7 @@ class JudgeReward:
                 else ""
             )
             judgement.failure = "parse"
+            judgement.reason = SCALE_FAILURE if rejected.count else PARSE_FAILURE
         return judgement
 
     def _build_messages(self, index: int, prompt, completion, row: dict) -> list[dict] | Judgement:
@@ -292,6 +417,7 @@ class JudgeReward:
                 "(the loaders in trl_latent.data build every column the rubric reads)",
                 num_dimensions=len(self.rubric.dimensions),
                 failure="record",
+                reason=RECORD_FAILURE,
             )
 
     def _rows(self, n: int, kwargs: dict) -> list[dict]:
@@ -315,6 +441,7 @@ class JudgeReward:
         rows = self._rows(len(completions), kwargs)
         built = [self._build_messages(i, *item) for i, item in enumerate(zip(prompts, completions, rows))]
         if not built:
+            self.last_batch = BatchOutcome(judgements=0, failures=0)
             return []
         judgements: list = list(built)
         to_send = [i for i, b in enumerate(built) if not isinstance(b, Judgement)]
@@ -323,6 +450,12 @@ class JudgeReward:
                 for i, judgement in zip(to_send, pool.map(self._judge_one, [built[i] for i in to_send])):
                     judgements[i] = judgement
         failed = [j for j in judgements if not j.ok]
+        outcome = BatchOutcome(judgements=len(judgements), failures=len(failed))
+        for j in failed:
+            reason = j.reason or "unknown"
+            outcome.reasons[reason] = outcome.reasons.get(reason, 0) + 1
+            outcome.examples.setdefault(reason, j.error or reason)
+        self.last_batch = outcome
         self._count("judgements", len(judgements))
         self._count("failures", len(failed))
         self._count("parse_errors", sum(j.failure == "parse" for j in failed))

@@ -3,9 +3,11 @@ transformers model, or any callable), and the errors they raise. Used by [`~trl_
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 
 from .secrets import looks_like_secret
 
@@ -14,25 +16,51 @@ class JudgeTimeoutError(TimeoutError):
     """The judge did not answer within the timeout."""
 
 
-class JudgeRequestError(RuntimeError):
-    """A judge request failed. `retryable` is false for errors a retry will not fix (e.g. HTTP 401, 404)."""
+def status_label(status: int) -> str:
+    """`"HTTP 401 Unauthorized"`: an HTTP status with its reason phrase."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
-    def __init__(self, message: str, retryable: bool = True):
+
+class JudgeRequestError(RuntimeError):
+    """A judge request failed. `retryable` is false for errors a retry will not fix (e.g. HTTP 401, 404); `status` is
+    the HTTP status the judge answered, if any; `label` is a short name of the failure (`"HTTP 401 Unauthorized"`,
+    `"connection error"`), by which failures are counted."""
+
+    def __init__(self, message: str, retryable: bool = True, status: int | None = None, label: str | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
+        self.label = label or (status_label(status) if status is not None else "request error")
 
 
 class JudgeConnectionError(ConnectionError):
     """The judge endpoint cannot be reached at start-up."""
 
 
+class JudgeCheckError(JudgeConnectionError):
+    """The judge was reached but failed the start-up test judgement: it refused it (HTTP 401, 403, 404, ...) or
+    answered without a score pair the parser can read. `status` is the HTTP status, if one was answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 class JudgeBackend:
     """Turns judge chat messages into the judge's answer text.
 
     Subclasses implement `__call__(messages) -> str`, raising [`JudgeTimeoutError`] on a timeout and
-    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up) and
-    `secrets()` (values masked wherever the judge logs or stores an error text).
+    [`JudgeRequestError`] on other failures, and may override `check_connection()` (called once at start-up),
+    `secrets()` (values masked wherever the judge logs or stores an error text) and `advice(error)` (what to do about
+    a refused request). A backend with `test_judgement_at_start_up = True` (a remote endpoint) also gets one real
+    judgement at start-up ([`~trl_latent.rewards.judge.JudgeReward.check_judgement`]); local and scripted backends do
+    not, since their first batch shows the same.
     """
+
+    test_judgement_at_start_up: bool = False
 
     def __call__(self, messages: list[dict]) -> str:
         raise NotImplementedError
@@ -43,6 +71,10 @@ class JudgeBackend:
 
     def check_connection(self) -> None:
         """Raise [`JudgeConnectionError`] if the judge cannot be reached. The default does nothing."""
+
+    def advice(self, error: JudgeRequestError) -> str:
+        """What to do about a request the judge refused (shown in start-up errors). The default says nothing."""
+        return ""
 
 
 class CallableJudgeBackend(JudgeBackend):
@@ -63,7 +95,8 @@ class OpenAIJudgeBackend(JudgeBackend):
 
     The API key is read from the environment variable named `api_key_env` and is kept only inside the `openai`
     client: it is never logged and never part of `repr`. Retries are left to [`JudgeReward`] (the client's own are
-    off) so that every timeout and error is counted.
+    off) so that every timeout and error is counted. A refused request's error names the HTTP status and the
+    server's own error text (secrets masked by [`~trl_latent.rewards.judge.JudgeReward`]).
 
     Args:
         base_url (`str`):
@@ -82,6 +115,8 @@ class OpenAIJudgeBackend(JudgeBackend):
             Cap on the judge's answer length.
     """
 
+    test_judgement_at_start_up = True  # a remote endpoint: JudgeReward sends it one real judgement at start-up
+
     def __init__(
         self,
         base_url: str,
@@ -91,6 +126,7 @@ class OpenAIJudgeBackend(JudgeBackend):
         temperature: float = 0.0,
         max_tokens: int = 1024,
     ):
+        self.served_models: list[str] | None = None  # filled by check_connection when the server lists them
         try:
             import openai
         except ImportError as err:
@@ -133,30 +169,83 @@ class OpenAIJudgeBackend(JudgeBackend):
             raise JudgeTimeoutError(f"The judge at {self.base_url} did not answer within {self.timeout} s.") from err
         except openai.APIStatusError as err:
             status = err.status_code
+            text = _server_text(err.body)
             raise JudgeRequestError(
-                f"The judge at {self.base_url} answered HTTP {status}.",
+                f"The judge at {self.base_url} answered {status_label(status)}" + (f": {text}" if text else "."),
                 retryable=status >= 500 or status in (408, 429),
+                status=status,
+            ) from err
+        except openai.APIConnectionError as err:
+            raise JudgeRequestError(
+                f"The judge request to {self.base_url} failed: {type(err).__name__}.", label="connection error"
             ) from err
         except openai.APIError as err:
             raise JudgeRequestError(f"The judge request to {self.base_url} failed: {type(err).__name__}.") from err
         try:
             content = response.choices[0].message.content
         except (AttributeError, IndexError, TypeError) as err:
-            raise JudgeRequestError(f"The judge at {self.base_url} sent a malformed chat completion.") from err
+            raise JudgeRequestError(
+                f"The judge at {self.base_url} sent a malformed chat completion.", label="malformed chat completion"
+            ) from err
         return content or ""
 
     def check_connection(self) -> None:
-        """Any HTTP answer from the server counts as reachable; only connection failures and timeouts raise."""
+        """Any HTTP answer from the server counts as reachable; only connection failures and timeouts raise. Whether
+        the judge accepts and answers a judgement is [`~trl_latent.rewards.judge.JudgeReward.check_judgement`]'s
+        test (a real request), which follows."""
         openai = self._openai
         try:
-            self._client.with_options(timeout=min(self.timeout, 10.0)).models.list()
+            listing = self._client.with_options(timeout=min(self.timeout, 10.0)).models.list()
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
             raise JudgeConnectionError(
                 f"Cannot reach the judge at {self.base_url} ({type(err).__name__}). Start the judge server or fix "
                 f"the base URL; pass check_connection=False to JudgeReward to skip this start-up check."
             ) from err
         except openai.APIStatusError:
-            pass
+            return
+        try:
+            self.served_models = [str(model.id) for model in listing.data]
+        except (AttributeError, TypeError):
+            self.served_models = None
+
+    def advice(self, error: JudgeRequestError) -> str:
+        key_set = "set" if os.environ.get(self.api_key_env) else "not set, so the placeholder 'EMPTY' was sent"
+        if error.status == 401:
+            return (
+                f"The judge rejected the API key: put a valid key in the environment variable {self.api_key_env} "
+                f"(currently {key_set}), or name the variable that holds it with api_key_env (--judge_api_key_env)."
+            )
+        if error.status == 403:
+            return (
+                f"The key in {self.api_key_env} is not allowed to use model {self.model!r} at {self.base_url}: use a "
+                "key with access to it, or another judge model."
+            )
+        if error.status == 404:
+            served = f" The server lists: {self.served_models}." if self.served_models else ""
+            return (
+                f"The judge has no model {self.model!r}, or {self.base_url} is not its OpenAI-compatible base URL "
+                f"(it usually ends in /v1).{served} Fix judge_model (--judge_model) or judge_base_url "
+                "(--judge_base_url)."
+            )
+        return (
+            f"Fix the request the judge refuses (model {self.model!r}, max_tokens={self.max_tokens}) or the server; "
+            "every judgement of a run would fail the same way."
+        )
+
+
+def _server_text(body, limit: int = 300) -> str:
+    """The error text a server put in its answer's body (OpenAI's and vLLM's `{"message": ...}`), cut to `limit`."""
+    if isinstance(body, dict):
+        nested = body.get("error")
+        if isinstance(nested, dict):
+            body = nested
+        text = body.get("message") or body.get("detail") or body.get("error") or json.dumps(body)
+    elif body is None:
+        text = ""
+    else:
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TransformersJudgeBackend(JudgeBackend):

@@ -22,8 +22,8 @@ to them; [`~trl_latent.rewards.judge.JudgeReward`] takes a name or any [`Rubric`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -56,13 +56,17 @@ class Rubric:
 
     `build(conversation, answer, row)` returns the chat messages for the judge; `row` holds the dataset columns of
     the sample (the extra keyword arguments TRL passes to reward functions). `required_columns` are checked up
-    front so a dataset without them fails with a clear error before any request is sent.
+    front so a dataset without them fails with a clear error before any request is sent. `example` is a small valid
+    sample for the start-up test judgement ([`~trl_latent.rewards.judge.JudgeReward.check_judgement`]): its
+    `required_columns`, plus `prompt` (the conversation) and `answer` (the answer judged); without one, each is a
+    short placeholder text.
     """
 
     name: str
     dimensions: tuple[Dimension, ...]
     required_columns: tuple[str, ...]
     build: Callable[[str, str, dict], list[dict]]
+    example: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -159,6 +163,13 @@ MMROLE_RUBRIC = Rubric(
     dimensions=MMROLE_DIMENSIONS,
     required_columns=("reference", "character", "profile"),
     build=_build_mmrole,
+    example={
+        "prompt": "What do you see in this picture?",
+        "answer": "Ahoy, matey! A red circle on a white sail, round as the full moon over the harbour!",
+        "reference": "Ahoy! A red circle sits alone on the white deck, like a lifebuoy in calm water.",
+        "character": "Captain Rolo",
+        "profile": {"introduction": "A cheerful old sea captain.", "catchphrase": "Ahoy!"},
+    },
 )
 
 PCOGALIGN_DIMENSIONS = (
@@ -217,6 +228,13 @@ PCOGALIGN_RUBRIC = Rubric(
     dimensions=PCOGALIGN_DIMENSIONS,
     required_columns=("reference", "role_set", "eval_info"),
     build=_build_pcogalign,
+    example={
+        "prompt": "My son will not stop crying. What should I do?",
+        "answer": "Kneel down to his height, speak softly and give him a hug; then ask him what happened.",
+        "reference": "Take a slow breath, sit down with him and ask what upset him.",
+        "role_set": "a Father at Home; a Fireman at Community",
+        "eval_info": {"ImageDesc": "a child crying on a sofa", "location": "Home", "EvalHelp": "be calm and gentle"},
+    },
 )
 
 RUBRICS = {"mmrole": MMROLE_RUBRIC, "pcogalign": PCOGALIGN_RUBRIC}

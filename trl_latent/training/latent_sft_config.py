@@ -7,15 +7,19 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ..modeling.configuration import WORLD_OUTPUTS
-from .stages import DEFAULT_WORLD_OUTPUT_SCHEDULE, STAGE_NAMES, WORLD_OUTPUT_SCHEDULES, resolve_stage
+from .stages import (
+    ABLATIONS,  # noqa: F401 (re-exported: it used to be defined here)
+    DEFAULT_WORLD_OUTPUT_SCHEDULE,
+    STAGE_NAMES,
+    WORLD_OUTPUT_SCHEDULES,
+    resolve_stage,
+)
 
 IDM_ENTROPY_FORMS = ("per_step", "batch_mean")
 TEXT_STATE_POSITIONS = ("text", "multimodal")
 BC_TARGETS = ("argmax", "soft")
 # Which codes drive the world model in `world_sft`: the policy's argmax (the authors' code) or the IDM's.
 WORLD_SFT_CODE_SOURCES = ("policy", "inverse")
-# The paper's ablations, each one switch of this config turned off (name -> field).
-ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 
 # Per-stage defaults from the authors' code (docs/architecture.md section 3): lr 1e-4 for stages 1, 3, 4, 1e-3 for stage 2,
 # 5e-5 and 3 epochs for stage 5, 1 epoch for every pre-training stage.

@@ -46,6 +46,7 @@ from ..modeling.model import LatentActionModel
 from ..modeling.modules import entropy_from_logits, gaussian_nll
 from .checkpointing import LatentCheckpointMixin
 from .latent_sft_config import LatentSFTConfig
+from .model_card import CardTraining, LatentModelCardMixin, stage_training
 from .stages import StagePlan, resolve_stage
 
 logger = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def stage_losses(
 
 
 # --------------------------------------------------------------------------------------------------- trainer
-class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
+class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
     r"""
     Trainer for the five supervised stages that build a latent action space (docs/architecture.md section 3): inverse
     dynamics warm-up, projector warm-up, joint inverse dynamics and projector training (with the cycle loss), policy
@@ -494,6 +495,10 @@ class LatentSFTTrainer(LatentCheckpointMixin, SFTTrainer):
             optimizers=optimizers,
         )
         self._skipped_records = 0
+
+    def _model_card_training(self) -> CardTraining:
+        """What the saved model's card says trained it: this stage (`trl_latent.training.model_card`)."""
+        return stage_training(self.stage_plan)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, then the latent-space health metrics of the trained model (logged, and kept in

@@ -34,7 +34,28 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from trl.trainer.utils import nanmax, nanmin, nanstd
+
+
+# TRL's NaN-aware statistics (so advantages and metrics match TRL's bit for bit), imported on first use: importing
+# `trl.trainer.utils` loads transformers' training stack and, through it, peft and bitsandbytes, which the loss names
+# alone (`LOSS_CLASSES`, read by the command-line parsers) do not need.
+def nanstd(*args, **kwargs):
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    return trl_nanstd(*args, **kwargs)
+
+
+def nanmin(tensor):
+    from trl.trainer.utils import nanmin as trl_nanmin
+
+    return trl_nanmin(tensor)
+
+
+def nanmax(tensor):
+    from trl.trainer.utils import nanmax as trl_nanmax
+
+    return trl_nanmax(tensor)
+
 
 __all__ = [
     "LOSS_CLASSES",

@@ -7,13 +7,16 @@ trainers use it: `TokenGRPOTrainer` (token actions) and `LatentGRPOTrainer` (lat
 token run differ only in the action space.
 
 Overridden TRL private methods (pinned by `tests/test_trl_contract.py`), each wrapped with `super()`:
-`_calculate_rewards` (keeps the rewards and logs diversity) and `_generate_and_score_completions` (advantages from the
-loss object).
+`_calculate_rewards` (keeps the rewards, logs diversity and watches for a failed reward) and
+`_generate_and_score_completions` (advantages from the loss object). `train` is wrapped too: a run whose reward failed
+for `max_failed_reward_batches` batches in a row saves a checkpoint and stops, and `train()` raises
+[`~trl_latent.training.reward_failures.RewardFailureError`].
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ from trl import GRPOConfig
 
 from ..metrics.diversity import Embedder, group_diversity
 from .losses import LOSS_CLASSES, PolicyLoss, get_loss, loss_from_config
+from .reward_failures import RewardFailureCallback, RewardFailureError, RewardFailureMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,11 @@ class PolicyLossMixin:
       batch-first `sequence_mask` with the matching `num_items_in_batch` when zero-variance groups are dropped);
     - `_compute_policy_loss(inputs, per_token_logps, entropies)`: calls the loss object with everything TRL's
       `_compute_loss` would use and logs its metrics under TRL's names. A trainer's `_compute_loss` computes the
-      per-step log-probabilities (tokens or latent codes) and returns this.
+      per-step log-probabilities (tokens or latent codes) and returns this;
+    - the reward-failure stop (`trl_latent.training.reward_failures`): after `_setup_reward_failure_stop(n)` (the
+      trainer calls it once TRL is set up), `_calculate_rewards` counts training batches whose judge failed every
+      judgement or whose reward functions all returned `None`; at `n` in a row the step ends with a checkpoint and a
+      stop, and `train()` raises `RewardFailureError`.
 
     Put it before `GRPOTrainer` in the bases: `class MyTrainer(PolicyLossMixin, GRPOTrainer)`.
     """
@@ -129,6 +137,8 @@ class PolicyLossMixin:
 
     # ------------------------------------------------------------------------------------------------ rollouts
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # A judge keeps its last batch's outcome (`last_batch`); a fresh object after the call is this batch's.
+        before = [getattr(func, "last_batch", None) for func in self.reward_funcs]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         device = rewards_per_func.device
         lengths = torch.tensor([len(ids) for ids in completion_ids_list], device=device)
@@ -136,7 +146,46 @@ class PolicyLossMixin:
         self._rollout_completion_lengths = self.accelerator.gather(lengths)
         self._rollout_rewards_per_func = rewards_per_func
         self._log_rollout_diversity(completions)
+        self._watch_reward_failures(rewards_per_func, before)
         return rewards_per_func
+
+    # ------------------------------------------------------------------------------------------------ reward failure
+    def _setup_reward_failure_stop(self, max_failed_batches: int) -> None:
+        """Stop the run (checkpoint, then `RewardFailureError` from `train()`) after `max_failed_batches` training
+        batches in a row without a reward; `0` only warns."""
+        self._reward_failures = RewardFailureMonitor(max_failed_batches)
+        self.add_callback(RewardFailureCallback(self._reward_failures))
+
+    def _watch_reward_failures(self, rewards_per_func: torch.Tensor, before: list) -> None:
+        monitor = getattr(self, "_reward_failures", None)
+        if monitor is None or not self.model.training:
+            return
+        reports = []
+        for func, name, previous in zip(self.reward_funcs, self.reward_func_names, before):
+            outcome = getattr(func, "last_batch", None)
+            if outcome is not None and outcome is not previous:
+                reports.append(
+                    (name, outcome.judgements, outcome.failures, dict(outcome.reasons), dict(outcome.examples))
+                )
+        reports = gather_object(reports)  # every process decides on the same counts, so all stop at the same step
+        # `rewards_per_func` is gathered already; NaN is TRL's "this function returned None".
+        all_none = bool(rewards_per_func.numel()) and bool(torch.isnan(rewards_per_func).all())
+        monitor.observe(len(rewards_per_func), all_none, reports, list(self.reward_func_names))
+
+    def train(self, *args, **kwargs):
+        monitor = getattr(self, "_reward_failures", None)
+        if monitor is not None:
+            monitor.reset()
+        output = super().train(*args, **kwargs)
+        if monitor is not None and monitor.stop_requested:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            step = self.state.global_step
+            checkpoint = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+            if self.args.should_save and not os.path.isdir(checkpoint):
+                checkpoint = None  # e.g. save_strategy="best" overrode the save the stop asked for
+            raise RewardFailureError(monitor.message(step, checkpoint), checkpoint=checkpoint, step=step)
+        return output
 
     def _num_generations_now(self) -> int:
         return self.num_generations if self.model.training else self.num_generations_eval

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ABLATIONS",
     "DEFAULT_WORLD_OUTPUT_SCHEDULE",
     "PRETRAIN_STAGE_NAMES",
     "STAGES",
@@ -51,6 +52,9 @@ STREAMS = ("paired", "text")
 
 # The ablation switches of the paper (section 5.4 of arXiv 2601.07516), as `LatentSFTConfig` field names.
 SWITCHES = ("use_text_only", "use_projector", "use_cycle_loss")
+# The paper's ablations, each one switch turned off (name -> field). Here, not in `latent_sft_config` (which re-exports
+# it), so that reading the names does not import TRL's config classes and transformers' training stack.
+ABLATIONS = {"no_cycle_loss": "use_cycle_loss", "no_projector": "use_projector", "no_text_only": "use_text_only"}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ reuses (re-exported here with `resolve_policy_loss` and `build_diversity_embedde
 Overridden TRL private methods (pinned by `tests/test_trl_contract.py`), each wrapped with `super()`:
 `_calculate_rewards` (keeps the rewards and logs diversity) and `_generate_and_score_completions` (advantages from the
 loss object), both in `PolicyLossMixin`, and `_compute_loss` (log-probabilities from TRL, loss from the loss object).
+`train(resume_from_checkpoint=True)` resumes from the newest complete checkpoint (`ResumeCheckpointMixin`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .checkpointing import ResumeCheckpointMixin
 from .losses import PolicyLoss
 
 # The policy-loss glue lives in its own module; re-exported here, where it used to live.
@@ -29,6 +31,7 @@ from .policy_loss import (
     build_diversity_embedder,
     resolve_policy_loss,
 )
+from .reward_failures import MAX_FAILED_REWARD_BATCHES
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ FORWARD_KWARGS = (
 )
 
 
-class TokenGRPOTrainer(PolicyLossMixin, GRPOTrainer):
+class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     """
     TRL's [`~trl.GRPOTrainer`] with a pluggable [`~trl_latent.training.losses.PolicyLoss`]: the token-level baseline of
     [`LatentGRPOTrainer`], computing its objective with the very same loss classes.
@@ -72,6 +75,11 @@ class TokenGRPOTrainer(PolicyLossMixin, GRPOTrainer):
             group's completions) with this embedder: `"default"` (all-MiniLM-L6-v2, offline), a sentence-transformers
             model name or folder, or a callable `texts -> (N, dim)` tensor. `None` (default) logs only distinct-n and
             self-BLEU.
+        max_failed_reward_batches (`int`, *optional*, defaults to `3`):
+            Generation batches in a row without a reward (the judge failed every judgement, or every reward function
+            returned `None`) after which the run saves a checkpoint and stops, `train()` raising
+            [`~trl_latent.training.reward_failures.RewardFailureError`]; `0` never stops (as `LatentGRPOConfig`'s
+            field of the same name).
 
     Example:
 
@@ -103,6 +111,7 @@ class TokenGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         *positional,
         loss: str | PolicyLoss | None = None,
         diversity_embedder: str | Callable | None = None,
+        max_failed_reward_batches: int = MAX_FAILED_REWARD_BATCHES,
         **kwargs,
     ):
         if args is None:  # as GRPOTrainer does, but the loss must see the config before TRL builds the reference
@@ -112,6 +121,7 @@ class TokenGRPOTrainer(PolicyLossMixin, GRPOTrainer):
         self.diversity_embedder = build_diversity_embedder(diversity_embedder)
         super().__init__(model, reward_funcs, args, *positional, **kwargs)
         self._check_policy_loss_support()
+        self._setup_reward_failure_stop(max_failed_reward_batches)
 
     def _compute_loss(self, model, inputs):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
