@@ -5,6 +5,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
+import textwrap  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -19,40 +21,129 @@ def tiny_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_models")
 
 
-@pytest.fixture
-def launch_two_processes():
-    """Run a training script in two processes under `accelerate launch` with one of `examples/accelerate_configs/`;
-    the script writes `rank{i}.pt` into the folder it gets as its first argument. Returns both ranks' records."""
+# Written beside every launched script as `rank_sampling.py`. Latent rollouts draw their codes from the global torch
+# generator, one draw per step for a process's whole batch, so two processes (same seed) and one process with their
+# combined batch sample differently; `sample_as_ranks` makes them sample alike, so that a two-process run can be
+# compared with a one-process run of the same global batch.
+RANK_SAMPLING = textwrap.dedent(
+    """
+    import torch
+    from trl_latent.training import latent_grpo_trainer
+
+
+    def sample_as_ranks(ranks: int, seed: int = 0) -> None:
+        \"\"\"From the first rollout on, `LatentGRPOTrainer` samples each of `ranks` equal slices of a generation batch
+        from a random state of its own (all seeded with `seed` at the first rollout), as `ranks` processes each holding
+        one slice would (`ranks=1`: the whole batch, as one of several processes does).\"\"\"
+        generate = latent_grpo_trainer.latent_generate
+        states = []
+
+        def as_ranks(model, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, mm_token_type_ids=None,
+                     **kwargs):
+            if not states:
+                states.extend([torch.Generator().manual_seed(seed).get_state()] * ranks)
+            rows = input_ids.shape[0] // ranks
+            patches = [0, *image_grid_thw.prod(-1).cumsum(0).tolist()] if image_grid_thw is not None else None
+            outs = []
+            for rank in range(ranks):
+                part = slice(rank * rows, (rank + 1) * rows)
+                torch.set_rng_state(states[rank])
+                outs.append(
+                    generate(
+                        model,
+                        input_ids[part],
+                        attention_mask[part],
+                        None if patches is None else pixel_values[patches[part.start] : patches[part.stop]],
+                        None if image_grid_thw is None else image_grid_thw[part],
+                        None if mm_token_type_ids is None else mm_token_type_ids[part],
+                        **kwargs,
+                    )
+                )
+                states[rank] = torch.get_rng_state()
+            return _concatenate(outs)
+
+        latent_grpo_trainer.latent_generate = as_ranks
+
+
+    def _concatenate(outs):
+        \"\"\"One `LatentGenerateOutput` of the rows of `outs` (same prompt width), each field zero-padded along its
+        step dimension (1; the last for `position_ids`) to the longest completion: padded steps are masked, as the
+        trainer pads them itself.\"\"\"
+        steps = max(out.completion_ids.shape[1] for out in outs)
+
+        def cat(name, dim=1):
+            parts = []
+            for out in outs:
+                t = getattr(out, name)
+                if t is None:
+                    return None
+                shape = list(t.shape)
+                shape[-1 if name == "position_ids" else dim] = steps - out.completion_ids.shape[1]
+                parts.append(torch.cat([t, t.new_zeros(shape)], dim=-1 if name == "position_ids" else dim))
+            return torch.cat(parts, dim=-2 if name == "position_ids" and parts[0].dim() == 3 else 0)
+
+        return type(outs[0])(**{name: cat(name) for name in outs[0].keys()})  # the fields that are set
+    """
+)
+
+
+def _launch_script(script_text: str, tmp_path, script_args, launcher: list[str]) -> list[dict]:
+    """Write `script_text` (and `rank_sampling.py`) to `tmp_path`, run it with `launcher` and the folder it writes
+    `rank{i}.pt` into as its first argument, and return the records of the ranks that wrote one."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "train.py"
+    script.write_text(script_text)
+    (tmp_path / "rank_sampling.py").write_text(RANK_SAMPLING)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(root),
+    }
+    cmd = [sys.executable, *launcher, str(script), str(out), *map(str, script_args)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return [torch.load(path, weights_only=False) for path in sorted(out.glob("rank*.pt"))]
+
+
+@pytest.fixture
+def launch_two_processes():
+    """Run a training script in two processes under `accelerate launch` with one of `examples/accelerate_configs/`;
+    the script writes `rank{i}.pt` into the folder it gets as its first argument. Returns both ranks' records."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "examples" / "accelerate_configs"
 
     def launch(config: str, script_text: str, tmp_path: Path, *script_args) -> list[dict]:
-        tmp_path.mkdir(parents=True, exist_ok=True)
-        script = tmp_path / "train.py"
-        script.write_text(script_text)
-        out = tmp_path / "out"
-        out.mkdir()
-        cmd = [
-            *(sys.executable, "-m", "accelerate.commands.launch"),
-            *("--config_file", str(root / "examples" / "accelerate_configs" / config)),
+        launcher = [
+            *("-m", "accelerate.commands.launch", "--config_file", str(configs / config)),
             *("--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"),
-            *(str(script), str(out), *map(str, script_args)),
         ]
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(root),
-        }
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-        return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
+        ranks = _launch_script(script_text, tmp_path, script_args, launcher)
+        assert len(ranks) == 2
+        return ranks
+
+    return launch
+
+
+@pytest.fixture(scope="session")
+def launch_one_process():
+    """Run a script written for `launch_two_processes` in one plain process (no `accelerate launch`, no DeepSpeed):
+    the reference a two-process run is compared with. Returns its `rank0.pt` record."""
+
+    def launch(script_text: str, tmp_path, *script_args) -> dict:
+        (record,) = _launch_script(script_text, tmp_path, script_args, [])
+        return record
 
     return launch
 

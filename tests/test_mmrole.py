@@ -269,17 +269,22 @@ def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
 
     write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1)
     dataset = to_sft(load_mmrole(tmp_path / "shapes", image_size=(56, 56), splits=("sft",))["sft"])
+    # One session per file: 4 records, one batch, so every step's loss is measured on the same records.
+    assert len(dataset) == 4
     model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
     args = SFTConfig(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
-        max_steps=1,
+        max_steps=5,
+        learning_rate=1e-3,
         use_cpu=True,
         bf16=False,
         report_to="none",
         logging_steps=1,
         assistant_only_loss=True,
         max_length=None,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = SFTTrainer(model=model, processing_class=processor, args=args, train_dataset=dataset)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -289,7 +294,11 @@ def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
     ]
     assert all(any(text.startswith(ref) for ref in dataset["reference"]) for text in labelled)
     trainer.train()
-    assert trainer.state.log_history[0]["loss"] > 0
+    # The model learns the reference answers: the loss falls at every step (measured: 6.082 -> 5.906 -> 5.786 -> 5.701
+    # -> 5.645; the untrained tiny VLM starts near log(454 tokens) = 6.12).
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 5
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[0] - losses[-1] > 0.3, losses
 
 
 # --------------------------------------------------------------------------------------------------- the real release

@@ -55,9 +55,22 @@ def test_quick_pipeline_end_to_end_through_the_cli(tmp_path, tiny_cache, capsys)
     assert [r[0] for r in health_rows] == [f"| {stage}" for stage in stages]
     assert {r[1] for r in health_rows} == {"merge_delta"}
     for row in health_rows:
-        accuracies = [float(v) for v in row[2:6]]
-        assert all(0.0 <= a <= 1.0 for a in accuracies) and accuracies[2] >= max(accuracies[:2])  # best >= any
-        assert float(row[6]) >= 1.0  # controllability
+        assert all(0.0 <= float(v) <= 1.0 for v in row[2:6])  # accuracies
+    # Each stage changes what it trains and nothing else (measured at this size: IDM-code accuracy 0.203 after stages 1
+    # and 2, 0.364 after 3 and 4, 0.470 after 5; base alone 0.459, then 0.413 after 5; policy entropy 2.7622 before
+    # stage 4, 2.7630 after it; policy-code accuracy 0.364 -> 0.355 in stage 4).
+    health = {name: stage["health"] for name, stage in stages.items()}
+    assert health["projector_warmup"] == health["inverse_warmup"]  # stage 2 trains only the projectors
+    assert health["joint"]["health/world_accuracy_inverse"] > health["inverse_warmup"]["health/world_accuracy_inverse"]
+    untouched_by_policy = ("base_accuracy", "world_accuracy_inverse", "world_accuracy_best", "controllability")
+    for key in (*untouched_by_policy, "codes_used_inverse"):  # stage 4 trains only the policy ...
+        assert health["policy_bc"][f"health/{key}"] == health["joint"][f"health/{key}"], key
+    assert health["joint"]["health/policy_entropy"] == health["inverse_warmup"]["health/policy_entropy"]
+    for key in ("policy_entropy", "world_accuracy_policy"):  # ... and the policy's codes changed
+        assert health["policy_bc"][f"health/{key}"] != health["joint"][f"health/{key}"], key
+    # Stage 5 fine-tunes the base: the base alone predicts otherwise, and the world model says more answer tokens.
+    assert health["world_sft"]["health/base_accuracy"] != health["policy_bc"]["health/base_accuracy"]
+    assert health["world_sft"]["health/world_accuracy_inverse"] > health["policy_bc"]["health/world_accuracy_inverse"]
     assert "latent/token" in table
     assert format_results(results) in out
     # The demo explains its columns and writes the study's plots for its own run.

@@ -26,6 +26,21 @@ def length_reward(completions, **kwargs):
     return [float(len(_text(c))) for c in completions]
 
 
+def word_start_reward(tokenizer):
+    """The fraction of completion tokens that start a word (byte-level BPE marks the leading space with "Ġ"): about 1
+    in 5 for the untrained tiny models (93 of their 454 tokens); a policy raises it by sampling those tokens more."""
+    word_starts = {
+        i
+        for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+        if token.startswith("\u0120")
+    }
+
+    def word_starts_fraction(completion_ids, **kwargs):
+        return [sum(t in word_starts for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    return word_starts_fraction
+
+
 def _lm_dataset():
     prompts = [f"Which colour is the {shape}?" for shape in ("circle", "square")] * 4
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
@@ -65,11 +80,13 @@ def _build(kind, tiny_cache):
     return model, processing_class, _vlm_dataset()
 
 
-def _train(trainer_cls, kind, tiny_cache, tmp_path, *, args_kwargs=None, **trainer_kwargs):
+def _train(trainer_cls, kind, tiny_cache, tmp_path, *, args_kwargs=None, reward=None, **trainer_kwargs):
+    """Train on `kind`'s tiny model; `reward(tokenizer)` builds the reward function (default: `length_reward`)."""
     model, processing_class, dataset = _build(kind, tiny_cache)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     trainer = trainer_cls(
         model=model,
-        reward_funcs=length_reward,
+        reward_funcs=length_reward if reward is None else reward(tokenizer),
         args=_args(tmp_path, **(args_kwargs or {})),
         train_dataset=dataset,
         processing_class=processing_class,
@@ -90,14 +107,34 @@ def _assert_all_trainable_changed(trainer, before):
 
 
 # ----------------------------------------------------------------------------------------------- training
+# Measured (12 steps at a constant lr 3e-2, 2 prompts x 4 completions of 8 tokens, seed 0), mean reward of the first 4
+# steps -> the last 4: LM 0.250 -> 0.996 with every loss; VLM (beta 0.01) 0.215 -> 0.73-0.76. With the loss's sign
+# flipped the reward falls instead (LM 0.238 -> 0.070, VLM 0.211 -> 0.062). Asked: a rise of at least 0.3.
+LEARNING_STEPS = 12
+MIN_REWARD_RISE = 0.3
+
+
 @pytest.mark.parametrize("kind, beta", [("lm", 0.0), ("vlm", 0.01)])
 @pytest.mark.parametrize("loss_name", LOSS_NAMES)
 def test_trains_with_each_loss(tiny_cache, tmp_path, loss_name, kind, beta):
-    trainer, before = _train(TokenGRPOTrainer, kind, tiny_cache, tmp_path, args_kwargs=dict(beta=beta), loss=loss_name)
+    """Each loss learns: the share of word-starting tokens in the completions rises clearly within a dozen steps."""
+    args_kwargs = dict(
+        beta=beta,
+        per_device_train_batch_size=8,
+        max_steps=LEARNING_STEPS,
+        learning_rate=3e-2,
+        lr_scheduler_type="constant",
+    )
+    trainer, before = _train(
+        TokenGRPOTrainer, kind, tiny_cache, tmp_path, args_kwargs=args_kwargs, reward=word_start_reward, loss=loss_name
+    )
     assert isinstance(trainer.policy_loss, LOSS_CLASSES[loss_name]) and trainer.loss_type == loss_name
     _assert_all_trainable_changed(trainer, before)
     logs = _step_logs(trainer)
-    assert len(logs) == 2
+    assert len(logs) == LEARNING_STEPS
+    rewards = [log["reward"] for log in logs]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last - first >= MIN_REWARD_RISE, rewards
     for log in logs:
         assert {"loss", "entropy", "clip_ratio/region_mean", *DIVERSITY_KEYS} <= set(log)
         assert 0.0 < log["diversity/distinct_1"] <= 1.0 and 0.0 < log["diversity/distinct_2"] <= 1.0
