@@ -206,7 +206,7 @@ def test_config_defaults_follow_the_paper():
         ("top_p", 0.9, "code_top_p"),
         ("min_p", 0.1, "code_top_k"),
         ("repetition_penalty", 1.1, "code_top_k"),
-        ("cache_implementation", "static", "dynamic KV caches"),
+        ("cache_implementation", "static", "latent_cache_implementation"),
         ("cast_lm_head_to_fp32", True, "float32"),
         ("use_liger_kernel", True, "leave it False"),
         ("gradient_checkpointing", True, "gradient_checkpointing=False"),
@@ -228,6 +228,10 @@ def test_config_rejects_bad_values():
         LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=6, num_generations=4)
     with pytest.raises(ValueError, match="token_strategy"):
         LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, token_strategy="beam")
+    with pytest.raises(ValueError, match=r"latent_cache_implementation must be one of \('dynamic', 'static'\)"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, latent_cache_implementation="paged")
+    with pytest.raises(ValueError, match="compile_latent_step=True needs latent_cache_implementation='static'"):
+        LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, compile_latent_step=True)
 
 
 # --------------------------------------------------------------------------------------------------- bad input
@@ -413,6 +417,63 @@ def test_update_reuses_rollout_states_and_matches_rollout_logprobs(reuse, model,
     assert len(captured) == 4
     for logps, sampling_logps in captured[:2]:  # the first optimizer step: on-policy
         torch.testing.assert_close(logps, sampling_logps, rtol=0, atol=1e-5)
+
+
+def test_static_cache_rollouts_give_the_same_loss(initial_model, processor, dataset, tmp_path, monkeypatch):
+    """`latent_cache_implementation` and `compile_latent_step` reach latent decoding; one step under each cache (same
+    seed) rolls out the same codes and completions and computes the same loss and states. (The compiled step itself is
+    tested in tests/test_latent_decoding_engine.py; here it is only asked for, and decoded uncompiled.)"""
+    from trl_latent.training import latent_grpo_trainer
+
+    decode = latent_grpo_trainer.latent_generate
+    used = []
+
+    def recording(*args, **kwargs):
+        used.append((kwargs["cache_implementation"], kwargs["compile_step"]))
+        return decode(*args, **{**kwargs, "compile_step": False})
+
+    monkeypatch.setattr(latent_grpo_trainer, "latent_generate", recording)
+    runs = [("dynamic", False), ("static", False), ("static", True)]
+    seen = []
+    for cache, compiled in runs:
+        trainer = make_trainer(
+            copy.deepcopy(initial_model),
+            processor,
+            dataset,
+            tmp_path / f"{cache}-{compiled}",
+            latent_cache_implementation=cache,
+            compile_latent_step=compiled,
+            max_steps=1,
+        )
+        compute_loss = trainer._compute_loss
+        records = []
+
+        def recording_loss(model_, inputs, compute_loss=compute_loss, records=records):
+            loss = compute_loss(model_, inputs)
+            records.append(
+                {"loss": loss.detach(), **{k: inputs[k] for k in ("codes", "completion_ids", "rollout_states")}}
+            )
+            return loss
+
+        def recording_policy_loss(
+            inputs, per_token_logps, entropies, policy_loss=trainer._compute_policy_loss, records=records, **kw
+        ):
+            records.append({"logps": per_token_logps.detach(), "advantages": inputs["advantages"]})
+            return policy_loss(inputs, per_token_logps, entropies, **kw)
+
+        trainer._compute_loss, trainer._compute_policy_loss = recording_loss, recording_policy_loss
+        trainer.train()
+        seen.append({k: v for record in records for k, v in record.items()})
+    assert used == runs
+    dynamic = seen[0]
+    assert dynamic["advantages"].abs().sum() > 0  # rewards differ within groups: the loss has something to compare
+    for static in seen[1:]:
+        assert torch.equal(dynamic["codes"], static["codes"])
+        assert torch.equal(dynamic["completion_ids"], static["completion_ids"])
+        torch.testing.assert_close(dynamic["rollout_states"], static["rollout_states"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(dynamic["advantages"], static["advantages"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(dynamic["logps"], static["logps"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(dynamic["loss"], static["loss"], rtol=1e-4, atol=1e-6)
 
 
 def test_off_policy_iterations_use_rollout_logprobs_as_old(model, processor, dataset, tmp_path):

@@ -10,6 +10,7 @@ from .losses import LOSS_CLASSES, PolicyLoss
 from .reward_failures import MAX_FAILED_REWARD_BATCHES
 
 TOKEN_STRATEGIES = ("greedy", "sample")
+LATENT_CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 
 @dataclass
@@ -41,6 +42,15 @@ class LatentGRPOConfig(GRPOConfig):
         token_strategy (`str`, *optional*, defaults to `"greedy"`):
             How the frozen world model turns (state, code) into the next token: `"greedy"` (the paper: all exploration
             comes from the codes) or `"sample"` (from the world model's token distribution at `temperature`).
+        latent_cache_implementation (`str`, *optional*, defaults to `"dynamic"`):
+            The KV caches of latent decoding (the base's and the policy's): `"dynamic"` (grown by one position per
+            step) or `"static"` (pre-allocated for the prompt width + `max_completion_length`, so every decoding step
+            has the same shapes). Both give the same codes and tokens for the same seed.
+        compile_latent_step (`bool`, *optional*, defaults to `False`):
+            Run each latent decoding step (base token forward, policy layers, code choice, world-model token) through
+            `torch.compile`, with CUDA graphs (`mode="reduce-overhead"`) on CUDA. Needs
+            `latent_cache_implementation="static"`; the first rollout pays the compilation, and the static caches stay
+            allocated between rollouts of the same shape.
 
         > The objective
 
@@ -118,6 +128,20 @@ class LatentGRPOConfig(GRPOConfig):
             "choices": list(TOKEN_STRATEGIES),
         },
     )
+    latent_cache_implementation: str = field(
+        default="dynamic",
+        metadata={
+            "help": "KV caches of latent decoding: 'dynamic' (grown per step) or 'static' (pre-allocated).",
+            "choices": list(LATENT_CACHE_IMPLEMENTATIONS),
+        },
+    )
+    compile_latent_step: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile each latent decoding step (CUDA graphs on CUDA); needs "
+            "latent_cache_implementation='static'."
+        },
+    )
     # Objective
     # Annotated `str | None` so TrlParser / HfArgumentParser can read it from the command line; a PolicyLoss object
     # is accepted too (dataclasses do not check types).
@@ -175,6 +199,16 @@ class LatentGRPOConfig(GRPOConfig):
         self._reject_unsupported()
         if self.token_strategy not in TOKEN_STRATEGIES:
             raise ValueError(f"token_strategy must be one of {TOKEN_STRATEGIES} (got {self.token_strategy!r}).")
+        if self.latent_cache_implementation not in LATENT_CACHE_IMPLEMENTATIONS:
+            raise ValueError(
+                f"latent_cache_implementation must be one of {LATENT_CACHE_IMPLEMENTATIONS} (got "
+                f"{self.latent_cache_implementation!r})."
+            )
+        if self.compile_latent_step and self.latent_cache_implementation != "static":
+            raise ValueError(
+                "compile_latent_step=True needs latent_cache_implementation='static': a dynamic cache changes shape "
+                "every decoding step, so the compiled step would recompile."
+            )
         if self.max_failed_reward_batches is None or self.max_failed_reward_batches < 0:
             raise ValueError(
                 f"max_failed_reward_batches must be >= 0 (0 never stops the run), got {self.max_failed_reward_batches}."
@@ -242,7 +276,8 @@ class LatentGRPOConfig(GRPOConfig):
             (
                 self.cache_implementation is not None,
                 f"cache_implementation={self.cache_implementation!r}",
-                "latent decoding always uses dynamic KV caches; leave it None",
+                "latent decoding has its own caches: set latent_cache_implementation ('dynamic' or 'static') and "
+                "leave cache_implementation None",
             ),
             (
                 self.cast_lm_head_to_fp32,

@@ -596,6 +596,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
                 eos_token_id=self.eos_token_ids,
                 pad_token_id=self._tokenizer.pad_token_id,
                 return_states=args.reuse_rollout_states,
+                cache_implementation=args.latent_cache_implementation,
+                compile_step=args.compile_latent_step,
             )
             self._rollout_output = out
             return out.sequences
@@ -648,6 +650,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         if self.args.reuse_rollout_states:
             # States and positions of the P+T-1 positions the codes were chosen at, batch-first so TRL's shuffle and
             # split (which index dim 0) keep them with their rows: mRoPE positions (3, B, S) become (B, 3, S).
+            # The states are in the dtype the policy already consumed them in during decoding (the base's compute
+            # dtype), the one the update feeds it: no cast, no copy beyond `_fit`'s.
             output[STATES_KEY] = _fit(out.states, prompt_width + steps - 1)
             positions = out.position_ids.transpose(0, 1) if out.position_ids.dim() == 3 else out.position_ids
             output[POSITIONS_KEY] = _fit(positions, prompt_width + steps - 1, dim=-1)
