@@ -20,8 +20,15 @@ measured before the model is built). CPU times are indicative only: report ratio
     python benchmarks/rl_step.py --size tiny --out outputs/bench_rl_step.json
     python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32
 
-Sizes: `tiny` (the unit-test VLM; latent: 16 codes, 1 policy layer) and `cpu-3b-depth` (the real Qwen2.5-VL-3B depth
-ratio, 36 base layers and 8 policy layers, at hidden size 256, random weights; 128 codes).
+    python benchmarks/rl_step.py --size cpu-3b-width --variants token-static latent-static
+
+Sizes (benchmarks/common.py): `tiny` (the unit-test VLM; latent: 16 codes, 1 policy layer), `cpu-3b-depth` (the real
+Qwen2.5-VL-3B depth ratio, 36 base layers and 8 policy layers, at hidden size 256, random weights; 128 codes),
+`cpu-3b-width` (the real Qwen2.5-VL-3B width and vocabulary, 4 base layers, 1 policy layer) and, on a CUDA GPU, `3b` /
+`7b` (the released shapes, random bf16 weights). `--variants` adds static-cache runs (stock TRL with HF's static
+cache; `LatentGRPOTrainer` with `latent_cache_implementation="static"`, optionally compiled), reported as ratios to the
+stock trainer. The table also gives the arithmetic ratio of a decoding step (`common.decoding_step_flops`) and what
+`trl-latent plan` predicts for the latent run's peak memory beside the measured one (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PHASES = ("generation", "scoring", "update")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SIZES, write_results  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- one trainer
@@ -81,7 +91,63 @@ class _Timer:
         setattr(obj, name, timed)
 
 
-def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: int, repeats: int, cache_dir=None):
+KINDS = ("token", "latent", "token-static", "latent-static", "latent-static-compiled")
+
+
+def _prompt_tokens(processor, example) -> tuple[int, int]:
+    """(tokens, image tokens) of one dataset prompt as the trainers encode it."""
+    text = processor.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+    ids = processor(text=[text], images=[example["image"]], return_tensors="pt")["input_ids"][0]
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return len(ids), int((ids == image_token).sum())
+
+
+def _plan(model, folder: Path, batch: int, seq_len: int, image_tokens: int, precision: str) -> dict:
+    """What `trl-latent plan` predicts for this latent model's RL step (one process, DDP accounting)."""
+    from trl_latent.planning import make_plan
+
+    model.save_pretrained(folder)
+    plan = make_plan(
+        str(folder),
+        "grpo",
+        zero="ddp",
+        batch_size=batch,
+        seq_len=seq_len,
+        image_tokens=image_tokens,
+        precision=precision,
+        gpu_memory_gib=10**6,
+        suggest=False,
+    )
+    memory = plan.memory("ddp")
+    parts = ("weights", "gradients", "optimizer", "reference", "activations")
+    return {"plan_peak_mb": memory.total / 2**20, **{f"plan_{k}_mb": getattr(memory, k) / 2**20 for k in parts}}
+
+
+def _longer(dataset, prompt_repeat: int):
+    """Repeat each prompt's question `prompt_repeat` times (longer prompts, the same image)."""
+    if prompt_repeat <= 1:
+        return dataset
+
+    def longer(example):
+        for message in example["prompt"]:
+            for part in message["content"]:
+                if part["type"] == "text" and message["role"] == "user":
+                    part["text"] = " ".join([part["text"]] * prompt_repeat)
+        return example
+
+    return dataset.map(longer)
+
+
+def run_one(
+    kind: str,
+    size: str,
+    prompts: int,
+    generations: int,
+    new_tokens: int,
+    repeats: int,
+    cache_dir=None,
+    prompt_repeat: int = 1,
+):
     import torch
     from transformers import TrainerCallback
 
@@ -107,20 +173,27 @@ def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: in
         disable_tqdm=True,
         seed=0,
     )
-    dataset = synthetic_rl_dataset(prompts * (1 + repeats), seed=0)
+    dataset = _longer(synthetic_rl_dataset(prompts * (1 + repeats), seed=0), prompt_repeat)
+    dtype = {"dtype": torch.bfloat16} if cuda else {}
+    static = "static" in kind
+    extra = {}
 
     def reward(completions, **kwargs):
         return [float(len(c[0]["content"])) for c in completions]
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, processor, latent_kwargs = _base(size, cache_dir, Path(tmp) / "base")
-        if kind == "token":
+        prompt_tokens, image_tokens = _prompt_tokens(processor, dataset[0])
+        if kind.startswith("token"):
             from transformers import AutoModelForImageTextToText
             from trl import GRPOConfig, GRPOTrainer
 
-            # Exactly `new_tokens` tokens: EOS is not allowed before then.
-            args = GRPOConfig(tmp, **common, generation_kwargs={"min_new_tokens": new_tokens})
-            model = AutoModelForImageTextToText.from_pretrained(folder)
+            # Exactly `new_tokens` tokens: EOS is not allowed before then. HF's static cache where asked.
+            generation_kwargs = {"min_new_tokens": new_tokens}
+            if static:
+                generation_kwargs["cache_implementation"] = "static"
+            args = GRPOConfig(tmp, **common, generation_kwargs=generation_kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(folder, **dtype)
             trainer = GRPOTrainer(model, reward, args=args, train_dataset=dataset, processing_class=processor)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             reference = sum(p.numel() for p in trainer.ref_model.parameters()) if trainer.ref_model is not None else 0
@@ -129,8 +202,17 @@ def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: in
             from trl_latent.training.latent_grpo_config import LatentGRPOConfig
             from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
+            if static:  # the static-cache decoding path (and its compiled step)
+                common.update(latent_cache_implementation="static", compile_latent_step=kind.endswith("compiled"))
             args = LatentGRPOConfig(tmp, **common)
-            model = LatentActionModel.from_base(str(folder), **latent_kwargs)
+            model = LatentActionModel.from_base(str(folder), **dtype, **latent_kwargs)
+            from common import arithmetic_ratio
+
+            flops = arithmetic_ratio(model, context=prompt_tokens + new_tokens // 2)
+            extra["arithmetic_ratio"] = flops["ratio"]
+            precision = "bf16" if cuda else "fp32"
+            batch, seq_len = prompts * generations, prompt_tokens + new_tokens
+            extra.update(_plan(model, Path(tmp) / "latent", batch, seq_len, image_tokens, precision))
             trainer = LatentGRPOTrainer(model, reward, args=args, train_dataset=dataset, processing_class=processor)
             trainer.eos_token_ids = [-1]  # exactly `new_tokens` steps: no token ends a completion early
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -182,12 +264,15 @@ def run_one(kind: str, size: str, prompts: int, generations: int, new_tokens: in
         "device": "cuda" if cuda else "cpu",
         "generation_batch": prompts * generations,
         "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "image_tokens": image_tokens,
         "mean_completion_length": sum(lengths) / max(len(lengths), 1),
         "steps": steps,
         "parameters": total_params,
         "trainable_parameters": trainable,
         "reference_parameters": reference,
         **memory,
+        **extra,
     }
 
 
@@ -198,7 +283,7 @@ def _child(kind: str, args) -> dict:
     cmd = [
         *(sys.executable, __file__, "--child", kind, "--size", args.size, "--prompts", str(args.prompts)),
         *("--generations", str(args.generations), "--new-tokens", str(args.new_tokens)),
-        *("--repeats", str(args.repeats), "--out", out),
+        *("--repeats", str(args.repeats), "--prompt-repeat", str(args.prompt_repeat), "--out", out),
     ]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
@@ -224,13 +309,30 @@ def _merge(runs: list[dict]) -> dict:
     return merged
 
 
-def compare(token: dict, latent: dict) -> dict:
+def compare(token: dict, latent: dict, variants: dict | None = None) -> dict:
+    """Latent / token ratios of every reported field; `variants` (the static-cache runs, by kind) as ratios of their
+    phases to the stock trainer's (dynamic cache) ones."""
     keys = ["step_s", *(f"{p}_s" for p in PHASES), "peak_memory_mb", "reference_parameters", "trainable_parameters"]
     keys.append("mean_completion_length")
     if "peak_memory_over_start_mb" in token:
         keys.append("peak_memory_over_start_mb")
     ratios = {k: latent[k] / token[k] if token[k] else float("nan") for k in keys}
-    return {"token": token, "latent": latent, "latent_over_token": ratios}
+    result = {"token": token, "latent": latent, "latent_over_token": ratios}
+    result["arithmetic_ratio"] = latent["arithmetic_ratio"]
+    if "plan_peak_mb" in latent:
+        measured = latent.get("peak_memory_over_start_mb", latent["peak_memory_mb"])
+        result["plan_check"] = {
+            "predicted_mb": latent["plan_peak_mb"],
+            "measured_mb": measured,
+            "predicted_over_measured": latent["plan_peak_mb"] / measured if measured > 0 else None,
+        }
+    if variants:
+        result["variants"] = variants
+        result["variants_over_token"] = {
+            kind: {k: run[k] / token[k] for k in ("step_s", "generation_s", "peak_memory_mb")}
+            for kind, run in variants.items()
+        }
+    return result
 
 
 def table(result: dict) -> str:
@@ -253,33 +355,72 @@ def table(result: dict) -> str:
     for label, key in rows:
         fmt = "{:,.0f}" if "parameters" in key or "memory" in key else "{:.1f}" if "length" in key else "{:.3f}"
         lines.append(f"| {label} | {fmt.format(token[key])} | {fmt.format(latent[key])} | {ratio[key]:.2f}x |")
+    lines += ["", f"Arithmetic ratio (latent / token FLOPs per decoding step): {result['arithmetic_ratio']:.2f}."]
+    if "plan_check" in result:
+        check = result["plan_check"]
+        lines.append(
+            f"Plan check (latent): `trl-latent plan` predicts {check['predicted_mb']:,.0f} MB, measured "
+            f"{check['measured_mb']:,.0f} MB (predicted / measured "
+            f"{'n/a' if check['predicted_over_measured'] is None else format(check['predicted_over_measured'], '.2f')})."
+        )
+    if result.get("variants"):
+        lines += ["", "| run | whole step (s) | generation (s) | step / stock | generation / stock | memory / stock |"]
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for kind, run in result["variants"].items():
+            r = result["variants_over_token"][kind]
+            lines.append(
+                f"| {kind} | {run['step_s']:.3f} | {run['generation_s']:.3f} | {r['step_s']:.2f} | "
+                f"{r['generation_s']:.2f} | {r['peak_memory_mb']:.2f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=["tiny", "cpu-3b-depth"])
+    parser.add_argument("--size", default="tiny", choices=list(SIZES))
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="measured steps per process (after a warm-up step)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating token/latent processes per trainer")
+    parser.add_argument("--prompt-repeat", type=int, default=1, help="repeats of each prompt's question")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="outputs/bench_rl_step.json")
-    parser.add_argument("--child", choices=["token", "latent"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=KINDS[2:],
+        help="static-cache runs beside the two trainers: stock TRL with HF's static cache, latent decoding with the "
+        "static cache (and compiled); the latent ones need LatentGRPOConfig.latent_cache_implementation",
+    )
+    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         result = run_one(
-            args.child, args.size, args.prompts, args.generations, args.new_tokens, args.repeats, args.cache_dir
+            args.child,
+            args.size,
+            args.prompts,
+            args.generations,
+            args.new_tokens,
+            args.repeats,
+            args.cache_dir,
+            args.prompt_repeat,
         )
         Path(args.out).write_text(json.dumps(result))
         return result
-    runs = {"token": [], "latent": []}
-    for _ in range(args.rounds):  # alternate, so both see the same background load
+    from trl_latent.training.latent_grpo_config import LatentGRPOConfig
+
+    if not hasattr(LatentGRPOConfig, "latent_cache_implementation"):
+        for kind in [k for k in args.variants if k.startswith("latent")]:
+            print(f"{kind}: skipped, this checkout's LatentGRPOConfig has no latent_cache_implementation")
+            args.variants.remove(kind)
+    runs = {kind: [] for kind in ("token", "latent", *args.variants)}
+    for _ in range(args.rounds):  # alternate, so all see the same background load
         for kind in runs:
             runs[kind].append(_child(kind, args))
-    result = compare(_merge(runs["token"]), _merge(runs["latent"]))
-    from common import write_results
+    variants = {kind: _merge(runs[kind]) for kind in args.variants}
+    result = compare(_merge(runs["token"]), _merge(runs["latent"]), variants)
 
     write_results(args.out, result, table(result))
     return result
