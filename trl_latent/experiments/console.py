@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import warnings
 
-# Log messages (by logger) that say nothing actionable on the CPU job; matched as substrings.
+# Log messages (by logger) that say nothing actionable on the CPU job; matched as substrings. (bitsandbytes' kernel
+# notice is dropped for every command by `trl_latent.commands.common.quiet_import_notices`, which the CLI calls first.)
 _QUIET_LOGS = {
     # DeepSpeed announces at import that it fell back to the CPU accelerator.
     "DeepSpeed": ("Setting accelerator to CPU",),
-    # bitsandbytes looks for an optional CPU kernel package at import.
-    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
     # TRL's trainers align the model's special tokens with the tokenizer's (the tiny models' config omits them).
     "transformers.trainer_utils": ("The tokenizer has new PAD/BOS/EOS tokens",),
 }
