@@ -12,15 +12,19 @@ measured steps (CPU timings on a shared machine are noisy; the minimum is the le
 
 Both decode exactly `--new-tokens` tokens per completion (no EOS) with the same generation batch (prompts x
 generations), beta = 0.01 (the paper's, so the stock trainer builds its reference model) and no gradient
-checkpointing. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the peak resident set size of the
-process (`resource.getrusage(...).ru_maxrss`, which includes the Python/torch runtime, reported also minus the RSS
-measured before the model is built). CPU times are indicative only: report ratios, and absolute times only from a GPU
-(docs/architecture.md section 6).
+checkpointing (`--gradient-checkpointing`: the latent run checkpoints its policy layers; the `latent-checkpointing`
+variant adds such a run beside the plain one). Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the
+peak resident set size of the process (the kernel's high-water mark, `VmHWM`, as `ru_maxrss`; it includes the
+Python/torch runtime, reported also minus the RSS measured before the model is built). It is also reported **per
+phase** (the high-water mark is read and reset at every phase boundary): `setup` (building the models and the trainer,
+before the first step), generation, scoring and update, each the largest over all steps (warm-up included). CPU times
+are indicative only: report ratios, and absolute times only from a GPU (docs/architecture.md section 6).
 
     python benchmarks/rl_step.py --size tiny --out outputs/bench_rl_step.json
     python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32
 
     python benchmarks/rl_step.py --size cpu-3b-width --variants token-static latent-static
+    python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32 --variants latent-checkpointing
 
 Sizes (benchmarks/common.py): `tiny` (the unit-test VLM; latent: 16 codes, 1 policy layer), `cpu-3b-depth` (the real
 Qwen2.5-VL-3B depth ratio, 36 base layers and 8 policy layers, at hidden size 256, random weights; 128 codes),
@@ -48,6 +52,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PHASES = ("generation", "scoring", "update")
+# Peak memory is also reported per phase, and for what precedes the first step (models and trainer built).
+MEMORY_PHASES = ("setup", *PHASES)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SIZES, write_results  # noqa: E402
@@ -69,29 +75,82 @@ def _base(size: str, cache_dir, folder: Path):
     return folder, processor, latent_kwargs
 
 
-class _Timer:
-    """Accumulates wall time of wrapped trainer methods, per optimizer step."""
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
 
-    def __init__(self, sync):
+
+class _PhasePeaks:
+    """Peak memory per phase: the high-water mark is read, and reset, at every phase boundary (CUDA:
+    `max_memory_allocated` / `reset_peak_memory_stats`; CPU: the kernel's peak RSS `VmHWM`, reset by writing 5 to
+    `/proc/self/clear_refs`, Linux >= 4.0). Where it cannot be reset, phases are not reported."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.peaks: dict[str, float] = {}  # phase -> largest peak seen
+        if cuda:
+            import torch
+
+            self._torch = torch
+            self.available = True
+        else:  # not cleared yet: the first segment (`setup`) starts with the process
+            self.available = os.access("/proc/self/clear_refs", os.W_OK)
+
+    @staticmethod
+    def _clear() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def flush(self, phase: str) -> None:
+        """The segment since the last flush belongs to `phase`."""
+        if self.cuda:
+            peak = self._torch.cuda.max_memory_allocated() / 2**20
+            self._torch.cuda.reset_peak_memory_stats()
+        elif self.available:
+            peak = _vm_hwm_mb()
+            self._clear()
+        else:
+            return
+        self.peaks[phase] = max(self.peaks.get(phase, 0.0), peak)
+
+
+class _Timer:
+    """Accumulates wall time of wrapped trainer methods, per optimizer step, and hands phase boundaries to `peaks`:
+    a segment belongs to the innermost wrapped method running (`phase_of` its key), else to `self.outside`."""
+
+    def __init__(self, sync, peaks: _PhasePeaks, phase_of: dict[str, str]):
         self.sync = sync
         self.steps: list[dict[str, float]] = []
+        self.peaks, self.phase_of = peaks, phase_of
+        self.outside = "setup"
+        self.running: list[str] = []
+
+    def boundary(self) -> None:
+        self.peaks.flush(self.phase_of[self.running[-1]] if self.running else self.outside)
 
     def wrap(self, obj, name, key):
         method = getattr(obj, name)
 
         def timed(*args, **kwargs):
             self.sync()
+            self.boundary()
+            self.running.append(key)
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
                 self.sync()
                 self.steps[-1][key] = self.steps[-1].get(key, 0.0) + time.perf_counter() - start
+                self.boundary()
+                self.running.pop()
 
         setattr(obj, name, timed)
 
 
-KINDS = ("token", "latent", "token-static", "latent-static", "latent-static-compiled")
+KINDS = ("token", "latent", "token-static", "latent-static", "latent-static-compiled", "latent-checkpointing")
 
 
 def _prompt_tokens(processor, example) -> tuple[int, int]:
@@ -147,6 +206,7 @@ def run_one(
     repeats: int,
     cache_dir=None,
     prompt_repeat: int = 1,
+    gradient_checkpointing: bool = False,
 ):
     import torch
     from transformers import TrainerCallback
@@ -204,6 +264,8 @@ def run_one(
 
             if static:  # the static-cache decoding path (and its compiled step)
                 common.update(latent_cache_implementation="static", compile_latent_step=kind.endswith("compiled"))
+            # Activation checkpointing of the policy layers (the base is never checkpointed).
+            common["activation_checkpointing"] = gradient_checkpointing or kind == "latent-checkpointing"
             args = LatentGRPOConfig(tmp, **common)
             model = LatentActionModel.from_base(str(folder), **dtype, **latent_kwargs)
             from common import arithmetic_ratio
@@ -219,24 +281,30 @@ def run_one(
             reference = sum(p.numel() for p in model.policy.parameters())  # the policy-only copy made in train()
         total_params = sum(p.numel() for p in model.parameters())
 
-        timer = _Timer(sync)
+        peaks = _PhasePeaks(cuda)
+        # Wrapped methods nest: training_step (loss, backward) > rollout (scoring) > generation.
+        phase_of = {"generation": "generation", "rollout": "scoring", "training_step": "update"}
+        timer = _Timer(sync, peaks, phase_of)
         timer.wrap(trainer, "_generate_single_turn", "generation")
         timer.wrap(trainer, "_generate_and_score_completions", "rollout")
         timer.wrap(trainer, "training_step", "training_step")
 
         class StepClock(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
+                timer.boundary()
+                timer.outside = "update"  # the optimizer step, outside training_step
                 timer.steps.append({"start": time.perf_counter()})
 
             def on_step_end(self, args, state, control, **kwargs):  # after the optimizer step
                 sync()
                 step = timer.steps[-1]
                 step["total"] = time.perf_counter() - step.pop("start")
+                timer.boundary()
+                timer.outside = "other"  # logging, between steps
 
         trainer.add_callback(StepClock())
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         trainer.train()
+        timer.boundary()
         lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
 
     # Per measured step: generation, scoring (rest of the rollout), update (loss, backward, optimizer step).
@@ -249,17 +317,22 @@ def run_one(
         }
         for t in (timer.steps[1:] or timer.steps)
     ]
-    if cuda:
-        memory = {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "memory_method": "cuda max allocated"}
+    phase_peaks = {f"{phase}_peak_memory_mb": peaks.peaks[phase] for phase in MEMORY_PHASES if phase in peaks.peaks}
+    if cuda:  # the training only: `setup` (building the models) is reported on its own
+        peak = max(v for phase, v in peaks.peaks.items() if phase != "setup")
+        memory = {"peak_memory_mb": peak, "memory_method": "cuda max allocated", **phase_peaks}
     else:
-        peak = _peak_rss_mb()
+        # The high-water mark was reset at each phase boundary, so the process's peak is the largest of the phases'.
+        peak = max([_peak_rss_mb(), *peaks.peaks.values()])
         memory = {
             "peak_memory_mb": peak,
             "peak_memory_over_start_mb": peak - rss_before,
-            "memory_method": "peak RSS of the process (ru_maxrss), CPU",
+            "memory_method": "peak RSS of the process (VmHWM / ru_maxrss), CPU",
+            **phase_peaks,
         }
     return {
         "trainer": kind,
+        "gradient_checkpointing": bool(kind.startswith("latent") and common["activation_checkpointing"]),
         "size": size,
         "device": "cuda" if cuda else "cpu",
         "generation_batch": prompts * generations,
@@ -287,6 +360,8 @@ def _child(kind: str, args) -> dict:
     ]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
+    if args.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
     subprocess.run(cmd, check=True)
     result = json.loads(Path(out).read_text())
     os.unlink(out)
@@ -302,11 +377,14 @@ def _merge(runs: list[dict]) -> dict:
     merged["step_s"] = min(step["step"] for step in steps)
     for phase in PHASES:
         merged[f"{phase}_s"] = min(step[phase] for step in steps)
-    for key in ("peak_memory_mb", "peak_memory_over_start_mb"):
+    for key in ("peak_memory_mb", "peak_memory_over_start_mb", *(f"{p}_peak_memory_mb" for p in MEMORY_PHASES)):
         if key in merged:
             merged[key] = max(run[key] for run in runs)
     merged["steps"] = steps
     return merged
+
+
+VARIANT_KEYS = ("step_s", "generation_s", "update_s", "peak_memory_mb", "peak_memory_over_start_mb")
 
 
 def compare(token: dict, latent: dict, variants: dict | None = None) -> dict:
@@ -316,6 +394,7 @@ def compare(token: dict, latent: dict, variants: dict | None = None) -> dict:
     keys.append("mean_completion_length")
     if "peak_memory_over_start_mb" in token:
         keys.append("peak_memory_over_start_mb")
+    keys += [k for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in token and k in latent]
     ratios = {k: latent[k] / token[k] if token[k] else float("nan") for k in keys}
     result = {"token": token, "latent": latent, "latent_over_token": ratios}
     result["arithmetic_ratio"] = latent["arithmetic_ratio"]
@@ -329,7 +408,7 @@ def compare(token: dict, latent: dict, variants: dict | None = None) -> dict:
     if variants:
         result["variants"] = variants
         result["variants_over_token"] = {
-            kind: {k: run[k] / token[k] for k in ("step_s", "generation_s", "peak_memory_mb")}
+            kind: {k: run[k] / token[k] for k in VARIANT_KEYS if k in run and k in token}
             for kind, run in variants.items()
         }
     return result
@@ -341,13 +420,19 @@ def table(result: dict) -> str:
     rows += [("peak memory (MB)", "peak_memory_mb")]
     if "peak_memory_over_start_mb" in token:
         rows += [("peak memory over start (MB)", "peak_memory_over_start_mb")]
+    rows += [(f"peak memory in {p} (MB)", k) for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in ratio]
     rows += [("trainable parameters", "trainable_parameters"), ("reference parameters", "reference_parameters")]
     rows += [("mean completion length", "mean_completion_length")]
     lines = [
         f"One RL step, {token['size']} on {token['device']}: generation batch {token['generation_batch']}, "
         f"{token['new_tokens']} new tokens; times are the minimum over {token['steps_measured']} steps (after a "
         "warm-up step per process, rounds of token and latent runs alternating). "
-        f"Memory: {token['memory_method']}.",
+        f"Memory: {token['memory_method']}; per phase: the largest over all steps, warm-up included."
+        + (
+            " The latent run checkpoints its policy layers (gradient_checkpointing=True)."
+            if latent.get("gradient_checkpointing")
+            else ""
+        ),
         "",
         "| | stock GRPOTrainer | LatentGRPOTrainer | latent / token |",
         "|---|---:|---:|---:|",
@@ -364,13 +449,19 @@ def table(result: dict) -> str:
             f"{'n/a' if check['predicted_over_measured'] is None else format(check['predicted_over_measured'], '.2f')})."
         )
     if result.get("variants"):
-        lines += ["", "| run | whole step (s) | generation (s) | step / stock | generation / stock | memory / stock |"]
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        over_start = "peak_memory_over_start_mb" in token
+        lines += [
+            "",
+            "| run | whole step (s) | generation (s) | update (s) | step / stock | generation / stock | update / stock "
+            f"| memory / stock |{' memory over start / stock |' if over_start else ''}",
+        ]
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if over_start else ""))
         for kind, run in result["variants"].items():
             r = result["variants_over_token"][kind]
             lines.append(
-                f"| {kind} | {run['step_s']:.3f} | {run['generation_s']:.3f} | {r['step_s']:.2f} | "
-                f"{r['generation_s']:.2f} | {r['peak_memory_mb']:.2f} |"
+                f"| {kind} | {run['step_s']:.3f} | {run['generation_s']:.3f} | {run['update_s']:.3f} | "
+                f"{r['step_s']:.2f} | {r['generation_s']:.2f} | {r['update_s']:.2f} | {r['peak_memory_mb']:.2f} |"
+                + (f" {r['peak_memory_over_start_mb']:.2f} |" if over_start else "")
             )
     return "\n".join(lines)
 
@@ -394,6 +485,11 @@ def main(argv=None):
         help="static-cache runs beside the two trainers: stock TRL with HF's static cache, latent decoding with the "
         "static cache (and compiled); the latent ones need LatentGRPOConfig.latent_cache_implementation",
     )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="the latent run checkpoints its policy layers (LatentGRPOConfig(gradient_checkpointing=True))",
+    )
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -406,13 +502,14 @@ def main(argv=None):
             args.repeats,
             args.cache_dir,
             args.prompt_repeat,
+            args.gradient_checkpointing,
         )
         Path(args.out).write_text(json.dumps(result))
         return result
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 
     if not hasattr(LatentGRPOConfig, "latent_cache_implementation"):
-        for kind in [k for k in args.variants if k.startswith("latent")]:
+        for kind in [k for k in args.variants if k.startswith("latent-static")]:
             print(f"{kind}: skipped, this checkout's LatentGRPOConfig has no latent_cache_implementation")
             args.variants.remove(kind)
     runs = {kind: [] for kind in ("token", "latent", *args.variants)}

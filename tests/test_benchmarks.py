@@ -37,6 +37,8 @@ def test_rl_step_benchmark_smoke(tmp_path, tiny_cache):
     token, latent, ratios = result["token"], result["latent"], result["latent_over_token"]
     timings = ["step_s", "generation_s", "scoring_s", "update_s"]
     memory = ["peak_memory_mb", "peak_memory_over_start_mb"]  # on CPU: peak RSS, and its rise over the start
+    # ... and the peak RSS within each phase (the high-water mark reset at each boundary); the process's peak is theirs.
+    memory += [f"{phase}_peak_memory_mb" for phase in ("setup", "generation", "scoring", "update")]
     for run in (token, latent):
         assert run["steps_measured"] == 1 and run["generation_batch"] == 2 and run["device"] == "cpu"
         # Every phase was timed, and the phases make up the step (generation + rest of the rollout + update).
@@ -46,6 +48,8 @@ def test_rl_step_benchmark_smoke(tmp_path, tiny_cache):
         assert step["step"] == pytest.approx(step["generation"] + step["scoring"] + step["update"], rel=1e-9)
         assert run["mean_completion_length"] == 4  # exactly --new-tokens tokens, no early EOS
         assert 0 < run["trainable_parameters"] <= run["parameters"] and run["reference_parameters"] > 0
+        phase_peaks = [run[key] for key in memory[2:]]
+        assert max(phase_peaks) <= run["peak_memory_mb"] < max(phase_peaks) + 64, (phase_peaks, run["peak_memory_mb"])
     # Every ratio is latent / token of the fields reported, finite and positive.
     assert set(ratios) == {*timings, *memory, "reference_parameters", "trainable_parameters", "mean_completion_length"}
     for key, ratio in ratios.items():

@@ -209,7 +209,6 @@ def test_config_defaults_follow_the_paper():
         ("cache_implementation", "static", "latent_cache_implementation"),
         ("cast_lm_head_to_fp32", True, "float32"),
         ("use_liger_kernel", True, "leave it False"),
-        ("gradient_checkpointing", True, "gradient_checkpointing=False"),
     ],
 )
 def test_config_rejects_what_cannot_apply(field, value, alternative):

@@ -15,6 +15,7 @@ Every new module reads `e` detached unless the caller asks for gradient through 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import save_on_cpu
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
@@ -81,7 +84,8 @@ class LatentActionOutput(ModelOutput):
 class LatentActionPreTrainedModel(PreTrainedModel):
     config_class = LatentActionConfig
     base_model_prefix = "latent"
-    supports_gradient_checkpointing = False
+    # The policy's layers only (`LatentActionModel.activation_checkpointing_enable`).
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = []
 
@@ -234,6 +238,59 @@ class LatentActionModel(LatentActionPreTrainedModel):
         if backbone.is_vlm:
             prefixes.append(inv[id(backbone.inner.visual)] + ".")
         return prefixes
+
+    # ------------------------------------------------------------------------------------------ checkpointing
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ):
+        """Activation (gradient) checkpointing of the **policy's decoder layers** only: during a training forward with
+        gradients each layer keeps its input and recomputes its activations in backward (one extra forward of the
+        policy layers per update, far less activation memory). The base and the other new modules are untouched: in
+        latent RL no gradient flows through the base (the update reuses its states or runs it without gradient).
+
+        What `Trainer` calls for `gradient_checkpointing=True` / `activation_checkpointing=True`, with
+        `gradient_checkpointing_kwargs`: `every_n_layers` and `offload` (saved layer inputs in host memory) as in
+        transformers, the other keys go to `torch.utils.checkpoint.checkpoint` (default `use_reentrant=False`).
+        """
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        # TRL re-enables with the raw `gradient_checkpointing_kwargs` (`disable_gradient_checkpointing`): read the
+        # transformers-only keys from them too.
+        every_n_layers = kwargs.pop("every_n_layers", every_n_layers)
+        offload = kwargs.pop("offload", offload)
+        kwargs.setdefault("use_reentrant", False)
+        checkpoint_fn = functools.partial(checkpoint, **kwargs)
+        device_type = self.policy.head.weight.device.type
+        if offload and device_type != "cpu":
+
+            def checkpoint_fn(function, *args, _checkpoint=checkpoint_fn, **kw):
+                with save_on_cpu(pin_memory=True, device_type=device_type):
+                    return _checkpoint(function, *args, **kw)
+
+        self.policy.set_activation_checkpointing(
+            checkpoint_fn, every_n_layers, reentrant=bool(kwargs["use_reentrant"])
+        )
+
+    def activation_checkpointing_disable(self):
+        self.policy.set_activation_checkpointing(None)
+
+    # transformers' deprecated aliases, which TRL 1.16 still calls (without transformers' deprecation warning).
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    def enable_input_require_grads(self):
+        """A no-op: transformers and PEFT hook the input embeddings so checkpointed base layers pass gradients on; the
+        base is never checkpointed here, and the policy makes its own input require grad when reentrant
+        checkpointing needs it (`DecoderStack.set_activation_checkpointing`)."""
+
+    def disable_input_require_grads(self):
+        """A no-op (see `enable_input_require_grads`)."""
 
     # ------------------------------------------------------------------------------------------------ base pass
     def _stack_mask(self, stack: DecoderStack, hidden, attention_mask, cache=None):

@@ -67,8 +67,38 @@ class DecoderStack(nn.Module):
         self.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
         self.head = nn.Linear(config.hidden_size, out_dim, bias=False)
 
+    # Set by `set_activation_checkpointing`: reentrant checkpointing needs an input that requires grad.
+    _reentrant_checkpointing = False
+
+    def set_activation_checkpointing(self, checkpoint_fn=None, every_n_layers: int = 1, reentrant: bool = False):
+        """Checkpoint every `every_n_layers`-th layer (the first, then every n-th) with `checkpoint_fn` (a
+        `torch.utils.checkpoint.checkpoint` partial) whenever the stack runs in training mode with gradients enabled:
+        the layer keeps only its input for backward and recomputes its activations there. `None` turns it off.
+
+        The layers are the base's decoder-layer class, transformers' `GradientCheckpointingLayer`, which skip
+        checkpointing without gradients (decoding, reference passes), so KV caches are unaffected.
+        `reentrant=True` (`use_reentrant=True`) needs an input that requires grad to produce parameter gradients;
+        the stack's input (base states) never does, so `forward` then hands the first layer a grad-requiring alias.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be >= 1 (got {every_n_layers}).")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, GradientCheckpointingLayer):
+                raise ValueError(
+                    f"{type(layer).__name__} is not a transformers GradientCheckpointingLayer: its stack cannot be "
+                    "activation-checkpointed."
+                )
+            layer.gradient_checkpointing = checkpoint_fn is not None and i % every_n_layers == 0
+            if checkpoint_fn is not None:
+                layer._gradient_checkpointing_func = checkpoint_fn
+        self._reentrant_checkpointing = checkpoint_fn is not None and reentrant
+
     def forward(self, hidden: torch.Tensor, position_embeddings, attention_mask=None, cache=None, position_ids=None):
         """`attention_mask` is a prepared mask (from `transformers.masking_utils.create_causal_mask`)."""
+        if self._reentrant_checkpointing and self.training and torch.is_grad_enabled() and not hidden.requires_grad:
+            hidden = hidden.detach().requires_grad_()  # an alias of the same storage, no copy
         for layer in self.layers:
             hidden = layer(
                 hidden,

@@ -24,9 +24,8 @@ class LatentGRPOConfig(GRPOConfig):
     the parameters listed below are new or have other defaults. GRPOConfig parameters that cannot apply to latent
     decoding raise a `NotImplementedError` that names the alternative: `use_vllm` and the `vllm_*` generation
     options, `use_transformers_continuous_batching` / `use_transformers_paged`, `generation_kwargs`,
-    `cache_implementation`, token `top_k`/`top_p`/`min_p`/`repetition_penalty`, `cast_lm_head_to_fp32`,
-    `use_liger_kernel` and `gradient_checkpointing` (tools, environments and `rollout_func` are rejected by the
-    trainer).
+    `cache_implementation`, token `top_k`/`top_p`/`min_p`/`repetition_penalty`, `cast_lm_head_to_fp32` and
+    `use_liger_kernel` (tools, environments and `rollout_func` are rejected by the trainer).
 
     Parameters:
         > Rollouts: latent decoding
@@ -51,6 +50,15 @@ class LatentGRPOConfig(GRPOConfig):
             `torch.compile`, with CUDA graphs (`mode="reduce-overhead"`) on CUDA. Needs
             `latent_cache_implementation="static"`; the first rollout pays the compilation, and the static caches stay
             allocated between rollouts of the same shape.
+
+        > Memory
+
+        gradient_checkpointing (`bool`, *optional*, defaults to `None`):
+            Activation checkpointing of the **policy's layers** in the update (`torch.utils.checkpoint`, non-reentrant
+            unless `gradient_checkpointing_kwargs` says otherwise; `every_n_layers` and `offload` as in transformers).
+            The frozen base is never checkpointed: no gradient flows through it. `None` is off (TRL's default is on):
+            checkpointing recomputes the policy layers' forward in backward, for less activation memory in the update
+            (docs/performance.md has the measured trade-off).
 
         > The objective
 
@@ -163,11 +171,15 @@ class LatentGRPOConfig(GRPOConfig):
         default=1024,
         metadata={"help": "Maximum number of completion steps (paper: 1024)."},
     )
-    # `None` (off) rather than TRL's True: the base runs without gradient and the policy is a few layers. transformers
-    # resolves it into `activation_checkpointing`, which `__post_init__` checks.
+    # `None` (off) rather than TRL's True: the base runs without gradient and the policy is a few layers, so the
+    # saving is the policy's activations only, paid for with a second forward of its layers. transformers resolves
+    # it into `activation_checkpointing`; `LatentActionModel.activation_checkpointing_enable` checkpoints the policy.
     gradient_checkpointing: bool | None = field(
         default=None,
-        metadata={"help": "Not supported (off): the base runs without gradient and the policy is a few layers."},
+        metadata={
+            "help": "Activation checkpointing of the policy's layers in the update (the frozen base is never "
+            "checkpointed); off by default."
+        },
     )
     # Efficiency
     reuse_rollout_states: bool = field(
@@ -244,12 +256,6 @@ class LatentGRPOConfig(GRPOConfig):
                 f"{type(self.loss).__name__}."
             )
         super().__post_init__()
-        if self.activation_checkpointing:
-            raise NotImplementedError(
-                "LatentGRPOConfig does not support gradient (activation) checkpointing: only the policy layers take "
-                "gradients (the base runs without gradient), so there is little activation memory to save; set "
-                "gradient_checkpointing=False."
-            )
 
     def _reject_unsupported(self) -> None:
         alternative_sampling = (
