@@ -10,15 +10,31 @@ Next to them: the world model's accuracy with the inverse dynamics model's codes
 policy's argmax codes (what greedy inference does), the base alone for reference, the codes the policy and the IDM use,
 and the policy's mean per-step code entropy (room to explore). [`latent_health`] measures them all on collated batches
 (a `LatentDataCollator`'s paired stream: `loss_mask` marks the answer tokens).
+
+Given content words by kind (`{"colour": ["red", ...], "shape": [...]}`), it also measures **content
+controllability** (`CONTENT_HEALTH_METRICS`): at the answer positions whose token begins a word of a kind, the number
+of distinct argmax tokens over all codes that begin a word of *that* kind, i.e. how many right-kind words the codes can
+put there (`health/content_controllability`, and per kind `health/content_controllability/<kind>`). Plain
+controllability also counts codes that emit a comma or a misspelling; this counts only alternatives RL could use.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from ..modeling.modules import entropy_from_logits
 
-__all__ = ["HEALTH_METRICS", "latent_health"]
+__all__ = [
+    "CONTENT_HEALTH_METRICS",
+    "HEALTH_METRICS",
+    "WordStarts",
+    "content_controllability",
+    "content_token_ids",
+    "latent_health",
+]
 
 HEALTH_METRICS = (
     "health/base_accuracy",
@@ -30,6 +46,12 @@ HEALTH_METRICS = (
     "health/codes_used_inverse",
     "health/policy_entropy",
 )
+# Measured too when `latent_health` is given content words, each also per kind (`<metric>/<kind>`, for the kinds whose
+# words occur at some answer position); `health/content_controllability` is absent when none does.
+CONTENT_HEALTH_METRICS = (
+    "health/content_controllability",
+    "health/content_positions",
+)
 
 
 def _distinct_per_column(tokens: torch.Tensor) -> torch.Tensor:
@@ -38,8 +60,127 @@ def _distinct_per_column(tokens: torch.Tensor) -> torch.Tensor:
     return 1 + (ordered[1:] != ordered[:-1]).sum(0)
 
 
+def _first_token(tokenizer, text: str) -> int | None:
+    """The token `text` begins with: the first one that decodes to more than whitespace (a BPE may split a space off
+    on its own)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    for i in range(len(ids)):
+        if tokenizer.decode(ids[: i + 1]).strip():
+            return ids[i]
+    return None
+
+
+@dataclass(frozen=True)
+class WordStarts:
+    """The token ids that begin a word of one kind.
+
+    Attributes:
+        spaced (`frozenset[int]`): tokens that carry the space before the word (`Ġred`): a word begins wherever they
+            are.
+        bare (`frozenset[int]`): tokens without it (`red`, or `re` of `re` + `d` in a small vocabulary): they begin a
+            word only after a character that ends one (a space, a newline, punctuation, a special token), and are
+            parts of other words elsewhere ("hund" + "red").
+    """
+
+    spaced: frozenset[int] = frozenset()
+    bare: frozenset[int] = frozenset()
+
+
+def content_token_ids(tokenizer, content_words: Mapping[str, Iterable[str]]) -> dict[str, WordStarts]:
+    """The first tokens of each kind's words, as the words appear in text: after a space (`" red"`) and at the start
+    of a text or a line (`"red"`), which a byte-level BPE tokenizes differently (`Ġred` vs `re` + `d`).
+
+    Words are taken as given: list capitalised forms (`"Red"`) as words of their own when the answers use them. With a
+    small vocabulary a first token can begin words of several kinds (`Ġt` for "two" and "triangle"); it then belongs
+    to each of them.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase` or a processor holding one as `.tokenizer`): the model's tokenizer.
+        content_words (`Mapping[str, Iterable[str]]`): kind -> its words, e.g. `{"colour": ["red", "green"]}`.
+
+    Returns:
+        `dict[str, WordStarts]`: kind -> the first tokens of its words.
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    anchor = tokenizer.encode("a", add_special_tokens=False)
+    after = len(tokenizer.decode(anchor))
+    kinds = {}
+    for kind, words in content_words.items():
+        if isinstance(words, str):
+            raise TypeError(f"The words of kind {kind!r} must be a list of words, got the string {words!r}.")
+        spaced, bare = set(), set()
+        for word in words:
+            word = word.strip()
+            if not word:
+                raise ValueError(f"Kind {kind!r} lists an empty word.")
+            for text in (word, " " + word):
+                first = _first_token(tokenizer, text)
+                if first is not None:
+                    # Whether the token brings its own space: "a" followed by it decodes to "a red", not "ared".
+                    (spaced if tokenizer.decode([*anchor, first])[after:][:1].isspace() else bare).add(first)
+        kinds[kind] = WordStarts(frozenset(spaced), frozenset(bare - spaced))
+    return kinds
+
+
+def _ends_word(text: str) -> bool:
+    """Whether a token whose text is `text` ends a word (a bare token after it begins one)."""
+    return not text or not (text[-1].isalnum() or text[-1] in "_'\u2019")
+
+
+def content_controllability(
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    kind_tokens: Mapping[str, WordStarts | Collection[int]],
+    word_start: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-kind controllability at content positions: at every position whose target begins a word of a kind, the
+    number of distinct argmax tokens over the codes that begin a word of that kind.
+
+    Args:
+        tokens (`torch.Tensor` of shape `(C, N)`): the world model's argmax token for every code at every position.
+        targets (`torch.Tensor` of shape `(N,)`): the reference token at every position.
+        kind_tokens (`Mapping[str, WordStarts | Collection[int]]`): kind -> the tokens that begin a word of it
+            ([`content_token_ids`]); a plain collection of ids is taken as tokens that begin a word anywhere.
+        word_start (`torch.Tensor` of shape `(N,)`, *optional*): where a word may begin (the token before ends one),
+            the positions at which `bare` tokens count; everywhere when not given.
+
+    Returns:
+        `dict[str, torch.Tensor]`: for each kind some target begins a word of, the number of distinct right-kind
+        argmax tokens at each of its positions, shape `(n_kind,)`; 0 where no code begins a word of the kind.
+    """
+    counts = {}
+    for kind, starts in kind_tokens.items():
+        if not isinstance(starts, WordStarts):
+            starts = WordStarts(frozenset(starts))
+
+        def right_kind(ids, starts=starts):
+            spaced = torch.tensor(sorted(starts.spaced), dtype=ids.dtype, device=ids.device)
+            bare = torch.tensor(sorted(starts.bare), dtype=ids.dtype, device=ids.device)
+            right = torch.isin(ids, spaced)
+            if len(bare):
+                right |= torch.isin(ids, bare) & (True if word_start is None else word_start.to(ids.device))
+            return right
+
+        at = right_kind(targets)
+        if not at.any():
+            continue
+        emitted = tokens[:, at]
+        right = right_kind(tokens)[:, at]
+        # Distinct values with every wrong-kind token as one -1, then that -1 taken off where it occurs.
+        distinct = _distinct_per_column(torch.where(right, emitted, -1))
+        counts[kind] = distinct - (~right).any(0).to(distinct.dtype)
+    return counts
+
+
 @torch.no_grad()
-def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26) -> dict[str, float]:
+def latent_health(
+    model,
+    batches,
+    code_chunk: int = 16,
+    max_logits: int = 2**26,
+    content_words: Mapping[str, Iterable[str]] | None = None,
+    tokenizer=None,
+) -> dict[str, float]:
     """Measure the latent-space health metrics of `model` over `batches`.
 
     Args:
@@ -50,10 +191,29 @@ def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26)
         code_chunk (`int`, *optional*, defaults to `16`): codes scored per world-model pass when trying every code.
         max_logits (`int`, *optional*, defaults to `2**26`): the most vocabulary logits one pass holds (256 MB in
             fp32); steps are scored in blocks that fit.
+        content_words (`Mapping[str, Iterable[str]]`, *optional*):
+            Kind -> words (`{"colour": ["red", ...], "count": ["one", ...]}`): also measure content controllability
+            ([`content_controllability`]) at the answer positions whose token begins a word of a kind (first tokens
+            from [`content_token_ids`]; one without its leading space only where the token before it ends a word),
+            from the same per-code argmax tokens (no extra world-model pass).
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): the model's tokenizer (or processor); required with
+            `content_words`.
 
     Returns:
-        `dict[str, float]`: the `HEALTH_METRICS`; empty when the batches hold no token to predict.
+        `dict[str, float]`: the `HEALTH_METRICS`, and with `content_words` the `CONTENT_HEALTH_METRICS`:
+        `health/content_controllability` (mean over the measured content positions, a position counted once per kind
+        its token begins a word of), `health/content_positions` (how many), and both per kind
+        (`health/content_controllability/<kind>`, `health/content_positions/<kind>`) for the kinds that occur. Empty
+        when the batches hold no token to predict.
     """
+    kind_tokens = None
+    if content_words is not None:
+        if tokenizer is None:
+            raise ValueError("`content_words` needs the model's `tokenizer` to find the words' first tokens.")
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        kind_tokens = content_token_ids(tokenizer, content_words)
+    content_sum: dict[str, int] = {}
+    content_count: dict[str, int] = {}
     was_training = model.training
     model.eval()
     n_codes = model.config.codebook_size
@@ -101,6 +261,14 @@ def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26)
                     tokens[chunk, first : first + part.shape[0]] = model.world_logits(states, codes).argmax(-1)
             hits["best"] += int((tokens == targets[None]).any(0).sum())
             distinct += float(_distinct_per_column(tokens).sum())
+            if kind_tokens is not None:
+                # A bare first token begins a word only where the token before it ends one.
+                previous = batch["input_ids"][:, :-1][steps]
+                ends = {i: _ends_word(tokenizer.decode([i])) for i in previous.unique().tolist()}
+                word_start = torch.tensor([ends[i] for i in previous.tolist()], device=previous.device)
+                for kind, counts in content_controllability(tokens, targets, kind_tokens, word_start).items():
+                    content_sum[kind] = content_sum.get(kind, 0) + int(counts.sum())
+                    content_count[kind] = content_count.get(kind, 0) + counts.numel()
             entropy += float(entropy_from_logits(policy_logits).sum())
             used_policy[policy_codes.unique().cpu()] = True
             used_inverse[inverse_codes.unique().cpu()] = True
@@ -109,7 +277,7 @@ def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26)
         model.train(was_training)
     if total == 0:
         return {}
-    return {
+    metrics = {
         "health/base_accuracy": hits["base"] / total,
         "health/world_accuracy_inverse": hits["inverse"] / total,
         "health/world_accuracy_policy": hits["policy"] / total,
@@ -119,3 +287,13 @@ def latent_health(model, batches, code_chunk: int = 16, max_logits: int = 2**26)
         "health/codes_used_inverse": float(used_inverse.sum()),
         "health/policy_entropy": entropy / total,
     }
+    if kind_tokens is not None:
+        positions = sum(content_count.values())
+        if positions:
+            metrics["health/content_controllability"] = sum(content_sum.values()) / positions
+        metrics["health/content_positions"] = float(positions)
+        for kind in kind_tokens:
+            if content_count.get(kind):
+                metrics[f"health/content_controllability/{kind}"] = content_sum[kind] / content_count[kind]
+                metrics[f"health/content_positions/{kind}"] = float(content_count[kind])
+    return metrics

@@ -41,7 +41,7 @@ from trl import SFTTrainer
 
 from ..data.pretrain import LatentDataCollator, with_stream_indices
 from ..metrics.codebook import codebook_usage
-from ..metrics.latent_health import latent_health
+from ..metrics.latent_health import content_token_ids, latent_health
 from ..modeling.model import LatentActionModel
 from ..modeling.modules import entropy_from_logits, gaussian_nll
 from .checkpointing import LatentCheckpointMixin
@@ -337,6 +337,12 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
             Dialogues (`messages` + `images`) the latent-space health metrics are measured on at the end of the stage
             (`args.health_samples` records, answer tokens only); defaults to the eval dataset, else the train dataset.
             Give held-out task dialogues to see what RL will start from.
+        health_content_words (`dict[str, list[str]]`, *optional*):
+            Content words by kind (`{"colour": ["red", "green"], "count": ["one", "two"]}`): the health metrics then
+            also measure content controllability (`health/content_controllability`, overall and per kind): at the
+            answer positions whose token begins a word of a kind, how many distinct words of that kind some code makes
+            the world model say there. Words are matched by their first token, at the start of a line and after a
+            space; list capitalised forms as words of their own.
 
     Example:
 
@@ -372,6 +378,7 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         optimizers=(None, None),
         peft_config=None,
         health_dataset=None,
+        health_content_words=None,
     ):
         from datasets import Dataset
         from transformers import AutoProcessor, ProcessorMixin
@@ -480,6 +487,12 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
             skip_bad_records=True,
             dataset_text_field=args.dataset_text_field,
         )
+        self._health_tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        self._health_content_words = None
+        if health_content_words is not None:
+            # A malformed mapping fails here rather than at the end of the stage.
+            content_token_ids(self._health_tokenizer, health_content_words)
+            self._health_content_words = {kind: list(words) for kind, words in health_content_words.items()}
         self.health: dict[str, float] = {}
 
         self.stage_plan = plan
@@ -525,7 +538,8 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         device = self.accelerator.device
         batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b["paired"].items()} for b in batches]
         # Through the wrapped model's forward, so ZeRO-3 gathers the parameters it reads.
-        return self.model_wrapped(latent_fn=lambda model, **_: latent_health(model, batches))
+        content = {"content_words": self._health_content_words, "tokenizer": self._health_tokenizer}
+        return self.model_wrapped(latent_fn=lambda model, **_: latent_health(model, batches, **content))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
