@@ -10,9 +10,19 @@ Generation goes through a *generation backend*: any callable `generate(prompts, 
 of prompt conversations (TRL format, `{"type": "image"}` placeholders) and their PIL images and returning one
 completion per prompt. The runner calls it N times per batch, re-seeding torch before each round.
 
-- [`VLMGenerationBackend`]: a plain VLM (`model.generate`, sampling at temperature 0.1 as the authors evaluate).
+- [`VLMGenerationBackend`]: a plain VLM (the token baseline): `model.generate` sampling tokens at temperature 0.1
+  among the top 64, no nucleus filter.
 - [`LatentGenerationBackend`]: a latent action model's latent decoding with near-greedy codes (top-k 64,
   temperature 0.1) and greedy tokens (the authors' evaluation setting).
+
+**The paper's evaluation protocol** is spelled by three constants, the defaults of both backends, of [`evaluate`] and
+of `trl-latent eval`: `PAPER_EVAL_GENERATIONS = 3` generations per prompt, `PAPER_EVAL_TEMPERATURE = 0.1` and
+`PAPER_EVAL_TOP_K = 64`. The paper samples latent codes at top-k 64 / temperature 0.1 and "samples tokens" for the
+token baseline without giving its settings; the token baseline uses the same temperature and top-k over tokens, with
+nucleus filtering off (`top_p=1.0`). That last point matters: Qwen2.5-VL's own `generation_config.json` carries
+`top_k=1, top_p=0.001`, which would silently turn "sampling" into greedy decoding (three identical rounds, std 0).
+At temperature 0.1 the top-64 filter changes next to nothing for tokens; it is kept for symmetry with the codes.
+The RL rollout setting (temperature 1, code top-k 32) is `ROLLOUT_TEMPERATURE` / `ROLLOUT_CODE_TOP_K`.
 
 ```python
 >>> from trl_latent.evaluation import evaluate
@@ -42,6 +52,16 @@ logger = logging.getLogger(__name__)
 
 GenerationBackend = Callable[[list, list], list[str]]
 
+# The paper's evaluation protocol: N generations per test prompt, codes (latent) or tokens (plain VLM) sampled at
+# this temperature among the top-k; the metric is reported as mean +/- sample std over the N generation rounds.
+PAPER_EVAL_GENERATIONS = 3
+PAPER_EVAL_TEMPERATURE = 0.1
+PAPER_EVAL_TOP_K = 64
+# The RL rollout setting (`generate_answers(..., sample=True)`, diversity of rollouts): temperature 1, code top-k 32
+# (the authors' RL setting, `LatentGRPOConfig.code_top_k`); tokens of a plain VLM are not top-k filtered.
+ROLLOUT_TEMPERATURE = 1.0
+ROLLOUT_CODE_TOP_K = 32
+
 
 class VLMGenerationBackend:
     """Generation from a plain VLM with `model.generate` and its processor's chat template.
@@ -53,14 +73,23 @@ class VLMGenerationBackend:
             Its processor; it must pad on the left.
         max_new_tokens (`int`, *optional*, defaults to `512`):
             Cap on the completion length.
-        temperature (`float`, *optional*, defaults to `0.1`):
-            Sampling temperature (the authors' evaluation setting); `0` decodes greedily.
-        top_k (`int`, *optional*):
-            Top-k filter for sampling; `None` keeps the model's generation config.
+        temperature (`float`, *optional*, defaults to `PAPER_EVAL_TEMPERATURE` (0.1)):
+            Token sampling temperature (the paper's evaluation setting); `0` decodes greedily.
+        top_k (`int`, *optional*, defaults to `PAPER_EVAL_TOP_K` (64)):
+            Top-k filter of the token sampling; `0` keeps all tokens, `None` keeps the model's generation config.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus filter of the token sampling; `1.0` turns it off (Qwen2.5-VL's generation config sets 0.001, which
+            makes sampling greedy), `None` keeps the model's generation config.
     """
 
     def __init__(
-        self, model, processor, max_new_tokens: int = 512, temperature: float = 0.1, top_k: int | None = None
+        self,
+        model,
+        processor,
+        max_new_tokens: int = 512,
+        temperature: float = PAPER_EVAL_TEMPERATURE,
+        top_k: int | None = PAPER_EVAL_TOP_K,
+        top_p: float | None = 1.0,
     ):
         tokenizer = getattr(processor, "tokenizer", processor)
         if tokenizer.padding_side != "left":
@@ -73,6 +102,7 @@ class VLMGenerationBackend:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
+        self.top_p = top_p
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +128,8 @@ class VLMGenerationBackend:
             sampling = {"do_sample": True, "temperature": self.temperature}
             if self.top_k is not None:
                 sampling["top_k"] = self.top_k
+            if self.top_p is not None:
+                sampling["top_p"] = self.top_p
         output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         return output[:, inputs["input_ids"].shape[1] :]
 
@@ -122,13 +154,20 @@ class LatentGenerationBackend(VLMGenerationBackend):
             The base model's processor; it must pad on the left.
         max_new_tokens (`int`, *optional*, defaults to `512`):
             Cap on the completion length.
-        temperature (`float`, *optional*, defaults to `0.1`):
+        temperature (`float`, *optional*, defaults to `PAPER_EVAL_TEMPERATURE` (0.1)):
             Temperature of the code distribution; `0` picks the policy's argmax code.
-        top_k (`int`, *optional*, defaults to `64`):
-            Top-k filter on codes.
+        top_k (`int`, *optional*, defaults to `PAPER_EVAL_TOP_K` (64)):
+            Top-k filter on codes; `None` or `0` keeps all codes.
     """
 
-    def __init__(self, model, processor, max_new_tokens: int = 512, temperature: float = 0.1, top_k: int | None = 64):
+    def __init__(
+        self,
+        model,
+        processor,
+        max_new_tokens: int = 512,
+        temperature: float = PAPER_EVAL_TEMPERATURE,
+        top_k: int | None = PAPER_EVAL_TOP_K,
+    ):
         from .modeling.model import LatentActionModel
 
         if not isinstance(model, LatentActionModel):
@@ -153,24 +192,84 @@ class LatentGenerationBackend(VLMGenerationBackend):
 
 
 def generate_answers(
-    model, processor, dataset, max_new_tokens: int = 48, sample: bool = False, batch_size: int = 32
-) -> list[str]:
+    model,
+    processor,
+    dataset,
+    max_new_tokens: int = 48,
+    sample: bool = False,
+    batch_size: int = 32,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    num_generations: int | None = None,
+    seed: int | None = None,
+) -> list[str] | list[list[str]]:
     """Answers of a plain VLM or a latent action model to the prompts of a `prompt` + `image` dataset.
 
-    `sample=False`: greedy tokens (plain VLM) or the policy's argmax codes (latent). `sample=True`: the RL rollout
-    setting, temperature-1 token sampling (plain VLM) or code sampling with top-k 32 at temperature 1 (latent)."""
+    The sampling: `sample=False` (default) decodes greedily (greedy tokens; the policy's argmax codes). `sample=True`
+    is the RL rollout setting: temperature `ROLLOUT_TEMPERATURE` (1) over all tokens (plain VLM) or over the top
+    `ROLLOUT_CODE_TOP_K` (32) codes (latent). `temperature` and `top_k` override it, with the same meaning for both
+    kinds of model (codes of a latent model, tokens of a plain VLM; a latent model's tokens stay greedy; `0` is
+    greedy / no filter); `top_k=None` keeps the `sample` setting's. The paper's evaluation protocol is
+
+    ```python
+    rounds = generate_answers(model, processor, dataset, temperature=PAPER_EVAL_TEMPERATURE, top_k=PAPER_EVAL_TOP_K,
+                              num_generations=PAPER_EVAL_GENERATIONS, seed=0)
+    ```
+
+    The layout: with `num_generations=None` (default) one answer per prompt, a `list[str]` of `len(dataset)`. With
+    an integer `num_generations=n` (even 1), **generation-major** rounds: a list of `n` lists of `len(dataset)`
+    answers, `rounds[k][i]` being prompt i's k-th answer. A round is scored like one greedy pass (a reward function
+    over `rounds[k]`) and the metric reported as the mean +/- std over rounds ([`mean_std_over_rounds`]);
+    `list(zip(*rounds))` gives each prompt's group of `n` answers (for diversity).
+
+    `seed`: round k runs under `torch.manual_seed(seed + k)` (re-seeded for each batch, as [`evaluate`] does), inside
+    `torch.random.fork_rng`, so the caller's random state is left as it was; `None` uses the current random state.
+    """
     from .modeling.model import LatentActionModel
 
-    if isinstance(model, LatentActionModel):
-        backend = LatentGenerationBackend(
-            model, processor, max_new_tokens, temperature=1.0 if sample else 0.0, top_k=32
-        )
-    else:
-        backend = VLMGenerationBackend(model, processor, max_new_tokens, temperature=1.0 if sample else 0.0, top_k=0)
-    out: list[str] = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        out.extend(backend(rows["prompt"], rows["image"]))
+    if num_generations is not None and num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+    latent = isinstance(model, LatentActionModel)
+    if temperature is None:
+        temperature = ROLLOUT_TEMPERATURE if sample else 0.0
+    if top_k is None:
+        top_k = ROLLOUT_CODE_TOP_K if latent else 0
+    backend_class = LatentGenerationBackend if latent else VLMGenerationBackend
+    backend = backend_class(model, processor, max_new_tokens, temperature=temperature, top_k=top_k)
+    n = 1 if num_generations is None else num_generations
+    rounds: list[list[str]] = [[] for _ in range(n)]
+    with torch.random.fork_rng(enabled=seed is not None):
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset[start : start + batch_size]
+            for k in range(n):
+                if seed is not None:
+                    torch.manual_seed(seed + k)
+                rounds[k].extend(backend(rows["prompt"], rows["image"]))
+    return rounds[0] if num_generations is None else rounds
+
+
+def mean_std_over_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean and sample std over generation rounds of per-round metrics: `rounds[k]` maps a metric name to its value in
+    round k (e.g. the accuracy over all prompts of the k-th answers); the result has each `key` (the mean over rounds)
+    and `key + "_std"` (the sample std, divisor n - 1, 0 for one round; [`~trl_latent.metrics.stats.mean_std`]).
+    Only numeric metrics present in every round are summarised.
+
+    ```python
+    >>> mean_std_over_rounds([{"all": 0.5}, {"all": 1.0}, {"all": 0.75}])
+    {'all': 0.75, 'all_std': 0.25}
+
+    ```
+    """
+    if not rounds:
+        raise ValueError("mean_std_over_rounds needs at least one round.")
+    out: dict[str, float] = {}
+    for key, value in rounds[0].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not all(key in r for r in rounds):
+            continue
+        out[key], out[f"{key}_std"] = mean_std(r[key] for r in rounds)
     return out
 
 
@@ -266,7 +365,7 @@ def evaluate_split(
     generate: GenerationBackend,
     judge: JudgeReward | None = None,
     *,
-    num_generations: int = 3,
+    num_generations: int = PAPER_EVAL_GENERATIONS,
     batch_size: int = 8,
     embedder: Callable | None = None,
     distinct_ngrams: Sequence[int] = (1, 2),
@@ -325,7 +424,7 @@ def evaluate(
     generate: GenerationBackend,
     judge: JudgeReward | None = None,
     *,
-    num_generations: int = 3,
+    num_generations: int = PAPER_EVAL_GENERATIONS,
     batch_size: int = 8,
     embedder: Callable | str | None = "default",
     distinct_ngrams: Sequence[int] = (1, 2),
@@ -341,7 +440,7 @@ def evaluate(
             The generation backend, e.g. [`VLMGenerationBackend`].
         judge ([`~trl_latent.rewards.judge.JudgeReward`], *optional*):
             Scores each response; without it only diversity is reported.
-        num_generations (`int`, *optional*, defaults to `3`):
+        num_generations (`int`, *optional*, defaults to `PAPER_EVAL_GENERATIONS` (3)):
             Responses per prompt (paper: 3).
         batch_size (`int`, *optional*, defaults to `8`):
             Prompts per generation call.

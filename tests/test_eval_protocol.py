@@ -1,0 +1,221 @@
+"""The paper's evaluation protocol: 3 generations per prompt, codes or tokens sampled at temperature 0.1 among the
+top 64, metrics as mean +/- sample std over the generation rounds (trl_latent.evaluation and
+trl_latent.experiments.evaluate)."""
+
+import dataclasses
+import math
+import statistics
+import types
+
+import pytest
+import torch
+
+from trl_latent import evaluation
+from trl_latent.evaluation import (
+    PAPER_EVAL_GENERATIONS,
+    PAPER_EVAL_TEMPERATURE,
+    PAPER_EVAL_TOP_K,
+    ROLLOUT_CODE_TOP_K,
+    ROLLOUT_TEMPERATURE,
+    generate_answers,
+    mean_std_over_rounds,
+)
+
+METRICS = ("all", "colour", "shape", "count", "voice", "reward", "task_reward")
+
+
+def config(**overrides):
+    values = dict(
+        max_completion_length=8, diversity_samples=2, eval_generations=3, eval_temperature=0.1, eval_top_k=64
+    )
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    from trl_latent.experiments.task import synthetic_rl_dataset
+
+    return synthetic_rl_dataset(4, seed=3, split="eval")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cache):
+    from trl_latent.experiments.models import tiny_vlm
+
+    return tiny_vlm("tiny", cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="module")
+def latent(tiny_cache):
+    from transformers import AutoProcessor
+
+    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.modeling import LatentActionModel
+
+    path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
+    model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    return model, processor
+
+
+def spy_generate(monkeypatch, model):
+    """Record the keyword arguments of every `model.generate` call (generation itself still runs)."""
+    calls = []
+    generate = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    return calls
+
+
+def test_protocol_constants_are_the_defaults():
+    from trl_latent.commands.evaluate import EvalArguments
+
+    assert (PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K) == (3, 0.1, 64)
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalArguments)}
+    assert (defaults["num_generations"], defaults["temperature"], defaults["top_k"]) == (3, 0.1, 64)
+    for backend in (evaluation.VLMGenerationBackend, evaluation.LatentGenerationBackend):
+        params = backend.__init__.__defaults__
+        assert PAPER_EVAL_TEMPERATURE in params and PAPER_EVAL_TOP_K in params, backend
+    assert evaluation.evaluate.__kwdefaults__["num_generations"] == PAPER_EVAL_GENERATIONS
+
+
+def test_plain_vlm_samples_tokens_at_the_paper_setting(tiny, eval_set, monkeypatch):
+    model, processor = tiny
+    calls = spy_generate(monkeypatch, model)
+    state = torch.get_rng_state()
+    rounds = generate_answers(
+        model,
+        processor,
+        eval_set,
+        8,
+        batch_size=2,
+        temperature=PAPER_EVAL_TEMPERATURE,
+        top_k=PAPER_EVAL_TOP_K,
+        num_generations=PAPER_EVAL_GENERATIONS,
+        seed=0,
+    )
+    # Generation-major: 3 rounds of one answer per prompt; 2 batches x 3 rounds = 6 calls.
+    assert len(rounds) == 3 and all(len(r) == len(eval_set) and all(isinstance(a, str) for a in r) for r in rounds)
+    assert len(calls) == 6
+    for kwargs in calls:
+        # Token sampling at 0.1 among the top 64, nucleus filter off (Qwen2.5-VL's config would set top_p=0.001).
+        assert (kwargs["do_sample"], kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (True, 0.1, 64, 1.0)
+    # Seeded rounds: reproducible, and the caller's random state is left alone.
+    assert torch.equal(torch.get_rng_state(), state)
+    again = generate_answers(model, processor, eval_set, 8, batch_size=2, temperature=0.1, top_k=64, num_generations=3, seed=0)  # fmt: skip
+    assert again == rounds
+    # At temperature 0.1 the rounds can differ (the untrained tiny model's logits are flat): there is a spread.
+    assert len({tuple(r) for r in rounds}) > 1
+    # Backward compatible: no num_generations -> one answer per prompt; sample=True -> the rollout setting.
+    calls.clear()
+    greedy = generate_answers(model, processor, eval_set, 8)
+    assert len(greedy) == len(eval_set) and isinstance(greedy[0], str) and calls[-1]["do_sample"] is False
+    generate_answers(model, processor, eval_set, 8, sample=True)
+    assert (calls[-1]["temperature"], calls[-1]["top_k"]) == (ROLLOUT_TEMPERATURE, 0)
+    assert generate_answers(model, processor, eval_set, 8, num_generations=1) == [greedy]
+
+
+def test_latent_model_samples_codes_at_the_paper_setting(latent, eval_set, monkeypatch):
+    model, processor = latent
+    calls = spy_generate(monkeypatch, model)
+    rounds = generate_answers(
+        model, processor, eval_set, 6, temperature=0.1, top_k=64, num_generations=PAPER_EVAL_GENERATIONS, seed=0
+    )
+    assert len(rounds) == 3 and all(len(r) == len(eval_set) for r in rounds)
+    assert len(calls) == 3
+    for kwargs in calls:
+        assert (kwargs["do_sample_codes"], kwargs["code_temperature"], kwargs["code_top_k"]) == (True, 0.1, 64)
+    generate_answers(model, processor, eval_set, 6, sample=True)
+    assert (calls[-1]["code_temperature"], calls[-1]["code_top_k"]) == (ROLLOUT_TEMPERATURE, ROLLOUT_CODE_TOP_K)
+    generate_answers(model, processor, eval_set, 6)
+    assert calls[-1]["do_sample_codes"] is False
+
+
+def test_experiment_evaluation_draws_three_paper_generations_for_both_models(tiny, latent, eval_set, monkeypatch):
+    """experiments.evaluate.evaluate_model: 3 eval rounds at 0.1 / top-64 for a plain VLM and a latent model alike, and
+    the diversity rollouts at the RL setting."""
+    from trl_latent.experiments import evaluate as experiment_eval
+
+    seen = []
+
+    class Spy:
+        def __init__(self, cls):
+            self.cls = cls
+
+        def __call__(self, model, processor, max_new_tokens, temperature, top_k):
+            seen.append((self.cls.__name__, temperature, top_k))
+            return lambda prompts, images: [f"answer {len(seen)}" for _ in prompts]
+
+    monkeypatch.setattr(evaluation, "VLMGenerationBackend", Spy(evaluation.VLMGenerationBackend))
+    monkeypatch.setattr(evaluation, "LatentGenerationBackend", Spy(evaluation.LatentGenerationBackend))
+    for model, processor in (tiny, latent):
+        seen.clear()
+        result = experiment_eval.evaluate_model(model, processor, {"id": eval_set}, config(seed=0))["id"]
+        kind = "LatentGenerationBackend" if model is latent[0] else "VLMGenerationBackend"
+        rollout_top_k = ROLLOUT_CODE_TOP_K if model is latent[0] else 0
+        assert seen == [(kind, 0.1, 64), (kind, 1.0, rollout_top_k)]
+        assert result["eval_generations"] == 3
+        assert result["examples"][0]["answers"] == ["answer 1"] * 3  # the spy answers the same in every round
+
+
+def test_metrics_are_mean_and_sample_std_over_rounds(eval_set, monkeypatch):
+    """Three rounds that differ (as sampled rounds at temperature 0.1 can): all right, half right, all wrong."""
+    from trl_latent.experiments import evaluate as experiment_eval
+    from trl_latent.experiments.reward import answer_accuracy, rubric_reward
+
+    references = list(eval_set["reference"])
+    wrong = ["Nothing to see here." for _ in references]
+    rounds = [references, references[:2] + wrong[2:], wrong]
+    per_round = [experiment_eval.round_metrics(eval_set, answers) for answers in rounds]
+    summary = mean_std_over_rounds(per_round)
+    assert [r["all"] for r in per_round] == [1.0, 0.5, 0.0]
+    assert summary["all"] == pytest.approx(0.5) and summary["all_std"] == pytest.approx(0.5)
+    columns = {k: eval_set[k] for k in eval_set.column_names if k not in ("prompt", "image")}
+    rewards = [statistics.fmean(rubric_reward(eval_set["prompt"], a, **columns)) for a in rounds]
+    assert summary["reward"] == pytest.approx(statistics.fmean(rewards))
+    assert summary["reward_std"] == pytest.approx(statistics.stdev(rewards))
+    assert summary["colour"] == pytest.approx(
+        statistics.fmean(answer_accuracy(a, references)["colour"] for a in rounds)
+    )
+    # Non-numeric values are skipped; one round has std 0.
+    assert mean_std_over_rounds([{"all": 0.25, "examples": []}]) == {"all": 0.25, "all_std": 0.0}
+
+    # evaluate_model reports the same numbers from the same rounds.
+    def fake_generate(model, processor, dataset, max_new_tokens=48, sample=False, batch_size=32, **kwargs):
+        if sample:  # the diversity rollouts
+            return ["a b c"] * len(dataset)
+        assert kwargs["num_generations"] == 3 and kwargs["temperature"] == 0.1 and kwargs["top_k"] == 64
+        return rounds
+
+    monkeypatch.setattr(experiment_eval, "generate_answers", fake_generate)
+    result = experiment_eval.evaluate_model(None, None, {"id": eval_set}, config(diversity_samples=1))["id"]
+    for key in METRICS:
+        assert result[key] == pytest.approx(summary[key]) and result[f"{key}_std"] == pytest.approx(
+            summary[f"{key}_std"]
+        )
+
+
+def test_experiment_evaluate_model_on_the_tiny_vlm(tiny, eval_set):
+    from trl_latent.experiments.evaluate import evaluate_model
+
+    model, processor = tiny
+    results = evaluate_model(model, processor, {"id": eval_set, "ood": eval_set.select([0, 1])}, config())
+    assert set(results) == {"id", "ood"}
+    for metrics in results.values():
+        for key in METRICS:
+            assert 0.0 <= metrics[key] <= 1.5 and math.isfinite(metrics[key]), key
+            assert math.isfinite(metrics[f"{key}_std"]) and metrics[f"{key}_std"] >= 0.0, key
+        assert metrics["eval_generations"] == 3
+        assert {"diversity/distinct_1", "diversity/distinct_2", "diversity/self_bleu"} <= set(metrics)
+        example = metrics["examples"][0]
+        assert set(example) == {"character", "reference", "answer", "answers"} and len(example["answers"]) == 3
+        assert example["answer"] == example["answers"][0]
+    # A config without the new fields falls back to the paper's protocol.
+    bare = types.SimpleNamespace(max_completion_length=4, diversity_samples=1)
+    assert evaluate_model(model, processor, {"id": eval_set.select([0])}, bare)["id"]["eval_generations"] == 3
