@@ -567,7 +567,10 @@ class DAPOLoss(PolicyLoss):
     """DAPO (arXiv 2503.14476): the token sum divided by the number of tokens of the whole generation batch
     (token-level policy gradient), with clip-higher: `epsilon_high = 0.28` by default (the paper's value; TRL's
     `loss_type="dapo"` keeps `epsilon_high = epsilon` unless told). The paper's dynamic sampling and soft over-length
-    punishment are the `drop_zero_variance_groups` and `overlong_buffer_length` options."""
+    punishment are the `drop_zero_variance_groups` and `overlong_buffer_length` options. Clip-higher acts only on
+    off-policy steps and the normaliser differs from BNPO's only across micro-batches: with one optimisation step per
+    generation batch DAPO and BNPO give the same update (docs/losses.md "When the objectives differ: the RL
+    schedule")."""
 
     name = "dapo"
     aggregation = "global_token_mean"
