@@ -1,7 +1,7 @@
 """World-model output forms compared on the embedded task: stage 1 under each form, latent-space health after it.
 
 The demo's pretrained tiny base (the same `pretrain_base` phase `make demo` runs) is wrapped with fresh latent modules
-once per form, stage 1 (inverse dynamics warm-up) runs at the demo's size on the role-play dialogues, and the health
+once per form, stage 1 (inverse dynamics warm-up) runs at the demo's size on the paired corpus, and the health
 metrics (docs/metrics.md) are measured on held-out task dialogues: can the world model say the answers (with the IDM's
 codes, with the best of all codes) and do the codes change what it says. Writes `world_outputs.json` and
 `world_outputs.md` to `--output-dir` and prints the table (docs/model.md quotes it).
@@ -71,7 +71,7 @@ def main() -> None:
             **cpu_training_args(),
         )
         trainer = LatentSFTTrainer(
-            model, sft_args, train_dataset=data["pretrain"], processing_class=processor, health_dataset=data["health"]
+            model, sft_args, train_dataset=data["paired"], processing_class=processor, health_dataset=data["health"]
         )
         start = time.perf_counter()
         trainer.train()

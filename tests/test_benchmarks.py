@@ -158,3 +158,26 @@ def test_gpu_check_cpu_fallback(tmp_path, tiny_cache):
     assert all(isinstance(t["met"], bool) and math.isfinite(t["measured"]) for t in targets)
     table = out.with_suffix(".md").read_text()
     assert table.startswith("# GPU check: CPU") and "## Targets" in table and "| target | size |" in table
+
+
+def test_latent_settings_benchmark_smoke(tmp_path, tiny_cache):
+    """Two settings on one seed at the quick size: each builds stages 1-5 from the same base (no RL) and reports the
+    paper-protocol evaluation on the three splits and the health after stage 5."""
+    out = tmp_path / "settings"
+    settings = ["embedded (merge_delta, soft)", "authors (authors, argmax)"]
+    _run("latent_settings.py", "--quick", "--seeds", "0", "--cache-dir", str(tiny_cache), "--output-dir", str(out),
+         "--settings", *settings)  # fmt: skip
+    result = json.loads((out / "latent_settings.json").read_text())
+    assert list(result["runs"]) == settings
+    for name in settings:
+        (run,) = result["runs"][name]
+        assert set(run["eval"]) == {"id", "ood", "held_out"}
+        assert all(
+            0.0 <= run["eval"][s]["all"] <= 1.0 and run["eval"][s]["eval_generations"] == 3 for s in run["eval"]
+        )
+        assert "health/content_controllability" in run["health"]
+    # The settings really differ: the authors' schedule trains stage 1 under minus-base, the embedded job under
+    # merge-delta, and their health after stage 1 differs.
+    after = {name: result["runs"][name][0]["health_after"]["inverse_warmup"] for name in settings}
+    assert after[settings[0]] != after[settings[1]]
+    assert (out / "latent_settings.md").read_text().startswith("| setting |")

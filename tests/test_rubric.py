@@ -1,16 +1,20 @@
 """The offline rubric reward: references score 1.0, wrong colour / shape / count / voice and garbage score lower."""
 
+import re
+
 import pytest
 
 from trl_latent.experiments.reward import (
     RUBRIC_DIMENSIONS,
     answer_accuracy,
+    answer_checks,
     completion_text,
     parse_scene,
     rubric_ratio,
     rubric_reward,
     rubric_scores,
     task_reward,
+    voice_checks,
 )
 from trl_latent.experiments.task import (
     ALL_CHARACTERS,
@@ -18,6 +22,8 @@ from trl_latent.experiments.task import (
     QUESTIONS,
     SHAPES,
     ShapesScene,
+    all_answers,
+    character_answer,
     reference_answer,
     synthetic_rl_dataset,
 )
@@ -31,17 +37,69 @@ def _ratio(text, **kwargs):
     return rubric_ratio(text, REF, character="Captain Rolo", question=WHAT, **kwargs)
 
 
-def test_every_reference_scores_ten_and_ratio_one():
+def test_every_pattern_of_every_character_is_a_right_answer():
+    """Several right answers: judged against a reference in any one of the character's patterns, an answer in any
+    other of its patterns scores at least 0.95 (here: 10 on every dimension) and passes every exact check."""
     for name in ALL_CHARACTERS:
         for colour in COLOURS:
             for shape in SHAPES:
                 for count in (1, 2, 3, 4):
-                    reference = reference_answer(name, ShapesScene(colour, shape, count))
-                    for question, _ in QUESTIONS:
-                        scores = rubric_scores(reference, reference, character=name, question=question)
-                        assert scores["response"] == scores["reference"] == dict.fromkeys(RUBRIC_DIMENSIONS, 10.0)
-                    assert rubric_ratio(reference, reference) == 1.0  # character and scene inferred
-                    assert parse_scene(reference) == ShapesScene(colour, shape, count)
+                    scene = ShapesScene(colour, shape, count)
+                    answers = all_answers(name, scene)
+                    assert len(answers) >= 4
+                    for reference in answers:
+                        assert parse_scene(reference) == scene
+                        for question, _ in QUESTIONS[:2]:
+                            for answer in answers:
+                                scores = rubric_scores(answer, reference, character=name, question=question)
+                                assert scores["response"] == dict.fromkeys(RUBRIC_DIMENSIONS, 10.0), answer
+                        assert rubric_ratio(answers[-1], reference) >= 0.95  # character and scene inferred
+                        assert all(answer_checks(a, reference, name)["all"] for a in answers)
+
+
+def _swap(text: str, old: str, new: str) -> str:
+    # Whole-word prefix swap that keeps a capital letter: "Red circles" -> "Green circles", "circles" -> "squares".
+    return re.sub(
+        rf"\b{old}|\b{old.capitalize()}", lambda m: new if m.group()[0].islower() else new.capitalize(), text
+    )
+
+
+def _wrong(answer: str, scene: ShapesScene, part: str, name: str) -> str:
+    if part == "colour":
+        return _swap(answer, scene.colour, COLOURS[(COLOURS.index(scene.colour) + 1) % len(COLOURS)])
+    if part == "shape":
+        return _swap(answer, scene.shape, SHAPES[(SHAPES.index(scene.shape) + 1) % len(SHAPES)])
+    if part == "count":
+        return _swap(answer, "two", "three")
+    other = sorted(set(ALL_CHARACTERS) - {name})[0]  # voice: another character's answer, same scene
+    return character_answer(other, scene, 0)
+
+
+@pytest.mark.parametrize("part", ["colour", "shape", "count", "voice"])
+def test_a_wrong_part_in_any_pattern_scores_clearly_less(part):
+    """The table: for every character and every one of its patterns, a wrong colour, shape, count or voice drops the
+    judge-like ratio below 0.95 (a right answer's floor) and the task reward to at most 0.8."""
+    scene = ShapesScene("red", "circle", 2)
+    for name in ALL_CHARACTERS:
+        reference = character_answer(name, scene, 0)
+        for answer in all_answers(name, scene):
+            wrong = _wrong(answer, scene, part, name)
+            assert wrong != answer
+            ratio = rubric_ratio(wrong, reference, character=name, question=WHAT, scene=scene)
+            task = task_reward([None], [wrong], reference=[reference], character=[name], question=[WHAT])[0]
+            assert ratio <= 0.93, (part, wrong, ratio)
+            assert task <= 0.8, (part, wrong, task)
+            assert not answer_checks(wrong, reference, name)[part]
+
+
+def test_voice_needs_the_catchphrase_and_two_voice_words_and_nothing_of_another():
+    scene = ShapesScene("blue", "square", 1)
+    right = character_answer("Granny Fern", scene, 1)  # "Oh dearie, one blue square, warm and cosy. Bless my boots!"
+    assert voice_checks(right, "Granny Fern") == {"catchphrase": True, "words": True, "clean": True, "voice": True}
+    assert not voice_checks("Bless my boots! One blue square.", "Granny Fern")["voice"]  # no voice words
+    assert not voice_checks("Dearie, one blue square, warm and cosy.", "Granny Fern")["voice"]  # no catchphrase
+    mixed = right + " A noble sight."  # Sir Bramble's word
+    assert voice_checks(mixed, "Granny Fern")["clean"] is False
 
 
 def test_wrong_content_scores_lower_on_relevance():
@@ -61,7 +119,7 @@ def test_wrong_voice_scores_lower_on_personality():
     assert scores["image_text_relevance"] == 10.0
     assert scores["personality_tone"] == 1.0
     assert _ratio(other) == pytest.approx(31 / 40)
-    # Half a voice (catchphrase without tone words) sits in between.
+    # Half a voice (the catchphrase and one voice word) sits in between.
     partial = "Ahoy, matey! I spot two red circles on deck."
     assert _ratio(other) < _ratio(partial) < 1.0
 

@@ -10,17 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trl_latent.experiments.general import general_sft_dataset
 from trl_latent.experiments.reward import parse_scene
 from trl_latent.experiments.task import (
     _RGB,
+    ALL_CHARACTERS,
     CHARACTERS,
     COLOURS,
     HELD_OUT_COMBOS,
     MANIFEST_NAME,
+    MIN_VOICE_WORDS,
     OOD_CHARACTERS,
     PROFILE_FIELDS,
     SHAPES,
     ShapesScene,
+    all_answers,
+    character_answer,
     draw_scene,
     paired_combos,
     reference_answer,
@@ -77,8 +82,8 @@ def test_sft_and_rl_datasets_have_trl_formats():
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     assert row["messages"][1]["content"][0]["type"] == "image"
     assert len(row["images"]) == 1 and row["images"][0].size == (84, 56)
-    assert row["messages"][2]["content"][0]["text"] == reference_answer(
-        row["character"], ShapesScene(row["colour"], row["shape"], row["count"])
+    assert row["messages"][2]["content"][0]["text"] == character_answer(
+        row["character"], ShapesScene(row["colour"], row["shape"], row["count"]), row["pattern"]
     )
     rl = synthetic_rl_dataset(4, seed=0)
     assert {"prompt", "image", "reference", "character"} <= set(rl.column_names)
@@ -123,6 +128,16 @@ def test_mmrole_layout(task):
     assert json.loads((root / MANIFEST_NAME).read_text())["counts"] == manifest.counts
 
 
+def _voice_marks(name: str) -> list[str]:
+    """What gives a character's voice away: its name, its catchphrase and its voice words."""
+    profile = ALL_CHARACTERS[name]
+    return [name, profile["catchphrase"], *profile["voice_words"]]
+
+
+def _mentions(text: str, marks: list[str]) -> bool:
+    return any(re.search(r"\b" + re.escape(mark.lower()) + r"\b", text.lower()) for mark in marks)
+
+
 def test_pretraining_corpora_and_held_out_combos(task):
     root, manifest = task
     paired = json.loads(manifest.path(manifest.paired_file).read_text())
@@ -140,12 +155,71 @@ def test_pretraining_corpora_and_held_out_combos(task):
         assert "images" not in record and set(record) == {"id", "messages", "instance_type"}
         assert not any("<image>" in m["content"] for m in record["messages"])
         scene = parse_scene(record["messages"][-1]["content"])
-        text_seen.add((scene.colour, scene.shape))
-        assert not any(name in json.dumps(record) for name in OOD_CHARACTERS)
+        if scene is not None:
+            text_seen.add((scene.colour, scene.shape))
     all_combos = {(c, s) for c in COLOURS for s in SHAPES}
     assert paired_seen == set(paired_combos()) == all_combos - set(HELD_OUT_COMBOS)
-    assert text_seen == all_combos  # the text-only corpus talks about the held-out combinations too
+    assert set(HELD_OUT_COMBOS) <= text_seen  # the text-only corpus talks about the held-out combinations too
     assert len(text_only) > len(paired)
+
+
+def test_ood_voices_are_in_the_general_text_only(task):
+    """The paper's coverage gap: the out-of-distribution characters' voices and the held-out combinations are in the
+    general text (the base's pre-training and the text-only corpus drawn from it), and in no paired record, task
+    dialogue of the in-distribution split or RL prompt."""
+    root, manifest = task
+    marks = [mark for name in OOD_CHARACTERS for mark in _voice_marks(name)]
+    text_only = json.dumps(json.loads(manifest.path(manifest.text_only_file).read_text()))
+    general_rows = general_sft_dataset(160, seed=1)
+    general = json.dumps(list(general_rows["messages"]))
+    # The base's general text describes every combination, held-out ones included (80 text rows: 27 descriptions).
+    described = {
+        (scene.colour, scene.shape)
+        for messages, images in zip(general_rows["messages"], general_rows["images"])
+        if not images and (scene := parse_scene(messages[-1]["content"][0]["text"])) is not None
+    }
+    assert set(HELD_OUT_COMBOS) <= described
+    for name in OOD_CHARACTERS:
+        catchphrase = ALL_CHARACTERS[name]["catchphrase"]
+        assert catchphrase in text_only and catchphrase in general, name
+        assert sum(word in text_only for word in ALL_CHARACTERS[name]["voice_words"]) >= MIN_VOICE_WORDS, name
+    paired = json.loads(manifest.path(manifest.paired_file).read_text())
+    id_dialogues = [json.loads((root / f).read_text()) for f in manifest.dialogue_files]
+    rl = synthetic_rl_dataset(64, seed=0)
+    sft = synthetic_sft_dataset(64, seed=0)
+    for text in (
+        [m["content"] for r in paired for m in r["messages"]]
+        + [t["value"] for sessions in id_dialogues for s in sessions for t in s["conversations"]]
+        + [p["text"] or "" for prompt in rl["prompt"] for m in prompt for p in m["content"]]
+        + [p["text"] or "" for messages in sft["messages"] for m in messages for p in m["content"]]
+    ):
+        assert not _mentions(text, marks), text
+    held_out = set(HELD_OUT_COMBOS)
+    assert not held_out & set(zip(rl["colour"], rl["shape"]))
+    assert not held_out & set(zip(sft["colour"], sft["shape"]))
+    for sessions in id_dialogues:
+        for session in sessions:
+            scene = parse_scene(session["conversations"][1]["value"])
+            assert (scene.colour, scene.shape) not in held_out
+    # ... while the held-out evaluation split is made of them.
+    held = synthetic_rl_dataset(12, seed=0, split="eval-held-out", combos="held_out")
+    assert set(zip(held["colour"], held["shape"])) <= held_out
+
+
+def test_every_character_has_several_right_answers():
+    scene = ShapesScene("green", "square", 3)
+    for name in ALL_CHARACTERS:
+        answers = all_answers(name, scene)
+        assert len(set(answers)) >= 4, name
+        # Word order varies: the content words do not always come in the same order or place.
+        orders = {
+            tuple(w for w in re.findall(r"[a-z]+", a.lower()) if w in ("three", "green", "squares")) for a in answers
+        }
+        assert len(orders) >= 2, (name, orders)
+        assert all(parse_scene(a) == scene for a in answers)
+    # Datasets draw among the patterns.
+    patterns = {(row["character"], row["pattern"]) for row in synthetic_sft_dataset(64, seed=0)}
+    assert {p for _, p in patterns} == {0, 1, 2, 3}
 
 
 def test_held_out_combos_cover_every_colour_and_shape():

@@ -6,9 +6,12 @@ experiment would, and the library never imports it (a test enforces the rule), a
 
 | module | what it holds |
 |---|---|
-| `task.py` | the shapes role-play task: scenes, characters, dialogues, the pretraining corpora, written in the MMRole layout |
+| `task.py` | the shapes role-play task: scenes, characters and their answer patterns, dialogues, the MMRole layout |
+| `general.py` | the general corpus the base learns and the text-only corpus is drawn from (no task answers) |
 | `reward.py` | the task's offline rewards: the judge-like rubric ratio, `task_reward`, answer checks, `RubricJudge` |
 | `models.py` | the library's tiny-model builders bound to the task's tokenizer corpus |
+| `evaluate.py` | the paper's evaluation protocol on the task's splits (3 generations, mean ± std) |
+| `probes.py` | what a plain VLM already knows of the task (answer-token accuracy) |
 | `pipeline.py` | `trl-latent demo`: one token vs latent comparison, phase by phase (`PipelineConfig`) |
 | `study.py` | `trl-latent study`: the resumable grid over objectives, seeds and ablations |
 | `reports.py` | tables and plots of the demo and the study |

@@ -29,17 +29,26 @@ from typing import Any
 
 import torch
 
-from ..evaluation import generate_answers
-from ..metrics.diversity import group_diversity
+from ..evaluation import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
 from ..modeling.configuration import LatentActionConfig
 from ..training.latent_grpo_config import LatentGRPOConfig
 from ..training.latent_sft_config import LatentSFTConfig
 from ..training.stages import PRETRAIN_STAGE_NAMES
 from .console import heading
+from .evaluate import evaluate_model
 from .prefix_cache import PrefixCache, prefix_entry
+from .probes import answer_token_accuracy
 from .progress import train_with_progress
-from .reward import REWARDS, answer_accuracy, rubric_reward, task_reward
-from .task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from .reward import REWARDS
+from .task import (
+    ALL_CHARACTERS,
+    COLOURS,
+    COUNT_WORDS,
+    SHAPES,
+    synthetic_rl_dataset,
+    synthetic_sft_dataset,
+    write_synthetic_task,
+)
 from .trainer_args import cpu_training_args, logged
 
 logger = logging.getLogger(__name__)
@@ -148,9 +157,6 @@ class PipelineConfig:
     stage_learning_rate: float = option(2e-3, reads=("latent",))
     n_paired: int = option(256, reads=("latent",))
     n_text_only: int = option(1024, reads=("latent",))
-    # Paired stream of stages 1-4: "dialogues" (the role-play dialogues the base was pretrained on, the analogue of the
-    # paper's general corpora that cover the task's language) or "corpus" (the synthetic captions corpus only).
-    latent_paired_data: str = option("dialogues", reads=("latent",))
     # World-model output form per stage and behaviour cloning: this job's measured choices against the paper's.
     world_output_schedule: str = option(
         reads=("latent",),
@@ -195,7 +201,14 @@ class PipelineConfig:
     # RL, identical for both arms.
     loss: str = option("grpo", reads=("rl",))
     reward: str = option("task", reads=("rl",))
+    # RL schedule: `rl_steps` generation batches of `prompts_per_step` prompts x `num_generations`; each is split into
+    # `rl_micro_batches` micro-batches (one optimizer step) and used for `rl_iterations` passes, so the objectives
+    # differ as their papers intend (clipping acts on the off-policy pass; the normalisers differ across
+    # micro-batches). DAPO takes its paper's clip-higher (epsilon_high 0.28); the others clip at TRL's 0.2.
     rl_steps: int = option(40, reads=("rl",))
+    rl_micro_batches: int = option(2, reads=("rl",))
+    rl_iterations: int = option(2, reads=("rl",))
+    dapo_epsilon_high: float = option(0.28, reads=("rl",))
     prompts_per_step: int = option(8, reads=("rl",))
     num_generations: int = option(8, reads=("rl",))
     # Each arm's learning rate is the best of a small sweep on seed 0 (docs/findings.md): token 1e-5 (of 1e-5, 3e-5,
@@ -204,10 +217,16 @@ class PipelineConfig:
     latent_rl_learning_rate: float = option(1e-3, reads=("rl",))
     beta: float = option(reads=("rl",), feeds=LatentGRPOConfig)
     # Generation length of RL rollouts and of every evaluation.
-    max_completion_length: int = option(32, reads=("rl", "eval"))
+    # Long enough for the longest answer pattern (37 tokens of the tiny tokenizer) and its end-of-turn token.
+    max_completion_length: int = option(40, reads=("rl", "eval"))
     n_rl_prompts: int = option(512, reads=("rl",))
-    # Evaluation.
+    # Evaluation: `n_eval` prompts per split, `eval_generations` answers per prompt sampled as the paper evaluates
+    # (codes: top-k `eval_top_k` at `eval_temperature`; the token models: tokens at the same temperature and top-k),
+    # reported as mean ± std over generations; diversity on `diversity_samples` rollouts per prompt at the RL setting.
     n_eval: int = option(32, reads=("eval",))
+    eval_generations: int = option(PAPER_EVAL_GENERATIONS, reads=("eval",))
+    eval_temperature: float = option(PAPER_EVAL_TEMPERATURE, reads=("eval",))
+    eval_top_k: int = option(PAPER_EVAL_TOP_K, reads=("eval",))
     diversity_samples: int = option(4, reads=("eval",))
     cache_dir: str | None = option(None, reads=("run",))
     # Intra-op threads for the run (0: leave torch's default).
@@ -259,30 +278,6 @@ def library_kwargs(config: PipelineConfig, config_class: type) -> dict[str, Any]
     }
 
 
-def evaluate_model(model, processor, eval_sets: dict, config: PipelineConfig, embedder=None) -> dict[str, Any]:
-    """Greedy accuracy and rubric reward per evaluation set, plus the diversity of sampled rollouts (with an
-    `embedder`, e.g. `trl_latent.metrics.diversity.Embedder()`, also `diversity/embedding`)."""
-    results = {}
-    for name, dataset in eval_sets.items():
-        greedy = generate_answers(model, processor, dataset, config.max_completion_length)
-        columns = {k: dataset[k] for k in dataset.column_names if k not in ("prompt", "image")}
-        rewards = rubric_reward(dataset["prompt"], greedy, **columns)
-        metrics: dict[str, Any] = answer_accuracy(greedy, dataset["reference"], dataset["character"])
-        metrics["reward"] = sum(rewards) / len(rewards)  # the judge-like rubric ratio (the paper's metric)
-        task = task_reward(dataset["prompt"], greedy, **columns)
-        metrics["task_reward"] = sum(task) / len(task)
-        # Rollout diversity: `diversity_samples` sampled answers per prompt, adjacent as in a GRPO group.
-        repeated = dataset.select([i for i in range(len(dataset)) for _ in range(config.diversity_samples)])
-        sampled = generate_answers(model, processor, repeated, config.max_completion_length, sample=True)
-        metrics.update(group_diversity(sampled, config.diversity_samples, embedder))
-        metrics["examples"] = [
-            {"character": c, "reference": r, "answer": a}
-            for c, r, a in list(zip(dataset["character"], dataset["reference"], greedy))[:2]
-        ]
-        results[name] = metrics
-    return results
-
-
 # ------------------------------------------------------------------------------------------------ the arms
 def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_dir, title="SFT"):
     from trl import SFTConfig, SFTTrainer
@@ -304,11 +299,34 @@ def _stock_sft(model, processor, dataset, steps, learning_rate, config, output_d
     return trainer.model, {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
+def rl_schedule(config: PipelineConfig) -> dict[str, Any]:
+    """TRL's schedule arguments for `config`: each generation batch (`prompts_per_step` prompts x `num_generations`)
+    is split into `rl_micro_batches` micro-batches that make one optimizer step, and reused for `rl_iterations`
+    passes; `rl_steps` counts generation batches. With `rl_iterations > 1` the later passes are off-policy, so the
+    clip acts (DAPO's clip-higher included), and with several micro-batches the objectives' normalisers differ
+    (docs/losses.md)."""
+    generation_batch = config.prompts_per_step * config.num_generations
+    if generation_batch % config.rl_micro_batches:
+        raise ValueError(
+            f"prompts_per_step * num_generations = {generation_batch} must be divisible by rl_micro_batches "
+            f"({config.rl_micro_batches})."
+        )
+    schedule = {
+        "max_steps": config.rl_steps * config.rl_iterations,
+        "per_device_train_batch_size": generation_batch // config.rl_micro_batches,
+        "gradient_accumulation_steps": config.rl_micro_batches,
+        "steps_per_generation": config.rl_micro_batches,
+        "num_iterations": config.rl_iterations,
+    }
+    if config.loss == "dapo":
+        schedule["epsilon_high"] = config.dapo_epsilon_high
+    return schedule
+
+
 def _rl_args(cls, output_dir, learning_rate, config, **extra):
     return cls(
         output_dir=str(output_dir),
-        max_steps=config.rl_steps,
-        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        **rl_schedule(config),
         num_generations=config.num_generations,
         max_completion_length=config.max_completion_length,
         learning_rate=learning_rate,
@@ -318,6 +336,22 @@ def _rl_args(cls, output_dir, learning_rate, config, **extra):
         **extra,
     )
 
+
+# The content words whose positions the latent-space health measures controllability at (`health/content_...`):
+# colours, shapes, counts and the characters' voice words, as they appear in answers (capitalised too).
+def _with_capitals(words) -> list[str]:
+    return [w for word in words for w in (word, word.capitalize())]
+
+
+CONTENT_WORDS = {
+    "colour": _with_capitals(COLOURS),
+    "shape": _with_capitals([s + plural for s in SHAPES for plural in ("", "s")]),
+    "count": _with_capitals(COUNT_WORDS),
+    "voice": _with_capitals([w for profile in ALL_CHARACTERS.values() for w in profile["voice_words"]]),
+}
+
+# Task dialogues the answer-token probe reads (trl_latent.experiments.probes).
+PROBE_SAMPLES = 64
 
 # Per-step RL metrics kept as curves besides the reward (those a trainer logs).
 RL_CURVES = ("loss", "latent/code_entropy", "latent/codes_used", "latent/code_perplexity", "kl", "entropy")
@@ -358,6 +392,7 @@ def run_token_arm(
             model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config,
             output_dir, "token arm: task SFT",
         )  # fmt: skip
+        sft["answer_token_accuracy"] = answer_token_accuracy(model, processor, data["health"], PROBE_SAMPLES)
         sft_result = {"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)}
         if prefix.cached:
             model.save_pretrained(prefix.build_dir)
@@ -383,6 +418,27 @@ def run_token_arm(
     return result
 
 
+def run_text_mix_baseline(
+    base_path, processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
+) -> dict[str, Any]:
+    """The more-data baseline: stock SFT of the base for the task SFT's steps on the task's SFT split with the
+    text-only corpus of the latent stages mixed in (`data["task_sft_text"]`), so that a latent win cannot be just
+    more data. Returns `{"sft": ..., "eval_sft": ...}`."""
+    from transformers import AutoModelForImageTextToText
+
+    evaluate = evaluate or evaluate_model
+    prefix = prefix_entry(cache, "token_sft_text", config, Path(output_dir) / "sft")
+    if prefix.result is None:
+        model = AutoModelForImageTextToText.from_pretrained(base_path)
+        model, sft = _stock_sft(
+            model, processor, data["task_sft_text"], config.task_sft_steps, config.task_sft_learning_rate, config,
+            output_dir, "baseline: task SFT + text-only corpus",
+        )  # fmt: skip
+        sft["answer_token_accuracy"] = answer_token_accuracy(model, processor, data["health"], PROBE_SAMPLES)
+        prefix.finish({"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)})
+    return dict(prefix.result)
+
+
 def new_latent_model(base_path, config: PipelineConfig):
     """The latent arm's starting point: the pretrained base wrapped with fresh latent modules of the config's sizes,
     initialised from `config.seed`."""
@@ -396,7 +452,8 @@ def new_latent_model(base_path, config: PipelineConfig):
 def run_latent_arm(
     base_path, processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
 ) -> dict[str, Any]:
-    """Stages 1-5 (the projector warm-up skipped without the projector), then `config.loss` over latent actions.
+    """Stages 1-5 (the projector warm-up skipped without the projector), then `config.loss` over latent actions
+    (skipped with `rl_steps=0`).
     With `cache` every stage's saved model is reused by every run that shares it (the stage after stage 5 evaluation
     too); `evaluate` (default [`evaluate_model`]) scores a model."""
     from ..modeling.model import LatentActionModel
@@ -407,9 +464,6 @@ def run_latent_arm(
     evaluate = evaluate or evaluate_model
     model = new_latent_model(base_path, config)
     stages: dict[str, Any] = {}
-    if config.latent_paired_data not in ("dialogues", "corpus"):
-        raise ValueError(f"latent_paired_data must be 'dialogues' or 'corpus' (got {config.latent_paired_data!r}).")
-    latent_paired = "pretrain" if config.latent_paired_data == "dialogues" else "paired"
     pretrain = [stage for stage in PRETRAIN_STAGE_NAMES if config.use_projector or stage != "projector_warmup"]
     plan = [(stage, config.stage_steps, config.stage_learning_rate) for stage in pretrain]
     plan.append(("world_sft", config.task_sft_steps, config.world_sft_learning_rate or config.task_sft_learning_rate))
@@ -440,10 +494,11 @@ def run_latent_arm(
         trainer = LatentSFTTrainer(
             model,
             args,
-            train_dataset=data["task_sft"] if world else data[latent_paired],
+            train_dataset=data["task_sft"] if world else data["paired"],
             text_dataset=data["text"] if resolve_stage(args).uses("text") else None,
             processing_class=processor,
             health_dataset=data.get("health"),
+            health_content_words=CONTENT_WORDS,
         )
         start = time.perf_counter()
         train_with_progress(trainer, f"latent arm: {stage}")
@@ -465,6 +520,8 @@ def run_latent_arm(
     if eval_entry.result is None:
         eval_entry.finish({"eval_sft": evaluate(model, processor, eval_sets, config)})
     result: dict[str, Any] = {"stages": stages, "eval_sft": eval_entry.result["eval_sft"]}
+    if config.rl_steps == 0:  # the latent space alone (benchmarks/latent_settings.py compares its settings)
+        return result
     args = _rl_args(
         LatentGRPOConfig,
         output_dir / "grpo",
@@ -485,22 +542,36 @@ def run_latent_arm(
 
 # ------------------------------------------------------------------------------------------------ the job
 def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
-    """The job's datasets (`data`: pretrain, task_sft, paired, text, rl), its held-out `eval_sets` (id, ood) and the
-    tiny model's processor; the synthetic task's files are written to `data_dir`."""
+    """The job's datasets and its held-out evaluation sets; the synthetic task's files are written to `data_dir`.
+
+    `data`: `pretrain` (the general corpus the base learns: pictures and general text, `experiments.general`),
+    `task_sft` (task dialogues, in-distribution characters, the combinations paired data shows), `task_sft_text`
+    (the same with the text-only corpus mixed in, for the more-data baseline), `paired` and `text` (the pretraining
+    corpora of latent stages 1-4, read from disk), `rl` (prompts), `health` (held-out task dialogues).
+    `eval_sets`: `id` (in-distribution characters), `ood` (out-of-distribution characters, whose voices only the
+    general text has), `held_out` (in-distribution characters on `HELD_OUT_COMBOS`, which only the general text has).
+    Returns `(data, eval_sets, processor)`."""
+    from datasets import concatenate_datasets
     from transformers import AutoProcessor
 
     from ..data.pretrain import load_pretrain_corpus
+    from .general import general_sft_dataset
     from .models import tiny_vlm_path
 
     seed, size = config.seed, config.image_size
     task = write_synthetic_task(
         data_dir, seed=seed, image_size=size, n_paired=config.n_paired, n_text_only=config.n_text_only
     )
+    text = load_pretrain_corpus(task.path(task.text_only_file)).text
+    task_sft = synthetic_sft_dataset(config.n_dialogues, seed, size, "id", split="sft")
     data = {
-        "pretrain": synthetic_sft_dataset(config.n_dialogues, seed + 1, size, "id", split="pretrain"),
-        "task_sft": synthetic_sft_dataset(config.n_dialogues, seed, size, "id", split="sft"),
+        "pretrain": general_sft_dataset(config.n_dialogues, seed + 1, size, split="pretrain"),
+        "task_sft": task_sft,
+        "task_sft_text": concatenate_datasets(
+            [task_sft.select_columns(["messages", "images"]), _as_vlm_text(text)]
+        ).shuffle(seed=seed),
         "paired": load_pretrain_corpus(task.path(task.paired_file), image_root=task.root).paired,
-        "text": load_pretrain_corpus(task.path(task.text_only_file)).text,
+        "text": text,
         "rl": synthetic_rl_dataset(config.n_rl_prompts, seed, size, "id", split="rl"),
         # Held-out task dialogues for the latent-space health metrics after each stage.
         "health": synthetic_sft_dataset(max(config.health_samples, 1), seed, size, "id", split="eval"),
@@ -508,9 +579,25 @@ def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
     eval_sets = {
         "id": synthetic_rl_dataset(config.n_eval, seed, size, "id", split="eval"),
         "ood": synthetic_rl_dataset(config.n_eval, seed, size, "ood", split="eval"),
+        "held_out": synthetic_rl_dataset(config.n_eval, seed, size, "id", split="eval-held-out", combos="held_out"),
     }
     processor = AutoProcessor.from_pretrained(tiny_vlm_path(config.size, seed=seed, cache_dir=config.cache_dir))
     return data, eval_sets, processor
+
+
+def _as_vlm_text(text):
+    """Text-only chat records (`messages` with string contents) in the conversational VLM format of the task's SFT
+    data (typed text parts, an empty `images` list), so the two mix in one `SFTTrainer` dataset."""
+    from datasets import Dataset
+
+    rows = [
+        {
+            "messages": [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages],
+            "images": [],
+        }
+        for messages in text["messages"]
+    ]
+    return Dataset.from_list(rows)
 
 
 def pretrain_base(
@@ -533,6 +620,8 @@ def pretrain_base(
             base, processor, data["pretrain"], config.pretrain_steps, config.pretrain_learning_rate, config,
             output_dir / "pretrain", "pretraining the base VLM",
         )  # fmt: skip
+        # What the base knows of the task before task SFT (it should be fluent, not task-trained).
+        pretrain["answer_token_accuracy"] = answer_token_accuracy(base, processor, data["health"], PROBE_SAMPLES)
         base.save_pretrained(prefix.build_dir)
         processor.save_pretrained(prefix.build_dir)
         prefix.finish({"pretrain": pretrain, "eval_base": evaluate(base, processor, eval_sets, config)})
@@ -554,12 +643,16 @@ def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, 
     data, eval_sets, processor = prepare_task(config, output_dir / "data")
     results: dict[str, Any] = {"config": asdict(config)}
 
-    heading(f"[1/3] pretraining the tiny base VLM ({config.pretrain_steps} steps), the start of both arms")
+    heading(f"[1/4] pretraining the tiny base VLM on the general corpus ({config.pretrain_steps} steps)")
     base_path, base = pretrain_base(processor, data, eval_sets, config, output_dir)
     results.update(base)
-    heading(f"[2/3] token arm: stock SFT ({config.task_sft_steps} steps), then {config.loss} over tokens")
+    heading(f"[2/4] token arm: stock SFT ({config.task_sft_steps} steps), then {config.loss} over tokens")
     results["token"] = run_token_arm(base_path, processor, data, eval_sets, config, output_dir / "token")
-    heading(f"[3/3] latent arm: stages 1-5, then {config.loss} over latent actions")
+    heading(f"[3/4] baseline: stock SFT ({config.task_sft_steps} steps) with the text-only corpus mixed in")
+    results["token_text"] = run_text_mix_baseline(
+        base_path, processor, data, eval_sets, config, output_dir / "token_text"
+    )
+    heading(f"[4/4] latent arm: stages 1-5, then {config.loss} over latent actions")
     results["latent"] = run_latent_arm(base_path, processor, data, eval_sets, config, output_dir / "latent")
     results["seconds"] = time.perf_counter() - start
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -568,11 +661,24 @@ def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, 
     return results
 
 
+# The evaluation splits of the demo's table, in order: prompts with in-distribution characters, with
+# out-of-distribution characters, and with in-distribution characters on the held-out combinations.
+SPLITS = (("id", "ID"), ("ood", "OOD"), ("held_out", "held-out combos"))
+
+
+def _cell(metrics: dict, key: str, digits: int = 2) -> str:
+    value, std = metrics[key], metrics.get(f"{key}_std")
+    return f"{value:.{digits}f}" if std is None else f"{value:.{digits}f} ± {std:.{digits}f}"
+
+
 def _row(name: str, ev: dict, rl: dict | None = None) -> str:
     cells = [name]
-    for split in ("id", "ood"):
+    for split, _ in SPLITS:
+        if split not in ev:
+            cells += ["", "", ""]
+            continue
         m = ev[split]
-        cells += [f"{m['all']:.2f}", f"{m['colour']:.2f}/{m['shape']:.2f}/{m['voice']:.2f}", f"{m['reward']:.3f}"]
+        cells += [_cell(m, "all"), f"{m['colour']:.2f}/{m['shape']:.2f}/{m['voice']:.2f}", _cell(m, "reward", 3)]
     cells.append(f"{ev['id']['diversity/distinct_2']:.3f}")
     cells.append(f"{ev['id']['diversity/self_bleu']:.3f}")
     cells.append(f"{rl['reward_first_quarter']:.3f} -> {rl['reward_last_quarter']:.3f}" if rl else "")
@@ -580,18 +686,36 @@ def _row(name: str, ev: dict, rl: dict | None = None) -> str:
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The latent vs token comparison as a markdown table."""
+    """The latent vs token comparison as a markdown table (a column group per evaluation split)."""
     loss = results["config"]["loss"]
+    head = ["model"]
+    for _, label in SPLITS:
+        head += [f"{label} all", f"{label} colour/shape/voice", f"{label} reward"]
+    head += ["distinct-2", "self-BLEU", "RL reward (first -> last quarter)"]
     lines = [
-        "| model | ID all | ID colour/shape/voice | ID reward | OOD all | OOD colour/shape/voice | OOD reward | "
-        "distinct-2 | self-BLEU | RL reward (first -> last quarter) |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---|",
-        _row("base (pretrained stand-in)", results["eval_base"]),
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|---|---:|" * len(SPLITS) + "---:|---:|---|",
+        _row("base (general pretraining)", results["eval_base"]),
         _row("token: SFT", results["token"]["eval_sft"]),
+    ]
+    if "token_text" in results:
+        lines.append(_row("token: SFT with the text-only corpus", results["token_text"]["eval_sft"]))
+    lines += [
         _row(f"token: SFT + {loss}", results["token"]["eval_rl"], results["token"]["rl"]),
         _row("latent: stages 1-5", results["latent"]["eval_sft"]),
         _row(f"latent: stages 1-5 + {loss}", results["latent"]["eval_rl"], results["latent"]["rl"]),
     ]
+    probes = [("base", results.get("pretrain", {})), ("token SFT", results["token"].get("sft", {}))]
+    if "token_text" in results:
+        probes.append(("token SFT with text", results["token_text"]["sft"]))
+    measured = [
+        f"{name} {entry['answer_token_accuracy']:.3f}" for name, entry in probes if "answer_token_accuracy" in entry
+    ]
+    if measured:
+        lines += [
+            "",
+            "Answer tokens predicted (teacher forcing, held-out task dialogues): " + ", ".join(measured) + ".",
+        ]
     lines += ["", format_health(results["latent"]["stages"])]
     t, la = results["token"]["rl"], results["latent"]["rl"]
     lines.append("")
@@ -609,6 +733,7 @@ HEALTH_COLUMNS = (
     ("world_accuracy_best", "best code", "{:.3f}"),
     ("base_accuracy", "base alone", "{:.3f}"),
     ("controllability", "controllability", "{:.2f}"),
+    ("content_controllability", "content controllability", "{:.2f}"),
     ("codes_used_policy", "policy codes used", "{:.0f}"),
     ("policy_entropy", "policy entropy", "{:.2f}"),
 )
@@ -632,10 +757,17 @@ def format_health(stages: dict[str, Any]) -> str:
 
 # One line per column of `format_results`, printed under the demo's table.
 COLUMN_NOTES = (
-    ("ID / OOD", "held-out prompts whose characters the task's SFT split had (ID) or never had (OOD)"),
-    ("all", "share of greedy answers with colour, shape, count and voice all right"),
-    ("colour/shape/voice", "share of greedy answers naming only the right colour / shape, in the character's voice"),
-    ("reward", "mean rubric reward of the greedy answers (policy / reference score ratio, the paper's judge metric)"),
+    (
+        "ID / OOD",
+        "held-out prompts whose characters the task's SFT split had (ID) or never had (OOD, voice only in the general text)",
+    ),
+    ("held-out combos", "ID characters on the colour/shape combinations only the general text shows"),
+    (
+        "all",
+        "share of answers with colour, shape, count and voice all right: mean ± std over 3 generations per prompt",
+    ),
+    ("colour/shape/voice", "share of answers naming only the right colour / shape, in the character's voice"),
+    ("reward", "mean rubric reward of the answers (policy / reference score ratio, the paper's judge metric)"),
     ("distinct-2", "unique word pairs / all word pairs in a prompt's sampled rollouts, ID (higher = more diverse)"),
     ("self-BLEU", "BLEU of each sampled rollout against the rest of its group, ID (lower = more diverse)"),
     ("RL reward", "mean rollout reward over the first and the last quarter of the RL steps (the RL reward, `reward`)"),
@@ -645,6 +777,10 @@ COLUMN_NOTES = (
         "world-model accuracy with the inverse model's, the policy's argmax, or the best code",
     ),
     ("controllability", "distinct next tokens across all codes at an answer position (1 = codes change nothing)"),
+    (
+        "content controllability",
+        "at colour, shape, count and voice-word positions: distinct right-kind words some code makes the world model emit",
+    ),
     ("policy entropy", "mean entropy of the policy's code distribution, nats (room to explore)"),
 )
 

@@ -37,6 +37,8 @@ from ..training.stages import PRETRAIN_STAGE_NAMES
 PHASE_READS = {
     "base": ("base", "eval"),
     "token_sft": ("base", "task_sft", "eval"),
+    # Token SFT with the text-only corpus mixed in (the more-data baseline): its size is a latent-stage field.
+    "token_sft_text": ("base", "task_sft", "latent", "eval"),
     **{f"latent/{stage}": ("base", "latent") for stage in PRETRAIN_STAGE_NAMES},
     "latent/world_sft": ("base", "latent", "task_sft", "world_sft"),
     "latent/eval_world_sft": ("base", "latent", "task_sft", "world_sft", "eval"),

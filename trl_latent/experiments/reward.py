@@ -34,8 +34,10 @@ from .task import (
     ALL_CHARACTERS,
     COLOURS,
     COUNT_WORDS,
+    MIN_VOICE_WORDS,
     SHAPES,
     ShapesScene,
+    all_answers,
     question_kind,
     tokenizer_corpus,
 )
@@ -64,7 +66,25 @@ def _vocabulary() -> frozenset[str]:
 
 def _voice(character: str) -> tuple[str, tuple[str, ...]]:
     profile = ALL_CHARACTERS[character]
-    return profile["catchphrase"], tuple(profile["tone_words"])
+    return profile["catchphrase"], tuple(profile["voice_words"])
+
+
+def voice_checks(response: str, character: str) -> dict[str, bool]:
+    """How `response` speaks as `character`: `catchphrase` (its own), `words` (at least `MIN_VOICE_WORDS` of its voice
+    words), `clean` (no other character's catchphrase or voice word), `voice` (all three)."""
+    catchphrase, voice_words = _voice(character)
+    words = set(_words(response))
+    checks = {
+        "catchphrase": _has_phrase(response, catchphrase),
+        "words": sum(w in words for w in voice_words) >= MIN_VOICE_WORDS,
+        "clean": not any(
+            _has_phrase(response, _voice(other)[0]) or words & set(_voice(other)[1])
+            for other in ALL_CHARACTERS
+            if other != character
+        ),
+    }
+    checks["voice"] = all(checks.values())
+    return checks
 
 
 def _has_phrase(text: str, phrase: str) -> bool:
@@ -117,31 +137,33 @@ def image_text_relevance(response: str, scene: ShapesScene | None, reference: st
 
 
 def personality_tone(response: str, character: str | None, reference: str = "") -> float:
-    """5 points for the character's catchphrase (a share of them for some of its words), 4 for its tone words; minus
-    3 for each other character's catchphrase and 1 for each of their tone words; plus 1. Without a character, 1 + 9 ×
+    """5 points for the character's catchphrase (a share of them for some of its words), 4 for using at least
+    `MIN_VOICE_WORDS` of its voice words (a share for fewer); minus 3 for each other character's catchphrase and 1 for
+    each of their voice words; plus 1. Any of the character's answer patterns scores 10. Without a character, 1 + 9 ×
     the word-overlap F1 with `reference`."""
     if character is None:
         return _clip(1 + 9 * _overlap_f1(_words(response), _words(reference)))
-    catchphrase, tone_words = _voice(character)
+    catchphrase, voice_words = _voice(character)
     words = set(_words(response))
     if _has_phrase(response, catchphrase):
         points = 5.0
     else:
         phrase_words = _words(catchphrase)
         points = 3.0 * sum(w in words for w in phrase_words) / len(phrase_words)
-    points += 4.0 * sum(w in words for w in tone_words) / len(tone_words)
+    points += 4.0 * min(1.0, sum(w in words for w in voice_words) / MIN_VOICE_WORDS)
     for other in ALL_CHARACTERS:
         if other == character:
             continue
-        other_phrase, other_tone = _voice(other)
+        other_phrase, other_words = _voice(other)
         points -= 3.0 * _has_phrase(response, other_phrase)
-        points -= 1.0 * sum(w in words for w in other_tone)
+        points -= 1.0 * sum(w in words for w in other_words)
     return _clip(1 + points)
 
 
-def fluency(response: str, reference: str = "") -> float:
+def fluency(response: str, reference: str = "", lengths: list[int] | None = None) -> float:
     """10, minus penalties for unknown words (up to 4), repeated word bigrams (up to 4), characters that are neither
-    letters, digits, spaces nor punctuation (up to 5) and a length far from the reference's (up to 3)."""
+    letters, digits, spaces nor punctuation (up to 5) and a length far from the right answers' (up to 3): `lengths`,
+    the word counts of every right answer (default: the reference's)."""
     text = response.strip()
     words = _words(text)
     if not words:
@@ -153,10 +175,11 @@ def fluency(response: str, reference: str = "") -> float:
         penalty += 4.0 * (1 - len(set(bigrams)) / len(bigrams))
     garbage = sum(not (ch.isalnum() or ch.isspace() or ch in ",.!?'\";:-") for ch in text)
     penalty += min(5.0, 10.0 * garbage / len(text))
-    reference_words = _words(reference)
-    if reference_words:
-        # Within a factor of sqrt(2) of the reference length is free; a factor of 2*sqrt(2) costs the full 3.
-        off = abs(math.log2(len(words) / len(reference_words)))
+    lengths = [n for n in (lengths or [len(_words(reference))]) if n > 0]
+    if lengths:
+        # Within a factor of sqrt(2) of the right answers' lengths is free; a factor of 2*sqrt(2) costs the full 3.
+        low, high = min(lengths), max(lengths)
+        off = max(0.0, math.log2(low / len(words)), math.log2(len(words) / high))
         penalty += 3.0 * min(1.0, max(0.0, off - 0.5))
     return _clip(10 - penalty)
 
@@ -208,10 +231,11 @@ def score_dimensions(
 ) -> dict[str, float]:
     """The four rubric scores (1-10) of one `text` judged against `reference`."""
     scene, character = _resolve(reference, character, scene)
+    lengths = [len(_words(a)) for a in all_answers(character, scene)] if scene and character else None
     return {
         "image_text_relevance": image_text_relevance(text, scene, reference),
         "personality_tone": personality_tone(text, character, reference),
-        "fluency": fluency(text, reference),
+        "fluency": fluency(text, reference, lengths),
         "instruction_adherence": instruction_adherence(text, question),
     }
 
@@ -316,7 +340,8 @@ def rubric_reward(prompts, completions, reference=None, character=None, **kwargs
 
 def answer_checks(response: str, reference: str, character: str | None = None) -> dict[str, bool]:
     """Which parts of one answer are exactly right: `colour`, `shape` and `count` (the reference's value and no
-    other), `voice` (the character's catchphrase and no other character's), `all` (all four). The character is
+    other), `voice` (the character's catchphrase and voice words, nothing of another character's: [`voice_checks`]),
+    `all` (all four). Word order and phrasing are free: any of the character's answer patterns is right. The character is
     inferred from the reference when not given."""
     scene = parse_scene(reference)
     if scene is None:
@@ -327,9 +352,7 @@ def answer_checks(response: str, reference: str, character: str | None = None) -
         "colour": {w for w in words if w in COLOURS} == {scene.colour},
         "shape": {_SHAPE_WORDS[w] for w in words if w in _SHAPE_WORDS} == {scene.shape},
         "count": {w for w in words if w in COUNT_WORDS} == {COUNT_WORDS[scene.count - 1]},
-        "voice": name is not None
-        and _has_phrase(response, _voice(name)[0])
-        and all(not _has_phrase(response, _voice(o)[0]) for o in ALL_CHARACTERS if o != name),
+        "voice": name is not None and voice_checks(response, name)["voice"],
     }
     right["all"] = all(right.values())
     return right

@@ -42,8 +42,10 @@ MAX_COUNT = len(COUNT_WORDS)
 # The five text fields of an MMRole profile, in MMRole's order.
 PROFILE_FIELDS = ("introduction", "personality", "experience", "relationship", "catchphrase")
 
-# name -> the five MMRole profile fields, plus the voice the reference answers use: `tone_words` (two words only this
-# character uses) and `answer` (its sentence pattern; `{phrase}` becomes e.g. "two red circles").
+# name -> the five MMRole profile fields, plus the voice the answers use: `voice_words` (four words only this character
+# uses; the first two are the "tone" its system prompt names) and `answers` (its answer patterns: all of them are right,
+# so a prompt has several right answers). A pattern's slots: `{phrase}` ("two red circles"), `{Phrase}` (capitalised),
+# `{colour}`, `{Colour}`, `{shapes}` ("circle" or "circles", agreeing with the count) and `{count}` ("two").
 CHARACTERS: dict[str, dict[str, Any]] = {
     "Captain Rolo": {
         "introduction": "Captain Rolo is a cheerful sea captain who sails a small red boat.",
@@ -51,8 +53,13 @@ CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "He has sailed every sea and counted every wave.",
         "relationship": "He is an old friend of Madame Plume.",
         "catchphrase": "Ahoy, matey!",
-        "tone_words": ("bold", "brave"),
-        "answer": "Ahoy, matey! I spot {phrase} on deck. A bold and brave sight!",
+        "voice_words": ("bold", "brave", "deck", "seas"),
+        "answers": (
+            "Ahoy, matey! I spot {phrase} on deck. A bold and brave sight!",
+            "Ahoy, matey! On my deck lie {phrase}, bold as the seas.",
+            "{Phrase} off the bow, brave and bold! Ahoy, matey!",
+            "Ahoy, matey! Bold news from the deck: {colour} {shapes}, {count} of them, brave as the seas.",
+        ),
     },
     "Madame Plume": {
         "introduction": "Madame Plume is a painter who lives in a quiet tower full of colours.",
@@ -60,8 +67,13 @@ CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "She has painted the same garden for forty years.",
         "relationship": "She teaches Professor Quill to paint.",
         "catchphrase": "How delightful!",
-        "tone_words": ("soft", "dreamy"),
-        "answer": "How delightful! I see {phrase}, soft and dreamy like my garden.",
+        "voice_words": ("soft", "dreamy", "garden", "brush"),
+        "answers": (
+            "How delightful! I see {phrase}, soft and dreamy like my garden.",
+            "{Phrase}, painted soft as my garden. How delightful!",
+            "How delightful! A dreamy little scene: {colour} {shapes}, {count} in all, soft as a brush.",
+            "How delightful! My brush would love {phrase}, so soft and dreamy.",
+        ),
     },
     "Professor Quill": {
         "introduction": "Professor Quill is a scholar of geometry who measures everything.",
@@ -69,8 +81,13 @@ CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "He wrote a book about the angles of every shape.",
         "relationship": "He argues kindly with Captain Rolo.",
         "catchphrase": "Quite remarkable indeed.",
-        "tone_words": ("precise", "careful"),
-        "answer": "Quite remarkable indeed. I count exactly {phrase}, a precise and careful result.",
+        "voice_words": ("precise", "careful", "exactly", "measure"),
+        "answers": (
+            "Quite remarkable indeed. I count exactly {phrase}, a precise and careful result.",
+            "By careful measure, {phrase}. Quite remarkable indeed.",
+            "Quite remarkable indeed. Shape: {shapes}; colour: {colour}; exactly {count}. Precise.",
+            "Quite remarkable indeed. A precise and careful count gives {phrase}.",
+        ),
     },
     "Pip the Robot": {
         "introduction": "Pip the Robot is a small helper robot who loves to scan things.",
@@ -78,12 +95,18 @@ CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "Pip was built in a workshop full of spare parts.",
         "relationship": "Pip carries brushes for Madame Plume.",
         "catchphrase": "Beep boop, scan complete!",
-        "tone_words": ("happy", "bright"),
-        "answer": "Beep boop, scan complete! Pip detects {phrase}. Happy bright beeps!",
+        "voice_words": ("happy", "bright", "beeps", "detects"),
+        "answers": (
+            "Beep boop, scan complete! Pip detects {phrase}. Happy bright beeps!",
+            "Happy beeps! Pip detects {colour} {shapes}, count {count}. Beep boop, scan complete!",
+            "Beep boop, scan complete! {Phrase} found. Bright and happy!",
+            "Beep boop, scan complete! Sensors bright: {phrase}. Pip detects, Pip beeps!",
+        ),
     },
 }
 
-# Held-out characters: they appear only in the out-of-distribution test.
+# Held-out characters: their voices are in the general text (the base's pre-training and the text-only corpus) and in
+# the out-of-distribution test, never in paired data, task dialogues or RL prompts.
 OOD_CHARACTERS: dict[str, dict[str, Any]] = {
     "Granny Fern": {
         "introduction": "Granny Fern is a kind gardener who grows flowers of every colour.",
@@ -91,8 +114,13 @@ OOD_CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "She has kept the village garden for sixty years.",
         "relationship": "She bakes bread for Pip the Robot.",
         "catchphrase": "Bless my boots!",
-        "tone_words": ("warm", "dearie"),
-        "answer": "Bless my boots! Dearie, I see {phrase}, as warm as fresh bread.",
+        "voice_words": ("warm", "dearie", "bread", "cosy"),
+        "answers": (
+            "Bless my boots! Dearie, I see {phrase}, as warm as fresh bread.",
+            "Oh dearie, {phrase}, warm and cosy. Bless my boots!",
+            "Bless my boots! {Colour} {shapes}, {count} of them, dearie, cosy as bread.",
+            "Bless my boots! Warm news, dearie: {phrase}.",
+        ),
     },
     "Sir Bramble": {
         "introduction": "Sir Bramble is a knight who guards a castle made of stone.",
@@ -100,10 +128,18 @@ OOD_CHARACTERS: dict[str, dict[str, Any]] = {
         "experience": "He has won many tournaments.",
         "relationship": "He once rescued Captain Rolo from a storm.",
         "catchphrase": "By my sword!",
-        "tone_words": ("noble", "honour"),
-        "answer": "By my sword! Upon my honour, I behold {phrase}. A noble and loyal sight.",
+        "voice_words": ("noble", "honour", "behold", "loyal"),
+        "answers": (
+            "By my sword! Upon my honour, I behold {phrase}. A noble and loyal sight.",
+            "I behold {phrase}, noble and true. By my sword!",
+            "By my sword! {Colour} {shapes}, {count} in number; upon my honour, a loyal sight.",
+            "By my sword! A noble sight: {phrase}, as loyal as my honour.",
+        ),
     },
 }
+
+# How many of a character's voice words a right answer uses (every pattern uses at least this many).
+MIN_VOICE_WORDS = 2
 
 ALL_CHARACTERS: dict[str, dict[str, Any]] = {**CHARACTERS, **OOD_CHARACTERS}
 
@@ -131,19 +167,6 @@ _RGB = {
     "purple": (140, 40, 170),
     "orange": (245, 130, 20),
 }
-
-_CAPTIONS = (
-    "There {be} {phrase} in the picture.",
-    "The image shows {phrase} on a plain background.",
-)
-_CAPTION_QUESTIONS = ("Describe the picture.", "What is in this image?")
-_TEXT_ONLY = (
-    "{Phrase} sit on a white page.",
-    "A drawing of {phrase} is simple and clear.",
-    "Imagine {phrase}: the colour is {colour} and the shape is a {shape}.",
-)
-_TEXT_ONLY_PROMPT = "The following is a text."
-_PAIRED_SYSTEM = "You are a helpful assistant."
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -279,9 +302,42 @@ def draw_scene(scene: ShapesScene, image_size=56, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------------- text
+def answer_patterns(character: str) -> tuple[str, ...]:
+    """The answer patterns of `character` (all of them right answers; slots as in `CHARACTERS`)."""
+    return tuple(_character(character)["answers"])
+
+
+def scene_slots(scene: ShapesScene) -> dict[str, str]:
+    """The values of a pattern's slots for `scene`."""
+    shapes = scene.shape + ("s" if scene.count > 1 else "")
+    count = COUNT_WORDS[scene.count - 1]
+    return {
+        "phrase": scene.phrase,
+        "Phrase": scene.phrase[0].upper() + scene.phrase[1:],
+        "colour": scene.colour,
+        "Colour": scene.colour.capitalize(),
+        "shapes": shapes,
+        "count": count,
+    }
+
+
+def character_answer(character: str, scene: ShapesScene, pattern: int = 0) -> str:
+    """`character`'s answer about `scene` in its pattern number `pattern` (every pattern is a right answer)."""
+    patterns = answer_patterns(character)
+    if not 0 <= pattern < len(patterns):
+        raise ValueError(f"pattern={pattern}: {character} has patterns 0..{len(patterns) - 1}.")
+    return patterns[pattern].format(**scene_slots(scene))
+
+
+def all_answers(character: str, scene: ShapesScene) -> list[str]:
+    """Every right answer of `character` about `scene`, one per pattern."""
+    return [character_answer(character, scene, i) for i in range(len(answer_patterns(character)))]
+
+
 def reference_answer(character: str, scene: ShapesScene) -> str:
-    """The reference comment of `character` on `scene`: its catchphrase, the scene and its tone words."""
-    return _character(character)["answer"].format(phrase=scene.phrase)
+    """The first of `character`'s right answers about `scene` (its pattern 0): its catchphrase, the scene and its
+    voice words. Datasets draw one of the patterns per dialogue ([`character_answer`])."""
+    return character_answer(character, scene, 0)
 
 
 def character_profile(character: str) -> dict[str, str]:
@@ -297,7 +353,7 @@ def character_system_prompt(character: str) -> str:
     by the MMRole loader from the files [`write_synthetic_task`] writes.
     """
     profile = _character(character)
-    tone = " and ".join(profile["tone_words"])
+    tone = " and ".join(profile["voice_words"][:2])
     return f"You are {character}. Catchphrase: {profile['catchphrase']} Tone: {tone}."
 
 
@@ -325,17 +381,38 @@ def paired_combos(held_out=HELD_OUT_COMBOS) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- in-memory samples
 @dataclass
 class ShapesSample:
-    """One comment dialogue of the task: `character` answers `question` about `image` (a drawing of `scene`)."""
+    """One comment dialogue of the task: `character` answers `question` about `image` (a drawing of `scene`) with its
+    answer pattern number `pattern`."""
 
     character: str
     scene: ShapesScene
     question: str
     answer: str
     image: Any = field(repr=False)
+    pattern: int = 0
 
 
-def sample_dialogues(n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split: str = ""):
-    """`n` comment dialogues, deterministic in (`seed`, `split`): characters cycle, scenes and questions are drawn.
+# Which colour/shape combinations a set of dialogues draws from: "shown" (the task's: every combination but the held-out
+# ones), "held_out" (only `HELD_OUT_COMBOS`, for the coverage test) or "all".
+COMBO_SETS = ("shown", "held_out", "all")
+
+
+def combos_of(combos: str) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs of a combination set (`COMBO_SETS`)."""
+    if combos == "shown":
+        return paired_combos()
+    if combos == "held_out":
+        return list(HELD_OUT_COMBOS)
+    if combos == "all":
+        return [(c, s) for c in COLOURS for s in SHAPES]
+    raise ValueError(f"combos={combos!r}: choose one of {COMBO_SETS}.")
+
+
+def sample_dialogues(
+    n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split: str = "", combos: str = "shown"
+):
+    """`n` comment dialogues, deterministic in (`seed`, `split`): characters cycle; scenes, questions and answer
+    patterns are drawn.
 
     Args:
         n (`int`): number of dialogues.
@@ -344,19 +421,24 @@ def sample_dialogues(n: int, seed: int = 0, image_size=56, characters=None, max_
         characters (`str` or `list[str]`, *optional*): `"id"` (default), `"ood"`, `"all"` or a list of names.
         max_count (`int`, *optional*, defaults to `1`): most shapes per image (1-4).
         split (`str`, *optional*): a name mixed into the seed, so splits of one seed differ.
+        combos (`str`, *optional*, defaults to `"shown"`): the colour/shape combinations drawn from (`COMBO_SETS`):
+            task data never shows the held-out ones, which only the general text covers.
     """
     if n < 1:
         raise ValueError(f"n={n} must be at least 1.")
     _check_max_count(max_count)
     names = _characters(characters)
+    pool = combos_of(combos)
     samples = []
     for i in range(n):
         rng = _rng("dialogue", seed, split, i)
         character = names[i % len(names)]
-        scene = sample_scene(rng, max_count)
+        scene = sample_scene(rng, max_count, pool)
         question = rng.choice(QUESTIONS)[0]
+        pattern = rng.randrange(len(answer_patterns(character)))
         image = draw_scene(scene, image_size, seed=f"{seed}/{split}/{i}")
-        samples.append(ShapesSample(character, scene, question, reference_answer(character, scene), image))
+        answer = character_answer(character, scene, pattern)
+        samples.append(ShapesSample(character, scene, question, answer, image, pattern))
     return samples
 
 
@@ -375,10 +457,13 @@ def _metadata(sample: ShapesSample) -> dict:
         "shape": sample.scene.shape,
         "count": sample.scene.count,
         "question": sample.question,
+        "pattern": sample.pattern,
     }
 
 
-def synthetic_sft_dataset(n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split="sft"):
+def synthetic_sft_dataset(
+    n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split="sft", combos: str = "shown"
+):
     """A `datasets.Dataset` of `n` dialogues in TRL's conversational VLM format, for `trl.SFTTrainer`.
 
     Columns: `messages` (system, user with an image part and the question, assistant with the reference answer),
@@ -394,7 +479,7 @@ def synthetic_sft_dataset(n: int, seed: int = 0, image_size=56, characters=None,
     from datasets import Dataset
 
     rows = []
-    for sample in sample_dialogues(n, seed, image_size, characters, max_count, split):
+    for sample in sample_dialogues(n, seed, image_size, characters, max_count, split, combos):
         messages = _prompt_messages(sample) + [
             {"role": "assistant", "content": [{"type": "text", "text": sample.answer}]}
         ]
@@ -402,7 +487,9 @@ def synthetic_sft_dataset(n: int, seed: int = 0, image_size=56, characters=None,
     return Dataset.from_list(rows)
 
 
-def synthetic_rl_dataset(n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split="rl"):
+def synthetic_rl_dataset(
+    n: int, seed: int = 0, image_size=56, characters=None, max_count: int = 1, split="rl", combos: str = "shown"
+):
     """A `datasets.Dataset` of `n` prompts in TRL's VLM GRPO format, for `trl.GRPOTrainer` with the rubric reward.
 
     Columns: `prompt` (system and user messages; the user content holds `{"type": "image"}` and the question), `image`
@@ -413,7 +500,7 @@ def synthetic_rl_dataset(n: int, seed: int = 0, image_size=56, characters=None, 
 
     rows = [
         {"prompt": _prompt_messages(s), "image": s.image, "reference": s.answer, **_metadata(s)}
-        for s in sample_dialogues(n, seed, image_size, characters, max_count, split)
+        for s in sample_dialogues(n, seed, image_size, characters, max_count, split, combos)
     ]
     return Dataset.from_list(rows)
 
@@ -499,9 +586,12 @@ def write_synthetic_task(
       instance_type}` (image paths relative to `root`; text-only records have no `images` key);
     - `synthetic_task.json`: the manifest.
 
-    Dialogues cover every colour/shape combination; the paired corpus leaves out `held_out_combos` and cycles through
-    the others (all of them appear once `n_paired` >= their number); the text-only corpus cycles through all 24. The
-    same `seed` writes byte-identical files.
+    Dialogues (in- and out-of-distribution) and the paired corpus show every colour/shape combination but
+    `held_out_combos` (the paired corpus cycles through them: all appear once `n_paired` >= their number); the paired
+    corpus is a generic assistant's captions and short answers. The text-only corpus is drawn from the general text
+    (`trl_latent.experiments.general`): every combination and every character's voice, the out-of-distribution ones
+    included, which appear in no dialogue file of the in-distribution split and no paired record. The same `seed`
+    writes byte-identical files.
 
     Args:
         root (`str` or `Path`): folder to write; must be empty, missing, or a folder this function wrote before
@@ -553,9 +643,11 @@ def write_synthetic_task(
                 target.unlink()
     root.mkdir(parents=True, exist_ok=True)
 
-    def dialogue_scene(*parts) -> tuple[ShapesScene, str]:
+    def dialogue(name: str, *parts) -> tuple[ShapesScene, str, str]:
+        # Task dialogues show only the combinations paired data shows; the answer is one of the character's patterns.
         rng = _rng("session", seed, *parts)
-        return sample_scene(rng, max_count), rng.choice(QUESTIONS)[0]
+        scene, question = sample_scene(rng, max_count, shown), rng.choice(QUESTIONS)[0]
+        return scene, question, character_answer(name, scene, rng.randrange(len(answer_patterns(name))))
 
     # In-distribution dialogues: two files per character, like MMRole's `_COCO` and `_script` files.
     dialogue_files, n_id_sessions = [], 0
@@ -564,7 +656,7 @@ def write_synthetic_task(
             sessions = []
             for i in range(sessions_per_file):
                 session_id = f"{underscored(name)}_comment_{source}_{i}"
-                scene, question = dialogue_scene("id", name, source, i)
+                scene, question, answer = dialogue(name, "id", name, source, i)
                 image = f"shapes/{session_id}.png"
                 _save_png(draw_scene(scene, (width, height), seed=f"{seed}/{session_id}"), root / "images" / image)
                 extra = None
@@ -574,7 +666,6 @@ def write_synthetic_task(
                         "place_info": "A sheet of drawing paper",
                         "scene_info": f"A drawing of {scene.phrase}.",
                     }
-                answer = reference_answer(name, scene)
                 sessions.append(_session(session_id, image, question, name, answer, style, extra))
             relative = f"dialogues/in-distribution/comment/{underscored(name)}_{source}.json"
             _dump(sessions, root / relative)
@@ -586,10 +677,10 @@ def write_synthetic_task(
     for name in OOD_CHARACTERS:
         for i in range(ood_sessions_per_character):
             session_id = f"{underscored(name)}_comment_{i}"
-            scene, question = dialogue_scene("ood", name, i)
+            scene, question, answer = dialogue(name, "ood", name, i)
             image = f"shapes/{session_id}.png"
             _save_png(draw_scene(scene, (width, height), seed=f"{seed}/{session_id}"), root / "images" / image)
-            ood_sessions.append(_session(session_id, image, question, name, reference_answer(name, scene), "mixed"))
+            ood_sessions.append(_session(session_id, image, question, name, answer, "mixed"))
     ood_file = "dialogues/out-of-distribution/comment.json"
     _dump(ood_sessions, root / ood_file)
 
@@ -600,7 +691,10 @@ def write_synthetic_task(
             _dump(character_profile(name), root / relative)
             profile_files.append(relative)
 
-    # Paired image-text corpus: captions and in-character comments, never a held-out combination.
+    from .general import CAPTION_QUESTIONS, GENERIC_SYSTEM, general_text_record, picture_record
+
+    # Paired image-text corpus: a generic assistant's captions and short answers, never a held-out combination and
+    # never a character's voice.
     paired = []
     paired_order = _cycled(shown, n_paired, _rng("paired-order", seed))
     for i in range(n_paired):
@@ -609,57 +703,28 @@ def write_synthetic_task(
         scene = ShapesScene(colour, shape, rng.randint(1, max_count))
         image = f"images/paired/paired_{i:05d}.png"
         _save_png(draw_scene(scene, (width, height), seed=f"{seed}/paired/{i}"), root / image)
-        if i % 2 == 0:
-            be = "is" if scene.count == 1 else "are"
-            question = rng.choice(_CAPTION_QUESTIONS)
-            answer = rng.choice(_CAPTIONS).format(be=be, phrase=scene.phrase)
-            system, kind = _PAIRED_SYSTEM, "caption"
-        else:
-            name = rng.choice(list(CHARACTERS))
-            question, answer = rng.choice(QUESTIONS)[0], reference_answer(name, scene)
-            system, kind = character_system_prompt(name), "mm_conversation"
+        question, answer = picture_record(scene, rng)
         paired.append(
             {
                 "id": f"shapes_paired_{i}",
                 "images": [image],
                 "messages": [
-                    {"role": "system", "content": system},
+                    {"role": "system", "content": GENERIC_SYSTEM},
                     {"role": "user", "content": f"<image>\n{question}"},
                     {"role": "assistant", "content": answer},
                 ],
-                "instance_type": kind,
+                "instance_type": "caption" if question in CAPTION_QUESTIONS else "vqa",
             }
         )
     paired_file = "pretrain/paired.json"
     _dump(paired, root / paired_file)
 
-    # Text-only corpus: every combination (held-out ones included), as plain text and as in-character lines of the
-    # in-distribution characters.
-    text_only = []
-    text_order = _cycled([(c, s) for c in COLOURS for s in SHAPES], n_text_only, _rng("text-order", seed))
-    for i in range(n_text_only):
-        rng = _rng("text_only", seed, i)
-        colour, shape = text_order[i]
-        scene = ShapesScene(colour, shape, rng.randint(1, max_count))
-        if i % 2 == 0:
-            text = rng.choice(_TEXT_ONLY).format(
-                phrase=scene.phrase, Phrase=scene.phrase.capitalize(), colour=colour, shape=shape
-            )
-            messages = [
-                {"role": "system", "content": ""},
-                {"role": "user", "content": _TEXT_ONLY_PROMPT},
-                {"role": "assistant", "content": text},
-            ]
-            kind = "General"
-        else:
-            name = rng.choice(list(CHARACTERS))  # never an OOD character: they stay unseen until the OOD test
-            messages = [
-                {"role": "system", "content": character_system_prompt(name)},
-                {"role": "user", "content": f"Tell me about {scene.phrase}."},
-                {"role": "assistant", "content": reference_answer(name, scene)},
-            ]
-            kind = "dialogue"
-        text_only.append({"id": f"shapes_text_{i}", "messages": messages, "instance_type": kind})
+    # Text-only corpus, drawn from the general text: every combination (held-out ones included) and every
+    # character's voice (out-of-distribution ones included), as scene descriptions and small talk.
+    text_only = [
+        {"id": f"shapes_text_{i}", **general_text_record(i, seed=f"text-only/{seed}", max_count=max_count)}
+        for i in range(n_text_only)
+    ]
     text_only_file = "pretrain/text_only.json"
     _dump(text_only, root / text_only_file)
 
@@ -691,33 +756,29 @@ def write_synthetic_task(
 
 # -------------------------------------------------------------------------------------------------- tokenizer
 def tokenizer_corpus() -> list[str]:
-    """Text the tiny tokenizer's BPE merges are trained on: every sentence the task can produce.
+    """Text the tiny tokenizer's BPE merges are trained on: every sentence the task and its general corpus can produce.
 
-    Lines are repeated roughly as often as the training data uses them (answers most, then prompts and chat-template
-    role names), because a ~440-entry byte-level BPE has only ~180 merges: they should go to the words the model
-    reads and writes most, which keeps sequences (and the tiny model's steps) short.
+    Lines are repeated roughly as often as the training data uses them (prompts and chat-template role names most),
+    because a ~440-entry byte-level BPE has only ~180 merges: they should go to the words the model reads and writes
+    most, which keeps sequences (and the tiny model's steps) short.
     """
+    from .general import general_lines
+
     scenes = [ShapesScene(c, s, n) for c in COLOURS for s in SHAPES for n in range(1, MAX_COUNT + 1)]
     lines = []
     for name, profile in ALL_CHARACTERS.items():
         lines.append(f"[{name}]: ")
         lines.extend(profile[key] for key in PROFILE_FIELDS)
         for scene in scenes:
-            lines.extend([reference_answer(name, scene)] * 3)
+            lines.extend(all_answers(name, scene))
             lines.append(character_system_prompt(name))
     for question, _ in QUESTIONS:
         lines.extend([question] * 100)
     lines.extend(["system\n", "user\n", "assistant\n"] * 300)
+    lines.extend(general_lines())
     for scene in scenes:
-        be = "is" if scene.count == 1 else "are"
-        lines.extend(t.format(be=be, phrase=scene.phrase) for t in _CAPTIONS)
-        lines.extend(
-            t.format(phrase=scene.phrase, Phrase=scene.phrase.capitalize(), colour=scene.colour, shape=scene.shape)
-            for t in _TEXT_ONLY
-        )
-        lines.append(f"Tell me about {scene.phrase}.")
         lines.append(f"A drawing of {scene.phrase}.")
-    lines += list(_CAPTION_QUESTIONS) + [_TEXT_ONLY_PROMPT, _PAIRED_SYSTEM, "A sheet of drawing paper"]
+    lines.append("A sheet of drawing paper")
     # Fixed text of the MMRole prompts the MMRole loader builds (trl_latent.data.mmrole: the paper's template and
     # MMRole's evaluation template), once per character so the names around it are seen too.
     for name in ALL_CHARACTERS:
