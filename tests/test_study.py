@@ -11,7 +11,7 @@ from trl_latent.cli import main
 from trl_latent.experiments.pipeline import PipelineConfig
 from trl_latent.experiments.prefix_cache import PrefixCache
 from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
-from trl_latent.experiments.study import Cell, finished, grid, select
+from trl_latent.experiments.study import STUDY_VERSION, Cell, finished, grid, load_cells, select
 
 CELLS = ["grpo-token-s0", "grpo-latent-s0"]
 
@@ -38,7 +38,7 @@ def test_prefix_keys_follow_what_determines_each_prefix(tmp_path):
     other_loss = Cell("dapo", "token", 0).config(config)
     no_cycle = Cell("grpo", "latent", 0, "no_cycle_loss").config(config)
     # The loss never changes a prefix; latent switches change the latent stages only; the seed changes everything.
-    for phase in ("base", "token_sft", "latent/joint", "latent/world_sft"):
+    for phase in ("base", "token_sft", "token_sft_text", "latent/joint", "latent/world_sft"):
         assert cache.entry(phase, other_loss).path == cache.entry(phase, config).path
     assert cache.entry("token_sft", no_cycle).path == cache.entry("token_sft", config).path
     assert cache.entry("latent/joint", no_cycle).path != cache.entry("latent/joint", config).path
@@ -73,6 +73,7 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
             "pretraining the base VLM",
             "token arm: task SFT",
             "token arm: grpo over tokens",
+            "baseline: task SFT + text-only corpus",  # the more-data baseline, in the token cell
             *(f"latent arm: {s}" for s in ("inverse_warmup", "projector_warmup", "joint", "policy_bc", "world_sft")),
             "latent arm: grpo over latent actions",
         ]
@@ -81,17 +82,27 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     cells = {name: json.loads((study / "cells" / f"{name}.json").read_text()) for name in CELLS}
     for name, cell in cells.items():
         assert (cell["name"], cell["loss"], cell["seed"], cell["ablation"]) == (name, "grpo", 0, "full")
+        assert cell["study_version"] == STUDY_VERSION
         assert cell["config"] == {**config.__dict__}
         assert len(cell["reward_curve"]) == cell["rl"]["steps"] == config.rl_steps
         assert cell["rl"]["seconds_per_step"] > 0
-        for split in ("id", "ood"):
+        assert set(cell["eval"]) == set(cell["eval_start"]) == {"id", "ood", "held_out"}
+        for split in ("id", "ood", "held_out"):
             ev = cell["eval"][split]
             assert 0.0 <= ev["all"] <= 1.0 and math.isfinite(ev["reward"])
+            assert ev["all_std"] >= 0.0 and ev["eval_generations"] == config.eval_generations
             assert 0.0 <= ev["diversity/distinct_2"] <= 1.0 and 0.0 <= ev["diversity/self_bleu"] <= 1.0
             assert ev["diversity/embedding"] >= 1.0 - 1e-4  # reciprocal of a mean cosine similarity <= 1
             assert set(cell["eval_start"][split]) == set(ev)
         assert isinstance(cell["health"], dict) and cell["environment"]["versions"]["torch"]
     assert cells["grpo-token-s0"]["codes"] is None and cells["grpo-token-s0"]["method"] == "token"
+    # The more-data baseline (SFT with the text-only corpus, no RL) rides in the token cell, on every split.
+    baseline = cells["grpo-token-s0"]["baseline"]
+    assert (
+        set(baseline["eval_sft"]) == {"id", "ood", "held_out"} and 0.0 <= baseline["sft"]["answer_token_accuracy"] <= 1
+    )
+    assert cells["grpo-latent-s0"]["baseline"] is None
+    assert 0.0 <= cells["grpo-token-s0"]["base"]["pretrain"]["answer_token_accuracy"] <= 1.0
     codes = cells["grpo-latent-s0"]["codes"]
     assert len(codes["histogram"]) == codes["num_codes"] == config.codebook_size
     assert sum(codes["histogram"]) == codes["steps"] > 0
@@ -106,8 +117,14 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     for method in ("token", "latent"):
         ev = cells[f"grpo-{method}-s0"]["eval"]
         row = next(line for line in report.splitlines() if line.startswith(f"| grpo | {method} | 1 |"))
-        assert f"{ev['id']['reward']:.3f} ± 0.000" in row and f"{ev['ood']['reward']:.3f} ± 0.000" in row
+        for split in ("id", "ood", "held_out"):
+            assert f"{ev[split]['reward']:.3f} ± 0.000" in row
         assert f"{ev['id']['diversity/embedding']:.3f} ± 0.000" in row
+    held_out_reward = baseline["eval_sft"]["held_out"]["reward"]
+    row = next(line for line in report.splitlines() if line.startswith("| token: SFT with the text-only corpus"))
+    assert f"{held_out_reward:.3f} ± 0.000" in row and row.split(" | ")[1] == "1"
+    assert "| held-out combos accuracy | held-out combos reward |" in report
+    assert "| RL has room: token SFT's ID all-correct between 0.2 and 0.7 |" in report
     for name in PLOTS:
         assert f"![{name}](results/{name}.png)" in report
         with Image.open(study / "results" / f"{name}.png") as image:
@@ -143,6 +160,15 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     assert finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
     with pytest.raises(ValueError, match=r"another config \(differs in \['world_sft_bc_weight'\]\)"):
         finished(study, Cell("grpo", "token", 0), PipelineConfig.quick(world_sft_bc_weight=1.0))
+    # A cell of the previous study version (no `study_version`) is never counted as finished nor reported.
+    del saved["study_version"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"grpo-token-s0\.json is a cell of study version 1, this code's is 2"):
+        finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
+    with pytest.raises(ValueError, match="study version 1"):
+        load_cells(study)
+    saved["study_version"] = STUDY_VERSION
+    path.write_text(json.dumps(saved))
     capsys.readouterr()
     assert main(["study", "--quick", "--study-dir", str(study), "--seeds", "0", "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -159,7 +185,7 @@ def _cell(loss, method, seed, reward, ablation="full", health=None):
         "method": method,
         "ablation": ablation,
         "seed": seed,
-        "eval": {"id": ev, "ood": {**ev, "reward": reward - 0.5}},
+        "eval": {"id": ev, "ood": {**ev, "reward": reward - 0.5}, "held_out": {**ev, "reward": reward - 0.25}},
         "health": health or {},
     }
 
@@ -170,10 +196,19 @@ def test_tables_give_mean_and_sample_std_over_seeds():
     cells = [_cell("dapo", "latent", s, r) for s, r in enumerate((0.6, 0.8, 1.0))]
     cells += [_cell("grpo", "token", 0, 0.7), _cell("grpo", "latent", 0, 0.9, "no_projector")]
     rows = format_main_table(cells).splitlines()
+    assert rows[0].startswith(
+        "| loss | method | seeds | ID accuracy | ID reward | OOD accuracy | OOD reward | held-out"
+    )
     # Rows in the paper's order (grpo before dapo); the ablated cell is not a main row; std is the sample std.
-    assert rows[2].startswith("| grpo | token | 1 | 0.350 ± 0.000 | 0.700 ± 0.000 | 0.350 ± 0.000 | 0.200 ± 0.000 |")
-    assert rows[3].startswith("| dapo | latent | 3 | 0.400 ± 0.100 | 0.800 ± 0.200 | 0.400 ± 0.100 | 0.300 ± 0.200 |")
-    assert rows[3].endswith("| 0.500 ± 0.000 | 0.250 ± 0.000 | n/a |") and len(rows) == 4
+    assert rows[2] == (
+        "| grpo | token | 1 | 0.350 ± 0.000 | 0.700 ± 0.000 | 0.350 ± 0.000 | 0.200 ± 0.000 | 0.350 ± 0.000 "
+        "| 0.450 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 | n/a |"
+    )
+    assert rows[3] == (
+        "| dapo | latent | 3 | 0.400 ± 0.100 | 0.800 ± 0.200 | 0.400 ± 0.100 | 0.300 ± 0.200 | 0.400 ± 0.100 "
+        "| 0.550 ± 0.200 | 0.500 ± 0.000 | 0.250 ± 0.000 | n/a |"
+    )
+    assert len(rows) == 4
     assert (
         format_ablation_table(cells).splitlines()[2].startswith("| grpo | without the projector | 1 | 0.450 ± 0.000")
     )
@@ -223,58 +258,194 @@ def test_only_the_known_harmless_messages_are_quieted():
     assert shown("DeepSpeed", "ZeRO stage 3 is not supported here")
 
 
-def test_gain_table_and_claims_follow_the_cells():
-    from trl_latent.experiments.reports import check_claims, format_claims, format_gain_table
+LOSS_NAMES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
-    def cell(loss, method, seed, before, after, embedding, ablation="full"):
-        c = _cell(loss, method, seed, after, ablation)
-        c["eval_start"] = {"id": {"reward": before}, "ood": {"reward": before - 0.5}}
-        for split in ("id", "ood"):
-            c["eval"][split]["diversity/embedding"] = embedding
-        return c
 
+def _claim_cell(loss, method, seed, *, ablation="full", rl_all=0.5, reward=0.8, ood=0.5, held_out=0.5, bleu=0.3,
+                emb=1.0, seconds=400.0):  # fmt: skip
+    """A study cell as the study writes it, with what `check_claims` reads (token SFT's ID all-correct 0.3/0.4/0.5 by
+    seed, base answer tokens 0.7, latent content controllability 3.5)."""
+    sft_all = 0.3 + 0.1 * seed
+    after = {"all": rl_all, "reward": reward, "diversity/self_bleu": bleu, "diversity/embedding": emb}
+    cell = {
+        "name": f"{loss}-{method}-s{seed}",
+        "loss": loss,
+        "method": method,
+        "ablation": ablation,
+        "seed": seed,
+        "config": {"size": "small", "rl_micro_batches": 2, "rl_iterations": 2},
+        "seconds": seconds,
+        "eval": {"id": after, "ood": {**after, "reward": ood}, "held_out": {**after, "reward": held_out}},
+        "eval_start": {split: {"all": sft_all, "reward": 0.6} for split in ("id", "ood", "held_out")},
+        "base": {"pretrain": {"answer_token_accuracy": 0.7}, "eval_base": {"id": {"all": 0.1, "reward": 0.2}}},
+        "health": {},
+    }
+    if method == "latent":
+        health = {"health/content_controllability": 3.5, "health/content_controllability/colour": 4.0}
+        cell["health"] = {"stages.world_sft.health": {**health, "health/content_controllability/shape": 3.0}}
+    else:
+        cell["arm"] = {"sft": {"answer_token_accuracy": 0.9}}
+        cell["baseline"] = {"sft": {"answer_token_accuracy": 0.8}, "eval_sft": {"held_out": {"reward": 0.1 * seed}}}
+    return cell
+
+
+def _claim_grid(seeds=(0, 1, 2)):
+    """The full grid: token SFT -> GRPO gains 0.1 ID all-correct; latent beats token on ID reward for grpo, dr_grpo
+    and dapo (not bnpo), on OOD reward only for grpo, never on the held-out combinations; latent rollouts are more
+    diverse (self-BLEU 0.2 vs 0.3, embedding 1.2 vs 1.0); without the projector is better on OOD than the full model,
+    without the cycle loss worse; 33 cells of 400 s."""
     cells = []
-    for seed in (0, 1):
-        for loss in ("grpo", "dr_grpo", "dapo", "bnpo"):
-            # latent beats token on grpo, dr_grpo, dapo; loses on bnpo
-            latent_after = 0.9 if loss != "bnpo" else 0.6
-            cells += [cell(loss, "token", seed, 0.7, 0.8, 1.0), cell(loss, "latent", seed, 0.6, latent_after, 1.2)]
-        cells.append(cell("grpo", "latent", seed, 0.6, 0.95, 1.2, "no_projector"))
-    rows = format_gain_table(cells).splitlines()
-    assert rows[2] == (
-        "| grpo | token | 2 | 0.700 ± 0.000 | 0.800 ± 0.000 | 0.100 ± 0.000 | 0.200 ± 0.000 | 0.300 ± 0.000 "
-        "| 0.100 ± 0.000 |"
-    )
-    assert rows[3].split(" | ")[5] == "0.300 ± 0.000"  # latent ID gain 0.9 - 0.6
-    claims = {claim: (measured, verdict) for claim, measured, verdict in check_claims(cells)}
-    id_claim = claims["final ID reward of latent >= token for at least 3 of the 4 losses"]
-    assert id_claim == ("3 of 4 losses (grpo, dr_grpo, dapo)", "met")
-    diversity = claims["rollout embedding diversity of latent >= 1.15x token"]
-    assert diversity[1] == "met" and diversity[0].startswith("latent / token 1.200")
-    # the ablated model answers better on OOD than the full one: the claim is missed, not hidden
-    assert claims["full latent model >= without the projector on OOD reward (grpo)"] == ("0.400 vs 0.450", "missed")
-    assert "| missed |" in format_claims(cells)
-    from trl_latent.experiments.reports import coinciding_losses
+    for seed in seeds:
+        for loss in LOSS_NAMES:
+            cells.append(_claim_cell(loss, "token", seed, rl_all=0.4 + 0.1 * seed, reward=0.8, ood=0.5))
+            latent_reward = 0.7 if loss == "bnpo" else 0.9
+            latent_ood = 0.6 if loss == "grpo" else 0.4
+            cells.append(
+                _claim_cell(
+                    loss, "latent", seed, reward=latent_reward, ood=latent_ood, held_out=0.4, bleu=0.2, emb=1.2
+                )
+            )
+        for ablation, ood in (("no_cycle_loss", 0.5), ("no_projector", 0.7), ("no_text_only", 0.6)):
+            cells.append(_claim_cell("grpo", "latent", seed, ablation=ablation, ood=ood))
+    for cell in cells:  # a number no claim reads, so that no two losses' runs coincide
+        cell["eval"]["id"]["task_reward"] = LOSS_NAMES.index(cell["loss"]) / 10
+    return cells
 
-    # grpo, dr_grpo and dapo gave the same numbers here (bnpo's latent cells differ): each such pair is named once.
-    assert [n.split(" gave")[0] for n in coinciding_losses(cells)] == [
-        "grpo and dr_grpo",
-        "grpo and dapo",
-        "dr_grpo and dapo",
-    ]
-    cells[0]["eval"] = {"id": {"reward": 0.1}}  # grpo-token-s0 differs now: no pair with grpo is identical
-    assert not any(n.startswith("grpo and") for n in coinciding_losses(cells))
-    twins = [cell(loss, "token", 0, 0.7, 0.8, 1.0) for loss in ("dapo", "bnpo")]
-    assert coinciding_losses(twins) == [
-        "dapo and bnpo gave identical held-out numbers in all 1 cells they share: on one process with one optimisation "
-        "step per generation batch, DAPO's normalisation by the batch's completion tokens is BNPO's, and the clipped "
-        "ratio is exactly 1 on-policy, so clip-higher never acts."
-    ]
-    # Fewer than four losses cannot decide the first claim.
-    two = [c for c in cells if c["loss"] in ("grpo", "dapo")]
+
+def test_claims_are_the_targets_computed_from_the_cells():
+    from trl_latent.experiments.reports import check_claims, format_claims
+
+    cells = _claim_grid()
+    assert len(cells) == len(grid())
+    claims = {target: (measured, verdict) for target, measured, verdict in check_claims(cells)}
+    assert claims == {
+        "RL has room: token SFT's ID all-correct between 0.2 and 0.7": ("0.400 (3 seeds)", "met"),
+        "RL has room: token GRPO raises ID all-correct by at least 0.05": (
+            "0.400 -> 0.500, gain 0.100 (3 seeds)",
+            "met",
+        ),
+        "base alone: at most 0.6 of answer tokens on task dialogues": ("0.700 (3 seeds)", "missed"),
+        "codes steer: content-position controllability after stage 5 of at least 3 right-kind words": (
+            "3.50 (colour 4.00, shape 3.00, 3 seeds)",
+            "met",
+        ),
+        "codes steer: latent self-BLEU at or below token's (ID)": (
+            "latent 0.200 vs token 0.300 (mean over 4 losses)",
+            "met",
+        ),
+        "codes steer: latent embedding diversity at or above token's (ID)": (
+            "latent 1.200 vs token 1.000 (mean over 4 losses)",
+            "met",
+        ),
+        "final ID reward of latent >= token for at least 3 of the 4 losses": (
+            "3 of 4 losses (grpo, dr_grpo, dapo)",
+            "met",
+        ),
+        "final OOD reward of latent >= token for at least 3 of the 4 losses": ("1 of 4 losses (grpo)", "missed"),
+        "rollout embedding diversity of latent >= 1.15x token": (
+            "latent / token 1.200 (grpo 1.200, dr_grpo 1.200, dapo 1.200, bnpo 1.200)",
+            "met",
+        ),
+        "latent >= token on the held-out combinations (reward)": (
+            "latent 0.400 vs token 0.500 (mean over 4 losses)",
+            "missed",
+        ),
+        "latent >= token on the OOD characters (reward)": (
+            "latent 0.450 vs token 0.500 (mean over 4 losses)",
+            "missed",
+        ),
+        "full latent model >= without the cycle loss on OOD reward (grpo)": ("0.600 vs 0.500", "met"),
+        "full latent model >= without the projector on OOD reward (grpo)": ("0.600 vs 0.700", "missed"),
+        "full latent model >= without text-only data on OOD reward (grpo)": ("0.600 vs 0.600", "met"),
+        "the full study in at most 2 hours as 2 processes": (
+            "1.83 h (all cells' time 3.67 h / 2, 33 cells)",
+            "met",
+        ),
+        "one cell at smoke size (`--quick`), as CI runs it": (
+            "no smoke-size cells here (CI runs two in tests/test_study.py)",
+            "n/a",
+        ),
+    }
     assert (
-        dict((c, v) for c, _, v in check_claims(two))[
-            "final OOD reward of latent >= token for at least 3 of the 4 losses"
-        ]
-        == "n/a"
+        "| base alone: at most 0.6 of answer tokens on task dialogues | 0.700 (3 seeds) | missed |"
+        in format_claims(cells)
     )
+
+    # Shifted numbers flip the verdicts: too much SFT leaves RL no room, a slow grid misses its time.
+    for cell in cells:
+        cell["seconds"] = 500.0
+        if cell["method"] == "token":
+            cell["eval_start"]["id"]["all"] = 0.8
+    claims = {target: (measured, verdict) for target, measured, verdict in check_claims(cells)}
+    assert claims["RL has room: token SFT's ID all-correct between 0.2 and 0.7"] == ("0.800 (3 seeds)", "missed")
+    assert claims["RL has room: token GRPO raises ID all-correct by at least 0.05"][1] == "missed"
+    assert claims["the full study in at most 2 hours as 2 processes"] == (
+        "2.29 h (all cells' time 4.58 h / 2, 33 cells)",
+        "missed",
+    )
+    # Missing cells cannot decide: an unfinished grid, fewer than 4 losses, no latent health, smoke-size cells.
+    some = [c for c in cells if c["loss"] in ("grpo", "dapo") and c["ablation"] == "full"]
+    for cell in some:
+        cell["health"] = {}
+    claims = {target: (measured, verdict) for target, measured, verdict in check_claims(some)}
+    assert claims["final OOD reward of latent >= token for at least 3 of the 4 losses"] == (
+        "1 of 2 losses (grpo)",
+        "n/a",
+    )
+    assert claims["codes steer: content-position controllability after stage 5 of at least 3 right-kind words"] == (
+        "n/a (0 seeds)",
+        "n/a",
+    )
+    assert claims["the full study in at most 2 hours as 2 processes"] == (
+        "0.83 h (all cells' time 1.67 h / 2, 12 cells of 33: grid not finished)",
+        "n/a",
+    )
+    smoke = [{**c, "config": {**c["config"], "size": "tiny"}} for c in some[:2]]
+    claims = {target: (measured, verdict) for target, measured, verdict in check_claims(smoke)}
+    assert claims["one cell at smoke size (`--quick`), as CI runs it"] == (
+        "slowest of 2 smoke-size cells 500 s",
+        "met",
+    )
+    assert claims["the full study in at most 2 hours as 2 processes"][1] == "n/a"
+
+
+def test_report_tables_show_every_split_the_baseline_and_coinciding_losses():
+    from trl_latent.experiments.reports import coinciding_losses, format_gain_table, format_start_table
+
+    cells = _claim_grid(seeds=(0, 1))
+    rows = format_gain_table(cells).splitlines()
+    assert rows[0].count("before RL") == 3 and "held-out combos gain" in rows[0]
+    # grpo token: before 0.6 on every split; after ID 0.8, OOD 0.5, held-out 0.5.
+    assert rows[2] == (
+        "| grpo | token | 2 | 0.600 ± 0.000 | 0.800 ± 0.000 | 0.200 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 "
+        "| -0.100 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | -0.100 ± 0.000 |"
+    )
+    table = format_start_table(cells).splitlines()
+    labels = [row.split(" | ")[0].removeprefix("| ") for row in table[2:]]
+    assert labels == [
+        "base (general pretraining)",
+        "token: SFT",
+        "token: SFT with the text-only corpus (more-data baseline)",
+        "latent: stages 1-5",
+    ]
+    assert table[0].endswith("| answer tokens |")
+    # One entry per seed (4 losses' token cells share one SFT model): 2 seeds; the baseline's held-out reward 0 / 0.1.
+    baseline = table[4].split(" | ")
+    assert baseline[1] == "2" and baseline[7] == "0.050 ± 0.071" and baseline[-1] == "0.800 ± 0.000 |"
+    assert table[2].split(" | ")[-1] == "0.700 ± 0.000 |" and table[5].split(" | ")[-1] == "n/a |"
+    assert format_start_table([]) == ""
+
+    # No two losses coincide here; identical DAPO and BNPO runs are a finding
+    # under the study's schedule, and expected only with one on-policy step per generation batch.
+    assert coinciding_losses(cells) == []
+    twins = [_claim_cell(loss, "token", 0) for loss in ("dapo", "bnpo")]
+    assert coinciding_losses(twins) == [
+        "dapo and bnpo gave identical held-out numbers in all 1 cells they share under a schedule where their "
+        "updates should differ (2 micro-batches x 2 passes per generation batch): a finding to examine, not two "
+        "independent results."
+    ]
+    for twin in twins:
+        twin["config"].update(rl_micro_batches=1, rl_iterations=1)
+    assert "expected with one on-policy optimisation step per generation batch" in coinciding_losses(twins)[0]
+    twins[0]["eval"] = {"id": {"reward": 0.1}}
+    assert coinciding_losses(twins) == []

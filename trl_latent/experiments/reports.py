@@ -3,8 +3,12 @@ run (`trl_latent.experiments.pipeline.run_pipeline`) go through the same functio
 
 A *cell* is one RL run, a dict with at least `loss`, `method` (`"token"` or `"latent"`), `ablation` (`"full"` or the
 switch turned off), `seed`, `reward_curve` (rollout reward per RL step), `eval` (held-out metrics after RL per split
-`id`/`ood`: `all`, `reward`, `diversity/...`) and `codes` (latent cells: `histogram`, the count of each code sampled on
-the held-out prompts). Tables give mean ± std over seeds; plots are PNGs of `FIGURE_SIZE` pixels (matplotlib, Agg).
+`id`/`ood`/`held_out`: `all`, `reward`, `diversity/...`, each generation-averaged metric with its `<key>_std`) and
+`codes` (latent cells: `histogram`, the count of each code sampled on the held-out prompts). The study's cells also
+hold `eval_start` (the same before RL), `base` (the pretrained base: `pretrain.answer_token_accuracy`, `eval_base`),
+`health` (latent cells: the stages' latent-space health by path) and, in token cells, `baseline` (the more-data
+baseline: token SFT with the text-only corpus mixed in, no RL). Tables give mean ± std over seeds; plots are PNGs of
+`FIGURE_SIZE` pixels (matplotlib, Agg).
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ _DPI = 100
 PLOTS = ("reward_curves", "id_ood", "diversity", "ablation", "code_usage")
 PLOT_CAPTIONS = {
     "reward_curves": "Rollout reward per RL step, mean over seeds with a ±std band, one panel per loss.",
-    "id_ood": "Held-out greedy reward on ID and OOD characters after RL, mean ± std over seeds.",
+    "id_ood": "Held-out reward on ID characters, OOD characters and held-out combinations after RL, mean ± std over "
+    "seeds.",
     "diversity": "Diversity of sampled rollouts on held-out ID prompts after RL, mean ± std over seeds.",
     "ablation": "Held-out reward of the latent model with each part switched off, mean ± std over seeds.",
     "code_usage": "Share of sampled steps per code on held-out prompts after RL, codes sorted by use, mean over seeds.",
 }
 _COLOURS = {"token": "#4c72b0", "latent": "#dd8452"}
+
+# The evaluation splits, in table order: ID characters, OOD characters, ID characters on held-out combinations.
+SPLITS = (("id", "ID"), ("ood", "OOD"), ("held_out", "held-out combos"))
 
 # Table columns: (header, split, metric key).
 COLUMNS = (
@@ -50,18 +58,24 @@ COLUMNS = (
     ("ID reward", "id", "reward"),
     ("OOD accuracy", "ood", "all"),
     ("OOD reward", "ood", "reward"),
+    ("held-out combos accuracy", "held_out", "all"),
+    ("held-out combos reward", "held_out", "reward"),
     ("distinct-2", "id", "diversity/distinct_2"),
     ("self-BLEU", "id", "diversity/self_bleu"),
     ("embedding diversity", "id", "diversity/embedding"),
 )
 COLUMN_NOTES = {
-    "ID accuracy": "greedy answers with colour, shape, count and voice all right, characters seen in training",
-    "ID reward": "mean rubric reward (the paper's judge ratio) of greedy answers, characters seen in training",
-    "OOD accuracy": "as ID accuracy, on characters never seen in training",
+    "ID accuracy": "share of sampled answers (3 per prompt, temperature 0.1, top-k 64) with colour, shape, count and "
+    "voice all right, characters seen in training",
+    "ID reward": "mean rubric reward (the paper's judge ratio) of the same answers, characters seen in training",
+    "OOD accuracy": "as ID accuracy, on characters never seen in training (their voices only the general text has)",
     "OOD reward": "as ID reward, on characters never seen in training",
+    "held-out combos accuracy": "as ID accuracy, ID characters on colour/shape combinations only the general text shows",
+    "held-out combos reward": "as ID reward, on the held-out combinations",
     "distinct-2": "unique / all word pairs within a prompt's sampled rollouts, ID (higher = more diverse)",
     "self-BLEU": "BLEU of each sampled rollout against the rest of its group, ID (lower = more diverse)",
     "embedding diversity": "1 / mean pairwise cosine similarity of MiniLM embeddings per group, ID (paper's measure)",
+    "answer tokens": "share of held-out task dialogues' answer tokens the model predicts (teacher forcing; plain VLMs)",
 }
 
 
@@ -107,17 +121,21 @@ def _ordered(keys, order):
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _table(rows: list[tuple[list[str], list[dict]]], lead: list[str]) -> str:
-    header = [*lead, "seeds", *(name for name, _, _ in COLUMNS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(lead) + "---:|" * (len(COLUMNS) + 1)]
+def _table(rows: list[tuple[list[str], list[dict]]], lead: list[str], extra=()) -> str:
+    """`rows` of (labels, cells): a column per `COLUMNS` entry, then one per `extra` entry (header, the value of a
+    cell), each mean ± std over the row's cells."""
+    header = [*lead, "seeds", *(name for name, _, _ in COLUMNS), *(name for name, _ in extra)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(lead) + "---:|" * (len(header) - len(lead))]
     for labels, group in rows:
         values = [format_mean_std([metric(c, split, key) for c in group]) for _, split, key in COLUMNS]
+        values += [format_mean_std([value(c) for c in group]) for _, value in extra]
         lines.append("| " + " | ".join([*labels, str(len(group)), *values]) + " |")
     return "\n".join(lines)
 
 
 def format_main_table(cells: list[dict]) -> str:
-    """The paper's table shape: rows loss x method (full models), columns ID, OOD and diversity, mean ± std."""
+    """The paper's table shape: rows loss x method (full models), columns ID, OOD, held-out combinations and
+    diversity, mean ± std."""
     groups = group_cells(cells)
     losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
     rows = [
@@ -146,6 +164,72 @@ def format_legend() -> str:
     return "\n".join(f"- **{name}**: {note}" for name, note in COLUMN_NOTES.items())
 
 
+def _get(value, *path):
+    """`value[path[0]][path[1]]...`, or None where any step is missing."""
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _full(cells: list[dict], method: str) -> list[dict]:
+    return [c for c in cells if c["method"] == method and c.get("ablation", "full") == "full"]
+
+
+def one_per_seed(cells: list[dict], value) -> list:
+    """`value(cell)` for one cell per seed (the first, in loss order, where it is not None), in seed order: for what
+    all cells of a seed share from one cached prefix (the base, the token SFT model, the latent stages 1-5, the
+    more-data baseline), so that a seed counts once however many losses ran."""
+    found: dict[int, Any] = {}
+    for cell in sorted(cells, key=lambda c: (_index(LOSSES, c["loss"]), c["loss"])):
+        if cell["seed"] not in found and (v := value(cell)) is not None:
+            found[cell["seed"]] = v
+    return [found[seed] for seed in sorted(found)]
+
+
+def starting_points(cells: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The models before RL, as (label, one entry per seed with `eval` and `answer_tokens`): the pretrained base, the
+    token SFT model, the more-data baseline (token SFT with the text-only corpus mixed in, no RL; token cells carry
+    it) and the full latent model after stages 1-5. Labels without any cell are left out."""
+
+    def entry(evaluation, answer_tokens=None):
+        return None if evaluation is None else {"eval": evaluation, "answer_tokens": answer_tokens}
+
+    token, latent = _full(cells, "token"), _full(cells, "latent")
+    rows = [
+        (
+            "base (general pretraining)",
+            one_per_seed(
+                cells,
+                lambda c: entry(_get(c, "base", "eval_base"), _get(c, "base", "pretrain", "answer_token_accuracy")),
+            ),
+        ),
+        (
+            "token: SFT",
+            one_per_seed(token, lambda c: entry(c.get("eval_start"), _get(c, "arm", "sft", "answer_token_accuracy"))),
+        ),
+        (
+            "token: SFT with the text-only corpus (more-data baseline)",
+            one_per_seed(
+                token,
+                lambda c: entry(_get(c, "baseline", "eval_sft"), _get(c, "baseline", "sft", "answer_token_accuracy")),
+            ),
+        ),
+        ("latent: stages 1-5", one_per_seed(latent, lambda c: entry(c.get("eval_start")))),
+    ]
+    return [(label, group) for label, group in rows if group]
+
+
+def format_start_table(cells: list[dict]) -> str:
+    """The models RL starts from, and the more-data baseline beside them: rows [`starting_points`], the main table's
+    columns plus answer-token accuracy, mean ± std over seeds. Empty string when no cell holds them."""
+    rows = [([label], group) for label, group in starting_points(cells)]
+    if not rows:
+        return ""
+    return _table(rows, ["model (before RL)"], extra=[("answer tokens", lambda c: c["answer_tokens"])])
+
+
 def start_metric(cell: dict, split: str, key: str):
     """A held-out metric of the cell's model before RL (after its SFT: token SFT, or latent stages 1-5)."""
     return cell.get("eval_start", {}).get(split, {}).get(key)
@@ -157,12 +241,12 @@ def _gain(cell: dict, split: str, key: str = "reward"):
 
 
 def format_gain_table(cells: list[dict]) -> str:
-    """What RL did: held-out greedy reward before RL (the SFT start) and after, and the per-seed gain, ID and OOD,
-    rows loss x method (full models), mean ± std over seeds."""
+    """What RL did: held-out reward before RL (the SFT start) and after, and the per-seed gain, on each split (ID,
+    OOD, held-out combinations), rows loss x method (full models), mean ± std over seeds."""
     groups = group_cells(cells)
     header = ["loss", "method", "seeds"]
-    for split in ("ID", "OOD"):
-        header += [f"{split} reward before RL", f"{split} reward after RL", f"{split} gain"]
+    for _, label in SPLITS:
+        header += [f"{label} reward before RL", f"{label} reward after RL", f"{label} gain"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
     for loss in losses:
@@ -171,7 +255,7 @@ def format_gain_table(cells: list[dict]) -> str:
             if not group:
                 continue
             row = [loss, method, str(len(group))]
-            for split in ("id", "ood"):
+            for split, _ in SPLITS:
                 row += [
                     format_mean_std([start_metric(c, split, "reward") for c in group]),
                     format_mean_std([metric(c, split, "reward") for c in group]),
@@ -181,30 +265,41 @@ def format_gain_table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# Why two objectives can give the same runs: the known cases, by pair of losses.
-_COINCIDING = {
-    ("dapo", "bnpo"): (
-        "on one process with one optimisation step per generation batch, DAPO's normalisation by the batch's "
-        "completion tokens is BNPO's, and the clipped ratio is exactly 1 on-policy, so clip-higher never acts"
-    ),
-}
-
-
 def coinciding_losses(cells: list[dict]) -> list[str]:
     """One sentence per pair of losses whose cells gave the same held-out numbers for every seed and method they
-    share (full models): a reader should not take two rows that coincide for two independent results."""
-    by_key = {(c["loss"], c["method"], c["seed"]): c.get("eval") for c in cells if c.get("ablation", "full") == "full"}
+    share (full models): a reader should not take two rows that coincide for two independent results. Under the
+    study's schedule (several micro-batches and passes per generation batch, DAPO's clip-higher) the objectives
+    differ, so coinciding runs are a finding; only with one on-policy step per generation batch do DAPO and BNPO
+    coincide by construction, and the sentence says so."""
+    by_key = {(c["loss"], c["method"], c["seed"]): c for c in cells if c.get("ablation", "full") == "full"}
     losses = _ordered({loss for loss, _, _ in by_key}, LOSSES)
     notes = []
     for i, first in enumerate(losses):
         for second in losses[i + 1 :]:
             shared = [(m, s) for (loss, m, s) in by_key if loss == first and (second, m, s) in by_key]
-            if shared and all(by_key[(first, m, s)] == by_key[(second, m, s)] for m, s in shared):
-                why = _COINCIDING.get((first, second)) or _COINCIDING.get((second, first))
-                notes.append(
-                    f"{first} and {second} gave identical held-out numbers in all {len(shared)} cells they share"
-                    + (f": {why}." if why else ": their updates coincide in this setting.")
+            if not shared or any(
+                by_key[(first, m, s)].get("eval") != by_key[(second, m, s)].get("eval") for m, s in shared
+            ):
+                continue
+            schedules = {
+                (_get(c, "config", "rl_micro_batches"), _get(c, "config", "rl_iterations"))
+                for m, s in shared
+                for c in (by_key[(first, m, s)], by_key[(second, m, s)])
+            }
+            note = f"{first} and {second} gave identical held-out numbers in all {len(shared)} cells they share"
+            if {first, second} == {"dapo", "bnpo"} and schedules == {(1, 1)}:
+                note += (
+                    ": expected with one on-policy optimisation step per generation batch, where DAPO's normalisation "
+                    "by the batch's completion tokens is BNPO's and the clipped ratio is exactly 1, so clip-higher "
+                    "never acts."
                 )
+            else:
+                shown = ", ".join(f"{mb} micro-batches x {it} passes" for mb, it in sorted(schedules, key=str))
+                note += (
+                    f" under a schedule where their updates should differ ({shown} per generation batch): a finding "
+                    "to examine, not two independent results."
+                )
+            notes.append(note)
     return notes
 
 
@@ -212,43 +307,166 @@ def _mean(cells: list[dict], value) -> float:
     return mean_std([value(c) for c in cells])[0]
 
 
-def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
-    """The paper's comparative claims checked on the cells, each as (claim, what was measured, verdict), verdict
-    `"met"`, `"missed"` or `"n/a"` (the cells needed are missing). Means are over seeds; a loss counts for latent
-    when its mean held-out reward is at least token's."""
-    groups = group_cells(cells)
-    losses = [loss for loss in LOSSES if (loss, "token", "full") in groups and (loss, "latent", "full") in groups]
-    claims = []
-    for split, label in (("id", "ID"), ("ood", "OOD")):
-        wins = [
-            loss
-            for loss in losses
-            if _mean(groups[(loss, "latent", "full")], lambda c, s=split: metric(c, s, "reward"))
-            >= _mean(groups[(loss, "token", "full")], lambda c, s=split: metric(c, s, "reward"))
-        ]
-        measured = f"{len(wins)} of {len(losses)} losses ({', '.join(wins) or 'none'})"
-        verdict = "n/a" if len(losses) < 4 else ("met" if len(wins) >= 3 else "missed")
-        claims.append((f"final {label} reward of latent >= token for at least 3 of the 4 losses", measured, verdict))
-    ratios = []
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _verdict(value: float, met: bool) -> str:
+    return "n/a" if math.isnan(value) else ("met" if met else "missed")
+
+
+def _arm_means(groups, split: str, key: str) -> list[tuple[str, float, float]]:
+    """(loss, token mean, latent mean) over seeds of a held-out metric, for each loss where both full arms have it."""
+    losses = _ordered({loss for loss, _, a in groups if a == "full"}, LOSSES)
+    found = []
     for loss in losses:
-        token = _mean(groups[(loss, "token", "full")], lambda c: metric(c, "id", "diversity/embedding"))
-        latent = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, "id", "diversity/embedding"))
-        if token and not math.isnan(token) and not math.isnan(latent):
-            ratios.append((loss, latent / token))
+        if (loss, "token", "full") in groups and (loss, "latent", "full") in groups:
+            token = _mean(groups[(loss, "token", "full")], lambda c: metric(c, split, key))
+            latent = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, split, key))
+            if not math.isnan(token) and not math.isnan(latent):
+                found.append((loss, token, latent))
+    return found
+
+
+def _latent_vs_token(groups, split: str, key: str, target: str, latent_lower: bool = False) -> tuple[str, str, str]:
+    """A claim that latent is at least token's (or at most, `latent_lower`) on a held-out metric: means over the
+    losses where both arms ran, each loss a mean over seeds."""
+    means = _arm_means(groups, split, key)
+    if not means:
+        return target, "no cells with both arms", "n/a"
+    token = statistics.fmean(t for _, t, _ in means)
+    latent = statistics.fmean(la for _, _, la in means)
+    met = latent <= token if latent_lower else latent >= token
+    return target, f"latent {latent:.3f} vs token {token:.3f} (mean over {len(means)} losses)", _verdict(latent, met)
+
+
+# The kinds of content word whose controllability the latent-space health measures (pipeline.CONTENT_WORDS).
+CONTENT_KINDS = ("colour", "shape", "count", "voice")
+# The full study's wall-time target, and how many processes share the machine for it.
+STUDY_HOURS, STUDY_PROCESSES = 2.0, 2
+
+
+def world_sft_health(cell: dict, name: str):
+    """A latent cell's latent-space health entry `health/<name>` after stage 5 (world-model SFT), or None."""
+    return _get(cell, "health", "stages.world_sft.health", f"health/{name}")
+
+
+def _study_time(cells: list[dict]) -> list[tuple[str, str, str]]:
+    claims = []
+    smoke = [c for c in cells if _get(c, "config", "size") == "tiny"]
+    full = [c for c in cells if c not in smoke]
+    seeds = {c["seed"] for c in full}
+    expected = (len(LOSSES) * len(METHODS) + len(LATENT_ABLATIONS)) * len(seeds)
+    target = f"the full study in at most {STUDY_HOURS:g} hours as {STUDY_PROCESSES} processes"
+    seconds = [c.get("seconds") for c in full]
+    if not full or len(_finite(seconds)) < len(full):
+        claims.append((target, "no full-size cells with their time", "n/a"))
+    else:
+        hours = sum(_finite(seconds)) / STUDY_PROCESSES / 3600
+        measured = (
+            f"{hours:.2f} h (all cells' time {hours * STUDY_PROCESSES:.2f} h / {STUDY_PROCESSES}, {len(full)} cells"
+        )
+        if len(full) < expected:
+            claims.append((target, f"{measured} of {expected}: grid not finished)", "n/a"))
+        else:
+            claims.append((target, measured + ")", _verdict(hours, hours <= STUDY_HOURS)))
+    target = "one cell at smoke size (`--quick`), as CI runs it"
+    if smoke:
+        slowest = max(_finite(c.get("seconds") for c in smoke), default=math.nan)
+        claims.append((target, f"slowest of {len(smoke)} smoke-size cells {_number(slowest, 0)} s", "met"))
+    else:
+        claims.append((target, "no smoke-size cells here (CI runs two in tests/test_study.py)", "n/a"))
+    return claims
+
+
+def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
+    """The study's targets and the paper's claims on this task, each as (target, what was measured, verdict), verdict
+    `"met"`, `"missed"` or `"n/a"` (the cells needed are missing). Numbers are means over seeds; what all cells of
+    a seed share (base, token SFT, latent stages 1-5) counts once per seed ([`one_per_seed`]).
+
+    - RL has room: token SFT's ID all-correct in [0.2, 0.7]; token GRPO raises it by at least 0.05.
+    - The base alone predicts at most 0.6 of the answer tokens of task dialogues.
+    - Codes steer: content-position controllability after stage 5 of at least 3 right-kind words; latent rollouts at
+      least as diverse as token rollouts (ID self-BLEU at or below, embedding diversity at or above).
+    - The paper's claims: final reward of latent >= token for at least 3 of the 4 losses (ID and OOD); embedding
+      diversity of latent >= 1.15x token; latent >= token on the held-out combinations and on the OOD characters
+      (reward, mean over losses); the full latent model >= each ablation on OOD reward.
+    - Cost: the full study in at most 2 hours as two processes; a cell at smoke size runs in CI.
+    """
+    groups = group_cells(cells)
+    token, latent = _full(cells, "token"), _full(cells, "latent")
+    claims = []
+
+    value, _, n = mean_std(one_per_seed(token, lambda c: start_metric(c, "id", "all")))
+    claims.append(
+        (
+            "RL has room: token SFT's ID all-correct between 0.2 and 0.7",
+            f"{_number(value)} ({n} seeds)",
+            _verdict(value, 0.2 <= value <= 0.7),
+        )
+    )
+    grpo = groups.get(("grpo", "token", "full"), [])
+    gain, _, n = mean_std(_gain(c, "id", "all") for c in grpo)
+    before, after = _mean(grpo, lambda c: start_metric(c, "id", "all")), _mean(grpo, lambda c: metric(c, "id", "all"))
+    claims.append(
+        (
+            "RL has room: token GRPO raises ID all-correct by at least 0.05",
+            f"{_number(before)} -> {_number(after)}, gain {_number(gain)} ({n} seeds)",
+            _verdict(gain, gain >= 0.05),
+        )
+    )
+    value, _, n = mean_std(one_per_seed(cells, lambda c: _get(c, "base", "pretrain", "answer_token_accuracy")))
+    claims.append(
+        (
+            "base alone: at most 0.6 of answer tokens on task dialogues",
+            f"{_number(value)} ({n} seeds)",
+            _verdict(value, value <= 0.6),
+        )
+    )
+    value, _, n = mean_std(one_per_seed(latent, lambda c: world_sft_health(c, "content_controllability")))
+    kinds = []
+    for kind in CONTENT_KINDS:
+        kind_mean = mean_std(
+            one_per_seed(latent, lambda c, k=kind: world_sft_health(c, f"content_controllability/{k}"))
+        )[0]
+        if not math.isnan(kind_mean):
+            kinds.append(f"{kind} {kind_mean:.2f}")
+    claims.append(
+        (
+            "codes steer: content-position controllability after stage 5 of at least 3 right-kind words",
+            f"{_number(value, 2)} ({', '.join([*kinds, f'{n} seeds'])})",
+            _verdict(value, value >= 3),
+        )
+    )
+    claims.append(
+        _latent_vs_token(
+            groups, "id", "diversity/self_bleu", "codes steer: latent self-BLEU at or below token's (ID)", True
+        )
+    )
+    claims.append(
+        _latent_vs_token(
+            groups, "id", "diversity/embedding", "codes steer: latent embedding diversity at or above token's (ID)"
+        )
+    )
+
+    for split, label in (("id", "ID"), ("ood", "OOD")):
+        means = _arm_means(groups, split, "reward")
+        wins = [loss for loss, token_mean, latent_mean in means if latent_mean >= token_mean]
+        measured = f"{len(wins)} of {len(means)} losses ({', '.join(wins) or 'none'})"
+        verdict = "n/a" if len(means) < 4 else ("met" if len(wins) >= 3 else "missed")
+        claims.append((f"final {label} reward of latent >= token for at least 3 of the 4 losses", measured, verdict))
+    target = "rollout embedding diversity of latent >= 1.15x token"
+    ratios = [(loss, la / t) for loss, t, la in _arm_means(groups, "id", "diversity/embedding") if t]
     if ratios:
         mean_ratio = statistics.fmean(r for _, r in ratios)
         measured = f"latent / token {mean_ratio:.3f} (" + ", ".join(f"{loss} {r:.3f}" for loss, r in ratios) + ")"
-        claims.append(
-            (
-                "rollout embedding diversity of latent >= 1.15x token",
-                measured,
-                "met" if mean_ratio >= 1.15 else "missed",
-            )
-        )
+        claims.append((target, measured, "met" if mean_ratio >= 1.15 else "missed"))
     else:
-        claims.append(
-            ("rollout embedding diversity of latent >= 1.15x token", "no embedding diversity measured", "n/a")
-        )
+        claims.append((target, "no embedding diversity measured", "n/a"))
+    claims.append(
+        _latent_vs_token(groups, "held_out", "reward", "latent >= token on the held-out combinations (reward)")
+    )
+    claims.append(_latent_vs_token(groups, "ood", "reward", "latent >= token on the OOD characters (reward)"))
     ablated = sorted({(loss, a) for loss, method, a in groups if method == "latent" and a != "full"})
     for loss, ablation in ablated:
         if (loss, "latent", "full") not in groups:
@@ -258,16 +476,16 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
         claims.append(
             (
                 f"full latent model >= {ABLATION_LABELS.get(ablation, ablation)} on OOD reward ({loss})",
-                f"{full:.3f} vs {without:.3f}",
-                "met" if full >= without else "missed",
+                f"{_number(full)} vs {_number(without)}",
+                _verdict(full + without, full >= without),
             )
         )
-    return claims
+    return claims + _study_time(cells)
 
 
 def format_claims(cells: list[dict]) -> str:
     """[`check_claims`] as a markdown table."""
-    lines = ["| claim | measured (mean over seeds) | verdict |", "|---|---|---|"]
+    lines = ["| target | measured (mean over seeds) | verdict |", "|---|---|---|"]
     lines += [f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in check_claims(cells)]
     return "\n".join(lines)
 
@@ -434,12 +652,13 @@ def _loss_method_series(cells, split: str, key: str):
 
 
 def plot_id_ood(cells: list[dict], path: Path) -> Path:
-    """Held-out greedy reward on ID and OOD characters per loss, token vs latent (mean ± std over seeds)."""
-    fig, axes = _figure(2)
-    for ax, split in zip(axes, ("id", "ood")):
+    """Held-out reward on ID characters, OOD characters and held-out combinations per loss, token vs latent (mean ±
+    std over seeds)."""
+    fig, axes = _figure(len(SPLITS))
+    for ax, (split, label) in zip(axes, SPLITS):
         losses, series = _loss_method_series(cells, split, "reward")
         _bars(ax, losses, series, "held-out reward")
-        ax.set_title(f"{split.upper()} characters")
+        ax.set_title(label if split == "held_out" else f"{label} characters")
     return _save(fig, path)
 
 
@@ -457,7 +676,7 @@ def plot_diversity(cells: list[dict], path: Path) -> Path:
 
 
 def plot_ablation(cells: list[dict], path: Path) -> Path:
-    """Latent models with each part switched off, ID and OOD held-out reward (mean ± std over seeds)."""
+    """Latent models with each part switched off, held-out reward per split (mean ± std over seeds)."""
     groups = group_cells(cells)
     ablated = [(loss, a) for loss, m, a in groups if m == "latent" and a != "full"]
     fig, axes = _figure(1)
@@ -465,8 +684,8 @@ def plot_ablation(cells: list[dict], path: Path) -> Path:
     variants = [(loss, a) for loss in losses for a in ABLATIONS if (loss, "latent", a) in groups]
     labels = [f"{a}\n({loss})" if len(losses) > 1 else a for loss, a in variants]
     series = {
-        split.upper(): [[metric(c, split, "reward") for c in groups[(loss, "latent", a)]] for loss, a in variants]
-        for split in ("id", "ood")
+        label: [[metric(c, split, "reward") for c in groups[(loss, "latent", a)]] for loss, a in variants]
+        for split, label in SPLITS
     }
     _bars(axes[0], labels, series, "held-out reward")
     axes[0].set_title("ablations of the latent model")
@@ -536,7 +755,9 @@ def cells_from_run(results: dict[str, Any]) -> list[dict]:
                 "reward_curve": rl["reward_curve"],
                 "rl": {**rl, "seconds_per_step": rl["seconds"] / max(rl["steps"], 1)},
                 "eval": arm["eval_rl"],
+                "eval_start": arm.get("eval_sft"),
                 "codes": arm.get("codes"),
+                "baseline": results.get("token_text") if method == "token" else None,
             }
         )
     return cells

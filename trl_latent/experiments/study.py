@@ -16,9 +16,20 @@ base of a seed, the token SFT model of a seed, each latent stage of a seed and a
 that can change them, the code fingerprint and the library versions. Each cell writes `<study-dir>/cells/<name>.json`
 atomically as soon as it ends; a rerun skips cells whose JSON exists (and refuses one run with another config).
 
-Per cell: the reward curve over RL steps, held-out greedy accuracy and reward on ID and OOD characters before and
-after RL, rollout diversity (distinct-n, self-BLEU, MiniLM embedding diversity), the codes the policy samples on the
-held-out prompts (histogram, codes used, entropy), the latent arm's `health` entries, RL wall time per step.
+Per cell: the reward curve over RL steps; held-out accuracy and reward before and after RL on three splits, ID
+characters, OOD characters and ID characters on the colour/shape combinations only the general text shows
+(`held_out`), each the mean over 3 sampled generations per prompt with its std (`evaluate.py`); rollout diversity
+(distinct-n, self-BLEU, MiniLM embedding diversity); the codes the policy samples on the held-out prompts (histogram,
+codes used, entropy); the latent arm's `health` entries; RL wall time per step.
+
+The more-data baseline (token SFT with the text-only corpus of the latent stages mixed in,
+`pipeline.run_text_mix_baseline`) is evaluated without RL inside each token cell (`baseline`): it is built once per
+seed in the prefix cache and shared by the four losses' token cells, so it costs one SFT per seed, not a grid of RL
+cells. It answers "is a latent win just more data?" against the models before RL: token SFT (same steps, without the
+text) and the latent model after stages 1-5 (which saw the same text corpus).
+
+Cells record `STUDY_VERSION`; a study dir holding cells of another version (another protocol: splits, RL schedule,
+evaluation) is refused rather than mixed into one report.
 """
 
 from __future__ import annotations
@@ -45,7 +56,13 @@ DEFAULT_SEEDS = (0, 1, 2)
 # Files of the package that cannot change a trained model or its evaluation: edits to them keep the prefix cache.
 # (This file is fingerprinted: the study's evaluation lives here.)
 _NOT_IN_FINGERPRINT = {"reports.py", "progress.py", "console.py", "cli.py"}
-EVALUATION_PROTOCOL = "evaluate_model + MiniLM embedding diversity + sampled code usage, v1"
+EVALUATION_PROTOCOL = (
+    "evaluate_model (3 generations, top-k 64, temperature 0.1) + MiniLM embedding diversity + sampled code usage, v2"
+)
+# The protocol of a cell's JSON: bumped whenever cells of two versions must not share a report. 2: splits id, ood,
+# held_out; RL 2 micro-batches x 2 passes per generation batch (DAPO clip-higher); 3 sampled generations per
+# prompt; the more-data baseline in token cells. Cells without it ran under version 1.
+STUDY_VERSION = 2
 
 
 REPRODUCE = (
@@ -58,14 +75,18 @@ REPRODUCE = (
 
 
 CELL_FIELDS = (
-    "Each cell's JSON (`<study-dir>/cells/<name>.json`) holds: `reward_curve` (rollout reward per RL step); `rl` (steps,",
-    "seconds, `seconds_per_step`, reward first/last quarter, per-step `curves` of the loss, KL and, for latent cells,",
-    "`latent/code_entropy` and `latent/codes_used`); `eval` and `eval_start` (held-out `id` and `ood` metrics after and",
-    "before RL: accuracies, `reward`, `diversity/distinct_1`, `diversity/distinct_2`, `diversity/self_bleu`,",
-    "`diversity/embedding`); `codes` and `codes_start` (latent cells: per-code `histogram` of the codes sampled on the",
-    "held-out prompts, `used`, `entropy` in nats, `perplexity`); `health` (the latent arm's `health` entries, by path);",
-    "`base` and `arm` (everything the pipeline returned); `config`, `fingerprint`, `environment`, `command`,",
-    "`finished_at`.",
+    "Each cell's JSON (`<study-dir>/cells/<name>.json`) holds: `study_version`; `reward_curve` (rollout reward per RL",
+    "step); `rl` (steps, seconds, `seconds_per_step`, reward first/last quarter, per-step `curves` of the loss, KL and,",
+    "for latent cells, `latent/code_entropy` and `latent/codes_used`); `eval` and `eval_start` (held-out metrics after",
+    "and before RL per split: `id` (ID characters), `ood` (OOD characters), `held_out` (ID characters on the held-out",
+    "colour/shape combinations): accuracies and `reward`, each the mean over the sampled generations with its",
+    "`<key>_std`, `diversity/distinct_1`, `diversity/distinct_2`, `diversity/self_bleu`, `diversity/embedding`);",
+    "`codes` and `codes_start` (latent cells: per-code `histogram` of the codes sampled on the held-out prompts, `used`,",
+    "`entropy` in nats, `perplexity`); `health` (the latent arm's `health` entries, by path, e.g.",
+    "`stages.world_sft.health` with `health/content_controllability`); `base` (the pretrained base: `pretrain` with",
+    "`answer_token_accuracy`, `eval_base`); `baseline` (token cells: the more-data baseline, token SFT with the",
+    "text-only corpus mixed in and no RL: `sft` with `answer_token_accuracy`, `eval_sft`); `arm` (everything the",
+    "pipeline returned); `config`, `fingerprint`, `environment`, `command`, `seconds`, `finished_at`.",
 )
 
 
@@ -220,7 +241,7 @@ class StudyEvaluator:
 
     def __call__(self, model, processor, eval_sets, config) -> dict[str, Any]:
         from ..modeling.model import LatentActionModel
-        from .pipeline import evaluate_model
+        from .evaluate import evaluate_model
 
         results = evaluate_model(model, processor, eval_sets, config, _embedder() if self.use_embedder else None)
         if isinstance(model, LatentActionModel):
@@ -246,10 +267,14 @@ def _splits(evaluation: dict) -> dict:
     return {k: v for k, v in evaluation.items() if k != "codes"}
 
 
-def summarize_cell(cell: Cell, config, base: dict, arm: dict, seconds: float) -> dict[str, Any]:
-    """The cell's JSON: what the report reads at the top level, the arm's full results under `arm`."""
+def summarize_cell(
+    cell: Cell, config, base: dict, arm: dict, seconds: float, baseline: dict | None = None
+) -> dict[str, Any]:
+    """The cell's JSON: what the report reads at the top level, the arm's full results under `arm` (and, for token
+    cells, the more-data baseline's `{"sft", "eval_sft"}` under `baseline`)."""
     rl = arm["rl"]
     return {
+        "study_version": STUDY_VERSION,
         "name": cell.name,
         "loss": cell.loss,
         "method": cell.method,
@@ -267,6 +292,7 @@ def summarize_cell(cell: Cell, config, base: dict, arm: dict, seconds: float) ->
         "codes_start": arm["eval_sft"].get("codes"),
         "health": find_health(arm),
         "base": base,
+        "baseline": None if baseline is None else {"sft": baseline["sft"], "eval_sft": _splits(baseline["eval_sft"])},
         "arm": arm,
         "seconds": seconds,
     }
@@ -277,7 +303,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """Run one cell (reusing its cached prefix) and write its JSON atomically; returns the JSON's contents."""
     from .console import heading
-    from .pipeline import prepare_task, pretrain_base, run_latent_arm, run_token_arm
+    from .pipeline import prepare_task, pretrain_base, run_latent_arm, run_text_mix_baseline, run_token_arm
 
     config = cell.config(base_config)
     work = study_dir / "work" / cell.name
@@ -288,7 +314,10 @@ def run_cell(
     base_path, base = pretrain_base(processor, data, eval_sets, config, work, cache, evaluate)
     run_arm = run_token_arm if cell.method == "token" else run_latent_arm
     arm = run_arm(base_path, processor, data, eval_sets, config, work / cell.method, cache, evaluate)
-    result = summarize_cell(cell, config, base, arm, time.perf_counter() - start)
+    baseline = None
+    if cell.method == "token":  # after the arm, so the arm's run is the same with or without it; cached per seed
+        baseline = run_text_mix_baseline(base_path, processor, data, eval_sets, config, work / "text", cache, evaluate)
+    result = summarize_cell(cell, config, base, arm, time.perf_counter() - start, baseline)
     result.update(
         fingerprint=fingerprint or source_fingerprint(),
         environment=environment(),
@@ -306,8 +335,17 @@ def cell_path(study_dir: Path, cell: Cell) -> Path:
     return Path(study_dir) / "cells" / f"{cell.name}.json"
 
 
+def _check_version(path: Path, saved: dict) -> None:
+    version = saved.get("study_version", 1)
+    if version != STUDY_VERSION:
+        raise ValueError(
+            f"{path} is a cell of study version {version}, this code's is {STUDY_VERSION} (another protocol: splits, "
+            f"RL schedule, evaluation); use another --study-dir, or delete the old cells to rerun them."
+        )
+
+
 def finished(study_dir: Path, cell: Cell, base_config) -> bool:
-    """Whether the cell's JSON exists; a JSON written with another config is an error (mixing two grids)."""
+    """Whether the cell's JSON exists; a JSON of another study version or config is an error (mixing two grids)."""
     path = cell_path(study_dir, cell)
     if not path.exists():
         return False
@@ -315,9 +353,11 @@ def finished(study_dir: Path, cell: Cell, base_config) -> bool:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun the cell {cell.name}.") from err
+    _check_version(path, saved)
     wanted = _comparable(asdict(cell.config(base_config)))
-    # A field added to PipelineConfig after the cell ran did not exist then: the cell ran with its default (a new
-    # field's default keeps the old behaviour). A field removed since (`extra`, never read) no longer matters.
+    # A field added to PipelineConfig after the cell ran (within one study version) did not exist then: the cell ran
+    # with its default (a new field's default keeps the old behaviour; one that does not bumps STUDY_VERSION). A
+    # field removed since (`extra`, never read) no longer matters.
     defaults = {f.name: f.default for f in fields(base_config) if f.default is not MISSING}
     recorded = {k: v for k, v in saved.get("config", {}).items() if k in wanted}
     config = {**{k: v for k, v in defaults.items() if k in wanted}, **recorded}
@@ -358,13 +398,14 @@ def run_study(
 
 
 def load_cells(study_dir) -> list[dict]:
-    """Every finished cell's JSON in `study_dir/cells`."""
+    """Every finished cell's JSON in `study_dir/cells` (all of this `STUDY_VERSION`, else an error)."""
     cells = []
     for path in sorted((Path(study_dir) / "cells").glob("*.json")):
         try:
             cells.append(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); delete it to rerun that cell.") from err
+        _check_version(path, cells[-1])
     return cells
 
 
@@ -399,13 +440,25 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     lines += [f"- cells run with: {', '.join(f'`{c}`' for c in commands)}; report: `{command}`"]
     lines += [f"- finished: {dates[0]} to {dates[-1]}; code fingerprint{'s' if len(fingerprints) > 1 else ''}: "]
     lines[-1] += ", ".join(f"`{f}`" for f in fingerprints)
-    lines += ["", "## Latent vs token, mean ± std over seeds", "", reports.format_main_table(cells), ""]
+    lines += ["", "## Latent vs token after RL, mean ± std over seeds", "", reports.format_main_table(cells), ""]
     lines += [reports.format_legend(), ""]
     coinciding = reports.coinciding_losses(cells)
     lines += [f"> {note}" for note in coinciding] + [""] * bool(coinciding)
+    start_table = reports.format_start_table(cells)
+    if start_table:
+        lines += ["## Before RL: the starting models and the more-data baseline, mean ± std over seeds", ""]
+        lines += [
+            "The more-data baseline is token SFT for the same steps with the latent stages' text-only corpus mixed in,",
+            "without RL: compare it with token SFT (same steps, no text) and the latent model after stages 1-5 (which",
+            "saw the same text). Each row counts a seed once (the losses share these models).",
+            "",
+            start_table,
+            "",
+        ]
     lines += ["## What RL changed: held-out reward before and after RL, mean ± std over seeds", ""]
     lines += [reports.format_gain_table(cells), ""]
-    lines += ["## The paper's claims, checked on these cells", "", reports.format_claims(cells), ""]
+    lines += ["## The study's targets and the paper's claims, checked on these cells", ""]
+    lines += [reports.format_claims(cells), ""]
     lines += ["## Ablations of the latent model", "", reports.format_ablation_table(cells), ""]
     lines += ["## Per cell: RL time, reward and code usage", "", reports.format_cells_table(cells), ""]
     health = reports.format_health_table(cells)
