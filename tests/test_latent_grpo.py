@@ -418,7 +418,7 @@ def test_update_reuses_rollout_states_and_matches_rollout_logprobs(reuse, model,
         torch.testing.assert_close(logps, sampling_logps, rtol=0, atol=1e-5)
 
 
-def test_static_cache_rollouts_give_the_same_loss(initial_model, processor, dataset, tmp_path, monkeypatch):
+def test_static_cache_rollouts_give_the_same_loss(steerable_model, processor, dataset, tmp_path, monkeypatch):
     """`latent_cache_implementation` and `compile_latent_step` reach latent decoding; one step under each cache (same
     seed) rolls out the same codes and completions and computes the same loss and states. (The compiled step itself is
     tested in tests/test_latent_decoding_engine.py; here it is only asked for, and decoded uncompiled.)"""
@@ -436,7 +436,7 @@ def test_static_cache_rollouts_give_the_same_loss(initial_model, processor, data
     seen = []
     for cache, compiled in runs:
         trainer = make_trainer(
-            copy.deepcopy(initial_model),
+            copy.deepcopy(steerable_model),  # codes that matter, so completions (and rewards) differ in a group
             processor,
             dataset,
             tmp_path / f"{cache}-{compiled}",
@@ -475,9 +475,11 @@ def test_static_cache_rollouts_give_the_same_loss(initial_model, processor, data
         torch.testing.assert_close(dynamic["loss"], static["loss"], rtol=1e-4, atol=1e-6)
 
 
-def test_off_policy_iterations_use_rollout_logprobs_as_old(model, processor, dataset, tmp_path):
-    """num_iterations=2: TRL asks for the old policy's log-probabilities while scoring; they are the rollout's."""
+def test_off_policy_iterations_use_rollout_logprobs_as_old(steerable_model, processor, dataset, tmp_path):
+    """num_iterations=2: TRL asks for the old policy's log-probabilities while scoring; they are the rollout's. (The
+    steerable model: its codes change the completions, so rewards differ in a group and the update moves the policy.)"""
     seen = []
+    model = copy.deepcopy(steerable_model)
     trainer = make_trainer(model, processor, dataset, tmp_path, num_iterations=2, max_steps=2)
     compute_policy_loss = trainer._compute_policy_loss
 

@@ -2,7 +2,7 @@
 compare it with token-level RL on the same base, data and reward (the shapes role-play task, on a CPU, offline).
 
 ```
-tiny Qwen2.5-VL --(stock SFT on separate dialogues: the "pretrained" VLM)--> base
+tiny Qwen2.5-VL --(stock SFT on the general corpus: the "pretrained" VLM)--> base
 base --(stock SFT on the task's SFT split)--> SFT model --(TokenGRPOTrainer, rubric reward)--> token RL
 base --(LatentSFTTrainer: inverse_warmup, projector_warmup, joint, policy_bc on paired + text-only corpora;
         world_sft on the task's SFT split)--> latent model --(LatentGRPOTrainer, rubric reward)--> latent RL
@@ -120,8 +120,9 @@ class PipelineConfig:
     size: str = option("small", reads=("base",))
     seed: int = option(0, reads=("base",))
     image_size: int = option(56, reads=("base",))
-    # A tiny model starts from random weights, so stock SFT on separate dialogues stands in for the pretrained
-    # instruct VLM; it stops short of mastering the task (docs/architecture.md section 8: RL needs room to improve).
+    # A tiny model starts from random weights, so stock SFT on the general corpus (experiments.general: pictures,
+    # scene descriptions, small talk; not the task) stands in for the pretrained instruct VLM: fluent, knows every
+    # character's voice, has never seen the task's answers (docs/synthetic_task.md).
     pretrain_steps: int = option(300, reads=("base",))
     pretrain_learning_rate: float = option(2e-3, reads=("base",))
     # Task SFT, the same number of steps for both arms: stock SFT (token arm) and world-model SFT (latent arm).
@@ -379,26 +380,15 @@ def run_token_arm(
 ) -> dict[str, Any]:
     """Stock SFT on the task's SFT split, then `config.loss` over tokens. With `cache` the SFT model and its
     evaluation are reused by every run that shares them; `evaluate` (default [`evaluate_model`]) scores a model."""
-    from transformers import AutoModelForImageTextToText
     from trl import GRPOConfig
 
     from ..training.token_grpo_trainer import TokenGRPOTrainer
 
     evaluate = evaluate or evaluate_model
-    prefix = prefix_entry(cache, "token_sft", config, output_dir / "sft")
-    if prefix.result is None:
-        model = AutoModelForImageTextToText.from_pretrained(base_path)
-        model, sft = _stock_sft(
-            model, processor, data["task_sft"], config.task_sft_steps, config.task_sft_learning_rate, config,
-            output_dir, "token arm: task SFT",
-        )  # fmt: skip
-        sft["answer_token_accuracy"] = answer_token_accuracy(model, processor, data["health"], PROBE_SAMPLES)
-        sft_result = {"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)}
-        if prefix.cached:
-            model.save_pretrained(prefix.build_dir)
-        prefix.finish(sft_result)
-    if prefix.cached:  # every run continues from the saved model, whether it was built now or before
-        model = AutoModelForImageTextToText.from_pretrained(prefix.path)
+    prefix, model = _token_sft(
+        base_path, processor, data, eval_sets, config, output_dir, cache, evaluate, "task_sft", "token_sft",
+        "token arm: task SFT", keep_model=True,
+    )  # fmt: skip
     result: dict[str, Any] = dict(prefix.result)
     args = _rl_args(
         GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config, temperature=config.token_temperature
@@ -424,19 +414,36 @@ def run_text_mix_baseline(
     """The more-data baseline: stock SFT of the base for the task SFT's steps on the task's SFT split with the
     text-only corpus of the latent stages mixed in (`data["task_sft_text"]`), so that a latent win cannot be just
     more data. Returns `{"sft": ..., "eval_sft": ...}`."""
+    prefix, _ = _token_sft(
+        base_path, processor, data, eval_sets, config, Path(output_dir), cache, evaluate or evaluate_model,
+        "task_sft_text", "token_sft_text", "baseline: task SFT + text-only corpus", keep_model=False,
+    )  # fmt: skip
+    return dict(prefix.result)
+
+
+def _token_sft(
+    base_path, processor, data, eval_sets, config, output_dir, cache, evaluate, data_key, phase, title, keep_model
+):
+    """Stock SFT of the base on `data[data_key]` for the task SFT's steps, probed and evaluated, saved under the
+    prefix `phase` (when cached and `keep_model`). Returns the prefix entry and the model (`None` when not kept)."""
     from transformers import AutoModelForImageTextToText
 
-    evaluate = evaluate or evaluate_model
-    prefix = prefix_entry(cache, "token_sft_text", config, Path(output_dir) / "sft")
+    prefix = prefix_entry(cache, phase, config, output_dir / "sft")
+    model = None
     if prefix.result is None:
         model = AutoModelForImageTextToText.from_pretrained(base_path)
         model, sft = _stock_sft(
-            model, processor, data["task_sft_text"], config.task_sft_steps, config.task_sft_learning_rate, config,
-            output_dir, "baseline: task SFT + text-only corpus",
+            model, processor, data[data_key], config.task_sft_steps, config.task_sft_learning_rate, config,
+            output_dir, title,
         )  # fmt: skip
         sft["answer_token_accuracy"] = answer_token_accuracy(model, processor, data["health"], PROBE_SAMPLES)
-        prefix.finish({"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)})
-    return dict(prefix.result)
+        result = {"sft": sft, "eval_sft": evaluate(model, processor, eval_sets, config)}
+        if prefix.cached and keep_model:
+            model.save_pretrained(prefix.build_dir)
+        prefix.finish(result)
+    if keep_model and prefix.cached:  # every run continues from the saved model, whether it was built now or before
+        model = AutoModelForImageTextToText.from_pretrained(prefix.path)
+    return prefix, model
 
 
 def new_latent_model(base_path, config: PipelineConfig):
@@ -603,7 +610,7 @@ def _as_vlm_text(text):
 def pretrain_base(
     processor, data, eval_sets, config, output_dir, cache: PrefixCache | None = None, evaluate=None
 ) -> tuple[Path, dict[str, Any]]:
-    """The stand-in for a pretrained instruct VLM, shared by both arms: stock SFT of the tiny VLM on separate
+    """The stand-in for a pretrained instruct VLM, shared by both arms: stock SFT of the tiny VLM on the general
     dialogues. Returns the folder it is saved in (with the processor) and `{"pretrain": ..., "eval_base": ...}`."""
     from transformers import AutoModelForImageTextToText
 

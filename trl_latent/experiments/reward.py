@@ -7,7 +7,7 @@ so RL on the synthetic task needs no judge and no network. Its four dimensions g
 | dimension | MMRole dimensions it stands for | what it checks |
 |---|---|---|
 | `image_text_relevance` | image-text relevance, response accuracy | the right colour, shape and count are named, no wrong ones |
-| `personality_tone` | personality, knowledge and tone consistency | the character's catchphrase and tone words, no other character's |
+| `personality_tone` | personality, knowledge and tone consistency | the character's catchphrase and voice words, no other's |
 | `fluency` | fluency, coherency | known words, no repeats, no garbage characters, a sensible length |
 | `instruction_adherence` | instruction adherence | answers what the question asks, stays in character and in format |
 

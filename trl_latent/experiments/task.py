@@ -2,7 +2,7 @@
 
 Images show one or more coloured shapes drawn with PIL; characters with MMRole-style profiles (the five fields
 `introduction`, `personality`, `experience`, `relationship`, `catchphrase`) comment on them in their own voice (a
-catchphrase, tone words and a sentence pattern of their own). A reference answer always names what is in the image:
+catchphrase, voice words and four answer patterns of their own, all right). An answer always names what is in the image:
 the count, the colour and the shape ("two red circles").
 
 The task is built so the paper's claims can be tested on a laptop:
@@ -347,7 +347,7 @@ def character_profile(character: str) -> dict[str, str]:
 
 
 def character_system_prompt(character: str) -> str:
-    """The short system prompt of the in-memory datasets: who to be, the catchphrase and the tone words.
+    """The short system prompt of the in-memory datasets: who to be, the catchphrase and two of the voice words.
 
     Short on purpose (the tiny model's speed depends on the sequence length); the paper's full MMRole prompt is built
     by the MMRole loader from the files [`write_synthetic_task`] writes.
