@@ -10,6 +10,9 @@ content-position controllability, the policy's code entropy). Writes `latent_set
 `--output-dir` and prints the table (docs/findings.md quotes it).
 
     python benchmarks/latent_settings.py --seeds 0 1 --output-dir outputs/latent_settings
+    # or one process per seed, then one table from both:
+    python benchmarks/latent_settings.py --seeds 0 --output-dir outputs/ls_s0   # and --seeds 1 ... outputs/ls_s1
+    python benchmarks/latent_settings.py --merge outputs/ls_s0 outputs/ls_s1 --output-dir outputs/latent_settings
 """
 
 from __future__ import annotations
@@ -23,13 +26,23 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# name -> PipelineConfig fields; "embedded" is the embedded job's defaults, "authors" the library's (the paper's code).
+# name -> PipelineConfig fields, spelled out so a setting does not change with the embedded job's defaults (merge-delta
+# and argmax cloning now; the library's are the authors' schedule and argmax cloning).
 SETTINGS = {
-    "embedded (merge_delta, soft)": {},
-    "authors (authors, argmax)": {"world_output_schedule": "authors", "bc_target": "argmax"},
-    "authors schedule, soft": {"world_output_schedule": "authors"},
-    "merge_delta, argmax": {"bc_target": "argmax"},
-    "embedded, stage_steps 150": {"stage_steps": 150},
+    "merge_delta, argmax (embedded)": {"world_output_schedule": "merge_delta", "bc_target": "argmax"},
+    "authors, argmax (library)": {"world_output_schedule": "authors", "bc_target": "argmax"},
+    "merge_delta, soft": {"world_output_schedule": "merge_delta", "bc_target": "soft"},
+    "authors, soft": {"world_output_schedule": "authors", "bc_target": "soft"},
+    "merge_delta, soft, stage_steps 150": {
+        "world_output_schedule": "merge_delta",
+        "bc_target": "soft",
+        "stage_steps": 150,
+    },
+    "merge_delta, argmax, stage_steps 150": {
+        "world_output_schedule": "merge_delta",
+        "bc_target": "argmax",
+        "stage_steps": 150,
+    },
 }
 SPLITS = ("id", "ood", "held_out")
 HEALTH = (
@@ -57,6 +70,23 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(dirs, out: Path) -> None:
+    """One JSON and one table from the runs of several output dirs (e.g. one process per seed)."""
+    rows: dict[str, list] = {}
+    for folder in dirs:
+        saved = json.loads((Path(folder) / "latent_settings.json").read_text())
+        for name, runs in saved["runs"].items():
+            rows.setdefault(name, []).extend(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted({run["seed"] for runs in rows.values() for run in runs})
+    (out / "latent_settings.json").write_text(
+        json.dumps({"seeds": seeds, "settings": SETTINGS, "runs": rows}, indent=2, default=str)
+    )
+    text = table({name: runs for name, runs in rows.items() if runs})
+    (out / "latent_settings.md").write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="outputs/latent_settings")
@@ -64,7 +94,11 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="the seconds-long size of the test suite")
     parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
+    parser.add_argument("--merge", nargs="+", default=None, help="output dirs of earlier runs: one table from them")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.output_dir))
+        return
 
     import torch
 

@@ -163,7 +163,7 @@ def test_latent_settings_benchmark_smoke(tmp_path, tiny_cache):
     """Two settings on one seed at the quick size: each builds stages 1-5 from the same base (no RL) and reports the
     paper-protocol evaluation on the three splits and the health after stage 5."""
     out = tmp_path / "settings"
-    settings = ["embedded (merge_delta, soft)", "authors (authors, argmax)"]
+    settings = ["merge_delta, argmax (embedded)", "authors, argmax (library)"]
     _run("latent_settings.py", "--quick", "--seeds", "0", "--cache-dir", str(tiny_cache), "--output-dir", str(out),
          "--settings", *settings)  # fmt: skip
     result = json.loads((out / "latent_settings.json").read_text())
