@@ -79,6 +79,11 @@ SCRIPT = textwrap.dedent(
         },
         f"{out_dir}/rank{trainer.accelerator.process_index}.pt",
     )
+    # An orderly teardown: a process that exits with its process group alive can abort in the communication
+    # threads' destructors ("terminate called without an active exception", seen once on a clean clone).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """
 )
 
