@@ -62,6 +62,37 @@ def test_rl_step_benchmark_smoke(tmp_path, tiny_cache):
     assert "| whole step (s) |" in table and table.count("x |") == len(ratios)
 
 
+@pytest.mark.slow
+def test_plan_check_benchmark_smoke(tmp_path, tiny_cache):
+    """Two processes under ZeRO-3 in DeepSpeed's bf16 mode run stage 5 and report their memory; the plan for that run
+    sits beside it. bf16 is the mode a GPU run uses: before the new modules took the partitioned base's dtype, this
+    run failed at the first world-model matmul (a bf16 base under fp32 merge blocks)."""
+    out = tmp_path / "plan_check.json"
+    _run(
+        "plan_check.py",
+        *("--size", "tiny", "--zero", "zero3", "--processes", "2", "--steps", "2", "--precision", "bf16"),
+        *("--cache-dir", str(tiny_cache), "--out", str(out)),
+    )
+    result = json.loads(out.read_text())
+    assert [r["rank"] for r in result["ranks"]] == [0, 1]
+    for rank in result["ranks"]:
+        assert rank["processes"] == 2 and rank["zero_stage"] == 3 and "DEEPSPEED" in rank["distributed_type"]
+        assert len(rank["step_peaks_mb"]) == len(rank["losses"]) == 2  # two optimizer steps, each measured
+        assert all(math.isfinite(loss) and loss > 0 for loss in rank["losses"])
+        assert 0 < rank["start_mb"] <= rank["built_mb"] and rank["train_peak_over_start_mb"] > 0
+        live = rank["live_tensors_after_last_step"]  # what holds the memory between steps
+        assert live["count"] > 0 and live["total_mb"] >= live["largest_mb"][0][0] > 0
+    assert result["micro_batch"][0] == 2 and result["image_tokens"] > 0 and result["precision"] == "bf16"
+    plan = result["plan_mb"]
+    assert plan["total"] == pytest.approx(
+        sum(plan[k] for k in ("weights", "gradients", "optimizer", "reference", "activations"))
+    )
+    assert 0 < result["plan_counts"]["trainable"] < result["plan_counts"]["total"]
+    measured = max(r["train_peak_over_start_mb"] for r in result["ranks"])
+    assert result["predicted_over_measured"] == pytest.approx(plan["total"] / measured)
+    assert "Predicted / measured" in out.with_suffix(".md").read_text()
+
+
 def test_world_outputs_benchmark_smoke(tmp_path, tiny_cache):
     out = tmp_path / "forms"
     _run("world_outputs.py", "--quick", "--steps", "12", "--cache-dir", str(tiny_cache), "--output-dir", str(out))

@@ -131,6 +131,25 @@ def _with_token(batch, pos, token):
     return b
 
 
+def test_new_modules_take_a_partitioned_base_dtype(vlm_path):
+    """Under ZeRO-3 with `zero.Init` the base arrives partitioned in DeepSpeed's dtype and DeepSpeed casts nothing
+    more, so the new modules are built in the base's dtype (a bf16 base beside fp32 merge blocks fails at the first
+    world-model matmul; the two-process bf16 run is `test_plan_check_benchmark_smoke`). A base that is not partitioned
+    keeps fp32 new modules beside it (mixed precision by autocast, as the Trainer runs it)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = LatentActionConfig(base_config=AutoModel.from_pretrained(vlm_path).config.to_dict(), **SMALL)
+    for partitioned in (True, False):
+        base = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm_path, dtype=torch.bfloat16)
+        if partitioned:
+            for i, p in enumerate(base.parameters()):  # what `zero.Init` leaves on each parameter
+                p.ds_id = i
+        model = LatentActionModel(config, base_model=base)
+        new = {p.dtype for n, p in model.named_parameters() if not n.startswith("base.")}
+        assert new == ({torch.bfloat16} if partitioned else {torch.float32}), (partitioned, new)
+        assert {p.dtype for p in model.base.parameters()} == {torch.bfloat16}
+
+
 def test_inverse_dynamics_reads_the_next_token_only(model, processor):
     batch = _batch(processor)
     seq = batch["input_ids"].shape[1]

@@ -17,7 +17,9 @@ Accounting, per parameter (Psi all, Psi_t trainable, N GPUs), mixed-precision Ad
   bf16: weights 2 Psi (bf16), gradients 2 Psi_t (bf16), optimizer 12 Psi_t (fp32 master + 2 fp32 moments)
   fp32: weights 4 Psi, gradients 4 Psi_t, optimizer 8 Psi_t
   DDP everything whole; ZeRO-2 gradients and optimizer / N; ZeRO-3 also weights / N, plus the largest module
-  gathered whole; ZeRO-3 + CPU offload keeps parameters and optimizer on the CPU (CPU/proc column).
+  gathered whole; ZeRO-3 + CPU offload keeps parameters and optimizer on the CPU (CPU/proc column). Under every
+  ZeRO stage the gradients also count DeepSpeed's reduce bucket (5e8 values) and the whole gradient of the largest
+  trainable module before it is reduced.
 RL (grpo) adds the frozen reference policy whole on every GPU. Activations are an estimate of what autograd keeps for
 backward per micro-batch (SDPA attention, no recomputation); see docs/plan.md for the formula.
 

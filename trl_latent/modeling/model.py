@@ -149,6 +149,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
         # `post_init` may re-run `_init_weights` on the base; the base keeps the weights it came with because
         # transformers marks loaded parameters as initialised.
         self.freeze_base()
+        self._match_partitioned_base_dtype()
         # TRL reads pad/EOS ids from `model.generation_config` and, with a multimodal processor, the image token id
         # from `model.config`; the latent model decodes with its base's.
         self.generation_config = copy.deepcopy(getattr(base_model, "generation_config", None))
@@ -184,6 +185,19 @@ class LatentActionModel(LatentActionPreTrainedModel):
         if quantization_config is not None:
             model._keep_new_modules_full_precision()
         return model
+
+    def _match_partitioned_base_dtype(self) -> None:
+        """Under DeepSpeed ZeRO-3 with `zero.Init` (the config created before the model), the base arrives partitioned
+        in DeepSpeed's dtype (bf16 under `bf16: enabled`), and DeepSpeed then casts nothing: it takes a model with
+        partitioned parameters to be in its dtype already. The new modules, built here in the default dtype, would
+        stay fp32 beside a bf16 base and the first world-model matmul fails ("expected m1 and m2 to have the same
+        dtype"). They take the base's dtype, as DeepSpeed would have cast them; its bf16 optimizer keeps fp32 master
+        weights of whatever trains."""
+        dtypes = {p.dtype for p in self.base.parameters() if hasattr(p, "ds_id") and p.is_floating_point()}
+        if len(dtypes) == 1:
+            dtype = dtypes.pop()
+            for name in MODULE_GROUPS:
+                getattr(self, name).to(dtype)
 
     def _keep_new_modules_full_precision(self) -> None:
         for name in MODULE_GROUPS:

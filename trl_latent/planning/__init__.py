@@ -16,6 +16,8 @@ DDP            : weights, gradients and optimizer states whole on every GPU
 ZeRO-2         : weights whole; gradients and optimizer states / N
 ZeRO-3         : weights, gradients, optimizer states / N, plus the largest module gathered whole (working set)
 ZeRO-3 offload : parameters and optimizer states on the CPU (/ N per process); the GPU holds the gathered working set
+ZeRO (all)     : the gradients also count DeepSpeed's reduce bucket (`DEEPSPEED_REDUCE_BUCKET` values) and the whole
+                 gradient of the largest trainable module, which exists before it is reduced to its partition
 ```
 
 RL adds a frozen copy of the policy (the KL reference) whole on every GPU. Activations are an estimate of what

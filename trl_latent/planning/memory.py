@@ -16,6 +16,10 @@ STRATEGY_ALIASES.update({"offload": "zero3_offload", "zero3_offload": "zero3_off
 
 # (weight, gradient, optimizer) bytes per parameter.
 PRECISIONS = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}
+# DeepSpeed's default `reduce_bucket_size` (elements): ZeRO-2 and ZeRO-3 allocate one gradient buffer of this size on
+# the device when the optimizer is built (contiguous gradients, on by default). The accelerate configs in
+# examples/accelerate_configs leave it unset; a DeepSpeed JSON with `"auto"` gets hidden_size**2 from accelerate.
+DEEPSPEED_REDUCE_BUCKET = 500_000_000
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ def strategy_memory(
     total: int,
     trainable: int,
     largest: int,
+    largest_trainable: int,
     reference: int,
     activations: int,
     num_gpus: int,
@@ -189,15 +194,20 @@ def strategy_memory(
     w, g, o = PRECISIONS[precision]
     n = num_gpus
     cpu = 0
+    # Under every ZeRO stage the gradients also hold, on the device, DeepSpeed's reduce bucket and, in backward, the
+    # whole gradient of the largest trainable module before it is reduced to its partition (docs/plan.md; measured
+    # by benchmarks/plan_check.py).
+    zero_gradient_extra = g * (DEEPSPEED_REDUCE_BUCKET + largest_trainable) if trainable else 0
     if strategy == "ddp":
         weights, grads, optim = w * total, g * trainable, o * trainable
     elif strategy == "zero2":
         weights, grads, optim = w * total, math.ceil(g * trainable / n), math.ceil(o * trainable / n)
+        grads += zero_gradient_extra
     elif strategy == "zero3":
         weights = math.ceil(w * total / n) + w * largest
-        grads, optim = math.ceil(g * trainable / n), math.ceil(o * trainable / n)
+        grads, optim = math.ceil(g * trainable / n) + zero_gradient_extra, math.ceil(o * trainable / n)
     elif strategy == "zero3_offload":
-        weights, grads, optim = w * largest, 0, 0
+        weights, grads, optim = w * largest, zero_gradient_extra, 0
         cpu = math.ceil((w * total + g * trainable + o * trainable) / n)
     else:
         raise PlanError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")

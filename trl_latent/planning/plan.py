@@ -50,6 +50,7 @@ class Plan:
     total_params: int
     trainable_params: int
     largest_module_params: int
+    largest_trainable_module_params: int
     activation_terms: dict[str, int]
     strategies: tuple[StrategyMemory, ...]
     zero: str | None = None
@@ -118,6 +119,10 @@ def make_plan(
     total = sum(m.params for m in modules)
     trainable = sum(m.trainable for m in modules)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in meta.modules())
+    # The largest module that trains (its whole gradient exists before ZeRO reduce-scatters it); under LoRA the
+    # adapters train, each far smaller than the trainable total that bounds it here.
+    own_trainable = (sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad) for m in meta.modules())
+    largest_trainable = min(max(own_trainable), trainable)
     shapes = model_shapes(config)
     if not _is_vlm(meta):
         image_tokens = 0  # a text-only base
@@ -137,6 +142,7 @@ def make_plan(
             total=total,
             trainable=trainable,
             largest=largest,
+            largest_trainable=largest_trainable,
             reference=reference,
             activations=activations,
             num_gpus=num_gpus,
@@ -166,6 +172,7 @@ def make_plan(
         total_params=total,
         trainable_params=trainable,
         largest_module_params=largest,
+        largest_trainable_module_params=largest_trainable,
         activation_terms=terms,
         strategies=memories,
         zero=strategy,
@@ -189,6 +196,7 @@ def _min_gpus(plan: Plan, strategy: str, limit: int = 1024) -> int | None:
             total=plan.total_params,
             trainable=plan.trainable_params,
             largest=plan.largest_module_params,
+            largest_trainable=plan.largest_trainable_module_params,
             reference=reference,
             activations=sum(plan.activation_terms.values()),
             num_gpus=n,
