@@ -212,6 +212,35 @@ def static_cache_api() -> dict[str, bool]:
     return {"static": "cache_implementation" in params, "compile": "compile_step" in params}
 
 
+# ------------------------------------------------------------------------------------------------ memory (Linux)
+def proc_status_mb(field: str = "VmRSS") -> float:
+    """A memory field of `/proc/self/status` in MB: `VmRSS` (resident now) or `VmHWM` (peak resident)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak RSS (`VmHWM`) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+PLAN_PARTS = ("weights", "gradients", "optimizer", "reference", "activations")
+
+
+def plan_memory(folder, stage: str, strategy: str, **plan_kwargs):
+    """`trl-latent plan` for the saved model in `folder` with no memory limit: the `Plan` and what it predicts per
+    process in MB (each part and `total`) under `strategy`."""
+    from trl_latent.planning import make_plan
+
+    plan = make_plan(str(folder), stage, zero=strategy, gpu_memory_gib=10**6, suggest=False, **plan_kwargs)
+    memory = plan.memory(strategy)
+    return plan, {**{k: getattr(memory, k) / 2**20 for k in PLAN_PARTS}, "total": memory.total / 2**20}
+
+
 def write_results(out, result, table: str) -> None:
     """Write a benchmark's `result` as JSON to `out` and its readable table beside it (`.md`), and print the table."""
     out = Path(out)

@@ -26,24 +26,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPU_SIZES, write_results  # noqa: E402
+from common import (  # noqa: E402
+    CPU_SIZES,
+    PLAN_PARTS,
+    plan_memory,
+    proc_status_mb,
+    reset_peak_rss,
+    write_results,
+)
 
 STRATEGY_CONFIGS = {"zero3": "zero3.yaml", "zero2": "zero2.yaml"}
 MIXED = {"fp32": "no", "bf16": "bf16"}
-PARTS = ("weights", "gradients", "optimizer", "reference", "activations")
-
-
-def _rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
 def _live_tensors(top: int = 12) -> dict:
@@ -100,7 +93,7 @@ def child(args) -> None:
         health_samples=0,  # the end-of-stage health metrics are not a training step
     )
     set_seed(0)
-    start = _rss_mb()  # the runtime (and, under DeepSpeed, the process group): before any weight exists
+    start = proc_status_mb()  # the runtime (and, under DeepSpeed, the process group): before any weight exists
     latent_folder = Path(args.model)
     model = LatentActionModel.from_pretrained(latent_folder)
     processor = AutoProcessor.from_pretrained(latent_folder)
@@ -111,28 +104,28 @@ def child(args) -> None:
     batch_shape = list(batch["input_ids"].shape)
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     image_tokens = int((batch["input_ids"] == image_token).sum(dim=1).max())
-    built = _rss_mb()
-    setup_peak = _rss_mb("VmHWM")
+    built = proc_status_mb()
+    setup_peak = proc_status_mb("VmHWM")
     live: dict = {}
     steps: list[dict] = []  # per optimizer step: the peak of forward + backward, of the optimizer step, RSS after
     training_step = trainer.training_step
 
     def measured_training_step(*a, **kw):  # forward and backward of one micro-batch
         loss = training_step(*a, **kw)
-        steps[-1]["forward_backward_peak_mb"] = _rss_mb("VmHWM")
-        _reset_peak()
+        steps[-1]["forward_backward_peak_mb"] = proc_status_mb("VmHWM")
+        reset_peak_rss()
         return loss
 
     trainer.training_step = measured_training_step
 
     class StepPeaks(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            _reset_peak()
+            reset_peak_rss()
             steps.append({})
 
         def on_step_end(self, args, state, control, **kwargs):  # after the optimizer step
-            steps[-1]["optimizer_step_peak_mb"] = _rss_mb("VmHWM")
-            steps[-1]["rss_after_mb"] = _rss_mb()
+            steps[-1]["optimizer_step_peak_mb"] = proc_status_mb("VmHWM")
+            steps[-1]["rss_after_mb"] = proc_status_mb()
             if state.global_step == args.max_steps:  # what holds the memory that stays between steps
                 live.update(_live_tensors())
 
@@ -181,6 +174,11 @@ def _build(size: str, folder: Path, cache_dir) -> None:
 
 
 def run(args) -> dict:
+    if args.zero == "ddp":  # checked before the model is built
+        if args.processes != 1:
+            raise SystemExit("--zero ddp is measured in one process (--processes 1)")
+        if args.precision != "fp32":  # plain Trainer bf16 on CPU is autocast: the weights stay fp32
+            raise SystemExit("--zero ddp is measured in fp32 (bf16 weights need DeepSpeed's bf16 mode: --zero zero3)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _build(args.size, tmp, args.cache_dir)
@@ -192,12 +190,6 @@ def run(args) -> dict:
             *("--precision", args.precision),
         ]
         if args.zero == "ddp":
-            if args.processes != 1:
-                raise SystemExit("--zero ddp is measured in one process (--processes 1)")
-            if args.precision != "fp32":  # plain Trainer bf16 on CPU is autocast: the weights stay fp32
-                raise SystemExit(
-                    "--zero ddp is measured in fp32 (bf16 weights need DeepSpeed's bf16 mode: --zero zero3)"
-                )
             cmd = [sys.executable, *own]
         else:
             configs = ROOT / "examples" / "accelerate_configs"
@@ -225,24 +217,19 @@ def run(args) -> dict:
 
 
 def _plan(args, latent_folder: Path, rank0: dict) -> dict:
-    from trl_latent.planning import make_plan
-
-    plan = make_plan(
-        str(latent_folder),
+    plan, planned = plan_memory(
+        latent_folder,
         "world_sft",
-        zero=args.zero,
+        args.zero,
         num_gpus=args.processes,
         batch_size=args.batch,
         seq_len=rank0["batch_shape"][1],
         image_tokens=rank0["image_tokens"],
         precision=args.precision,
-        gpu_memory_gib=10**6,
         world_sft_last_layers=args.last_layers,
-        suggest=False,
     )
-    memory = plan.memory(args.zero)
     return {
-        "plan_mb": {**{k: getattr(memory, k) / 2**20 for k in PARTS}, "total": memory.total / 2**20},
+        "plan_mb": planned,
         "plan_counts": {"total": plan.total_params, "trainable": plan.trainable_params},
         "plan_activation_terms_mb": {k: v / 2**20 for k, v in plan.activation_terms.items()},
     }
@@ -278,16 +265,16 @@ def table(result: dict) -> str:
         f"({result['image_tokens']} image tokens), {result['plan_counts']['total'] / 1e6:,.1f}M parameters of which "
         f"{result['plan_counts']['trainable'] / 1e6:,.1f}M train.",
         "",
-        "| | " + " | ".join(PARTS) + " | total |",
-        "|---|" + "---:|" * (len(PARTS) + 1),
+        "| | " + " | ".join(PLAN_PARTS) + " | total |",
+        "|---|" + "---:|" * (len(PLAN_PARTS) + 1),
         "| predicted per process (MB) | "
-        + " | ".join(f"{plan[k]:,.0f}" for k in PARTS)
+        + " | ".join(f"{plan[k]:,.0f}" for k in PLAN_PARTS)
         + f" | {plan['total']:,.0f} |",
     ]
     for r in result["ranks"]:
         lines.append(
             f"| measured, rank {r['rank']} (MB, peak RSS over start) |"
-            + " |" * len(PARTS)
+            + " |" * len(PLAN_PARTS)
             + f" {r['train_peak_over_start_mb']:,.0f} |"
         )
     lines += [

@@ -56,7 +56,7 @@ PHASES = ("generation", "scoring", "update")
 MEMORY_PHASES = ("setup", *PHASES)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, write_results  # noqa: E402
+from common import PLAN_PARTS, SIZES, plan_memory, proc_status_mb, reset_peak_rss, write_results  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- one trainer
@@ -75,14 +75,6 @@ def _base(size: str, cache_dir, folder: Path):
     return folder, processor, latent_kwargs
 
 
-def _vm_hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmHWM")
-
-
 class _PhasePeaks:
     """Peak memory per phase: the high-water mark is read, and reset, at every phase boundary (CUDA:
     `max_memory_allocated` / `reset_peak_memory_stats`; CPU: the kernel's peak RSS `VmHWM`, reset by writing 5 to
@@ -99,19 +91,14 @@ class _PhasePeaks:
         else:  # not cleared yet: the first segment (`setup`) starts with the process
             self.available = os.access("/proc/self/clear_refs", os.W_OK)
 
-    @staticmethod
-    def _clear() -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-
     def flush(self, phase: str) -> None:
         """The segment since the last flush belongs to `phase`."""
         if self.cuda:
             peak = self._torch.cuda.max_memory_allocated() / 2**20
             self._torch.cuda.reset_peak_memory_stats()
         elif self.available:
-            peak = _vm_hwm_mb()
-            self._clear()
+            peak = proc_status_mb("VmHWM")
+            reset_peak_rss()
         else:
             return
         self.peaks[phase] = max(self.peaks.get(phase, 0.0), peak)
@@ -163,23 +150,11 @@ def _prompt_tokens(processor, example) -> tuple[int, int]:
 
 def _plan(model, folder: Path, batch: int, seq_len: int, image_tokens: int, precision: str) -> dict:
     """What `trl-latent plan` predicts for this latent model's RL step (one process, DDP accounting)."""
-    from trl_latent.planning import make_plan
-
     model.save_pretrained(folder)
-    plan = make_plan(
-        str(folder),
-        "grpo",
-        zero="ddp",
-        batch_size=batch,
-        seq_len=seq_len,
-        image_tokens=image_tokens,
-        precision=precision,
-        gpu_memory_gib=10**6,
-        suggest=False,
+    _, planned = plan_memory(
+        folder, "grpo", "ddp", batch_size=batch, seq_len=seq_len, image_tokens=image_tokens, precision=precision
     )
-    memory = plan.memory("ddp")
-    parts = ("weights", "gradients", "optimizer", "reference", "activations")
-    return {"plan_peak_mb": memory.total / 2**20, **{f"plan_{k}_mb": getattr(memory, k) / 2**20 for k in parts}}
+    return {"plan_peak_mb": planned["total"], **{f"plan_{k}_mb": planned[k] for k in PLAN_PARTS}}
 
 
 def _longer(dataset, prompt_repeat: int):
