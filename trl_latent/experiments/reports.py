@@ -24,6 +24,7 @@ from typing import Any
 from ..metrics.stats import mean_std as sample_mean_std
 from ..training.losses import LOSS_CLASSES
 from ..training.stages import ABLATIONS as LATENT_ABLATIONS
+from .verdicts import MET, MISSED, WITHIN_NOISE, Verdict, paired_verdict, range_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -312,32 +313,78 @@ def _number(value: float, digits: int = 3) -> str:
 
 
 def _verdict(value: float, met: bool) -> str:
+    """A verdict on one measurement that is not a seed statistic (the study's wall time)."""
     return "n/a" if math.isnan(value) else ("met" if met else "missed")
 
 
-def _arm_means(groups, split: str, key: str) -> list[tuple[str, float, float]]:
-    """(loss, token mean, latent mean) over seeds of a held-out metric, for each loss where both full arms have it."""
-    losses = _ordered({loss for loss, _, a in groups if a == "full"}, LOSSES)
-    found = []
-    for loss in losses:
-        if (loss, "token", "full") in groups and (loss, "latent", "full") in groups:
-            token = _mean(groups[(loss, "token", "full")], lambda c: metric(c, split, key))
-            latent = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, split, key))
-            if not math.isnan(token) and not math.isnan(latent):
-                found.append((loss, token, latent))
+def _per_seed(cells: list[dict], value) -> dict[int, float]:
+    """`value(cell)` by seed (the first cell of a seed with a finite value)."""
+    found: dict[int, float] = {}
+    for cell in cells:
+        v = value(cell)
+        if cell["seed"] not in found and v is not None and math.isfinite(float(v)):
+            found[cell["seed"]] = float(v)
     return found
 
 
+def _paired(groups, first: tuple, second: tuple, value, combine=lambda a, b: a - b) -> dict[int, float]:
+    """`combine(value(first's cell), value(second's cell))` for each seed both groups ran: paired by seed."""
+    a, b = _per_seed(groups.get(first, []), value), _per_seed(groups.get(second, []), value)
+    return {seed: combine(a[seed], b[seed]) for seed in sorted(a.keys() & b.keys())}
+
+
+def _latent_token_pairs(groups, split: str, key: str, combine=lambda la, t: la - t) -> dict[str, dict[int, float]]:
+    """Per loss (both full arms ran), `combine(latent, token)` of a held-out metric per seed."""
+    losses = _ordered({loss for loss, _, a in groups if a == "full"}, LOSSES)
+    pairs = {}
+    for loss in losses:
+        paired = _paired(
+            groups, (loss, "latent", "full"), (loss, "token", "full"), lambda c: metric(c, split, key), combine
+        )
+        if paired:
+            pairs[loss] = paired
+    return pairs
+
+
+def _mean_over_losses(pairs: dict[str, dict[int, float]]) -> list[float]:
+    """Per seed, the mean over losses of a paired value: the seed is the unit of noise (the losses of a seed share its
+    base, SFT model and latent stages)."""
+    seeds = sorted({seed for by_seed in pairs.values() for seed in by_seed})
+    return [statistics.fmean(p[seed] for p in pairs.values() if seed in p) for seed in seeds]
+
+
+def _claim(target: str, measured: str, verdict: Verdict) -> tuple[str, str, str]:
+    return target, measured, verdict.verdict
+
+
 def _latent_vs_token(groups, split: str, key: str, target: str, latent_lower: bool = False) -> tuple[str, str, str]:
-    """A claim that latent is at least token's (or at most, `latent_lower`) on a held-out metric: means over the
-    losses where both arms ran, each loss a mean over seeds."""
-    means = _arm_means(groups, split, key)
-    if not means:
+    """A claim that latent is at least token's (at most, `latent_lower`) on a held-out metric: latent - token paired by
+    seed, each seed's difference the mean over the losses where both arms ran."""
+    pairs = _latent_token_pairs(groups, split, key)
+    if not pairs:
         return target, "no cells with both arms", "n/a"
-    token = statistics.fmean(t for _, t, _ in means)
-    latent = statistics.fmean(la for _, _, la in means)
-    met = latent <= token if latent_lower else latent >= token
-    return target, f"latent {latent:.3f} vs token {token:.3f} (mean over {len(means)} losses)", _verdict(latent, met)
+    verdict = paired_verdict(_mean_over_losses(pairs), higher_is_better=not latent_lower)
+    return _claim(target, f"latent - token {verdict.describe()}, mean over {len(pairs)} losses", verdict)
+
+
+def _per_loss_claim(groups, split: str, label: str) -> tuple[str, str, str]:
+    """Latent >= token on a split's final reward for at least 3 of the 4 losses, each loss a paired verdict: met when
+    3 losses clear the noise, missed when 2 clear it the wrong way (3 can no longer be met), within noise otherwise."""
+    target = f"final {label} reward of latent >= token for at least 3 of the 4 losses"
+    pairs = _latent_token_pairs(groups, split, "reward")
+    verdicts = {loss: paired_verdict(list(by_seed.values())) for loss, by_seed in pairs.items()}
+    measured = "; ".join(f"{loss} {v.describe()}: {v.verdict}" for loss, v in verdicts.items()) or "no cells"
+    met = sum(v.verdict == MET for v in verdicts.values())
+    missed = sum(v.verdict == MISSED for v in verdicts.values())
+    if len(verdicts) < len(LOSSES):
+        verdict = "n/a"
+    elif met >= 3:
+        verdict = MET
+    elif missed >= 2:
+        verdict = MISSED
+    else:
+        verdict = WITHIN_NOISE
+    return target, f"latent - token per loss: {measured}", verdict
 
 
 # The kinds of content word whose controllability the latent-space health measures (pipeline.CONTENT_WORDS).
@@ -380,9 +427,13 @@ def _study_time(cells: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
-    """The study's targets and the paper's claims on this task, each as (target, what was measured, verdict), verdict
-    `"met"`, `"missed"` or `"n/a"` (the cells needed are missing). Numbers are means over seeds; what all cells of
-    a seed share (base, token SFT, latent stages 1-5) counts once per seed ([`one_per_seed`]).
+    """The study's targets and the paper's claims on this task, each as (target, what was measured, verdict).
+
+    Every comparison is paired by seed and judged by [`~trl_latent.experiments.verdicts.paired_verdict`]: "met" only
+    when every seed agrees and the mean clears two standard errors, "missed" when it clears them the wrong way,
+    "within noise" otherwise, "n/a" without the cells (or with one seed). What all cells of a seed share (base, token
+    SFT, latent stages 1-5) counts once per seed ([`one_per_seed`]); a claim over losses takes, per seed, the mean over
+    the losses of the paired difference.
 
     - RL has room: token SFT's ID all-correct in [0.2, 0.7]; token GRPO raises it by at least 0.05.
     - The base alone predicts at most 0.6 of the answer tokens of task dialogues.
@@ -390,40 +441,42 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
       least as diverse as token rollouts (ID self-BLEU at or below, embedding diversity at or above).
     - The paper's claims: final reward of latent >= token for at least 3 of the 4 losses (ID and OOD); embedding
       diversity of latent >= 1.15x token; latent >= token on the held-out combinations and on the OOD characters
-      (reward, mean over losses); the full latent model >= each ablation on OOD reward.
+      (reward); the full latent model >= each ablation on OOD reward.
     - Cost: the full study in at most 2 hours as two processes; a cell at smoke size runs in CI.
     """
     groups = group_cells(cells)
     token, latent = _full(cells, "token"), _full(cells, "latent")
     claims = []
 
-    value, _, n = mean_std(one_per_seed(token, lambda c: start_metric(c, "id", "all")))
+    values = one_per_seed(token, lambda c: start_metric(c, "id", "all"))
+    verdict = range_verdict(values, 0.2, 0.7)
     claims.append(
-        (
+        _claim(
             "RL has room: token SFT's ID all-correct between 0.2 and 0.7",
-            f"{_number(value)} ({n} seeds)",
-            _verdict(value, 0.2 <= value <= 0.7),
+            f"{format_mean_std(values)} ({len(values)} seeds)",
+            verdict,
         )
     )
     grpo = groups.get(("grpo", "token", "full"), [])
-    gain, _, n = mean_std(_gain(c, "id", "all") for c in grpo)
+    verdict = paired_verdict([_gain(c, "id", "all") for c in grpo], threshold=0.05)
     before, after = _mean(grpo, lambda c: start_metric(c, "id", "all")), _mean(grpo, lambda c: metric(c, "id", "all"))
     claims.append(
-        (
+        _claim(
             "RL has room: token GRPO raises ID all-correct by at least 0.05",
-            f"{_number(before)} -> {_number(after)}, gain {_number(gain)} ({n} seeds)",
-            _verdict(gain, gain >= 0.05),
+            f"{_number(before)} -> {_number(after)}, gain {verdict.describe()}",
+            verdict,
         )
     )
-    value, _, n = mean_std(one_per_seed(cells, lambda c: _get(c, "base", "pretrain", "answer_token_accuracy")))
+    values = one_per_seed(cells, lambda c: _get(c, "base", "pretrain", "answer_token_accuracy"))
+    verdict = paired_verdict(values, threshold=0.6, higher_is_better=False)
     claims.append(
-        (
+        _claim(
             "base alone: at most 0.6 of answer tokens on task dialogues",
-            f"{_number(value)} ({n} seeds)",
-            _verdict(value, value <= 0.6),
+            f"{format_mean_std(values)} ({len(values)} seeds)",
+            verdict,
         )
     )
-    value, _, n = mean_std(one_per_seed(latent, lambda c: world_sft_health(c, "content_controllability")))
+    values = one_per_seed(latent, lambda c: world_sft_health(c, "content_controllability"))
     kinds = []
     for kind in CONTENT_KINDS:
         kind_mean = mean_std(
@@ -431,11 +484,12 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
         )[0]
         if not math.isnan(kind_mean):
             kinds.append(f"{kind} {kind_mean:.2f}")
+    verdict = paired_verdict(values, threshold=3)
     claims.append(
-        (
+        _claim(
             "codes steer: content-position controllability after stage 5 of at least 3 right-kind words",
-            f"{_number(value, 2)} ({', '.join([*kinds, f'{n} seeds'])})",
-            _verdict(value, value >= 3),
+            f"{format_mean_std(values, 2)} ({', '.join([*kinds, f'{len(values)} seeds'])})",
+            verdict,
         )
     )
     claims.append(
@@ -448,19 +502,15 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
             groups, "id", "diversity/embedding", "codes steer: latent embedding diversity at or above token's (ID)"
         )
     )
-
-    for split, label in (("id", "ID"), ("ood", "OOD")):
-        means = _arm_means(groups, split, "reward")
-        wins = [loss for loss, token_mean, latent_mean in means if latent_mean >= token_mean]
-        measured = f"{len(wins)} of {len(means)} losses ({', '.join(wins) or 'none'})"
-        verdict = "n/a" if len(means) < 4 else ("met" if len(wins) >= 3 else "missed")
-        claims.append((f"final {label} reward of latent >= token for at least 3 of the 4 losses", measured, verdict))
+    claims.append(_per_loss_claim(groups, "id", "ID"))
+    claims.append(_per_loss_claim(groups, "ood", "OOD"))
     target = "rollout embedding diversity of latent >= 1.15x token"
-    ratios = [(loss, la / t) for loss, t, la in _arm_means(groups, "id", "diversity/embedding") if t]
-    if ratios:
-        mean_ratio = statistics.fmean(r for _, r in ratios)
-        measured = f"latent / token {mean_ratio:.3f} (" + ", ".join(f"{loss} {r:.3f}" for loss, r in ratios) + ")"
-        claims.append((target, measured, "met" if mean_ratio >= 1.15 else "missed"))
+    pairs = _latent_token_pairs(groups, "id", "diversity/embedding", lambda la, t: la / t if t else math.nan)
+    if pairs:
+        verdict = paired_verdict(_mean_over_losses(pairs), threshold=1.15)
+        claims.append(
+            _claim(target, f"latent / token {verdict.describe(signed=False)}, mean over {len(pairs)} losses", verdict)
+        )
     else:
         claims.append((target, "no embedding diversity measured", "n/a"))
     claims.append(
@@ -471,13 +521,15 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
     for loss, ablation in ablated:
         if (loss, "latent", "full") not in groups:
             continue
-        full = _mean(groups[(loss, "latent", "full")], lambda c: metric(c, "ood", "reward"))
-        without = _mean(groups[(loss, "latent", ablation)], lambda c: metric(c, "ood", "reward"))
+        paired = _paired(
+            groups, (loss, "latent", "full"), (loss, "latent", ablation), lambda c: metric(c, "ood", "reward")
+        )
+        verdict = paired_verdict(list(paired.values()))
         claims.append(
-            (
+            _claim(
                 f"full latent model >= {ABLATION_LABELS.get(ablation, ablation)} on OOD reward ({loss})",
-                f"{_number(full)} vs {_number(without)}",
-                _verdict(full + without, full >= without),
+                f"full - ablated {verdict.describe()}",
+                verdict,
             )
         )
     return claims + _study_time(cells)
@@ -485,7 +537,7 @@ def check_claims(cells: list[dict]) -> list[tuple[str, str, str]]:
 
 def format_claims(cells: list[dict]) -> str:
     """[`check_claims`] as a markdown table."""
-    lines = ["| target | measured (mean over seeds) | verdict |", "|---|---|---|"]
+    lines = ["| target | measured (paired by seed: mean ± std) | verdict |", "|---|---|---|"]
     lines += [f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in check_claims(cells)]
     return "\n".join(lines)
 

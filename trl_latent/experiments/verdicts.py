@@ -60,14 +60,16 @@ class Verdict:
     def standard_error(self) -> float:
         return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
 
-    def describe(self, digits: int = 3) -> str:
-        """The numbers as one phrase, e.g. `+0.100 ± 0.020 (3 seeds, every seed > 0)`."""
+    def describe(self, digits: int = 3, signed: bool = True) -> str:
+        """The numbers as one phrase: `+0.100 ± 0.020 (3 seeds)` (`signed=False` for ratios: `1.200 ± ...`), or
+        `median 0.950 (spread 0.910-1.120, 3 repeats)` for a timing verdict."""
         if not math.isnan(self.median):
             return f"median {self.median:.{digits}f} (spread {self.low:.{digits}f}-{self.high:.{digits}f}, {self.n} repeats)"
         if self.n == 0:
             return "no values"
         std = "" if self.n < 2 else f" ± {self.std:.{digits}f}"
-        return f"{self.mean:+.{digits}f}{std} ({self.n} seed{'s' if self.n != 1 else ''})"
+        mean = f"{self.mean:+.{digits}f}" if signed else f"{self.mean:.{digits}f}"
+        return f"{mean}{std} ({self.n} seed{'s' if self.n != 1 else ''})"
 
 
 def _finite(values: Sequence[float]) -> list[float]:
