@@ -60,7 +60,8 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
 
     monkeypatch.setattr(pipeline, "train_with_progress", counting_train)
     study = tmp_path / "study"
-    argv = ["study", "--quick", "--study-dir", str(study), "--seeds", "0", "--cells", *CELLS]
+    argv = ["study", "--quick", "--study-dir", str(study), "--cells-dir", str(study / "cells"), "--seeds", "0"]
+    argv += ["--cells", *CELLS]
     argv += ["--cache-dir", str(tiny_cache)]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -157,20 +158,20 @@ def test_quick_study_two_cells_report_and_resume(tmp_path, tiny_cache, monkeypat
     del saved["config"]["world_sft_bc_weight"]
     saved["config"]["extra"] = {}  # a field since removed from PipelineConfig (never read) no longer matters
     path.write_text(json.dumps(saved))
-    assert finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
+    assert finished(study / "cells", Cell("grpo", "token", 0), PipelineConfig.quick())
     with pytest.raises(ValueError, match=r"another config \(differs in \['world_sft_bc_weight'\]\)"):
-        finished(study, Cell("grpo", "token", 0), PipelineConfig.quick(world_sft_bc_weight=1.0))
+        finished(study / "cells", Cell("grpo", "token", 0), PipelineConfig.quick(world_sft_bc_weight=1.0))
     # A cell of the previous study version (no `study_version`) is never counted as finished nor reported.
     del saved["study_version"]
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"grpo-token-s0\.json is a cell of study version 1, this code's is 2"):
-        finished(study, Cell("grpo", "token", 0), PipelineConfig.quick())
+        finished(study / "cells", Cell("grpo", "token", 0), PipelineConfig.quick())
     with pytest.raises(ValueError, match="study version 1"):
-        load_cells(study)
+        load_cells(study / "cells")
     saved["study_version"] = STUDY_VERSION
     path.write_text(json.dumps(saved))
     capsys.readouterr()
-    assert main(["study", "--quick", "--study-dir", str(study), "--seeds", "0", "--list"]) == 0
+    assert main(["study", "--quick", "--cells-dir", str(study / "cells"), "--seeds", "0", "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert len(listing) == 4 * 2 + 3
     assert "grpo-token-s0" in listing[0] and listing[0].endswith("finished")
@@ -508,3 +509,12 @@ def test_report_tables_show_every_split_the_baseline_and_coinciding_losses():
     assert "expected with one on-policy optimisation step per generation batch" in coinciding_losses(twins)[0]
     twins[0]["eval"] = {"id": {"reward": 0.1}}
     assert coinciding_losses(twins) == []
+
+
+def test_report_without_cells_says_what_to_run(tmp_path, capsys):
+    assert main(["study", "--report", "--cells-dir", str(tmp_path / "cells")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"trl-latent study: No finished cells in {tmp_path / 'cells'}: run `trl-latent study` (all cells) or "
+        "`trl-latent study --cells ...` first; `trl-latent study --list` shows the grid."
+    ]

@@ -11,11 +11,23 @@ import argparse
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from ..training.losses import LOSS_CLASSES
 from .reward import REWARDS
-from .study import ABLATIONS, DEFAULT_SEEDS, LOSSES, finished, grid, run_study, select, write_report
+from .study import (
+    ABLATIONS,
+    DEFAULT_SEEDS,
+    LOSSES,
+    RESULTS_CELLS_DIR,
+    NoCellsError,
+    finished,
+    grid,
+    run_study,
+    select,
+    write_report,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -132,7 +144,12 @@ def add_study(subparsers) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
-        "--study-dir", default="outputs/study", help="cells, prefix cache, report (default %(default)s)"
+        "--study-dir", default="outputs/study", help="prefix cache and work files (default %(default)s)"
+    )
+    parser.add_argument(
+        "--cells-dir",
+        default=str(RESULTS_CELLS_DIR),
+        help="the finished cells' JSONs, the data behind the report (default %(default)s, committed)",
     )
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="RL objectives")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds (default 0 1 2)")
@@ -147,7 +164,7 @@ def add_study(subparsers) -> None:
     parser.add_argument("--no-embedder", action="store_true", help="skip MiniLM embedding diversity")
     parser.add_argument("--report", action="store_true", help="only write the report from the finished cells")
     parser.add_argument("--no-report", action="store_true", help="run cells without writing the report after")
-    parser.add_argument("--report-md", default=None, help="report path (default <study-dir>/results.md)")
+    parser.add_argument("--report-md", default=None, help="report path (default results.md beside --cells-dir)")
     parser.add_argument("--cache-dir", default=None, help="tiny-model cache (default $TRL_LATENT_CACHE)")
     parser.set_defaults(func=_study)
 
@@ -160,18 +177,24 @@ def _study(args) -> int:
 
     overrides = {k: v for k, v in dict(rl_steps=args.rl_steps, cache_dir=args.cache_dir).items() if v is not None}
     base_config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)
-    study_dir = Path(args.study_dir)
+    study_dir, cells_dir = Path(args.study_dir), Path(args.cells_dir)
     cells = select(grid(args.losses, args.seeds, args.ablations, args.ablation_loss), args.cells)
     command = shlex.join(["trl-latent", *getattr(args, "command_line", ["study"])])
     if args.list:
         for cell in cells:
-            print(f"{cell.name:32s} {'finished' if finished(study_dir, cell, base_config) else 'to run'}")
+            print(f"{cell.name:32s} {'finished' if finished(cells_dir, cell, base_config) else 'to run'}")
         return 0
     if not args.report:
-        done = run_study(study_dir, base_config, cells, embedder=not args.no_embedder, command=command)
+        done = run_study(
+            study_dir, base_config, cells, embedder=not args.no_embedder, command=command, cells_dir=cells_dir
+        )
         heading(f"study: {len(done['run'])} cells run, {len(done['skipped'])} already finished (skipped)")
     if args.report or not args.no_report:
-        path = write_report(study_dir, args.report_md, command)
+        try:
+            path = write_report(cells_dir, args.report_md, command)
+        except NoCellsError as err:
+            print(f"trl-latent study: {err}", file=sys.stderr)
+            return 2
         print(f"report written to {path}")
     return 0
 

@@ -70,12 +70,12 @@ REPRODUCE = (
     "trl-latent study                                          # every unfinished cell, then this report",
     "trl-latent study --cells 'grpo-*' --no-report             # one process per subset (same --study-dir)",
     "trl-latent study --cells '*-s1' --no-report               # ... e.g. one per seed, on another machine",
-    "trl-latent study --report --report-md docs/results.md     # tables and plots from the cell JSONs",
+    "trl-latent study --report --report-md docs/results.md     # tables and plots from the committed cell JSONs",
 )
 
 
 CELL_FIELDS = (
-    "Each cell's JSON (`<study-dir>/cells/<name>.json`) holds: `study_version`; `reward_curve` (rollout reward per RL",
+    "Each cell's JSON (`<cells-dir>/<name>.json`, committed under `results/shapes_study/cells/`) holds: `study_version`; `reward_curve` (rollout reward per RL",
     "step); `rl` (steps, seconds, `seconds_per_step`, reward first/last quarter, per-step `curves` of the loss, KL and,",
     "for latent cells, `latent/code_entropy` and `latent/codes_used`); `eval` and `eval_start` (held-out metrics after",
     "and before RL per split: `id` (ID characters), `ood` (OOD characters), `held_out` (ID characters on the held-out",
@@ -299,9 +299,17 @@ def summarize_cell(
 
 
 def run_cell(
-    cell: Cell, base_config, study_dir: Path, cache, evaluate: StudyEvaluator, command: str = "", fingerprint=None
+    cell: Cell,
+    base_config,
+    study_dir: Path,
+    cache,
+    evaluate: StudyEvaluator,
+    command: str = "",
+    fingerprint=None,
+    cells_dir=None,
 ) -> dict[str, Any]:
-    """Run one cell (reusing its cached prefix) and write its JSON atomically; returns the JSON's contents."""
+    """Run one cell (reusing its cached prefix; its work files under `study_dir`) and write its JSON atomically to
+    `cells_dir` (default `<study_dir>/cells`); returns the JSON's contents."""
     from .console import heading
     from .pipeline import prepare_task, pretrain_base, run_latent_arm, run_text_mix_baseline, run_token_arm
 
@@ -324,15 +332,15 @@ def run_cell(
         command=command,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    write_json_atomic(cell_path(study_dir, cell), result)
+    write_json_atomic(cell_path(cells_dir or Path(study_dir) / "cells", cell), result)
     shutil.rmtree(work, ignore_errors=True)
     with contextlib.suppress(OSError):  # not empty: another process is running a cell
         work.parent.rmdir()
     return result
 
 
-def cell_path(study_dir: Path, cell: Cell) -> Path:
-    return Path(study_dir) / "cells" / f"{cell.name}.json"
+def cell_path(cells_dir: Path, cell: Cell) -> Path:
+    return Path(cells_dir) / f"{cell.name}.json"
 
 
 def _check_version(path: Path, saved: dict) -> None:
@@ -340,13 +348,14 @@ def _check_version(path: Path, saved: dict) -> None:
     if version != STUDY_VERSION:
         raise ValueError(
             f"{path} is a cell of study version {version}, this code's is {STUDY_VERSION} (another protocol: splits, "
-            f"RL schedule, evaluation); use another --study-dir, or delete the old cells to rerun them."
+            f"RL schedule, evaluation); use another --cells-dir, or delete the old cells to rerun them."
         )
 
 
-def finished(study_dir: Path, cell: Cell, base_config) -> bool:
-    """Whether the cell's JSON exists; a JSON of another study version or config is an error (mixing two grids)."""
-    path = cell_path(study_dir, cell)
+def finished(cells_dir: Path, cell: Cell, base_config) -> bool:
+    """Whether the cell's JSON exists in `cells_dir`; a JSON of another study version or config is an error (mixing
+    two grids)."""
+    path = cell_path(cells_dir, cell)
     if not path.exists():
         return False
     try:
@@ -364,16 +373,22 @@ def finished(study_dir: Path, cell: Cell, base_config) -> bool:
     if _comparable(config) != wanted:
         changed = sorted(k for k in wanted if config.get(k) != wanted[k])
         raise ValueError(
-            f"{path} was run with another config (differs in {changed}); use another --study-dir for this grid, "
+            f"{path} was run with another config (differs in {changed}); use another --cells-dir for this grid, "
             f"or delete the cell's JSON to rerun it."
         )
     return True
 
 
 def run_study(
-    study_dir, base_config, cells: list[Cell], embedder: bool = True, command: str = "run_study"
+    study_dir,
+    base_config,
+    cells: list[Cell],
+    embedder: bool = True,
+    command: str = "run_study",
+    cells_dir=None,
 ) -> dict[str, list[str]]:
-    """Run every unfinished cell of `cells` (`command` is recorded in each cell); returns the names run and
+    """Run every unfinished cell of `cells` (`command` is recorded in each cell): the prefix cache and work files go
+    to `study_dir`, the cell JSONs to `cells_dir` (default `<study_dir>/cells`). Returns the names run and
     skipped."""
     import torch
 
@@ -382,25 +397,26 @@ def run_study(
     if base_config.threads:
         torch.set_num_threads(base_config.threads)  # as the demo: tiny models run fastest on one intra-op thread
     study_dir = Path(study_dir)
+    cells_dir = Path(cells_dir) if cells_dir else study_dir / "cells"
     evaluate = StudyEvaluator(embedder)
     env, fingerprint = environment(), source_fingerprint()  # of the code this process imported, taken once
     tag = f"{fingerprint} | {json.dumps(env['versions'], sort_keys=True)} | {evaluate.protocol}"
     cache = PrefixCache(study_dir / "prefix", tag=tag)
     # Every finished cell is checked before any runs: a study dir of another grid is refused up front.
-    skipped = [cell.name for cell in cells if finished(study_dir, cell, base_config)]
+    skipped = [cell.name for cell in cells if finished(cells_dir, cell, base_config)]
     done = {"run": [], "skipped": skipped}
     for cell in cells:
-        if cell.name in skipped or cell_path(study_dir, cell).exists():  # or finished by another process meanwhile
+        if cell.name in skipped or cell_path(cells_dir, cell).exists():  # or finished by another process meanwhile
             continue
-        run_cell(cell, base_config, study_dir, cache, evaluate, command, fingerprint)
+        run_cell(cell, base_config, study_dir, cache, evaluate, command, fingerprint, cells_dir)
         done["run"].append(cell.name)
     return done
 
 
-def load_cells(study_dir) -> list[dict]:
-    """Every finished cell's JSON in `study_dir/cells` (all of this `STUDY_VERSION`, else an error)."""
+def load_cells(cells_dir) -> list[dict]:
+    """Every finished cell's JSON in `cells_dir` (all of this `STUDY_VERSION`, else an error)."""
     cells = []
-    for path in sorted((Path(study_dir) / "cells").glob("*.json")):
+    for path in sorted(Path(cells_dir).glob("*.json")):
         try:
             cells.append(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
@@ -472,18 +488,42 @@ def format_report(cells: list[dict], plots: dict[str, Path], markdown_path: Path
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(study_dir, markdown_path=None, command: str = "trl-latent study --report") -> Path:
-    """Tables and plots from the cell JSONs of `study_dir`: `markdown_path` (default `<study-dir>/results.md`) and
-    its PNGs in the folder of the same name without `.md`."""
+# The committed cells of the embedded study, and the command that writes docs/results.md from them.
+RESULTS_CELLS_DIR = Path("results") / "shapes_study" / "cells"
+DOCS_REPORT_COMMAND = "trl-latent study --report --report-md docs/results.md"
+
+
+class NoCellsError(ValueError):
+    """A report was asked for where no cell has finished."""
+
+
+def report_markdown(cells_dir, markdown_path, command: str = DOCS_REPORT_COMMAND) -> str:
+    """The report's markdown from the cell JSONs of `cells_dir`, its plots named (not drawn) in the folder of
+    `markdown_path` without `.md`: what [`write_report`] writes, and what a test rebuilds to check docs/results.md."""
+    from .reports import PLOTS
+
+    cells = load_cells(cells_dir)
+    if not cells:
+        raise NoCellsError(
+            f"No finished cells in {cells_dir}: run `trl-latent study` (all cells) or `trl-latent study --cells ...` "
+            "first; `trl-latent study --list` shows the grid."
+        )
+    markdown_path = Path(markdown_path)
+    plots = {name: markdown_path.with_suffix("") / f"{name}.png" for name in PLOTS}
+    return format_report(cells, plots, markdown_path, command)
+
+
+def write_report(cells_dir, markdown_path=None, command: str = "trl-latent study --report") -> Path:
+    """Tables and plots from the cell JSONs of `cells_dir`: `markdown_path` (default `results.md` beside
+    `cells_dir`) and its PNGs in the folder of the same name without `.md`."""
     from . import reports
 
-    study_dir = Path(study_dir)
-    markdown_path = Path(markdown_path) if markdown_path else study_dir / "results.md"
-    cells = load_cells(study_dir)
-    if not cells:
-        raise ValueError(f"No finished cells in {study_dir / 'cells'}: run `trl-latent study` first.")
-    plots = reports.write_plots(cells, markdown_path.with_suffix(""))
-    markdown_path.write_text(format_report(cells, plots, markdown_path, command))
+    cells_dir = Path(cells_dir)
+    markdown_path = Path(markdown_path) if markdown_path else cells_dir.parent / "results.md"
+    text = report_markdown(cells_dir, markdown_path, command)
+    reports.write_plots(load_cells(cells_dir), markdown_path.with_suffix(""))
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(text)
     return markdown_path
 
 
