@@ -513,6 +513,30 @@ def report_markdown(cells_dir, markdown_path, command: str = DOCS_REPORT_COMMAND
     return format_report(cells, plots, markdown_path, command)
 
 
+def docs_results_page(cells_dir=RESULTS_CELLS_DIR) -> str:
+    """docs/results.md: the report over the committed cells, or, while none is committed, a page that says so and
+    how to run them (a test checks docs/results.md against this)."""
+    if load_cells(cells_dir):
+        return report_markdown(cells_dir, Path("docs/results.md"), DOCS_REPORT_COMMAND)
+    lines = [
+        "# Results: latent vs token RL on the embedded task",
+        "",
+        f"No study cell is committed yet: `{RESULTS_CELLS_DIR.as_posix()}/` is empty, so this page has no tables. The",
+        "study's cells are the data behind every table here; run them and rebuild the page from them:",
+        "",
+        "```bash",
+        *REPRODUCE,
+        "```",
+        "",
+        "The cells land in `results/shapes_study/cells/` (commit them); the prefix cache and work files stay under",
+        "`outputs/study/`. The report judges every claim by the seed noise (`trl_latent/experiments/verdicts.py`).",
+        "",
+        *CELL_FIELDS,
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_report(cells_dir, markdown_path=None, command: str = "trl-latent study --report") -> Path:
     """Tables and plots from the cell JSONs of `cells_dir`: `markdown_path` (default `results.md` beside
     `cells_dir`) and its PNGs in the folder of the same name without `.md`."""
