@@ -247,11 +247,33 @@ def is_latent_model(name: str) -> bool:
     return config is not None and config.get("model_type") == "latent_action"
 
 
+def is_text_only_model(name: str) -> bool:
+    """Whether `name` (a base model, or a saved latent model: its base) is a text-only causal LM (Qwen2, Llama)."""
+    from ..modeling.backbone import CAUSAL_LM_MODEL_TYPES
+
+    config = read_model_config(name)
+    if config is None:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name).to_dict()
+        except (OSError, ValueError):
+            return False
+    if config.get("model_type") == "latent_action":
+        config = config.get("base_config") or {}
+    return config.get("model_type") in CAUSAL_LM_MODEL_TYPES
+
+
 def load_processor(source: str, padding_side: str | None = None):
-    """The model's processor (e.g. `Qwen2_5_VLProcessor`), loaded from `source` (a folder or hub id)."""
-    from transformers import AutoProcessor, ProcessorMixin
+    """The model's processor (e.g. `Qwen2_5_VLProcessor`), loaded from `source` (a folder or hub id); for a text-only
+    base (Qwen2, Llama), its tokenizer."""
+    from transformers import AutoProcessor, PreTrainedTokenizerBase, ProcessorMixin
 
     processor = AutoProcessor.from_pretrained(source)
+    if isinstance(processor, PreTrainedTokenizerBase) and is_text_only_model(source):
+        if padding_side is not None:
+            processor.padding_side = padding_side
+        return processor
     if not isinstance(processor, ProcessorMixin):
         raise CommandError(
             f"{source} gave a {type(processor).__name__}, not a vision-language processor; AutoProcessor falls back to "
@@ -267,6 +289,8 @@ def processor_source(model: str) -> str:
     folder = Path(model)
     if any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         return model
+    if (folder / "tokenizer_config.json").is_file() and is_text_only_model(model):
+        return model  # a text-only base's tokenizer, saved beside the model
     config = read_model_config(model) or {}
     return config.get("base_model_name_or_path") or model
 

@@ -25,6 +25,7 @@ from .common import (
     check_files,
     check_latent_model,
     check_task,
+    is_text_only_model,
     load_processor,
     load_task,
     parse,
@@ -66,9 +67,12 @@ def _records(args: InspectArguments):
     if args.paired_files:
         check_files(args.paired_files, "paired_files")
         try:
-            dataset = load_pretrain_corpus(args.paired_files, args.image_root).paired
+            corpus = load_pretrain_corpus(args.paired_files, args.image_root)
         except (BadRecordError, ValueError) as err:
             raise CommandError(f"cannot read the paired corpus: {err}") from err
+        dataset = corpus.paired
+        if dataset is None and is_text_only_model(args.model_name_or_path):
+            dataset = corpus.text  # a text-only base reads text records
         if dataset is None:
             raise CommandError(f"paired_files {args.paired_files} hold no paired record.")
     else:
@@ -122,7 +126,12 @@ def _main(argv: list[str]) -> int:
             yield {k: v.to(device) for k, v in batch.items() if k != "loss_mask"}
 
     report = inspect_codes(
-        model, batches(), processor.tokenizer, code_source=args.code_source, top_n=args.top_n, examples=args.examples
+        model,
+        batches(),
+        getattr(processor, "tokenizer", processor),
+        code_source=args.code_source,
+        top_n=args.top_n,
+        examples=args.examples,
     )
     used = sum(row["count"] > 0 for row in report)
     print(format_report(report))

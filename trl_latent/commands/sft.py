@@ -111,6 +111,21 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool) 
             raise CommandError("action_space: token trains a plain VLM: set base_model (a folder or hub id).")
         check_model(script_args.base_model, "base_model")
 
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args):
+        # A text-only base reads its text records as its one (observation) stream: no projector stage, no pairing.
+        from ..training.stages import resolve_stage
+
+        try:
+            resolve_stage(training_args, text_only_base=True)
+        except ValueError as err:
+            raise CommandError(str(err)) from err
+        files = (script_args.paired_files or []) + (script_args.text_only_files or [])
+        if not files:
+            raise CommandError(
+                f"stage {training_args.stage} on a text-only base reads text records: set text_only_files."
+            )
+        check_files(files, "text_only_files")
+        return f"stage {training_args.stage} (text-only base)"
     if latent and training_args.stage in PRETRAIN_STAGE_NAMES:
         if not script_args.paired_files:
             raise CommandError(
@@ -135,6 +150,18 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
     """(paired, text-only) datasets of the stage."""
     from ..data.pretrain import BadRecordError, load_pretrain_corpus
 
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args):
+        files = (script_args.paired_files or []) + (script_args.text_only_files or [])
+        try:
+            corpus = load_pretrain_corpus(files, skip_bad_records=training_args.skip_bad_records)
+        except (BadRecordError, ValueError, FileNotFoundError) as err:
+            raise CommandError(f"cannot read the pretraining corpus: {err}") from err
+        if corpus.paired is not None:
+            raise CommandError(
+                f"{files} hold {len(corpus.paired)} record(s) with images, but the base is text-only: give it text "
+                "records only (no `images` key)."
+            )
+        return corpus.text, None
     if latent and training_args.stage in PRETRAIN_STAGE_NAMES:
         from ..training.stages import resolve_stage
 
@@ -154,6 +181,13 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
     from ..data.formats import to_sft
 
     return to_sft(load_task(script_args, ["sft"])["sft"]), None
+
+
+def _text_only(script_args: SFTScriptArguments) -> bool:
+    """Whether the stage's model (the base to wrap, or the saved latent model's base) is a text-only causal LM."""
+    from .common import is_text_only_model
+
+    return is_text_only_model(script_args.base_model or script_args.model_name_or_path)
 
 
 def _main(argv: list[str]) -> int:

@@ -47,8 +47,11 @@ __all__ = [
     "BadRecordError",
     "LatentDataCollator",
     "PretrainCorpus",
+    "assistant_token_mask",
     "load_pretrain_corpus",
     "pretrain_messages",
+    "text_messages",
+    "training_chat_template",
     "with_stream_indices",
 ]
 
@@ -337,6 +340,98 @@ def _load_image(image, name: str):
         ) from err
 
 
+# ------------------------------------------------------------------------------------------------- chat templates
+def text_messages(messages: list[dict], name: str = "record") -> list[dict]:
+    """Messages with string contents, as a text-only base's chat template takes them: typed text parts
+    (`[{"type": "text", "text": ...}]`) are joined; an image part is an error naming the record."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            if any(isinstance(part, dict) and part.get("type") in ("image", "video") for part in content):
+                raise BadRecordError(
+                    f"{name} holds an image part, but a text-only base reads text only; drop the image parts or use a "
+                    "vision-language base.",
+                    reason="image_in_text_record",
+                )
+            content = "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+        out.append({"role": message["role"], "content": content if content is not None else ""})
+    return out
+
+
+def _chat_text(tokenizer, messages: list[dict], chat_template, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def _chat_ids(tokenizer, messages: list[dict], chat_template) -> list[int]:
+    # The rendered text already holds the template's special tokens: tokenise it without adding more (as
+    # `apply_chat_template(tokenize=True)` does).
+    return list(tokenizer(_chat_text(tokenizer, messages, chat_template), add_special_tokens=False)["input_ids"])
+
+
+def assistant_token_mask(tokenizer, messages: list[dict], chat_template=None, name: str = "record"):
+    """Token ids of a conversation and a mask of its assistant tokens, for any chat template.
+
+    With a template that has `{% generation %}` markers (or TRL's training version of the tokenizer's template, passed
+    as `chat_template`), transformers' `return_assistant_tokens_mask` gives the mask. Otherwise (real instruct models
+    often ship a template TRL does not know, e.g. SmolLM2's ChatML) each assistant turn's text is found by rendering
+    the conversation up to the turn with the generation prompt and up to its end: the characters in between (the
+    answer and its end-of-turn tokens) are the turn's, and the tokens that start there are masked in. The template must
+    render a conversation's prefixes as prefixes of it (every ChatML and Llama template does); one that does not
+    raises naming the record.
+
+    Returns:
+        `(ids, mask)`: two lists of the conversation's length (`mask[i]` is 1 for an assistant token).
+    """
+    from trl.chat_template_utils import has_generation_markers
+
+    template = chat_template or tokenizer.chat_template
+    if has_generation_markers(template):
+        out = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    full = _chat_text(tokenizer, messages, template)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _chat_text(tokenizer, messages[:i], template, add_generation_prompt=True) if i else ""
+        through = _chat_text(tokenizer, messages[: i + 1], template)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise ValueError(
+                f"{name}: the chat template does not render the conversation's prefixes as prefixes of it, so the "
+                "assistant tokens cannot be found; give the tokenizer a template with {% generation %} markers or set "
+                "assistant_only_loss=False."
+            )
+        spans.append((len(before), len(through)))
+    if not getattr(tokenizer, "is_fast", True):
+        raise TypeError(f"assistant-only masks need a fast tokenizer (offsets), got {type(tokenizer).__name__}.")
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), mask
+
+
+def training_chat_template(processing_class) -> str | None:
+    """The chat template to mask assistant tokens with: `None` when the processing class's own has `{% generation %}`
+    markers, else TRL's training version of it. A tokenizer whose template TRL does not know gets `None` too: its
+    assistant tokens are then found from the template's rendering ([`assistant_token_mask`]); a processor's is an
+    error (TRL's)."""
+    from transformers import ProcessorMixin
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(processing_class.chat_template):
+        return None
+    try:
+        return get_training_chat_template(processing_class)
+    except ValueError:
+        if isinstance(processing_class, ProcessorMixin):
+            raise
+        return None
+
+
 # ------------------------------------------------------------------------------------------------- collator
 def _image_parts(messages) -> int:
     """Image placeholders among typed message parts (`{"type": "image"}`)."""
@@ -386,17 +481,35 @@ class LatentDataCollator:
     skipped: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
-        from transformers import ProcessorMixin
-        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+        from transformers import PreTrainedTokenizerBase, ProcessorMixin
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling, DataCollatorForVisionLanguageModeling
 
-        if not isinstance(self.processing_class, ProcessorMixin):
+        # A bare tokenizer serves a text-only base, whose records hold no image (`paired_requires_image=False`).
+        self._tokenizer_only = isinstance(self.processing_class, PreTrainedTokenizerBase)
+        if not isinstance(self.processing_class, ProcessorMixin) and not (
+            self._tokenizer_only and not self.paired_requires_image
+        ):
             raise TypeError(
                 "LatentDataCollator needs the base model's processor (a `ProcessorMixin`, e.g. Qwen2_5_VLProcessor), "
                 f"got {type(self.processing_class).__name__}. Load it with the processor class itself: "
-                "`AutoProcessor` silently returns a bare tokenizer when it cannot build the processor."
+                "`AutoProcessor` silently returns a bare tokenizer when it cannot build the processor. (A tokenizer "
+                "serves a text-only base: pass `paired_requires_image=False`.)"
             )
         if "text" in self.streams and self.text_dataset is None:
             raise ValueError("The text stream is on but no text_dataset was given.")
+        if self._tokenizer_only:
+            tokenizer = self.processing_class
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            if pad_id is None:
+                raise ValueError(
+                    f"The tokenizer ({type(tokenizer).__name__}) has neither a pad token nor an EOS token to pad with; "
+                    "set `tokenizer.pad_token`."
+                )
+            self._padder = DataCollatorForLanguageModeling(
+                pad_token_id=pad_id, pad_to_multiple_of=self.pad_to_multiple_of
+            )
+            self._non_text_ids = []
+            return
 
         def make(assistant_only: bool):
             return DataCollatorForVisionLanguageModeling(
@@ -426,6 +539,12 @@ class LatentDataCollator:
         if images is None and "image" in example:
             images = [example["image"]]
         images = list(images or [])
+        if self._tokenizer_only and (images or _image_parts(example.get("messages"))):
+            raise BadRecordError(
+                f"{name} holds an image (or an image placeholder), but the base is text-only (a tokenizer is its "
+                "processing class): drop the record's images, or use a vision-language base.",
+                reason="image_in_text_record",
+            )
         if self.paired_requires_image and not images:
             raise BadRecordError(
                 f"{name} has no image; the {'/'.join(self.streams)} stream needs one image per paired record. Put "
@@ -478,18 +597,46 @@ class LatentDataCollator:
             raise ValueError(
                 f"The {stream} stream mixes `messages` and `text` records in one batch; use one format per dataset."
             )
-        collator = self._conversational if conversational else self._plain
-        try:
-            out = collator.torch_call([{k: v for k, v in r.items() if k != "_name"} for r in records])
-        except ValueError as err:  # e.g. the processor's own check that truncation kept every image token
-            names = ", ".join(r["_name"] for r in records)
-            raise ValueError(f"Could not tokenise the {stream} batch ({names}): {err}") from err
+        if self._tokenizer_only:
+            out = self._encode_with_tokenizer(records, conversational)
+        else:
+            collator = self._conversational if conversational else self._plain
+            try:
+                out = collator.torch_call([{k: v for k, v in r.items() if k != "_name"} for r in records])
+            except ValueError as err:  # e.g. the processor's own check that truncation kept every image token
+                names = ", ".join(r["_name"] for r in records)
+                raise ValueError(f"Could not tokenise the {stream} batch ({names}): {err}") from err
         labels = out.pop("labels")
         loss_mask = labels != -100
         for token_id in self._non_text_ids:
             loss_mask &= out["input_ids"] != token_id
         out["loss_mask"] = loss_mask
         return dict(out)
+
+    def _encode_with_tokenizer(self, records: list[dict], conversational: bool) -> dict:
+        """A text-only base's batch: each record through the tokenizer's chat template (or, for plain `text`, the
+        tokenizer with an EOS appended, as TRL's SFT does), truncated to `max_length`, padded on the right by TRL's
+        `DataCollatorForLanguageModeling`. With `assistant_only_loss`, conversational records count their assistant
+        tokens only ([`assistant_token_mask`])."""
+        tokenizer = self.processing_class
+        examples = []
+        for record in records:
+            if conversational:
+                messages = text_messages(record["messages"], record["_name"])
+                if self.assistant_only_loss:
+                    ids, mask = assistant_token_mask(tokenizer, messages, self.chat_template, record["_name"])
+                else:
+                    ids = _chat_ids(tokenizer, messages, None)
+                    mask = [1] * len(ids)
+            else:
+                ids = list(tokenizer(record[self.dataset_text_field])["input_ids"])
+                if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+                    ids.append(tokenizer.eos_token_id)
+                mask = [1] * len(ids)
+            if self.max_length is not None:
+                ids, mask = ids[: self.max_length], mask[: self.max_length]
+            examples.append({"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask, strict=True)]})
+        return dict(self._padder.torch_call(examples))
 
     def _encode_checked(self, records: list[dict], stream: str) -> tuple[dict | None, int]:
         """Encode, then drop (or fail on) records left with no token to train on after masking."""

@@ -325,6 +325,8 @@ class LatentActionModel(LatentActionPreTrainedModel):
         grad_through_base: bool = False,
         cache=None,
         text_positions: str = "text",
+        states: torch.Tensor | None = None,
+        text_states: torch.Tensor | None = None,
         **unused,
     ) -> BaseStates:
         """One base pass (two when `with_text_states`): states e^{V,T} and, for the same ids without pixels, e^T.
@@ -332,8 +334,10 @@ class LatentActionModel(LatentActionPreTrainedModel):
         The two runs share ids, so they are aligned position by position; `text_mask` marks text tokens (not padding,
         not image tokens) where losses apply. The text-only run uses plain 1-D positions, as real text-only data
         has (`text_positions="text"`, the authors' code), or the image run's 3-D positions (`"multimodal"`).
-        `cache` (a transformers `Cache`) is filled by the pixel run, for decoding.
+        `cache` (a transformers `Cache`) is filled by the pixel run, for decoding. `states` / `text_states`: the runs'
+        states computed before (a frozen base's, e.g. from a state cache); a run given here does not run the base.
         """
+        given_states, given_text_states = states, text_states
         backbone = self.backbone
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -354,17 +358,21 @@ class LatentActionModel(LatentActionPreTrainedModel):
         with ctx:
             states = None
             if with_pixels:
-                states = backbone.states(
-                    input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache=cache
-                )
+                states = given_states
+                if states is None:
+                    states = backbone.states(
+                        input_ids, attention_mask, position_ids, pixel_values, image_grid_thw, cache=cache
+                    )
             text_states = None
             if with_text_states or not with_pixels:
                 if text_positions not in ("text", "multimodal"):
                     raise ValueError(f"text_positions must be 'text' or 'multimodal' (got {text_positions!r}).")
-                text_position_ids = position_ids
-                if text_positions == "text" and with_pixels:
-                    text_position_ids = backbone.text_position_ids(attention_mask)
-                text_states = backbone.states(input_ids, attention_mask, text_position_ids, None, None)
+                text_states = given_text_states
+                if text_states is None:
+                    text_position_ids = position_ids
+                    if text_positions == "text" and with_pixels:
+                        text_position_ids = backbone.text_position_ids(attention_mask)
+                    text_states = backbone.states(input_ids, attention_mask, text_position_ids, None, None)
         if not grad_through_base:
             states = states.detach() if states is not None else None
             text_states = text_states.detach() if text_states is not None else None

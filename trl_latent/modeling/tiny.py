@@ -113,11 +113,9 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
-def build_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
-    """A Qwen2 byte-level BPE tokenizer trained on `corpus` (the texts the tiny model will read), with Qwen's
-    special tokens appended in Qwen order, `<|im_end|>` as EOS and left padding."""
+def _train_bpe(corpus: Sequence[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE (Qwen's pre-tokenisation) trained on `corpus`."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
 
     corpus = _checked_corpus(corpus)
     bpe = Tokenizer(models.BPE())
@@ -138,9 +136,17 @@ def build_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
     bpe.train_from_iterator(sorted(corpus), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return dict(state["vocab"]), merges
+
+
+def build_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
+    """A Qwen2 byte-level BPE tokenizer trained on `corpus` (the texts the tiny model will read), with Qwen's
+    special tokens appended in Qwen order, `<|im_end|>` as EOS and left padding."""
+    from transformers import Qwen2Tokenizer
+
+    vocab, merges = _train_bpe(corpus, vocab_size)
     # Qwen's special tokens take the ids right after the BPE vocabulary, in Qwen order, before the constructor sees
     # eos/pad (which would otherwise be appended first).
-    vocab = dict(state["vocab"])
     for token in QWEN_SPECIAL_TOKENS:
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(
@@ -155,6 +161,42 @@ def build_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+# The special tokens of SmolLM2's tokenizer (a Llama base), in its order (ids 0, 1, 2).
+CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# SmolLM2-Instruct's chat template (ChatML with a default system turn) with a shorter default system prompt: a template
+# without `{% generation %}` markers that TRL has no training version of, as real instruct models often ship.
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_chatml_tokenizer(corpus: Sequence[str], vocab_size: int = 440):
+    """A byte-level BPE tokenizer shaped like SmolLM2-Instruct's (the tiny Llama's): its special tokens first
+    (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), `<|im_end|>` as EOS, a ChatML chat template without generation
+    markers, right padding and **no pad token**, as real Llama-family tokenizers often come."""
+    from transformers import GPT2Tokenizer
+
+    learned, merges = _train_bpe(corpus, vocab_size)
+    vocab = {token: i for i, token in enumerate(CHATML_SPECIAL_TOKENS)}
+    for token in sorted(learned, key=learned.get):
+        vocab.setdefault(token, len(vocab))
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token=None,
+        model_max_length=8192,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_SPECIAL_TOKENS)})
+    tokenizer.chat_template = CHATML_CHAT_TEMPLATE
     return tokenizer
 
 
@@ -388,37 +430,77 @@ def tiny_vlm(
     return model, processor
 
 
-def tiny_lm_path(size: str = "tiny", seed: int = 0, cache_dir=None, *, corpus: Sequence[str]) -> Path:
-    """Build (once) and return the folder of a tiny text-only Qwen2 causal LM (the tiny VLM's tokenizer for the
-    same `corpus`)."""
+SUPPORTED_TINY_LM_ARCHS = ("qwen2", "llama")
+
+
+def _llama_config(spec: TinySpec, tokenizer):
+    """A tiny Llama shaped like SmolLM2 (tied embeddings, no pad token id): `spec`'s sizes, the tokenizer's ids."""
+    from transformers import LlamaConfig
+
+    kwargs = _text_kwargs(spec, tokenizer, mrope=False)
+    kwargs.update(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
+    return LlamaConfig(**kwargs)
+
+
+def tiny_lm_path(
+    size: str = "tiny", seed: int = 0, cache_dir=None, *, corpus: Sequence[str], arch: str = "qwen2"
+) -> Path:
+    """Build (once) and return the folder of a tiny text-only causal LM and its tokenizer.
+
+    `arch="qwen2"`: a Qwen2 with the tiny VLM's tokenizer for the same `corpus` (Qwen's special tokens, left padding,
+    TRL's Qwen2.5 chat template). `arch="llama"`: a Llama shaped like SmolLM2-Instruct (tied embeddings) with a
+    SmolLM2-like tokenizer ([`build_chatml_tokenizer`]: ChatML template without generation markers, no pad token).
+    """
     spec = _spec(size)
     corpus = _checked_corpus(corpus)
+    if arch not in SUPPORTED_TINY_LM_ARCHS:
+        raise ValueError(f"Unknown tiny causal LM architecture {arch!r}; choose one of {SUPPORTED_TINY_LM_ARCHS}.")
 
     def build_and_save(folder: Path) -> None:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-        tokenizer = build_tokenizer(corpus, spec.bpe_vocab_size)
-        from trl.chat_template_utils import qwen2_5_chat_template
+        if arch == "llama":
+            tokenizer = build_chatml_tokenizer(corpus, spec.bpe_vocab_size)
+            model = _seeded_init(lambda: LlamaForCausalLM(_llama_config(spec, tokenizer)))(seed)
+        else:
+            from trl.chat_template_utils import qwen2_5_chat_template
 
-        tokenizer.chat_template = qwen2_5_chat_template
-        config = Qwen2Config(**_text_kwargs(spec, tokenizer, mrope=False))
-        model = _seeded_init(lambda: Qwen2ForCausalLM(config))(seed)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+            tokenizer = build_tokenizer(corpus, spec.bpe_vocab_size)
+            tokenizer.chat_template = qwen2_5_chat_template
+            config = Qwen2Config(**_text_kwargs(spec, tokenizer, mrope=False))
+            model = _seeded_init(lambda: Qwen2ForCausalLM(config))(seed)
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return _cached_build("lm", size, seed, "qwen2", cache_dir, corpus, build_and_save)
+    return _cached_build("lm", size, seed, arch, cache_dir, corpus, build_and_save)
 
 
-def tiny_lm(size: str = "tiny", seed: int = 0, cache_dir=None, dtype=torch.float32, *, corpus: Sequence[str]):
-    """A tiny Qwen2 causal LM and its tokenizer (same vocabulary as the tiny VLM for the same `corpus`)."""
+def tiny_lm(
+    size: str = "tiny",
+    seed: int = 0,
+    cache_dir=None,
+    dtype=torch.float32,
+    *,
+    corpus: Sequence[str],
+    arch: str = "qwen2",
+):
+    """A tiny text-only causal LM (`arch`: `"qwen2"` or `"llama"`, see [`tiny_lm_path`]) and its tokenizer. The
+    Qwen2 tokenizer pads on the left; the Llama one keeps its own (right) padding and has no pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = tiny_lm_path(size, seed, cache_dir, corpus=corpus)
+    folder = tiny_lm_path(size, seed, cache_dir, corpus=corpus, arch=arch)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "left"
+    if arch == "qwen2":
+        tokenizer.padding_side = "left"
     return model, tokenizer
 
 

@@ -133,12 +133,33 @@ class LatentSFTConfig(SFTConfig):
             raises an error naming the record. With `True`, such records are dropped from their batch and counted
             (logged as `data/skipped_records`).
 
+        > Speed
+
+        cache_base_states (`bool`, *optional*, defaults to `True`):
+            Where the base is frozen (stages 1-4), compute its final hidden states once per record and reuse them in
+            later steps, epochs and health checks instead of re-running the base (`trl_latent.training.state_cache`;
+            keyed by the record's token ids and, for a vision-language base, its image pixels). The losses are the
+            same up to float rounding of a differently padded batch. `False` re-runs the base every step. Off under
+            DeepSpeed ZeRO-3, where every process must run the same base passes.
+        base_state_cache_bytes (`int`, *optional*, defaults to `1073741824`):
+            Memory budget of the state cache (host memory, 1 GiB); the least recently used records are dropped beyond
+            it.
+
         > Latent-space health
 
         health_samples (`int`, *optional*, defaults to `64`):
             At the end of the stage, the latent-space health metrics (`health/...`, docs/metrics.md) are measured on
             this many records of the trainer's `health_dataset` (default: the eval dataset, else the train dataset)
             and logged. `0` turns it off.
+        health_logits_budget (`int`, *optional*, defaults to `134217728`):
+            Cost cap of each part of the health check, in vocabulary logits (2**27; each a row of `lm_head`'s work).
+            Its accuracies and code gains score 4 logit rows per answer position (base, IDM, policy and random code),
+            its every-code sweep (`health/world_accuracy_best`, `health/controllability`, content controllability)
+            |C| rows per position.
+            A part that would exceed the budget runs at a seeded sample of `budget // (rows x vocabulary)` positions
+            (`health/positions`, `health/sweep_positions` say how many). At 128 codes and a 49,152-token vocabulary:
+            682 positions for the accuracies and 21 for the sweep, instead of every code at every position (minutes on
+            a CPU); the embedded task's tiny vocabulary never reaches it. `0`: no cap (every position).
 
     > [!NOTE]
     > Defaults that differ from [`~trl.SFTConfig`]:
@@ -305,6 +326,24 @@ class LatentSFTConfig(SFTConfig):
         metadata={"help": "Records the latent-space health metrics are measured on at the end of the stage (0: off)."},
     )
 
+    cache_base_states: bool = field(
+        default=True,
+        metadata={
+            "help": "Reuse a frozen base's states per record across steps and epochs instead of re-running the base "
+            "(stages 1-4)."
+        },
+    )
+    base_state_cache_bytes: int = field(
+        default=2**30, metadata={"help": "Memory budget (bytes, host memory) of the frozen-base state cache."}
+    )
+    health_logits_budget: int = field(
+        default=2**27,
+        metadata={
+            "help": "Cost cap (vocabulary logits) of each part of the health check (accuracies, every-code sweep): "
+            "above it, the part runs at a seeded sample of answer positions that fits (0: no cap)."
+        },
+    )
+
     def __post_init__(self):
         if self.stage not in STAGE_NAMES:
             raise ValueError(f"Unknown stage {self.stage!r}; choose one of {STAGE_NAMES}.")
@@ -324,6 +363,10 @@ class LatentSFTConfig(SFTConfig):
             raise ValueError(f"bc_label_smoothing must be in [0, 1) (got {self.bc_label_smoothing}).")
         if self.health_samples < 0:
             raise ValueError(f"health_samples must be >= 0 (got {self.health_samples}).")
+        if self.base_state_cache_bytes <= 0:
+            raise ValueError(f"base_state_cache_bytes must be positive (got {self.base_state_cache_bytes}).")
+        if self.health_logits_budget < 0:
+            raise ValueError(f"health_logits_budget must be >= 0 (got {self.health_logits_budget}).")
         if self.learning_rate is None:
             self.learning_rate = STAGE_LEARNING_RATES[self.stage]
         if self.num_train_epochs is None:

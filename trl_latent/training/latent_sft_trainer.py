@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 from trl import SFTTrainer
 
-from ..data.pretrain import LatentDataCollator, with_stream_indices
+from ..data.pretrain import LatentDataCollator, training_chat_template, with_stream_indices
 from ..metrics.codebook import codebook_usage
 from ..metrics.latent_health import content_token_ids, latent_health
 from ..modeling.model import LatentActionModel
@@ -48,6 +48,7 @@ from .checkpointing import LatentCheckpointMixin
 from .latent_sft_config import LatentSFTConfig
 from .model_card import CardTraining, LatentModelCardMixin, stage_training
 from .stages import StagePlan, resolve_stage
+from .state_cache import BaseStateCache, cached_encode
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,19 @@ class LatentSFTOutput(ModelOutput):
 
 # --------------------------------------------------------------------------------------------------- loss pieces
 def _encode(
-    model: LatentActionModel, batch: dict, *, text_states=False, pixels=True, grad=False, text_positions="text"
+    model: LatentActionModel,
+    batch: dict,
+    *,
+    text_states=False,
+    pixels=True,
+    grad=False,
+    text_positions="text",
+    state_cache: BaseStateCache | None = None,
 ):
+    if state_cache is not None and not grad:  # a frozen base: its states are computed once per record
+        return cached_encode(
+            model, state_cache, batch, with_text_states=text_states, pixels=pixels, text_positions=text_positions
+        )
     return model.encode(
         batch["input_ids"],
         batch["attention_mask"],
@@ -189,6 +201,7 @@ def stage_losses(
     inputs: dict,
     plan: StagePlan,
     options: StageOptions | None = None,
+    state_cache: BaseStateCache | None = None,
 ):
     """Evaluate the active loss terms of `plan` on a collated batch.
 
@@ -198,6 +211,8 @@ def stage_losses(
         plan ([`StagePlan`]): the resolved stage.
         options ([`StageOptions`], *optional*): whether text-only states go through the projector, the entropy form,
             text-state positions, behaviour-cloning targets (defaults: the authors' choices, `StageOptions()`).
+        state_cache ([`~trl_latent.training.state_cache.BaseStateCache`], *optional*): where a frozen base's states
+            are reused from (and stored); ignored when the stage trains the base.
 
     Returns:
         `(terms, metrics)`: `terms` maps each active loss term to its (unweighted) value, with gradient; `metrics` holds
@@ -217,7 +232,13 @@ def stage_losses(
     if not cloning and plan.stage.code_source != "policy":  # inverse_warmup, projector_warmup, joint
         needs_world = plan.has("world/ce_paired")
         needs_projector = plan.has("projector/nll_paired")
-        base = _encode(model, paired, text_states=needs_projector, text_positions=options.text_state_positions)
+        base = _encode(
+            model,
+            paired,
+            text_states=needs_projector,
+            text_positions=options.text_state_positions,
+            state_cache=state_cache,
+        )
         e = base.states
         if needs_world:
             codes.append(
@@ -231,7 +252,7 @@ def stage_losses(
             terms["projector/nll_inverse"] = _gaussian_nll_mean(model.inverse_project(e), base.text_states, positions)
         if plan.uses("text"):
             text = inputs["text"]
-            text_base = _encode(model, text, pixels=False)
+            text_base = _encode(model, text, pixels=False, state_cache=state_cache)
             e_text, projected = _text_input_states(model, text_base.text_states, use_projector)
             text_steps = text["loss_mask"][:, 1:]
             codes.append(
@@ -251,7 +272,7 @@ def stage_losses(
         if plan.uses("text"):
             streams.append(("text", inputs["text"], False))
         for suffix, batch, pixels in streams:
-            base = _encode(model, batch, pixels=pixels)
+            base = _encode(model, batch, pixels=pixels, state_cache=state_cache)
             e = base.states if pixels else _text_input_states(model, base.text_states, use_projector)[0]
             step_mask = batch["loss_mask"][:, 1:]
             term, logits, labels = _cloning_term(model, e, base, step_mask, options)
@@ -294,6 +315,17 @@ def stage_losses(
     if missing:  # pragma: no cover - a stage row and this function out of step
         raise RuntimeError(f"Stage {plan.name!r} did not compute its loss terms {sorted(missing)}.")
     return terms, metrics
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    """A tokenizer without a pad token (Llama-family tokenizers often have none) pads with its EOS token, as TRL's
+    trainers do; batches are right-padded and the loss masks read the attention mask, so EOS tokens stay trained."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError(f"The tokenizer ({type(tokenizer).__name__}) has no pad and no EOS token; set `pad_token`.")
+    logger.info("The tokenizer has no pad token; padding with its EOS token %r.", tokenizer.eos_token)
+    tokenizer.pad_token = tokenizer.eos_token
 
 
 # --------------------------------------------------------------------------------------------------- trainer
@@ -343,6 +375,10 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
             answer positions whose token begins a word of a kind, how many distinct words of that kind some code makes
             the world model say there. Words are matched by their first token, at the start of a line and after a
             space; list capitalised forms as words of their own.
+        state_cache ([`~trl_latent.training.state_cache.BaseStateCache`], *optional*):
+            Where the frozen base's per-record states are kept (`args.cache_base_states`); pass one cache to the
+            trainers of stages 1-4 to reuse states across stages (its keys carry a fingerprint of the base). Defaults to
+            a new cache of `args.base_state_cache_bytes`.
 
     Example:
 
@@ -379,10 +415,11 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         peft_config=None,
         health_dataset=None,
         health_content_words=None,
+        state_cache: BaseStateCache | None = None,
     ):
         from datasets import Dataset
-        from transformers import AutoProcessor, ProcessorMixin
-        from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+        from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
+        from trl.chat_template_utils import has_generation_markers
 
         if args is None:
             args = LatentSFTConfig("latent-sft")
@@ -390,7 +427,6 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
             raise TypeError(
                 f"LatentSFTTrainer needs a LatentSFTConfig (it holds the stage), got {type(args).__name__}."
             )
-        plan = resolve_stage(args)
 
         if isinstance(model, str):
             model = LatentActionModel.from_pretrained(model)
@@ -399,9 +435,21 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
                 f"LatentSFTTrainer trains a LatentActionModel (got {type(model).__name__}); build one with "
                 "`LatentActionModel.from_base(base_path)` or load a saved stage with `LatentActionModel.from_pretrained`."
             )
+        # A text-only base (Qwen2, Llama) reads its text records as the paired (observation) stream: no projector, no
+        # second text-only stream (docs/stages.md, "A text-only base").
+        text_only_base = not model.backbone.is_vlm
+        plan = resolve_stage(args, text_only_base=text_only_base)
+        if text_only_base and text_dataset is not None:
+            if train_dataset is not None:
+                raise ValueError(
+                    "A text-only base reads one stream of text records, `train_dataset`; `text_dataset` is the text-only "
+                    "stream of a vision-language base. Pass the text records as `train_dataset` (concatenate them)."
+                )
+            train_dataset, text_dataset = text_dataset, None
 
         if train_dataset is None:
-            raise ValueError("`train_dataset` (paired image-text records) is required.")
+            records = "text records" if text_only_base else "paired image-text records"
+            raise ValueError(f"`train_dataset` ({records}) is required.")
         for name, dataset in (("train_dataset", train_dataset), ("text_dataset", text_dataset)):
             if dataset is not None and not isinstance(dataset, Dataset):
                 raise TypeError(
@@ -439,21 +487,43 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
 
         if processing_class is None:
             source = model.config.name_or_path or model.config.base_model_name_or_path
-            processing_class = AutoProcessor.from_pretrained(source)
-        if not isinstance(processing_class, ProcessorMixin):
+            loader = AutoTokenizer if text_only_base else AutoProcessor
+            processing_class = loader.from_pretrained(source)
+        if text_only_base:
+            if isinstance(processing_class, ProcessorMixin):
+                processing_class = processing_class.tokenizer
+            if not isinstance(processing_class, PreTrainedTokenizerBase):
+                raise TypeError(
+                    f"A text-only base ({model.backbone.model_type}) takes its tokenizer as `processing_class`, got "
+                    f"{type(processing_class).__name__}."
+                )
+            _ensure_pad_token(processing_class)
+            # The latent model pads as its tokenizer does (else `Trainer.train` aligns the ids with a notice).
+            for config in (model.config, model.generation_config):
+                if config is not None and getattr(config, "pad_token_id", None) is None:
+                    config.pad_token_id = processing_class.pad_token_id
+        elif not isinstance(processing_class, ProcessorMixin):
             raise TypeError(
                 "LatentSFTTrainer needs the base model's processor (a ProcessorMixin such as Qwen2_5_VLProcessor), got "
-                f"{type(processing_class).__name__}; pass `processing_class=` explicitly."
+                f"{type(processing_class).__name__}; pass `processing_class=` explicitly. (A text-only base, Qwen2 or "
+                "Llama, takes its tokenizer.)"
             )
 
         chat_template = None
-        if args.assistant_only_loss and not has_generation_markers(processing_class.chat_template):
-            chat_template = get_training_chat_template(processing_class)
+        if args.assistant_only_loss:
+            chat_template = training_chat_template(processing_class)
+        # A tokenizer whose chat template TRL has no training version of (SmolLM2's ChatML, ...) masks its assistant
+        # tokens from the template's rendering (`assistant_token_mask`); TRL's SFTTrainer would refuse it.
+        rendered_assistant_mask = (
+            args.assistant_only_loss
+            and chat_template is None
+            and not has_generation_markers(processing_class.chat_template)
+        )
         collator = LatentDataCollator(
             processing_class,
             text_dataset=text_dataset,
             streams=plan.streams,
-            paired_requires_image=plan.stage.paired_requires_image,
+            paired_requires_image=plan.paired_requires_image,
             max_length=args.max_length,
             assistant_only_loss=args.assistant_only_loss,
             chat_template=chat_template,
@@ -474,9 +544,7 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         if health_dataset is None:
             health_dataset = eval_dataset if isinstance(eval_dataset, Dataset) else None
         self._health_source = health_dataset if health_dataset is not None else train_dataset
-        health_template = chat_template
-        if health_template is None and not has_generation_markers(processing_class.chat_template):
-            health_template = get_training_chat_template(processing_class)
+        health_template = chat_template if args.assistant_only_loss else training_chat_template(processing_class)
         self._health_collator = LatentDataCollator(
             processing_class,
             streams=("paired",),
@@ -497,17 +565,35 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
 
         self.stage_plan = plan
         self.text_dataset = text_dataset
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-        )
+        # TRL's SFTTrainer looks up a training chat template when `assistant_only_loss` is on and fails for one it does
+        # not know; this trainer's collator masks the assistant tokens itself, so TRL is not asked.
+        if rendered_assistant_mask:
+            args.assistant_only_loss = False
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+            )
+        finally:
+            if rendered_assistant_mask:
+                args.assistant_only_loss = True
         self._skipped_records = 0
+        self._state_cache = None
+        if args.cache_base_states and not plan.base_trainable:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            if is_deepspeed_zero3_enabled():
+                logger.info("Frozen-base state cache off under DeepSpeed ZeRO-3 (every process runs every base pass).")
+            else:
+                self._state_cache = (
+                    state_cache if state_cache is not None else BaseStateCache(args.base_state_cache_bytes)
+                )
 
     def _model_card_training(self) -> CardTraining:
         """What the saved model's card says trained it: this stage (`trl_latent.training.model_card`)."""
@@ -537,9 +623,21 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         batches = [self._health_collator(records[i : i + batch_size]) for i in range(0, n, batch_size)]
         device = self.accelerator.device
         batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b["paired"].items()} for b in batches]
+        if self._state_cache is not None:  # a frozen base: the health records' states are computed once, then reused
+            latent = self.accelerator.unwrap_model(self.model)
+            for batch in batches:
+                batch["states"] = cached_encode(latent, self._state_cache, batch).states
         # Through the wrapped model's forward, so ZeRO-3 gathers the parameters it reads.
         content = {"content_words": self._health_content_words, "tokenizer": self._health_tokenizer}
-        return self.model_wrapped(latent_fn=lambda model, **_: latent_health(model, batches, **content))
+        latent = self.accelerator.unwrap_model(self.model)
+        vocab, budget = latent.backbone.lm_head.weight.shape[0], self.args.health_logits_budget
+        caps = {
+            "positions": max(1, budget // (4 * vocab)) if budget else None,
+            "sweep_positions": max(1, budget // (latent.config.codebook_size * vocab)) if budget else None,
+        }
+        return self.model_wrapped(
+            latent_fn=lambda model, **_: latent_health(model, batches, seed=self.args.seed, **caps, **content)
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The weighted sum of the stage's active loss terms; every term (unweighted) and the diagnostics are logged
@@ -547,7 +645,11 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
         mode = "train" if model.training else "eval"
         # Through the (possibly DDP/DeepSpeed-wrapped) model's forward, so gradients are synchronised.
         terms, metrics = model(
-            latent_fn=stage_losses, inputs=inputs, plan=self.stage_plan, options=StageOptions.from_config(self.args)
+            latent_fn=stage_losses,
+            inputs=inputs,
+            plan=self.stage_plan,
+            options=StageOptions.from_config(self.args),
+            state_cache=self._state_cache,
         )
         loss = sum(weight * terms[name] for name, weight in self.stage_plan.weights.items())
 

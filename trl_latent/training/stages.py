@@ -225,6 +225,8 @@ class StagePlan:
         weights (`dict[str, float]`): active loss term -> signed weight (the loss is `sum(weight * term)`).
         streams (`tuple[str, ...]`): data streams the active terms read.
         world_output (`str` or `None`): the world-model output form the stage trains under (`None`: the model's own).
+        text_only_base (`bool`): resolved for a text-only base (Qwen2, Llama): its text records are the paired
+            (observation) stream, and there is no projector and no separate text-only stream.
     """
 
     stage: Stage
@@ -233,10 +235,16 @@ class StagePlan:
     weights: dict[str, float]
     streams: tuple[str, ...]
     world_output: str | None = None
+    text_only_base: bool = False
 
     @property
     def name(self) -> str:
         return self.stage.name
+
+    @property
+    def paired_requires_image(self) -> bool:
+        """Whether each record of the paired (observation) stream must hold an image: never on a text-only base."""
+        return self.stage.paired_requires_image and not self.text_only_base
 
     def uses(self, stream: str) -> bool:
         return stream in self.streams
@@ -249,21 +257,49 @@ def _switches_on(config, requires: tuple[str, ...]) -> bool:
     return all(bool(getattr(config, switch)) for switch in requires)
 
 
-def resolve_stage(config) -> StagePlan:
+# The switches a text-only base turns off whatever the config says: it has no image-text states, so no projector (which
+# maps text-only states to image-text states) and no text-only stream apart from its one (observation) stream.
+TEXT_ONLY_BASE_OFF = ("use_projector", "use_text_only", "use_cycle_loss")
+
+
+class _TextOnlyBaseView:
+    """A config as a text-only base reads it: `TEXT_ONLY_BASE_OFF` switches off, every other field the config's."""
+
+    def __init__(self, config):
+        self._config = config
+
+    def __getattr__(self, name):
+        return False if name in TEXT_ONLY_BASE_OFF else getattr(self._config, name)
+
+
+def resolve_stage(config, text_only_base: bool = False) -> StagePlan:
     """Resolve the row of `config.stage` against the config's ablation switches and loss weights.
 
     Args:
         config ([`LatentSFTConfig`] or any object with `stage`, the switches in `SWITCHES` and the weight fields).
+        text_only_base (`bool`, *optional*, defaults to `False`): resolve for a text-only base (Qwen2, Llama). Its
+            text records are the paired (observation) stream; it has no projector (P maps text-only states to
+            image-text states, which a text-only base does not have), so the projector terms and modules and the
+            separate text-only stream are removed (`TEXT_ONLY_BASE_OFF`), and `projector_warmup` is refused.
 
     Returns:
         [`StagePlan`]
 
     Raises:
-        `ValueError`: unknown stage, or a stage left with nothing to train or no loss term.
+        `ValueError`: unknown stage, a stage left with nothing to train or no loss term, or `projector_warmup` on a
+        text-only base.
     """
     if config.stage not in STAGES:
         raise ValueError(f"Unknown stage {config.stage!r}; choose one of {STAGE_NAMES}.")
     stage = STAGES[config.stage]
+    if text_only_base:
+        if stage.name == "projector_warmup":
+            raise ValueError(
+                "Stage 'projector_warmup' trains the projector, which maps text-only states to image-text states; a "
+                "text-only base has no image-text states, hence no projector: skip this stage (run inverse_warmup, "
+                "joint, policy_bc, world_sft)."
+            )
+        config = _TextOnlyBaseView(config)
     weights = {}
     for term in stage.terms:
         if not _switches_on(config, term.requires):
@@ -285,7 +321,9 @@ def resolve_stage(config) -> StagePlan:
             f"{stage.name} stage only trains the projectors, so skip it when running the no-projector ablation."
         )
     streams = tuple(s for s in STREAMS if any(t.stream == s for t in stage.terms if t.name in weights))
-    return StagePlan(stage, trainable, stage.base_trainable, weights, streams, _world_output(config, stage))
+    return StagePlan(
+        stage, trainable, stage.base_trainable, weights, streams, _world_output(config, stage), text_only_base
+    )
 
 
 def _world_output(config, stage: Stage) -> str | None:
