@@ -88,11 +88,47 @@ def test_the_stage_tables_fallback_schedule_is_the_configs():
 
 
 def test_embedded_overrides_are_listed_with_a_reason_and_a_command():
+    from trl_latent.experiments.commands import _field_overrides
+    from trl_latent.modeling.tiny import TINY_SPECS
+
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / "Makefile").read_text()
+    base = TINY_SPECS[PipelineConfig().size]  # the embedded job's base
     overrides = embedded_overrides()
     assert set(overrides) == {"codebook_size", "inverse_layers", "policy_layers", "world_output_schedule"}
     for name, (_, default, value, why, command) in overrides.items():
         assert value != default, f"{name}: an override equal to the library default is no override"
-        assert len(why) > 20 and command.split()[0] in ("make", "python", "trl-latent"), name
+        # The reason is the base's size, stated as the base has it, or a measurement (its figures); a doc it cites
+        # shows every figure it quotes.
+        numbers = re.findall(r"\d+\.\d+", why)
+        if why.startswith("sized for the tiny base"):
+            stated = {
+                "hidden size": re.findall(r"hidden size (\d+)", why),
+                "layers": re.findall(r"\((\d+) layers\)", why),
+            }
+            assert any(stated.values()), f"{name}: sized for which size? {why!r}"
+            for hidden in stated["hidden size"]:
+                assert int(hidden) == base.hidden_size, f"{name}: says hidden size {hidden}, the base has {base}"
+            for layers in stated["layers"]:
+                assert int(layers) == base.num_hidden_layers, f"{name}: says {layers} layers, the base has {base}"
+        else:
+            assert numbers, f"{name}: no size and no measurement: {why!r}"
+        for doc in re.findall(r"docs/[\w/]+\.md", why):
+            text = (root / doc).read_text()
+            assert numbers and not [n for n in numbers if n not in text], f"{name}: {doc} does not show {numbers}"
+        # The command exists: a Makefile target, a repository script given only options it has, or the demo with
+        # `--set` of real fields, this override's among them.
+        words = command.split()
+        if words[0] == "make":
+            assert len(words) == 2 and re.search(rf"^{words[1]}:", makefile, flags=re.M), f"{name}: {command}"
+        elif words[0] == "python":
+            script = (root / words[1]).read_text()
+            options = [w for w in words[2:] if w.startswith("--")]
+            assert options and all(f'"{o}"' in script for o in options), f"{name}: {command}"
+        else:
+            assert words[:2] == ["trl-latent", "demo"], f"{name}: {command}"
+            sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+            assert name in _field_overrides(sets), f"{name}: {command} does not set it"
     assert overrides["world_output_schedule"][1:3] == ("authors", "merge_delta")
     assert "bc_target" not in overrides  # argmax cloning, the library's default, measured better on the current task
 

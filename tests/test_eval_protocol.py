@@ -54,7 +54,10 @@ def latent(tiny_cache):
     from trl_latent.modeling import LatentActionModel
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
-    model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    # The same latent modules in every run, and the caller's random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
     return model, processor
@@ -203,19 +206,42 @@ def test_metrics_are_mean_and_sample_std_over_rounds(eval_set, monkeypatch):
 
 def test_experiment_evaluate_model_on_the_tiny_vlm(tiny, eval_set):
     from trl_latent.experiments.evaluate import evaluate_model
+    from trl_latent.experiments.reward import answer_accuracy, rubric_reward, task_reward
 
     model, processor = tiny
-    results = evaluate_model(model, processor, {"id": eval_set, "ood": eval_set.select([0, 1])}, config())
+    two = eval_set.select([0, 1])  # as many prompts as the examples keep: every answer of the set is in the results
+    results = evaluate_model(model, processor, {"id": eval_set, "ood": two}, config())
     assert set(results) == {"id", "ood"}
     for metrics in results.values():
+        for key in ("all", "colour", "shape", "count", "voice", "task_reward"):  # shares and a [0, 1] reward
+            assert 0.0 <= metrics[key] <= 1.0, key
+        assert metrics["all"] <= min(metrics[k] for k in ("colour", "shape", "count", "voice"))
+        # The rubric ratio (answer score / reference score) can pass 1; the untrained model earns some of it.
+        assert metrics["reward"] > 0.0 and metrics["task_reward"] > 0.0
         for key in METRICS:
-            assert 0.0 <= metrics[key] <= 1.5 and math.isfinite(metrics[key]), key
             assert math.isfinite(metrics[f"{key}_std"]) and metrics[f"{key}_std"] >= 0.0, key
         assert metrics["eval_generations"] == 3
         assert {"diversity/distinct_1", "diversity/distinct_2", "diversity/self_bleu"} <= set(metrics)
         example = metrics["examples"][0]
         assert set(example) == {"character", "reference", "answer", "answers"} and len(example["answers"]) == 3
         assert example["answer"] == example["answers"][0]
+    # The two-prompt set, computed here from its answers: the rounds are the seeded paper-setting generations, and
+    # each metric is the mean and the sample std over the rounds of the reward functions' means.
+    examples = results["ood"]["examples"]
+    rounds = [[example["answers"][k] for example in examples] for k in range(3)]
+    assert rounds == generate_answers(model, processor, two, 8, temperature=0.1, top_k=64, num_generations=3, seed=0)
+    columns = {k: two[k] for k in two.column_names if k not in ("prompt", "image")}
+    per_round = {key: [] for key in METRICS}
+    for answers in rounds:
+        for key, value in answer_accuracy(answers, two["reference"], two["character"]).items():
+            per_round[key].append(value)
+        per_round["reward"].append(statistics.fmean(rubric_reward(two["prompt"], answers, **columns)))
+        per_round["task_reward"].append(statistics.fmean(task_reward(two["prompt"], answers, **columns)))
+    for key, values in per_round.items():
+        assert results["ood"][key] == pytest.approx(statistics.fmean(values), abs=1e-12), key
+        assert results["ood"][f"{key}_std"] == pytest.approx(statistics.stdev(values), abs=1e-12), key
+    # The task reward weighs exact answers, the rubric reward does not: on these answers they differ.
+    assert results["ood"]["task_reward"] != pytest.approx(results["ood"]["reward"], abs=1e-3)
     # A config without the new fields falls back to the paper's protocol.
     bare = types.SimpleNamespace(max_completion_length=4, diversity_samples=1)
     assert evaluate_model(model, processor, {"id": eval_set.select([0])}, bare)["id"]["eval_generations"] == 3

@@ -16,6 +16,7 @@ import copy
 import difflib
 import gc
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -182,6 +183,31 @@ def logged(trainer, key) -> list[float]:
     return [h[key] for h in trainer.state.log_history if key in h and "train_runtime" not in h]
 
 
+def record_rollout_codes(trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rollout codes and completion masks of every micro-batch the update sees, in order."""
+    from trl_latent.training.latent_grpo_trainer import CODES_KEY
+
+    seen = []
+    compute_loss = trainer._compute_loss
+
+    def recording(model_, inputs):
+        seen.append((inputs[CODES_KEY].clone(), inputs["completion_mask"].bool().clone()))
+        return compute_loss(model_, inputs)
+
+    trainer._compute_loss = recording
+    return seen
+
+
+def count_codes(codes: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Distinct codes and the perplexity (exp of the entropy) of their usage over the masked steps, counted by hand."""
+    from collections import Counter
+    from math import exp, log
+
+    counts = Counter(codes[mask].tolist())
+    total = sum(counts.values())
+    return float(len(counts)), exp(-sum(n / total * log(n / total) for n in counts.values()))
+
+
 # ----------------------------------------------------------------------------------------------------- config
 def test_config_defaults_follow_the_paper():
     args = LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8)
@@ -305,9 +331,11 @@ def test_each_loss_learns_to_choose_codes(loss, steerable_model, processor, data
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_without_kl(loss, model, processor, dataset, tmp_path):
-    """beta = 0: no KL term in the loss, but `latent/kl` is still logged: 0 at the first step, positive later."""
+    """beta = 0: no KL term in the loss, but `latent/kl` is still logged: 0 at the first step, positive later. The
+    logged code usage is that of the step's rollout codes, counted here over the completion steps."""
     before = snapshot(model)
     trainer = make_trainer(model, processor, dataset, tmp_path, loss=loss, beta=0.0, max_steps=3)
+    rollouts = record_rollout_codes(trainer)
     trainer.train()
     assert trainer.policy_loss.beta == 0.0
     assert not logged(trainer, "kl")  # the loss has no KL term
@@ -316,7 +344,11 @@ def test_each_loss_without_kl(loss, model, processor, dataset, tmp_path):
     assert_only_policy_changed(before, model)
     for key in ("latent/codes_used", "latent/code_perplexity", "latent/code_entropy", "diversity/distinct_1"):
         assert len(logged(trainer, key)) == 3, key
-    assert 1 <= logged(trainer, "latent/codes_used")[0] <= 16
+    assert len(rollouts) == 3  # one generation batch (one micro-batch) per step
+    used, perplexity = zip(*(count_codes(codes, mask) for codes, mask in rollouts))
+    assert logged(trainer, "latent/codes_used") == list(used), (logged(trainer, "latent/codes_used"), used)
+    assert logged(trainer, "latent/code_perplexity") == pytest.approx(perplexity, rel=1e-9)
+    assert all(1 < n <= 16 for n in used)  # sampled codes of an untrained policy are spread over the codebook
 
 
 def test_no_reference_without_kl(model, processor, dataset, tmp_path):
@@ -512,9 +544,16 @@ def test_text_only_base_and_evaluation(tiny_cache, tmp_path):
     _, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
     prompts = [[{"role": "user", "content": "Which colour is the circle?"}], [{"role": "user", "content": "Ahoy!"}]]
     before = snapshot(model)
+    rewards = []  # (training?, the rewards of one call)
+
+    def recorded_hash_reward(completion_ids, **kwargs):
+        values = token_hash_reward(completion_ids)
+        rewards.append((model.training, values))
+        return values
+
     trainer = LatentGRPOTrainer(
         model,
-        reward_funcs=token_hash_reward,
+        reward_funcs=recorded_hash_reward,
         args=make_config(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2),
         train_dataset=Dataset.from_dict({"prompt": prompts * 4}),
         eval_dataset=Dataset.from_dict({"prompt": prompts[:1]}),
@@ -522,8 +561,24 @@ def test_text_only_base_and_evaluation(tiny_cache, tmp_path):
     )
     trainer.train()
     assert_only_policy_changed(before, model)
+    trained = snapshot(model)
+    rewards.clear()
+    rollouts = record_rollout_codes(trainer)
     metrics = trainer.evaluate()
-    assert metrics["eval_latent/kl"] > 0.0 and "eval_latent/code_entropy" in metrics
+    # Evaluation trains nothing.
+    assert all(torch.equal(trained[n], p) for n, p in model.named_parameters())
+    # It rolls out the eval prompt's group (4 completions) once, in eval mode, and reports what it computed: the mean of
+    # the rewards the reward function returned, the codes of those rollouts, and the policy's KL to its reference
+    # (trained for 2 steps: positive).
+    ((training, values),) = rewards
+    (codes, mask), *_ = rollouts
+    assert not training and len(values) == 4 and len(set(values)) > 1
+    assert metrics["eval_reward"] == pytest.approx(sum(values) / 4, abs=1e-6)
+    used, perplexity = count_codes(codes, mask)
+    assert metrics["eval_latent/codes_used"] == used and metrics["eval_latent/code_perplexity"] == pytest.approx(
+        perplexity, rel=1e-9
+    )
+    assert metrics["eval_latent/kl"] > 0.0 and 0.0 < metrics["eval_latent/code_entropy"] <= math.log(16) + 1e-6
 
 
 # --------------------------------------------------------------------------------------------------------- PEFT
@@ -613,9 +668,17 @@ def test_example_script_runs(tmp_path, tiny_cache):
     assert not any(k.startswith("base.") for k in saved)  # the frozen base is not duplicated
 
 
-def test_generation_config_comes_from_the_base(model, processor, dataset, tmp_path):
+def test_generation_config_comes_from_the_base(model, processor, dataset, tmp_path, base_path):
     trainer = make_trainer(model, processor, dataset, tmp_path)
-    assert isinstance(trainer.model.generation_config, GenerationConfig)
+    # The base's own generation config (its saved file): TRL reads the pad and end-of-sequence ids from it.
+    expected = GenerationConfig.from_pretrained(base_path)
+    assert expected.eos_token_id is not None and expected.pad_token_id is not None
+    config = trainer.model.generation_config
+    assert config.to_diff_dict() == expected.to_diff_dict()
+    assert (config.eos_token_id, config.pad_token_id) == (
+        processor.tokenizer.eos_token_id,
+        processor.tokenizer.pad_token_id,
+    )
     assert trainer.eos_token_ids == [processor.tokenizer.eos_token_id]
 
 

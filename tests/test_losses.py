@@ -1,6 +1,7 @@
 """The loss classes against TRL 1.16's own `GRPOTrainer._compute_loss` and advantage computation, the paper options,
 and the ```python snippets of docs/losses.md."""
 
+import ast
 import copy
 import doctest
 import re
@@ -481,14 +482,41 @@ def test_loss_is_shape_agnostic_over_latent_steps():
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "losses.md"
 
 
-def test_docs_python_snippets_run(tiny_cache, tmp_path, monkeypatch):
+def test_docs_python_snippets_run(tiny_cache, tmp_path, monkeypatch, capsys):
     snippets = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
-    assert len(snippets) >= 2
+    assert len(snippets) == 4
     monkeypatch.setenv("TRL_LATENT_CACHE", str(tiny_cache))
     monkeypatch.chdir(tmp_path)
-    namespace = {}
+    namespaces, printed = [], []
     for snippet in snippets:
+        namespace = {}
+        capsys.readouterr()
         exec(compile(snippet, str(DOCS), "exec"), namespace)
+        namespaces.append(namespace)
+        printed.append([line for line in capsys.readouterr().out.splitlines() if line.strip()])
+
+    # 1. Dr.GRPO's advantages are the rewards minus their group's mean, not divided by the std (counted by hand:
+    # group means 0.75 and 2.0).
+    advantages, loss_line = printed[0][0], printed[0][-1]
+    values = [float(v) for v in re.findall(r"-?\d+\.\d*", advantages)]
+    assert values == pytest.approx([0.25, -0.75, 0.25, 0.25, 1.0, -1.0, 0.0, 0.0], abs=1e-6), advantages
+    # DAPO on-policy: every ratio is 1, nothing is clipped, and the loss is minus the advantage-weighted mean over the
+    # informative groups' tokens (a token-level mean).
+    ns = namespaces[0]
+    kept = ns["mask"] * ns["sequence_mask"].float().unsqueeze(1)
+    expected_loss = -(ns["advantages"].unsqueeze(1) * kept).sum() / kept.sum()
+    loss, clipped = (float(v) for v in loss_line.split())
+    assert kept.sum() > 0 and loss == pytest.approx(float(expected_loss), abs=1e-5) and clipped == 0.0, loss_line
+    torch.testing.assert_close(ns["logps"].grad, -ns["advantages"].unsqueeze(1) * kept / kept.sum())
+
+    # 3. The token trainer with Dr.GRPO: the first step's KL to the reference is exactly 0 (nothing updated yet), the
+    # loss and the diversity metrics are logged, and two steps ran.
+    first = ast.literal_eval(printed[2][-1])
+    log = namespaces[2]["trainer"].state.log_history[0]
+    assert first == {k: v for k, v in log.items() if k.startswith(("diversity", "kl", "loss"))}
+    assert first["kl"] == 0.0 and {"loss", "diversity/distinct_1", "diversity/distinct_2"} <= set(first), first
+    assert namespaces[2]["trainer"].state.global_step == 2
+    assert printed[1] == [] and printed[3] == []  # the other two check themselves with asserts
 
 
 def test_module_docstring_example():
