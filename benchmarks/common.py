@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
 from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from trl_latent.experiments.models import tiny_vlm_path
+from trl_latent.experiments.verdicts import timing_verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where the benchmarks write their JSON by default: committed, so every table of docs/performance.md can be rebuilt.
+RESULTS = ROOT / "results" / "perf"
 
 # CPU sizes (any machine) and the released Qwen2.5-VL shapes (`3b`, `7b`: random weights, a CUDA GPU).
 SIZES = ("tiny", "cpu-3b-depth", "cpu-3b-width", "3b", "7b")
@@ -136,71 +148,173 @@ def arithmetic_ratio(model, context: int) -> dict:
     )
 
 
-# The issue's targets (latent / stock TRL on the same backbone).
+# The targets (latent / stock TRL on the same backbone).
 TARGETS = {
     "rollout_vs_arithmetic": 0.10,  # decoding ratio within 10% of the arithmetic ratio, at every size
     "rollout_cpu_3b_depth": 1.1,
     "rl_step": 0.6,
     "policy_update": 0.3,
     "peak_memory": 0.6,
+    "plan_vs_measured": 0.20,  # `trl-latent plan`'s peak within 20% of the measured one
 }
 
 
-def check_targets(decoding: list[dict], rl_steps: dict[str, dict]) -> list[dict]:
-    """Each target against the measured ratios: rows of (target, size, measured, limit, met). `decoding`: rows of
-    `latent_decoding.measure`; `rl_steps`: `rl_step.compare` results by size. Memory: CUDA max allocated on a GPU;
-    on CPU the rise of the peak RSS over the process's start (the runtime's own memory left out)."""
+def repeat_order(names, repeat: int) -> list:
+    """The order in which repeat `repeat` (from 0) measures `names`: as given on even repeats, reversed on odd ones, so
+    load that drifts over a run falls on every variant alike."""
+    names = list(names)
+    return names if repeat % 2 == 0 else names[::-1]
+
+
+def spread(values) -> dict:
+    """Median and spread (min-max) of repeated measurements."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"median": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    return {"median": statistics.median(values), "low": min(values), "high": max(values), "n": len(values)}
+
+
+def ratio_cell(values, digits: int = 2, unit: str = "x") -> str:
+    """`0.64x (0.61-0.70)`: the median of the repeats and their spread; one repeat: the value alone."""
+    s = spread(values)
+    if s["n"] == 0:
+        return "n/a"
+    median = f"{s['median']:.{digits}f}{unit}"
+    return median if s["n"] == 1 else f"{median} ({s['low']:.{digits}f}-{s['high']:.{digits}f})"
+
+
+def _row(target: str, size: str, ratios, required: str, verdict, margin=None) -> dict:
+    s = spread(ratios)
+    return dict(
+        target=target,
+        size=size,
+        ratios=[float(r) for r in ratios],
+        median=s["median"],
+        low=s["low"],
+        high=s["high"],
+        required=required,
+        verdict=verdict.verdict,
+        margin_mb=margin,
+    )
+
+
+def at_most(target: str, size: str, ratios, limit: float) -> dict:
+    """A ratio that must stay at or under `limit` on every repeat (`timing_verdict`)."""
+    return _row(target, size, ratios, f"<= {limit}", timing_verdict(ratios, limit))
+
+
+def within(target: str, size: str, ratios, reference: float, tolerance: float) -> dict:
+    """A ratio that must stay within `tolerance` (relative) of `reference` on every repeat: the verdict is
+    `timing_verdict` on each repeat's relative distance |ratio / reference - 1| against `tolerance`."""
+    distances = [abs(r / reference - 1) for r in ratios]
+    required = f"{reference * (1 - tolerance):.2f}-{reference * (1 + tolerance):.2f}"
+    return _row(target, size, ratios, required, timing_verdict(distances, tolerance))
+
+
+def memory_at_most(target: str, size: str, stock_mb, latent_mb, limit: float) -> dict:
+    """Latent peak memory at most `limit` x stock's, per repeat (paired by repeat), and the margin: per repeat, how
+    many MB the latent peak is under the line (`limit` x stock's peak; negative: over it)."""
+    ratios = [latent / stock for stock, latent in zip(stock_mb, latent_mb, strict=True)]
+    margins = [limit * stock - latent for stock, latent in zip(stock_mb, latent_mb, strict=True)]
+    return _row(target, size, ratios, f"<= {limit}", timing_verdict(ratios, limit), margin=margins)
+
+
+def decoding_targets(row: dict) -> list[dict]:
+    """The decoding targets of one `latent_decoding.measure` row (per-step ratios of every repeat)."""
     rows = []
-    for r in decoding:
-        for name in ("latent", "latent static", "latent static compiled"):
-            ratio = r["ratios"].get(f"{name} / token")
-            if ratio is None:
-                continue
-            off = ratio / r["arithmetic_ratio"] - 1
-            limit = TARGETS["rollout_vs_arithmetic"]
-            rows.append(
-                dict(
-                    target=f"{name} decoding within 10% of arithmetic {r['arithmetic_ratio']:.2f}",
-                    size=r["size"],
-                    measured=ratio,
-                    limit=f"{r['arithmetic_ratio'] * (1 - limit):.2f}-{r['arithmetic_ratio'] * (1 + limit):.2f}",
-                    met=abs(off) <= limit,
-                )
+    for name in ("latent", "latent static", "latent static compiled"):
+        ratios = row["ratios"].get(f"{name} / token")
+        if not ratios:
+            continue
+        arithmetic = row["arithmetic_ratio"]
+        tolerance = TARGETS["rollout_vs_arithmetic"]
+        rows.append(
+            within(
+                f"{name} decoding within 10% of arithmetic {arithmetic:.2f}",
+                row["size"],
+                ratios,
+                arithmetic,
+                tolerance,
             )
-            if r["size"] == "cpu-3b-depth":
-                limit = TARGETS["rollout_cpu_3b_depth"]
-                rows.append(
-                    dict(
-                        target=f"{name} decoding <= {limit}",
-                        size=r["size"],
-                        measured=ratio,
-                        limit=f"<= {limit}",
-                        met=ratio <= limit,
-                    )
-                )
-    for size, result in rl_steps.items():
-        ratios = result["latent_over_token"]
-        memory = "peak_memory_over_start_mb" if "peak_memory_over_start_mb" in ratios else "peak_memory_mb"
-        for target, key in (("rl_step", "step_s"), ("policy_update", "update_s"), ("peak_memory", memory)):
-            limit = TARGETS[target]
+        )
+        if row["size"] == "cpu-3b-depth":
+            limit = TARGETS["rollout_cpu_3b_depth"]
+            rows.append(at_most(f"{name} decoding <= {limit}", row["size"], ratios, limit))
+    return rows
+
+
+def rl_step_targets(result: dict) -> list[dict]:
+    """The RL-step targets of one `rl_step` run: every latent run (the plain one and each latent variant) against
+    the stock trainer of the same repeat. On a CPU the memory target reads the rise of the peak RSS over the
+    process's start (the runtime's own memory left out); the whole peak RSS is reported beside it."""
+    size, runs = result["size"], result["runs"]
+    token = runs["token"]
+    rows = []
+    for kind in [k for k in runs if k.startswith("latent")]:
+        latent = runs[kind]
+        suffix = "" if kind == "latent" else f" ({kind})"
+
+        def ratios(key, latent=latent):
+            return [run[key] / stock[key] for stock, run in zip(token, latent, strict=True)]
+
+        rows.append(at_most(f"rl step <= {TARGETS['rl_step']}{suffix}", size, ratios("step_s"), TARGETS["rl_step"]))
+        limit = TARGETS["policy_update"]
+        rows.append(at_most(f"policy update <= {limit}{suffix}", size, ratios("update_s"), limit))
+        if size == "cpu-3b-depth":
+            limit = TARGETS["rollout_cpu_3b_depth"]
+            rows.append(at_most(f"rollout (generation phase) <= {limit}{suffix}", size, ratios("generation_s"), limit))
+        limit = TARGETS["peak_memory"]
+        if "peak_memory_over_start_mb" in token[0]:
+            keys = (("peak_memory_over_start_mb", "rise over start"), ("peak_memory_mb", "whole peak RSS"))
+        else:
+            keys = (("peak_memory_mb", ""),)
+        for key, measure in keys:
+            stock_mb, latent_mb = [r[key] for r in token], [r[key] for r in latent]
+            label = f" ({'; '.join(x for x in (measure, kind if kind != 'latent' else '') if x)})"
+            label = "" if label == " ()" else label
+            rows.append(memory_at_most(f"peak memory <= {limit}{label}", size, stock_mb, latent_mb, limit))
+        if kind == "latent" and all("plan_peak_mb" in r for r in latent):
+            over = "peak_memory_over_start_mb" if "peak_memory_over_start_mb" in latent[0] else "peak_memory_mb"
+            predicted = [r["plan_peak_mb"] / r[over] for r in latent]
+            tolerance = TARGETS["plan_vs_measured"]
             rows.append(
-                dict(
-                    target=f"{target.replace('_', ' ')} <= {limit}",
-                    size=size,
-                    measured=ratios[key],
-                    limit=f"<= {limit}",
-                    met=ratios[key] <= limit,
-                )
+                within("plan within 20% of measured peak (predicted / measured)", size, predicted, 1.0, tolerance)
             )
     return rows
 
 
+def check_targets(decoding: list[dict], rl_steps: dict[str, dict]) -> list[dict]:
+    """Each target against the measured ratios of every repeat: rows of (target, size, ratios, median, low, high,
+    required, verdict, margin_mb). The verdict is `trl_latent.experiments.verdicts.timing_verdict`'s: "met" when
+    every repeat is on the right side, "missed" when none is, "undecided" when the spread straddles the line, "n/a"
+    with fewer than 3 repeats. `decoding`: rows of `latent_decoding.measure`; `rl_steps`: `rl_step` results by size."""
+    rows = [row for r in decoding for row in decoding_targets(r)]
+    for result in rl_steps.values():
+        rows += rl_step_targets(result)
+    return rows
+
+
+def _margin_cell(margins) -> str:
+    if margins is None:
+        return ""
+    s = spread(margins)
+    if s["n"] == 1:
+        return f"{s['median']:+,.0f} MB"
+    return f"{s['median']:+,.0f} MB ({s['low']:+,.0f} to {s['high']:+,.0f})"
+
+
 def targets_table(rows: list[dict]) -> str:
-    lines = ["| target | size | measured (latent / token) | required | met |", "|---|---|---:|---|---|"]
+    """The targets as a markdown table: median and spread over the repeats, the verdict, and for memory the margin
+    under the line (MB; negative: over it)."""
+    n = max((len(r["ratios"]) for r in rows), default=0)
+    lines = [
+        f"| target | size | median (latent / stock) | spread ({n} repeats) | required | verdict | margin under the line |",
+        "|---|---|---:|---:|---|---|---:|",
+    ]
     for r in rows:
-        lines.append(
-            f"| {r['target']} | {r['size']} | {r['measured']:.2f} | {r['limit']} | {'met' if r['met'] else 'missed'} |"
-        )
+        cells = [r["target"], r["size"], f"{r['median']:.2f}", f"{r['low']:.2f}-{r['high']:.2f}", r["required"]]
+        cells += [r["verdict"], _margin_cell(r["margin_mb"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -241,10 +355,59 @@ def plan_memory(folder, stage: str, strategy: str, **plan_kwargs):
     return plan, {**{k: getattr(memory, k) / 2**20 for k in PLAN_PARTS}, "total": memory.total / 2**20}
 
 
+def default_out(benchmark: str, size: str) -> Path:
+    """`results/perf/<benchmark>-<size>.json`."""
+    return RESULTS / f"{benchmark}-{size}.json"
+
+
+def command_line(script: str, argv=None) -> str:
+    """The command that ran, as typed from the repository root: `python benchmarks/<script> <arguments>`."""
+    argv = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{script}", *(shlex.quote(str(a)) for a in argv)])
+
+
+def machine_facts() -> dict:
+    """What ran the benchmark: processor, cores, memory, accelerator, library versions, and the load average (other
+    jobs on the same cores show there)."""
+    import transformers
+    import trl
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            memory_gib = round(int(next(line for line in f if line.startswith("MemTotal")).split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def write_results(out, result, table: str) -> None:
-    """Write a benchmark's `result` as JSON to `out` and its readable table beside it (`.md`), and print the table."""
+    """Write a benchmark's `result` as JSON to `out` and its readable table beside it (`.md`; not under
+    `results/perf/`, whose tables live in docs/performance.md, built by `benchmarks/report.py`), and print the table.
+    A dict result gets the load average at the end of the run beside its machine facts."""
+    if isinstance(result, dict) and isinstance(result.get("machine"), dict):
+        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(table + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if out.resolve().parent != RESULTS:
+        out.with_suffix(".md").write_text(table + "\n")
     print(table)

@@ -6,11 +6,12 @@ On a machine with one CUDA GPU and no network: builds the released 3B and 7B sha
 1. latent decoding vs the base's HF `generate` (dynamic and static caches, and the latent static cache compiled when
    this checkout has it): prompts of a few hundred tokens with an image, 256 new tokens, 8 sequences;
 2. one RL step of stock TRL `GRPOTrainer` vs `LatentGRPOTrainer` (a 2-step run each under bf16: a warm-up step and a
-   measured one), 1 prompt x 8 generations of 256 tokens, with the static-cache runs beside them; the latent run also
+   measured one, `--repeats` times in turn), 1 prompt x 8 generations of 256 tokens, with the static-cache runs beside them; the latent run also
    checks `trl-latent plan`'s memory prediction against `torch.cuda.max_memory_allocated`.
 
-Writes one JSON (`--out`) and one markdown table beside it (`.md`), with the targets met or missed. Aimed at under 8
-minutes on one large GPU (both sizes); `--sizes 3b` halves it.
+Writes one JSON (`--out`) and one markdown table beside it (`.md`), with every target's median and spread over
+`--repeats` repeats (default 3) and its verdict (met, missed, undecided). It has not run on a GPU yet; `--sizes 3b`
+is the shorter first try.
 
 Without CUDA (or with `--tiny`) it runs the same path at the tiny size on the CPU in well under a minute of compute:
 the CI test of this script (tests/test_benchmarks.py).
@@ -50,14 +51,14 @@ def _device() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def run(sizes, tiny: bool, out, cache_dir=None) -> dict:
+def run(sizes, tiny: bool, out, cache_dir=None, repeats: int = 3) -> dict:
     shape = TINY if tiny else REALISTIC
     start = time.perf_counter()
     decoding = latent_decoding.run(
         sizes,
         shape["new_tokens"],
         shape["batch"],
-        repeats=1,
+        repeats=repeats,
         cache_dir=cache_dir,
         prompt_repeat=shape["prompt_repeat"],
     )
@@ -74,7 +75,7 @@ def run(sizes, tiny: bool, out, cache_dir=None) -> dict:
             args = [
                 *("--size", size, "--prompts", "1", "--generations", str(shape["generations"])),
                 *("--new-tokens", str(shape["new_tokens"]), "--prompt-repeat", str(shape["prompt_repeat"])),
-                *("--repeats", "1", "--rounds", "1", "--out", str(Path(tmp) / f"rl_{size}.json")),
+                *("--repeats", str(repeats), "--steps", "1", "--out", str(Path(tmp) / f"rl_{size}.json")),
                 *("--variants", *variants),
             ]
             if cache_dir:
@@ -86,6 +87,7 @@ def run(sizes, tiny: bool, out, cache_dir=None) -> dict:
         "cuda": torch.cuda.is_available(),
         "tiny": tiny,
         "sizes": list(sizes),
+        "repeats": repeats,
         "shape": shape,
         "static_cache_api": static_cache_api(),
         "wall_s": time.perf_counter() - start,
@@ -100,7 +102,9 @@ def run(sizes, tiny: bool, out, cache_dir=None) -> dict:
 def table(result: dict) -> str:
     lines = [f"# GPU check: {result['device']}", ""]
     lines.append(f"Sizes {', '.join(result['sizes'])}; {json.dumps(result['shape'])}; {result['wall_s']:.0f} s.")
-    lines += ["", "## Latent decoding", "", latent_decoding.table(result["decoding"])]
+    lines += ["", "## Latent decoding"]
+    for row in result["decoding"]:
+        lines += ["", latent_decoding.table(row)]
     for size, rl in result["rl_step"].items():
         lines += ["", f"## One RL step: {size}", "", rl_step.table(rl)]
     lines += ["", "## Targets", "", targets_table(result["targets"])]
@@ -113,12 +117,15 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="the CPU fallback at tiny size (automatic without CUDA)")
     parser.add_argument("--cache-dir", default=None, help="where the tiny processor is built (default: its cache)")
     parser.add_argument("--out", default="outputs/gpu_check.json")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement (3 for a verdict)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     tiny = args.tiny or not torch.cuda.is_available()
     if tiny and not args.tiny:
         print("gpu_check: no CUDA GPU, running the CPU fallback at tiny size")
     sizes = args.sizes or (["tiny"] if tiny else ["3b", "7b"])
-    return run(sizes, tiny, args.out, args.cache_dir)
+    return run(sizes, tiny, args.out, args.cache_dir, args.repeats)
 
 
 if __name__ == "__main__":

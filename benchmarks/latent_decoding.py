@@ -1,8 +1,9 @@
 """Benchmark: latent decoding vs the base model's own `generate`, same prompts, same number of new tokens.
 
 Latent decoding runs one base token forward plus the policy layers and the merge blocks per step (two KV caches), so
-its cost over plain greedy decoding is the policy's and the merge's share. Measured in one run, each the best of
-`--repeats` after a warm-up:
+its cost over plain greedy decoding is the policy's and the merge's share. Measured in one run: every decoder is
+warmed up once, then timed in `--repeats` interleaved repeats (each repeat times every decoder in turn, the order
+reversed on every other repeat), and every ratio is reported as the median and the spread (min-max) over the repeats:
 
 - `token`: the base's HF `generate` (dynamic cache), the decoding stock TRL's `GRPOTrainer` runs;
 - `token static`: the same with HF's static cache (`cache_implementation="static"`), where the base supports it;
@@ -10,13 +11,17 @@ its cost over plain greedy decoding is the policy's and the merge's share. Measu
 - `latent static` and `latent static compiled`: latent decoding with the static cache (and a compiled step), when
   this checkout's `latent_generate` accepts `cache_implementation` / `compile_step`.
 
-Reported as ratios to `token` (CPU absolute times are only indicative): of the whole call, and per decoding step
+Reported as ratios to `token` of the same repeat (CPU absolute times are only indicative): of the whole call, and per decoding step
 (the call minus a call for one new token, over the remaining steps: prefill left out), beside the **arithmetic ratio**: latent /
 token FLOPs per decoding step from module shapes (`common.decoding_step_flops`), the ratio decoding would reach if
 time followed arithmetic. Also the share of latent-decoding time spent in the policy layers.
 
-    python benchmarks/latent_decoding.py --out outputs/bench_decoding.json
+    python benchmarks/latent_decoding.py                      # results/perf/latent_decoding-{tiny,cpu-3b-depth}.json
     python benchmarks/latent_decoding.py --sizes cpu-3b-width --new-tokens 16 --batch-size 4
+
+The JSON (one per size, `results/perf/latent_decoding-<size>.json` unless `--out`) holds every repeat's raw times,
+the machine facts and the exact command; the targets (`common.decoding_targets`) get their verdicts from
+`trl_latent.experiments.verdicts.timing_verdict` (3 repeats at least).
 
 Sizes (benchmarks/common.py): `tiny`, `cpu-3b-depth` (the Qwen2.5-VL-3B depth ratio at hidden 256),
 `cpu-3b-width` (the Qwen2.5-VL-3B width, 4 base layers and 1 policy layer), and on a CUDA GPU `3b` / `7b` (the
@@ -29,7 +34,21 @@ import argparse
 import time
 
 import torch
-from common import arithmetic_ratio, bench_base, static_cache_api, write_results
+from common import (
+    SIZES,
+    arithmetic_ratio,
+    bench_base,
+    command_line,
+    decoding_targets,
+    default_out,
+    machine_facts,
+    ratio_cell,
+    repeat_order,
+    spread,
+    static_cache_api,
+    targets_table,
+    write_results,
+)
 from PIL import Image
 
 from trl_latent.modeling import LatentActionModel
@@ -48,16 +67,12 @@ def _batch(processor, batch_size: int, prompt_repeat: int = 1, device="cpu"):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _time(fn, repeats: int, sync=lambda: None) -> float:
-    fn()  # warm-up (and compilation, where there is any)
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _time_once(fn, sync=lambda: None) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
 
 
 def measure(
@@ -69,7 +84,10 @@ def measure(
     prompt_repeat: int = 1,
     variants=None,
 ) -> dict:
-    """One size: every decoding variant (`VARIANTS`, or those named in `variants`; `token` and `latent` always)."""
+    """One size: every decoding variant (`VARIANTS`, or those named in `variants`; `token` and `latent` always),
+    each warmed up once, then `repeats` interleaved repeats: in each, every variant's whole call and its one-token
+    call are timed once, in turn (the order reversed on every other repeat), so load that drifts during the run hits
+    every variant alike. Ratios are per repeat, to the same repeat's `token`."""
     variants = None if variants is None else {"token", "latent", *variants}
     base, processor, latent_kwargs = bench_base(size, cache_dir)
     device = base.device
@@ -103,19 +121,28 @@ def measure(
     if api["compile"]:
         options["latent static compiled"] = (latent_generate, {"cache_implementation": "static", "compile_step": True})
     options = {name: option for name, option in options.items() if variants is None or name in variants}
-    runs = {name: make(**extra) for name, (make, extra) in options.items()}
     # Per decoding step: the whole call minus a call for one new token (the prompt pass and the first choice).
-    times, prefill, skipped = {}, {}, {}
-    for name, (make, extra) in options.items():
-        try:
-            times[name] = _time(runs[name], repeats, sync)
-            prefill[name] = _time(make(1, **extra), repeats, sync) if new_tokens > 1 else 0.0
+    calls = {name: (make(**extra), make(1, **extra)) for name, (make, extra) in options.items()}
+    skipped = {}
+    for name, (whole, one) in list(calls.items()):
+        try:  # warm-up (and compilation, where there is any)
+            whole()
+            one()
         except Exception as error:  # a cache this base or this torch does not support: reported, not fatal
-            times.pop(name, None)
+            if name in ("token", "latent"):
+                raise
+            del calls[name]
             skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    per_step = {name: (times[name] - prefill[name]) / max(new_tokens - 1, 1) for name in times}
+    names = list(calls)
+    measured = []
+    for i in range(repeats):
+        repeat = {}
+        for name in repeat_order(names, i):
+            whole, one = calls[name]
+            repeat[name] = {"call_s": _time_once(whole, sync), "one_token_s": _time_once(one, sync)}
+        measured.append({name: repeat[name] for name in names})
     for name in VARIANTS:
-        if name not in runs:
+        if name not in options:
             chosen = variants is None or name in variants
             skipped[name] = "not in this checkout's latent_generate" if chosen else "not asked for (--variants)"
 
@@ -133,18 +160,12 @@ def measure(
 
     handles = [model.policy.register_forward_pre_hook(pre_hook), model.policy.register_forward_hook(post_hook)]
     total_start = time.perf_counter()
-    runs["latent"]()
+    calls["latent"][0]()
     total = time.perf_counter() - total_start
     for handle in handles:
         handle.remove()
     flops = arithmetic_ratio(model, context=prompt_len + new_tokens // 2)
-    token_s, latent_s = times["token"], times["latent"]
-    # Ratios per decoding step (what the arithmetic ratio predicts); whole-call ratios beside them.
-    ratios = {f"{name} / token": t / per_step["token"] for name, t in per_step.items() if name != "token"}
-    if "token static" in times and "latent static" in times:
-        ratios["latent static / token static"] = per_step["latent static"] / per_step["token static"]
-    step_ratio = per_step["latent"] / per_step["token"]
-    return {
+    row = {
         "size": size,
         "device": device.type,
         "dtype": str(base.dtype).removeprefix("torch."),
@@ -155,21 +176,35 @@ def measure(
         "batch": batch_size,
         "prompt_tokens": prompt_len,
         "new_tokens": new_tokens,
-        "times_s": times,
-        "one_token_s": prefill,
-        "per_step_s": per_step,
+        "repeats": measured,
         "skipped": skipped,
-        "ratios": ratios,
-        "token_generate_s": token_s,
-        "latent_generate_s": latent_s,
-        "latent_over_token": latent_s / token_s,
-        "latent_over_token_per_step": step_ratio,
         "arithmetic_ratio": flops["ratio"],
         "token_step_flops": flops["token_flops"],
         "latent_step_flops": flops["latent_flops"],
-        "within_10pct_of_arithmetic": abs(step_ratio / flops["ratio"] - 1) <= 0.10,
         "policy_share": spent["policy"] / total,
     }
+    return {**row, **derived(row)}
+
+
+def derived(row: dict) -> dict:
+    """What the raw repeats give, per repeat: each variant's time per decoding step (the whole call minus the
+    one-token call, over the remaining steps), the per-step ratios to `token` (and latent static to token static)
+    and the whole-call ratios to `token`."""
+    steps = max(row["new_tokens"] - 1, 1)
+    per_step = [
+        {name: (t["call_s"] - (t["one_token_s"] if row["new_tokens"] > 1 else 0.0)) / steps for name, t in r.items()}
+        for r in row["repeats"]
+    ]
+    names = list(row["repeats"][0]) if row["repeats"] else []
+    ratios = {f"{name} / token": [p[name] / p["token"] for p in per_step] for name in names if name != "token"}
+    if "token static" in names and "latent static" in names:
+        ratios["latent static / token static"] = [p["latent static"] / p["token static"] for p in per_step]
+    call_ratios = {
+        f"{name} / token": [r[name]["call_s"] / r["token"]["call_s"] for r in row["repeats"]]
+        for name in names
+        if name != "token"
+    }
+    return {"per_step_s": per_step, "ratios": ratios, "call_ratios": call_ratios}
 
 
 def run(
@@ -178,49 +213,81 @@ def run(
     return [measure(size, new_tokens, batch_size, repeats, cache_dir, prompt_repeat, variants) for size in sizes]
 
 
-def table(rows) -> str:
+def table(row: dict) -> str:
+    """One size: every variant's median times and its ratios to `token` (median and spread over the repeats), computed
+    from the raw repeats."""
+    row = {**row, **derived(row)}
+    n = len(row["repeats"])
     lines = [
-        "| size | base layers | policy layers | prompt + new tokens | token generate (s) | latent generate (s) | "
-        "latent / token | latent / token per step | arithmetic ratio | token static / token per step | "
-        "latent static / token per step | latent static compiled / token per step | policy share |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"`{row['size']}` ({row['base_layers']} base layers, {row['policy_layers']} policy layer(s), hidden "
+        f"{row['hidden']}), batch {row['batch']}, {row['prompt_tokens']} prompt + {row['new_tokens']} new tokens, "
+        f"{row['device']} {row['dtype']}; {n} interleaved repeats after a warm-up: medians, and the spread (min-max) "
+        f"of the ratios. Arithmetic ratio (latent / token FLOPs per decoding step) {row['arithmetic_ratio']:.2f}; "
+        f"policy share of latent decoding {row['policy_share']:.0%}.",
+        "",
+        "| decoder | whole call (s) | per decoding step (ms) | whole call / token | per step / token |",
+        "|---|---:|---:|---:|---:|",
     ]
-
-    def cell(value, fmt):
-        return "n/a" if value is None else fmt.format(value)
-
-    for r in rows:
-        q = r["ratios"]
-        lines.append(
-            f"| {r['size']} | {r['base_layers']} | {r['policy_layers']} | {r['prompt_tokens']} + {r['new_tokens']} | "
-            f"{r['token_generate_s']:.3f} | {r['latent_generate_s']:.3f} | {r['latent_over_token']:.2f}x | "
-            f"{r['latent_over_token_per_step']:.2f}x | {r['arithmetic_ratio']:.2f}x | "
-            f"{cell(q.get('token static / token'), '{:.2f}x')} | {cell(q.get('latent static / token'), '{:.2f}x')} | "
-            f"{cell(q.get('latent static compiled / token'), '{:.2f}x')} | {r['policy_share']:.0%} |"
-        )
-    notes = sorted({f"{name}: {why}" for r in rows for name, why in r["skipped"].items()})
+    for name in row["repeats"][0]:
+        call = spread(r[name]["call_s"] for r in row["repeats"])["median"]
+        step = spread(p[name] for p in row["per_step_s"])["median"]
+        whole = ratio_cell(row["call_ratios"][f"{name} / token"]) if name != "token" else "1x"
+        per = ratio_cell(row["ratios"][f"{name} / token"]) if name != "token" else "1x"
+        lines.append(f"| {name} | {call:.3f} | {step * 1000:.1f} | {whole} | {per} |")
+    if "latent static / token static" in row["ratios"]:
+        lines += [
+            "",
+            f"latent static / token static per step: {ratio_cell(row['ratios']['latent static / token static'])}.",
+        ]
+    notes = sorted(f"{name}: {why}" for name, why in row["skipped"].items())
     if notes:
         lines += ["", "Not measured: " + "; ".join(notes) + "."]
     return "\n".join(lines)
 
 
+def targets(row: dict) -> str:
+    return targets_table(decoding_targets({**row, **derived(row)}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "cpu-3b-depth"])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "cpu-3b-depth"], choices=list(SIZES))
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats of every decoder (3 for a verdict)"
+    )
     parser.add_argument("--prompt-repeat", type=int, default=1, help="repeats of the prompt text (longer prompts)")
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS, default=None, help="decoders to time (default: all available)"
+        "--variants",
+        nargs="*",
+        choices=VARIANTS,
+        default=None,
+        help="decoders to time besides token and latent (default: all available; none named: those two alone)",
     )
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out", default="outputs/bench_decoding.json")
-    args = parser.parse_args(argv)
-    rows = run(
-        args.sizes, args.new_tokens, args.batch_size, args.repeats, args.cache_dir, args.prompt_repeat, args.variants
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON to write, one per size: a path with {size} in it, or a plain path with one size "
+        "(default: results/perf/latent_decoding-{size}.json)",
     )
-    write_results(args.out, rows, table(rows))
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.new_tokens < 2:
+        parser.error("--repeats must be at least 1 and --new-tokens at least 2 (a decoding step is timed)")
+    if args.out and "{size}" not in args.out and len(args.sizes) > 1:
+        parser.error("one JSON per size: give --out a path with {size} in it, or one size")
+    command = command_line("latent_decoding.py", argv)
+    rows = []
+    for size in args.sizes:
+        machine = machine_facts()
+        row = measure(
+            size, args.new_tokens, args.batch_size, args.repeats, args.cache_dir, args.prompt_repeat, args.variants
+        )
+        result = {"benchmark": "latent_decoding", "size": size, "command": command, "machine": machine, **row}
+        out = args.out.format(size=size) if args.out else default_out("latent_decoding", size)
+        write_results(out, result, table(result) + "\n\n" + targets(result))
+        rows.append(result)
     return rows
 
 

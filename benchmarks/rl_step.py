@@ -1,8 +1,11 @@
 """Benchmark: one RL step of `LatentGRPOTrainer` vs stock TRL `GRPOTrainer`, same base model, same prompts.
 
-Each trainer runs in a fresh process (so peak memory is its own) for `1 + repeats` optimizer steps; the first step is
-a warm-up. Token and latent processes alternate for `rounds` rounds and every phase reports its minimum over the
-measured steps (CPU timings on a shared machine are noisy; the minimum is the least disturbed). A step is split into:
+Each trainer runs in a fresh process (so peak memory is its own) for `1 + --steps` optimizer steps; the first step is
+a warm-up, and the process's time per phase is its minimum over the measured steps. One run makes `--repeats`
+repeats (default 3): in each, one process per trainer, in turn (the order reversed every other repeat, so load that
+drifts over the run hits every trainer alike); every ratio to the stock trainer is taken within a repeat and reported
+as the median and the spread (min-max) over the repeats, and each target's verdict comes from
+`trl_latent.experiments.verdicts.timing_verdict` (3 repeats at least; `common.rl_step_targets`). A step is split into:
 
 - **generation**: TRL's `_generate_single_turn` (token `generate` vs latent decoding);
 - **scoring**: the rest of `_generate_and_score_completions` (rewards, advantages, and the old/reference log-prob
@@ -21,7 +24,7 @@ before the first step), generation, scoring and update, each the largest over al
 are indicative only: report ratios, and absolute times only from a GPU (docs/architecture.md section 6).
 
     python benchmarks/rl_step.py --size tiny --out outputs/bench_rl_step.json
-    python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32
+    python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32          # results/perf/rl_step-cpu-3b-depth.json
 
     python benchmarks/rl_step.py --size cpu-3b-width --variants token-static latent-static
     python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32 --variants latent-checkpointing
@@ -32,13 +35,16 @@ Qwen2.5-VL-3B depth ratio, 36 base layers and 8 policy layers, at hidden size 25
 `7b` (the released shapes, random bf16 weights). `--variants` adds static-cache runs (stock TRL with HF's static
 cache; `LatentGRPOTrainer` with `latent_cache_implementation="static"`, optionally compiled), reported as ratios to the
 stock trainer. The table also gives the arithmetic ratio of a decoding step (`common.decoding_step_flops`) and what
-`trl-latent plan` predicts for the latent run's peak memory beside the measured one (docs/performance.md).
+`trl-latent plan` predicts for the latent run's peak memory beside the measured one (docs/performance.md). The JSON
+(`results/perf/rl_step-<size>.json` unless `--out`) holds every process's raw record, the machine facts and the exact
+command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -56,7 +62,22 @@ PHASES = ("generation", "scoring", "update")
 MEMORY_PHASES = ("setup", *PHASES)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PLAN_PARTS, SIZES, plan_memory, proc_status_mb, reset_peak_rss, write_results  # noqa: E402
+from common import (  # noqa: E402
+    PLAN_PARTS,
+    SIZES,
+    command_line,
+    default_out,
+    machine_facts,
+    plan_memory,
+    proc_status_mb,
+    ratio_cell,
+    repeat_order,
+    reset_peak_rss,
+    rl_step_targets,
+    spread,
+    targets_table,
+    write_results,
+)
 
 
 # ---------------------------------------------------------------------------------------------- one trainer
@@ -178,7 +199,7 @@ def run_one(
     prompts: int,
     generations: int,
     new_tokens: int,
-    repeats: int,
+    steps: int,
     cache_dir=None,
     prompt_repeat: int = 1,
     gradient_checkpointing: bool = False,
@@ -188,6 +209,7 @@ def run_one(
 
     from trl_latent.experiments.task import synthetic_rl_dataset
 
+    started = time.time()  # when this process began (the order of a run's processes)
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rss_before = _peak_rss_mb()
@@ -195,7 +217,7 @@ def run_one(
         per_device_train_batch_size=prompts * generations,
         num_generations=generations,
         max_completion_length=new_tokens,
-        max_steps=1 + repeats,
+        max_steps=1 + steps,
         learning_rate=1e-6,
         beta=0.01,
         loss_type="grpo",
@@ -208,7 +230,7 @@ def run_one(
         disable_tqdm=True,
         seed=0,
     )
-    dataset = _longer(synthetic_rl_dataset(prompts * (1 + repeats), seed=0), prompt_repeat)
+    dataset = _longer(synthetic_rl_dataset(prompts * (1 + steps), seed=0), prompt_repeat)
     dtype = {"dtype": torch.bfloat16} if cuda else {}
     static = "static" in kind
     extra = {}
@@ -292,6 +314,9 @@ def run_one(
         }
         for t in (timer.steps[1:] or timer.steps)
     ]
+    # The process's time per phase: the minimum over its measured steps (the least disturbed by other load).
+    minima = {"step_s": min(step["step"] for step in steps)}
+    minima.update({f"{phase}_s": min(step[phase] for step in steps) for phase in PHASES})
     phase_peaks = {f"{phase}_peak_memory_mb": peaks.peaks[phase] for phase in MEMORY_PHASES if phase in peaks.peaks}
     if cuda:  # the training only: `setup` (building the models) is reported on its own
         peak = max(v for phase, v in peaks.peaks.items() if phase != "setup")
@@ -307,6 +332,7 @@ def run_one(
         }
     return {
         "trainer": kind,
+        "started": started,
         "gradient_checkpointing": bool(kind.startswith("latent") and common["activation_checkpointing"]),
         "size": size,
         "device": "cuda" if cuda else "cpu",
@@ -316,6 +342,8 @@ def run_one(
         "image_tokens": image_tokens,
         "mean_completion_length": sum(lengths) / max(len(lengths), 1),
         "steps": steps,
+        "steps_measured": len(steps),
+        **minima,
         "parameters": total_params,
         "trainable_parameters": trainable,
         "reference_parameters": reference,
@@ -331,7 +359,7 @@ def _child(kind: str, args) -> dict:
     cmd = [
         *(sys.executable, __file__, "--child", kind, "--size", args.size, "--prompts", str(args.prompts)),
         *("--generations", str(args.generations), "--new-tokens", str(args.new_tokens)),
-        *("--repeats", str(args.repeats), "--prompt-repeat", str(args.prompt_repeat), "--out", out),
+        *("--steps", str(args.steps), "--prompt-repeat", str(args.prompt_repeat), "--out", out),
     ]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
@@ -343,102 +371,99 @@ def _child(kind: str, args) -> dict:
     return result
 
 
-def _merge(runs: list[dict]) -> dict:
-    """Rounds of one trainer: each phase's time is its minimum over every measured step of every round (the least
-    disturbed by other load on the machine); memory is the largest peak."""
-    merged = dict(runs[0])
-    steps = [step for run in runs for step in run["steps"]]
-    merged["steps_measured"] = len(steps)
-    merged["step_s"] = min(step["step"] for step in steps)
-    for phase in PHASES:
-        merged[f"{phase}_s"] = min(step[phase] for step in steps)
-    for key in ("peak_memory_mb", "peak_memory_over_start_mb", *(f"{p}_peak_memory_mb" for p in MEMORY_PHASES)):
-        if key in merged:
-            merged[key] = max(run[key] for run in runs)
-    merged["steps"] = steps
-    return merged
+# Fields of every run that are compared with the stock trainer's, repeat by repeat.
+TIME_KEYS = ("step_s", *(f"{p}_s" for p in PHASES))
+COUNT_KEYS = ("trainable_parameters", "reference_parameters", "mean_completion_length")
 
 
-VARIANT_KEYS = ("step_s", "generation_s", "update_s", "peak_memory_mb", "peak_memory_over_start_mb")
-
-
-def compare(token: dict, latent: dict, variants: dict | None = None) -> dict:
-    """Latent / token ratios of every reported field; `variants` (the static-cache runs, by kind) as ratios of their
-    phases to the stock trainer's (dynamic cache) ones."""
-    keys = ["step_s", *(f"{p}_s" for p in PHASES), "peak_memory_mb", "reference_parameters", "trainable_parameters"]
-    keys.append("mean_completion_length")
-    if "peak_memory_over_start_mb" in token:
+def memory_keys(run: dict) -> list[str]:
+    keys = ["peak_memory_mb"]
+    if "peak_memory_over_start_mb" in run:
         keys.append("peak_memory_over_start_mb")
-    keys += [k for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in token and k in latent]
-    ratios = {k: latent[k] / token[k] if token[k] else float("nan") for k in keys}
-    result = {"token": token, "latent": latent, "latent_over_token": ratios}
-    result["arithmetic_ratio"] = latent["arithmetic_ratio"]
-    if "plan_peak_mb" in latent:
-        measured = latent.get("peak_memory_over_start_mb", latent["peak_memory_mb"])
-        result["plan_check"] = {
-            "predicted_mb": latent["plan_peak_mb"],
-            "measured_mb": measured,
-            "predicted_over_measured": latent["plan_peak_mb"] / measured if measured > 0 else None,
+    return keys + [k for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in run]
+
+
+def derived(result: dict) -> dict:
+    """Per repeat, every run's field over the stock trainer's of the same repeat (`ratios[kind][key]`), and the plan
+    check of the plain latent run (`plan_check`: predicted, measured and predicted / measured per repeat; measured
+    on a CPU: the peak RSS over the process's start)."""
+    runs = result["runs"]
+    token = runs["token"]
+    keys = [*TIME_KEYS, *memory_keys(token[0]), *COUNT_KEYS]
+    ratios = {
+        kind: {
+            k: [run[k] / stock[k] if stock[k] else math.nan for stock, run in zip(token, kind_runs, strict=True)]
+            for k in keys
+            if k in kind_runs[0]
         }
-    if variants:
-        result["variants"] = variants
-        result["variants_over_token"] = {
-            kind: {k: run[k] / token[k] for k in VARIANT_KEYS if k in run and k in token}
-            for kind, run in variants.items()
+        for kind, kind_runs in runs.items()
+        if kind != "token"
+    }
+    out = {"ratios": ratios}
+    latent = runs["latent"]
+    if all("plan_peak_mb" in r for r in latent):
+        over = "peak_memory_over_start_mb" if "peak_memory_over_start_mb" in latent[0] else "peak_memory_mb"
+        out["plan_check"] = {
+            "predicted_mb": [r["plan_peak_mb"] for r in latent],
+            "measured_mb": [r[over] for r in latent],
+            "predicted_over_measured": [r["plan_peak_mb"] / r[over] if r[over] > 0 else math.nan for r in latent],
         }
-    return result
+    return out
 
 
 def table(result: dict) -> str:
-    token, latent, ratio = result["token"], result["latent"], result["latent_over_token"]
+    """The stock and latent runs (and every variant) side by side: the median over the repeats of each field, and
+    each run's ratio to the stock trainer, paired by repeat, as the median with the spread (min-max)."""
+    runs, ratios = result["runs"], derived(result)["ratios"]
+    token = runs["token"]
+    first = token[0]
+    settings = result["settings"]
     rows = [("whole step (s)", "step_s")] + [(f"{p} (s)", f"{p}_s") for p in PHASES]
     rows += [("peak memory (MB)", "peak_memory_mb")]
-    if "peak_memory_over_start_mb" in token:
+    if "peak_memory_over_start_mb" in first:
         rows += [("peak memory over start (MB)", "peak_memory_over_start_mb")]
-    rows += [(f"peak memory in {p} (MB)", k) for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in ratio]
+    rows += [(f"peak memory in {p} (MB)", k) for p in MEMORY_PHASES if (k := f"{p}_peak_memory_mb") in first]
     rows += [("trainable parameters", "trainable_parameters"), ("reference parameters", "reference_parameters")]
     rows += [("mean completion length", "mean_completion_length")]
+    n = len(token)
+    names = {"token": "stock GRPOTrainer", "latent": "LatentGRPOTrainer"}
+    kinds = [k for k in runs if k != "token"]
     lines = [
-        f"One RL step, {token['size']} on {token['device']}: generation batch {token['generation_batch']}, "
-        f"{token['new_tokens']} new tokens; times are the minimum over {token['steps_measured']} steps (after a "
-        "warm-up step per process, rounds of token and latent runs alternating). "
-        f"Memory: {token['memory_method']}; per phase: the largest over all steps, warm-up included."
-        + (
-            " The latent run checkpoints its policy layers (gradient_checkpointing=True)."
-            if latent.get("gradient_checkpointing")
-            else ""
-        ),
+        f"One RL step, `{first['size']}` on {first['device']}: generation batch {first['generation_batch']} "
+        f"({settings['prompts']} prompt(s) x {settings['generations']} generations), {first['prompt_tokens']} prompt "
+        f"tokens ({first['image_tokens']} image tokens) + {first['new_tokens']} new tokens. {n} repeats, each a fresh "
+        f"process per trainer in turn (the order reversed every other repeat), each process a warm-up step and "
+        f"{settings['steps']} measured step(s) (its time: the minimum over them). Medians over the repeats; ratios to "
+        f"stock paired by repeat, median (min-max). Memory: {first['memory_method']}; per phase: the largest over "
+        "the process's steps, warm-up included.",
         "",
-        "| | stock GRPOTrainer | LatentGRPOTrainer | latent / token |",
-        "|---|---:|---:|---:|",
+        "| | stock GRPOTrainer | "
+        + " | ".join(f"{names.get(k, k)} | {'latent' if k == 'latent' else k} / stock" for k in kinds)
+        + " |",
+        "|---|---:|" + "---:|---:|" * len(kinds),
     ]
     for label, key in rows:
         fmt = "{:,.0f}" if "parameters" in key or "memory" in key else "{:.1f}" if "length" in key else "{:.3f}"
-        lines.append(f"| {label} | {fmt.format(token[key])} | {fmt.format(latent[key])} | {ratio[key]:.2f}x |")
+        cells = [label, fmt.format(spread(r[key] for r in token)["median"])]
+        for kind in kinds:
+            cells += [fmt.format(spread(r[key] for r in runs[kind])["median"]), ratio_cell(ratios[kind][key])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Arithmetic ratio (latent / token FLOPs per decoding step): {result['arithmetic_ratio']:.2f}."]
-    if "plan_check" in result:
-        check = result["plan_check"]
+    check = derived(result).get("plan_check")
+    if check:
         lines.append(
-            f"Plan check (latent): `trl-latent plan` predicts {check['predicted_mb']:,.0f} MB, measured "
-            f"{check['measured_mb']:,.0f} MB (predicted / measured "
-            f"{'n/a' if check['predicted_over_measured'] is None else format(check['predicted_over_measured'], '.2f')})."
+            f"Plan check (latent): `trl-latent plan` predicts {spread(check['predicted_mb'])['median']:,.0f} MB, "
+            f"measured {ratio_cell(check['measured_mb'], 0, ' MB')}: predicted / measured "
+            f"{ratio_cell(check['predicted_over_measured'], 2, '')}."
         )
-    if result.get("variants"):
-        over_start = "peak_memory_over_start_mb" in token
-        lines += [
-            "",
-            "| run | whole step (s) | generation (s) | update (s) | step / stock | generation / stock | update / stock "
-            f"| memory / stock |{' memory over start / stock |' if over_start else ''}",
-        ]
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if over_start else ""))
-        for kind, run in result["variants"].items():
-            r = result["variants_over_token"][kind]
-            lines.append(
-                f"| {kind} | {run['step_s']:.3f} | {run['generation_s']:.3f} | {run['update_s']:.3f} | "
-                f"{r['step_s']:.2f} | {r['generation_s']:.2f} | {r['update_s']:.2f} | {r['peak_memory_mb']:.2f} |"
-                + (f" {r['peak_memory_over_start_mb']:.2f} |" if over_start else "")
-            )
+    gc = [k for k in kinds if runs[k][0].get("gradient_checkpointing")]
+    if gc:
+        lines.append(f"Checkpointed policy layers (gradient_checkpointing=True): {', '.join(gc)}.")
     return "\n".join(lines)
+
+
+def targets(result: dict) -> str:
+    return targets_table(rl_step_targets(result))
 
 
 def main(argv=None):
@@ -447,18 +472,21 @@ def main(argv=None):
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="measured steps per process (after a warm-up step)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating token/latent processes per trainer")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats: a process per trainer each, in turn (3 for a verdict)"
+    )
+    parser.add_argument("--steps", type=int, default=1, help="measured steps per process (after a warm-up step)")
     parser.add_argument("--prompt-repeat", type=int, default=1, help="repeats of each prompt's question")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out", default="outputs/bench_rl_step.json")
+    parser.add_argument("--out", default=None, help="JSON to write (default: results/perf/rl_step-<size>.json)")
     parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
         choices=KINDS[2:],
-        help="static-cache runs beside the two trainers: stock TRL with HF's static cache, latent decoding with the "
-        "static cache (and compiled); the latent ones need LatentGRPOConfig.latent_cache_implementation",
+        help="runs beside the two trainers: stock TRL with HF's static cache, latent decoding with the static cache "
+        "(and compiled; they need LatentGRPOConfig.latent_cache_implementation), a latent run with its policy layers "
+        "checkpointed",
     )
     parser.add_argument(
         "--gradient-checkpointing",
@@ -467,6 +495,8 @@ def main(argv=None):
     )
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 1:
+        parser.error("--repeats and --steps must be at least 1")
     if args.child:
         result = run_one(
             args.child,
@@ -474,7 +504,7 @@ def main(argv=None):
             args.prompts,
             args.generations,
             args.new_tokens,
-            args.repeats,
+            args.steps,
             args.cache_dir,
             args.prompt_repeat,
             args.gradient_checkpointing,
@@ -487,14 +517,26 @@ def main(argv=None):
         for kind in [k for k in args.variants if k.startswith("latent-static")]:
             print(f"{kind}: skipped, this checkout's LatentGRPOConfig has no latent_cache_implementation")
             args.variants.remove(kind)
-    runs = {kind: [] for kind in ("token", "latent", *args.variants)}
-    for _ in range(args.rounds):  # alternate, so all see the same background load
-        for kind in runs:
+    command, machine = command_line("rl_step.py", argv), machine_facts()
+    kinds = list(dict.fromkeys(("token", "latent", *args.variants)))
+    runs = {kind: [] for kind in kinds}
+    for i in range(args.repeats):  # interleaved, so drifting background load hits every trainer alike
+        for kind in repeat_order(kinds, i):
             runs[kind].append(_child(kind, args))
-    variants = {kind: _merge(runs[kind]) for kind in args.variants}
-    result = compare(_merge(runs["token"]), _merge(runs["latent"]), variants)
-
-    write_results(args.out, result, table(result))
+    settings = {k: getattr(args, k) for k in ("prompts", "generations", "new_tokens", "steps", "prompt_repeat")}
+    settings.update(gradient_checkpointing=args.gradient_checkpointing, variants=list(args.variants))
+    result = {
+        "benchmark": "rl_step",
+        "size": args.size,
+        "command": command,
+        "machine": machine,
+        "settings": settings,
+        "repeats": args.repeats,
+        "arithmetic_ratio": runs["latent"][0]["arithmetic_ratio"],
+        "runs": runs,
+    }
+    result.update(derived(result))
+    write_results(args.out or default_out("rl_step", args.size), result, table(result) + "\n\n" + targets(result))
     return result
 
 
