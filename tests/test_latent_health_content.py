@@ -103,10 +103,19 @@ def tiny_processor(tiny_cache):
 @pytest.fixture(scope="module")
 def measured(tiny_cache, tiny_processor, tmp_path_factory):
     """A fresh tiny latent model, its health measured with and without content words, and the per-code argmax tokens
-    of the same positions computed here, code by code."""
+    of the same positions computed here, code by code. Seeded inside `fork_rng`, so the global random state the other
+    tests see is the one they would see without this fixture (`random_state` holds it before and after)."""
+    state = torch.get_rng_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the trainer below reseeds too (`args.seed`): both stay inside
+        result = _measure(tiny_cache, tiny_processor, tmp_path_factory)
+    result["random_state"] = (state, torch.get_rng_state())
+    return result
+
+
+def _measure(tiny_cache, tiny_processor, tmp_path_factory) -> dict:
     from trl_latent.experiments.models import tiny_vlm_path
 
-    torch.manual_seed(0)
     model = LatentActionModel.from_base(
         tiny_vlm_path("tiny", cache_dir=tiny_cache), codebook_size=CODES, inverse_layers=1, policy_layers=1
     )
@@ -193,6 +202,11 @@ def test_content_controllability_equals_the_hand_count(measured, tiny_processor)
     # Not trivial: the codes say several right-kind words at some position; plain controllability counts any token.
     assert max(everything) > 1
     assert health["health/content_controllability"] < health["health/controllability"]
+
+
+def test_measuring_leaves_the_global_random_state_alone(measured):
+    before, after = measured["random_state"]
+    assert torch.equal(before, after)
 
 
 def test_content_metrics_only_with_content_words(measured):

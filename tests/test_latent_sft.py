@@ -6,6 +6,7 @@ One module-scoped pipeline runs the five stages in sequence, saving each stage a
 runs cover the ablation switches, LoRA and bad input.
 """
 
+import math
 import re
 
 import pytest
@@ -181,6 +182,8 @@ def pipeline(env, tmp_path_factory):
             processing_class=env["processor"],
         )
         record["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        if stage == "joint":  # the IDM's codes on held-out records as stage 3 starts (after stages 1 and 2)
+            record["eval_before"] = trainer.evaluate()
         trainer.train()
         record["changed"] = changed(record["before"], trainer.model)
         record["logs"] = logs(trainer)
@@ -254,11 +257,17 @@ def test_cycle_loss_falls_during_joint(pipeline):
     assert last["projector/cycle"] < first["projector/cycle"] - 10.0
 
 
-def test_codes_in_use_after_joint(pipeline):
+def test_joint_codes_are_decisive_and_in_use(pipeline):
+    """Stage 3 makes the IDM choose its codes with confidence (an untrained IDM is near uniform: entropy 3.455 nats on
+    these held-out records against log 32 = 3.466) without collapsing onto a few codes. Measured on the held-out
+    records: IDM entropy 3.26 as stage 3 starts -> 2.29 after it, 18 of 32 codes used, usage perplexity 5.9."""
+    before, after = pipeline["joint"]["eval_before"], pipeline["joint"]["eval"]
+    entropy_before, entropy_after = before["eval_inverse/entropy"], after["eval_inverse/entropy"]
+    assert entropy_after < entropy_before - 0.5, (entropy_before, entropy_after)
+    assert entropy_after < math.log(CODES) - 0.6, entropy_after
     last = pipeline["joint"]["logs"][-1]
     assert last["codebook/used"] >= 8 and last["codebook/perplexity"] > 4  # of 32: no collapse to a few codes
-    held_out = pipeline["joint"]["eval"]
-    assert held_out["eval_codebook/used"] >= 8
+    assert after["eval_codebook/used"] >= 8 and after["eval_codebook/perplexity"] > 4
 
 
 def test_policy_clones_the_inverse_dynamics_codes(pipeline):
@@ -272,15 +281,15 @@ def test_world_sft_improves_latent_decoding(pipeline):
     run = pipeline["world_sft"]
     assert run["reloaded_equal"]
     # Teacher-forced: next-token accuracy on held-out answers with the policy's codes. Measured on this tiny setup
-    # (150 steps, four answer patterns per character, so an answer's opening words are a free choice): 0.10 -> 0.35.
+    # (150 steps, four answer patterns per character, so an answer's opening words are a free choice): 0.08 -> 0.35.
     # (With one answer per character, 60 steps gave 0.42 -> 0.88.)
     assert run["tf_after"] > run["tf_before"] + 0.2, (run["tf_before"], run["tf_after"])
     # Free-running greedy latent decoding (policy codes -> world-model tokens), word recall of the reference. Measured
-    # under the library's default (the authors' schedule, argmax cloning) on this random tiny base: 0.000 -> 0.005 with
-    # four answer patterns per character (with one answer per character it was 0.004 -> 0.14, and 0.01 -> 0.25 under
-    # merge-delta). At this size stage 5 teaches the world model the answers under teacher forcing but not yet to
-    # say them on its own; the demo's pretrained base measures that (docs/findings.md). Asked: it does not get worse.
-    assert run["recall_after"] >= run["recall_before"], (run["recall_before"], run["recall_after"])
+    # under the library's default (the authors' schedule, argmax cloning) on this random tiny base: 0.000 -> 0.043
+    # (before stage 5 it says "assist" over and over; after it, words of the answers such as "diamond" and "matey").
+    # Asked: a rise of at least 0.02, which a stage 5 that teaches nothing (recall stays 0.000) fails. The rise comes
+    # from the fine-tuned base more than from the codes: decoding with the policy's least likely codes also passes.
+    assert run["recall_after"] > run["recall_before"] + 0.02, (run["recall_before"], run["recall_after"])
 
 
 # --------------------------------------------------------------------------------------------------- ablations
