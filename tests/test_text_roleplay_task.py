@@ -187,3 +187,24 @@ def test_corpus_is_written_in_the_pretraining_format_and_resumes(tmp_path, smoll
     fresh = tmp_path / "fresh.jsonl"
     write_corpus(fresh, size=2400, **kwargs)
     assert sorted(fresh.read_text().splitlines()) == sorted(new_lines)
+
+
+def test_room_summary_and_the_base_eval_file(tmp_path):
+    from trl_latent.experiments.text_roleplay.evaluate import summarise, write_base_eval
+
+    row = task_prompts("heldout", 1, seed=0)[0]
+    right = all_answers(row["character"], row["kind"], row["scene"], row["target"])[0]
+    scores = [score(t, row["character"], row["kind"], row["scene"], row["target"]) for t in (right, "", right[:12])]
+    summary = summarise(scores, new_tokens=[30, 1, 48], max_new_tokens=48)
+    assert summary["n"] == 3 and summary["success_rate"] == round(1 / 3, 4)
+    assert (
+        summary["mean_reward"] == round(sum(s["reward"] for s in scores) / 3, 4) and summary["cut_at_limit"] == 0.3333
+    )
+    out = tmp_path / "base_eval.json"
+    write_base_eval(out, "room", {"heldout": summary}, "cmd room")
+    merged = write_base_eval(out, "corpus", {"tokens": 5}, "cmd corpus")
+    assert json.loads(out.read_text()) == merged
+    assert merged == {
+        "room": {"command": "cmd room", "heldout": summary},
+        "corpus": {"command": "cmd corpus", "tokens": 5},
+    }

@@ -36,11 +36,13 @@ __all__ = [
     "broad_prompts",
     "character_records",
     "corpus_stats",
+    "corpus_uncertainty",
     "doc_records",
     "write_corpus",
 ]
 
-DEFAULT_SIZE = 150_000  # tokens: about 25 minutes of sampling at 100 new tokens/s on 2 CPU cores
+# tokens; 75% sampled: minutes on idle cores, hours on a busy machine (7 tokens/s measured there; it resumes)
+DEFAULT_SIZE = 150_000
 DOC_PIECE_TOKENS = 160
 SAMPLE_SYSTEM = "You are a helpful assistant."
 TEXT_PROMPT = "The following is a text."
@@ -397,6 +399,48 @@ def corpus_stats(path, tokenizer=None) -> dict:
         "sampled_tokens_per_second": round(sampled / seconds, 1) if seconds else None,
         **{k: sampling[k] for k in ("size_target", "seed", "max_new_tokens") if k in sampling},
     }
+
+
+def corpus_uncertainty(path, model_path=None, max_tokens: int = 512) -> dict:
+    """How uncertain the base is about the corpus's assistant tokens, by kind: the mean negative log-likelihood of the
+    actual next token and the mean entropy of the base's next-token distribution (nats), and the share of tokens
+    that are the base's top-1 guess. A corpus a latent code can explain has high entropy where the base hesitates."""
+    import torch
+
+    from .base import smollm2_path
+    from .generation import load_base
+
+    model, tokenizer = load_base(model_path or smollm2_path())
+    sums: dict[str, list[float]] = {}
+    for record in _read_done(Path(path)).values():
+        prefix = tokenizer.apply_chat_template(record["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        head = tokenizer(prefix, add_special_tokens=False).input_ids
+        body = tokenizer(record["messages"][-1]["content"], add_special_tokens=False).input_ids[:max_tokens]
+        ids = torch.tensor([head + body])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(head) - 1 : -1].float()
+        logp = logits.log_softmax(-1)
+        target = ids[0, len(head) :]
+        nll = -logp.gather(-1, target[:, None]).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        top1 = (logits.argmax(-1) == target).float()
+        acc = sums.setdefault(record["instance_type"], [0.0, 0.0, 0.0, 0])
+        acc[0] += nll.sum().item()
+        acc[1] += entropy.sum().item()
+        acc[2] += top1.sum().item()
+        acc[3] += len(target)
+    out = {
+        kind: {"tokens": n, "nll": round(a / n, 3), "entropy": round(b / n, 3), "top1": round(c / n, 3)}
+        for kind, (a, b, c, n) in sorted(sums.items())
+    }
+    n = sum(v[3] for v in sums.values())
+    out["all"] = {
+        "tokens": n,
+        "nll": round(sum(v[0] for v in sums.values()) / n, 3),
+        "entropy": round(sum(v[1] for v in sums.values()) / n, 3),
+        "top1": round(sum(v[2] for v in sums.values()) / n, 3),
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

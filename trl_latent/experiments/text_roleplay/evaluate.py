@@ -8,8 +8,11 @@ the numbers [`~trl_latent.experiments.text_roleplay.corpus.write_corpus`] record
 with the command that made it.
 
     python -m trl_latent.experiments.text_roleplay.evaluate room --prompts 48 --out results/text_roleplay/base_eval.json
-    python -m trl_latent.experiments.text_roleplay.evaluate corpus --corpus results/text_roleplay/corpus.jsonl \\
-        --out results/text_roleplay/base_eval.json
+    python -m trl_latent.experiments.text_roleplay.evaluate corpus --uncertainty \\
+        --corpus results/text_roleplay/corpus-20k.jsonl --out results/text_roleplay/base_eval.json
+
+`--uncertainty` adds the base's own view of the corpus ([`~trl_latent.experiments.text_roleplay.corpus.corpus_uncertainty`]):
+mean NLL and next-token entropy and the top-1 share, by kind.
 """
 
 from __future__ import annotations
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     room.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     corpus = sub.add_parser("corpus", help="record a generated corpus's size and generation speed")
     corpus.add_argument("--corpus", required=True, help="the corpus JSONL written by the corpus module")
+    corpus.add_argument(
+        "--uncertainty", action="store_true", help="also the base's NLL, entropy and top-1 share on it, by kind"
+    )
+    corpus.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     for p in (room, corpus):
         p.add_argument("--out", default="results/text_roleplay/base_eval.json")
     args = parser.parse_args(argv)
@@ -150,9 +157,14 @@ def main(argv: list[str] | None = None) -> None:
         data = measure_room(args.model, args.prompts, args.samples, args.max_new_tokens, args.seed)
         data["settings"]["threads"] = args.threads
     else:
-        from .corpus import corpus_stats
+        import torch
 
+        from .corpus import corpus_stats, corpus_uncertainty
+
+        torch.set_num_threads(args.threads)
         data = corpus_stats(args.corpus)
+        if args.uncertainty:
+            data["base_uncertainty"] = corpus_uncertainty(args.corpus)
     write_base_eval(args.out, args.what, data, command)
     print(json.dumps(data, indent=1))
 
