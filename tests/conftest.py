@@ -16,6 +16,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """One folder per test session for the converted SmolLM2 base: the conversion takes minutes, so it runs once (in
+    tests/test_text_roleplay_base.py, which checks it) and the other tests reuse it."""
+    return tmp_path_factory.mktemp("smollm2")
+
+
+@pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """One cache folder per test session for the tiny models (built once, reloaded by every test)."""
     return tmp_path_factory.mktemp("tiny_models")

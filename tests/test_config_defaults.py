@@ -130,7 +130,7 @@ def test_embedded_overrides_are_listed_with_a_reason_and_a_command():
             sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
             assert name in _field_overrides(sets), f"{name}: {command} does not set it"
     assert overrides["world_output_schedule"][1:3] == ("authors", "merge_delta")
-    assert "bc_target" not in overrides  # argmax cloning, the library's default, measured better on the current task
+    assert "bc_target" not in overrides  # the experiment clones argmax codes, the library default
 
 
 def test_fields_that_feed_a_library_config_default_to_the_librarys_unless_overridden():

@@ -14,7 +14,8 @@ from trl_latent.experiments.text_roleplay import base
 
 
 @pytest.mark.slow
-def test_converts_once_and_reloads_the_same_model(tmp_path, monkeypatch):
+def test_converts_once_and_reloads_the_same_model(smollm2_cache, monkeypatch):
+    tmp_path = smollm2_cache  # the session's folder: the other tests reuse this conversion
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loaded = {}
