@@ -740,6 +740,9 @@ HEALTH_COLUMNS = (
     ("world_accuracy_inverse", "IDM codes", "{:.3f}"),
     ("world_accuracy_policy", "policy codes", "{:.3f}"),
     ("world_accuracy_best", "best code", "{:.3f}"),
+    ("world_accuracy_random", "random code", "{:.3f}"),
+    ("code_gain_inverse", "code gain, IDM", "{:+.3f}"),
+    ("code_gain_policy", "code gain, policy", "{:+.3f}"),
     ("base_accuracy", "base alone", "{:.3f}"),
     ("controllability", "controllability", "{:.2f}"),
     ("content_controllability", "content controllability", "{:.2f}"),
@@ -782,9 +785,10 @@ COLUMN_NOTES = (
     ("RL reward", "mean rollout reward over the first and the last quarter of the RL steps (the RL reward, `reward`)"),
     ("latent space after", "health of the latent space after each stage, on held-out dialogues' answer tokens"),
     (
-        "IDM / policy / best code",
-        "world-model accuracy with the inverse model's, the policy's argmax, or the best code",
+        "IDM / policy / best / random code",
+        "world-model accuracy with the inverse model's, the policy's argmax, the best or a uniformly random code",
     ),
+    ("code gain", "accuracy with the IDM's (the policy's) code minus with a random code: what the codes add"),
     ("controllability", "distinct next tokens across all codes at an answer position (1 = codes change nothing)"),
     (
         "content controllability",
