@@ -205,7 +205,7 @@ def test_plan_check_benchmark_smoke(tmp_path, tiny_cache):
     _run(
         "plan_check.py",
         *("--size", "tiny", "--zero", "zero3", "--processes", "2", "--steps", "2", "--precision", "bf16"),
-        *("--cache-dir", str(tiny_cache), "--out", str(out)),
+        *("--repeats", "1", "--cache-dir", str(tiny_cache), "--out", str(out)),
     )
     result = json.loads(out.read_text())
     (ranks,) = result["repeats"]  # --repeats 1
