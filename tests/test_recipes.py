@@ -266,8 +266,9 @@ def test_recipe_files_and_paper_hyperparameters():
                 assert got == [1e-6, 8, 0.01, 0.2, 1024], (model, task, name)
                 assert rl.get("code_temperature", rl.get("temperature")) == 1.0
                 assert rl["task"] == task
-            # Latent decoding on the static cache: where it measured faster (the 3B width, docs/performance.md).
-            assert load(RECIPES / model / task / "6_grpo.yaml")["latent_cache_implementation"] == "static"
+            # Latent decoding on the library's default (dynamic) cache: the static cache measured no faster at the 3B
+            # width (results/perf/latent_decoding-cpu-3b-width.json), so the recipes do not override it.
+            assert "latent_cache_implementation" not in load(RECIPES / model / task / "6_grpo.yaml")
             assert load(RECIPES / model / task / "eval.yaml")["num_generations"] == 3
     found = {p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")}
     expected = {f"{m}/{n}.yaml" for m in MODELS for n in PRETRAIN}

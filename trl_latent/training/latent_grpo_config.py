@@ -58,7 +58,7 @@ class LatentGRPOConfig(GRPOConfig):
             unless `gradient_checkpointing_kwargs` says otherwise; `every_n_layers` and `offload` as in transformers).
             The frozen base is never checkpointed: no gradient flows through it. `None` is off (TRL's default is on):
             checkpointing recomputes the policy layers' forward in backward, for less activation memory in the update
-            (docs/performance.md has the measured trade-off).
+            (`python benchmarks/rl_step.py --size cpu-3b-depth --gradient-checkpointing` measures the trade-off).
 
         > The objective
 
