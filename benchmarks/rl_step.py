@@ -28,11 +28,14 @@ are indicative only: report ratios, and absolute times only from a GPU (docs/arc
 
     python benchmarks/rl_step.py --size cpu-3b-width --variants token-static latent-static
     python benchmarks/rl_step.py --size cpu-3b-depth --new-tokens 32 --variants latent-checkpointing
+    python benchmarks/rl_step.py --size smollm2 --prompts 4 --generations 6 --new-tokens 40   # the text study's step
 
 Sizes (benchmarks/common.py): `tiny` (the unit-test VLM; latent: 16 codes, 1 policy layer), `cpu-3b-depth` (the real
 Qwen2.5-VL-3B depth ratio, 36 base layers and 8 policy layers, at hidden size 256, random weights; 128 codes),
 `cpu-3b-width` (the real Qwen2.5-VL-3B width and vocabulary, 4 base layers, 1 policy layer) and, on a CUDA GPU, `3b` /
-`7b` (the released shapes, random bf16 weights). `--variants` adds static-cache runs (stock TRL with HF's static
+`7b` (the released shapes, random bf16 weights); text-only: `smollm2` (SmolLM2-135M-Instruct, the text role-play
+study's real pretrained base, its own weights, 128 codes; prompts of that task) and `tiny-llama` (a tiny Llama shaped
+like it, for tests). `--variants` adds static-cache runs (stock TRL with HF's static
 cache; `LatentGRPOTrainer` with `latent_cache_implementation="static"`, optionally compiled), reported as ratios to the
 stock trainer. The table also gives the arithmetic ratio of a decoding step (`common.decoding_step_flops`) and what
 `trl-latent plan` predicts for the latent run's peak memory beside the measured one (docs/performance.md). The JSON
@@ -65,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PLAN_PARTS,
     SIZES,
+    TEXT_SIZES,
     command_line,
     default_out,
     machine_facts,
@@ -88,9 +92,10 @@ def _peak_rss_mb() -> float:
 def _base(size: str, cache_dir, folder: Path):
     """Save the base to `folder` (the stock trainer reloads its reference from the model's path) and return its
     latent-model options."""
-    from common import bench_base
+    from common import bench_base, bench_text_base
 
-    base, processor, latent_kwargs = bench_base(size, cache_dir)
+    build = bench_text_base if size in TEXT_SIZES else bench_base
+    base, processor, latent_kwargs = build(size, cache_dir)
     base.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder, processor, latent_kwargs
@@ -164,6 +169,8 @@ KINDS = ("token", "latent", "token-static", "latent-static", "latent-static-comp
 def _prompt_tokens(processor, example) -> tuple[int, int]:
     """(tokens, image tokens) of one dataset prompt as the trainers encode it."""
     text = processor.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+    if "image" not in example:  # a text-only base: its tokenizer is the processing class
+        return len(processor(text, add_special_tokens=False)["input_ids"]), 0
     ids = processor(text=[text], images=[example["image"]], return_tensors="pt")["input_ids"][0]
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     return len(ids), int((ids == image_token).sum())
@@ -185,6 +192,10 @@ def _longer(dataset, prompt_repeat: int):
 
     def longer(example):
         for message in example["prompt"]:
+            if isinstance(message["content"], str):  # a text-only prompt
+                if message["role"] == "user":
+                    message["content"] = " ".join([message["content"]] * prompt_repeat)
+                continue
             for part in message["content"]:
                 if part["type"] == "text" and message["role"] == "user":
                     part["text"] = " ".join([part["text"]] * prompt_repeat)
@@ -230,7 +241,15 @@ def run_one(
         disable_tqdm=True,
         seed=0,
     )
-    dataset = _longer(synthetic_rl_dataset(prompts * (1 + steps), seed=0), prompt_repeat)
+    if size in TEXT_SIZES:  # the text role-play task's prompts (a character, a scene in words, a question)
+        from datasets import Dataset
+
+        from trl_latent.experiments.text_roleplay.task import task_prompts
+
+        rows = task_prompts("train", prompts * (1 + steps), seed=0)
+        dataset = _longer(Dataset.from_list([{"prompt": r["prompt"]} for r in rows]), prompt_repeat)
+    else:
+        dataset = _longer(synthetic_rl_dataset(prompts * (1 + steps), seed=0), prompt_repeat)
     dtype = {"dtype": torch.bfloat16} if cuda else {}
     static = "static" in kind
     extra = {}
@@ -242,7 +261,7 @@ def run_one(
         folder, processor, latent_kwargs = _base(size, cache_dir, Path(tmp) / "base")
         prompt_tokens, image_tokens = _prompt_tokens(processor, dataset[0])
         if kind.startswith("token"):
-            from transformers import AutoModelForImageTextToText
+            from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
             from trl import GRPOConfig, GRPOTrainer
 
             # Exactly `new_tokens` tokens: EOS is not allowed before then. HF's static cache where asked.
@@ -250,7 +269,8 @@ def run_one(
             if static:
                 generation_kwargs["cache_implementation"] = "static"
             args = GRPOConfig(tmp, **common, generation_kwargs=generation_kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(folder, **dtype)
+            auto = AutoModelForCausalLM if size in TEXT_SIZES else AutoModelForImageTextToText
+            model = auto.from_pretrained(folder, **dtype)
             trainer = GRPOTrainer(model, reward, args=args, train_dataset=dataset, processing_class=processor)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             reference = sum(p.numel() for p in trainer.ref_model.parameters()) if trainer.ref_model is not None else 0
@@ -468,7 +488,7 @@ def targets(result: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=list(SIZES))
+    parser.add_argument("--size", default="tiny", choices=[*SIZES, *TEXT_SIZES])
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)

@@ -75,6 +75,23 @@ def test_decoding_ratios_from_planted_repeats():
     assert got["call_ratios"]["latent / token"] == pytest.approx([1.4, 1.0])
 
 
+def test_rl_step_benchmark_on_a_text_only_base(tmp_path, tiny_cache):
+    """The text-only sizes (`smollm2`, and `tiny-llama` here): a causal LM with its tokenizer, the text role-play
+    prompts, stock TRL's GRPOTrainer against LatentGRPOTrainer in one run."""
+    out = tmp_path / "rl_step.json"
+    args = ["--size", "tiny-llama", "--new-tokens", "4", "--repeats", "1", "--prompts", "1", "--generations", "2"]
+    _run("rl_step.py", *args, "--cache-dir", str(tiny_cache), "--out", str(out))
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert result["size"] == "tiny-llama" and set(runs) == {"token", "latent"}
+    (token,), (latent,) = runs["token"], runs["latent"]
+    for run in (token, latent):
+        assert run["image_tokens"] == 0 and run["prompt_tokens"] > 20 and run["mean_completion_length"] == 4
+        assert math.isfinite(run["step_s"]) and run["step_s"] > 0
+    assert latent["trainable_parameters"] < token["trainable_parameters"] == token["parameters"]
+    assert result["ratios"]["latent"]["step_s"] == [latent["step_s"] / token["step_s"]]
+
+
 def test_repeats_alternate_their_order():
     common = _common()
     assert [common.repeat_order(["token", "latent", "x"], i) for i in range(3)] == [

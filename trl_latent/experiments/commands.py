@@ -199,4 +199,19 @@ def _study(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_demo, add_study, add_write_synthetic]
+def add_text_study(subparsers) -> None:
+    """Register `trl-latent text-study` (the text role-play study on SmolLM2-135M-Instruct)."""
+    from .text_roleplay import study
+
+    parser = subparsers.add_parser(
+        "text-study",
+        help="token vs latent-action RL on the text role-play task (SmolLM2-135M-Instruct): resumable cells, report",
+        description=study.__doc__.split("\n\n")[0],
+    )
+    study.add_arguments(parser)
+    parser.set_defaults(
+        func=lambda args: study.execute(args, shlex.join(["trl-latent", *getattr(args, "command_line", [])]))
+    )
+
+
+SUBCOMMANDS = [add_demo, add_study, add_text_study, add_write_synthetic]

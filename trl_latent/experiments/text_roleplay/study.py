@@ -410,8 +410,10 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
     from ...modeling.model import LatentActionModel
     from ...training.latent_sft_config import LatentSFTConfig
     from ...training.latent_sft_trainer import LatentSFTTrainer
+    from ...training.state_cache import BaseStateCache
 
     tokenizer = _tokenizer(base)
+    cache = BaseStateCache()  # stages 1, 3 and 4 share the frozen base's states: each record runs the base once
     train_text, held_text = general_text(config)
     answers = task_answers(config.health_samples)
     stages = phases.get("train") or {}
@@ -442,7 +444,12 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
         )
         data = Dataset.from_list(records if world else train_text)
         trainer = LatentSFTTrainer(
-            model, args, train_dataset=data, processing_class=tokenizer, health_dataset=Dataset.from_list(held_text)
+            model,
+            args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            health_dataset=Dataset.from_list(held_text),
+            state_cache=None if world else cache,
         )
         started = time.perf_counter()
         trainer.train()
@@ -627,6 +634,215 @@ def load_cells(cells_dir=CELLS_DIR) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(cells_dir).glob("*-seed*.json"))]
 
 
+# ------------------------------------------------------------------------------------------------ the report
+def _get(data, *path):
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _seeds(cells: list[dict], arm: str) -> dict[int, dict]:
+    return {c["seed"]: c for c in cells if c["arm"] == arm}
+
+
+def _mean_std(values) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _column(cells, arm, *path) -> list:
+    return [_get(c, *path) for c in _seeds(cells, arm).values()]
+
+
+# (claim, how it is read from the cells, threshold, higher is better); each read returns per-seed values.
+def _targets(cells: list[dict]) -> list[tuple[str, Any]]:
+    from ..verdicts import paired_verdict, range_verdict
+
+    token, latent = _seeds(cells, "token"), _seeds(cells, "latent")
+    both = sorted(set(token) & set(latent))
+
+    def per_seed(arm_cells, fn):
+        return [fn(c) for c in arm_cells.values() if fn(c) is not None]
+
+    def rise(c, *path):
+        a, b = _get(c, "phases", "after_rl", *path), _get(c, "phases", "before_rl", *path)
+        return None if a is None or b is None else a - b
+
+    def health(stage, stream, key):
+        return lambda c: _get(c, "phases", "train", stage, f"health_{stream}", f"health/{key}")
+
+    def world_minus_base(c):
+        w, b = health("joint", "task", "world_accuracy_inverse")(c), health("joint", "task", "base_accuracy")(c)
+        return None if w is None or b is None else w - b
+
+    def paired(fn):
+        values = [fn(latent[s], token[s]) for s in both]
+        return [v for v in values if v is not None]
+
+    def diff(*path):
+        def fn(lat, tok):
+            a, b = _get(lat, "phases", *path), _get(tok, "phases", *path)
+            return None if a is None or b is None else a - b
+
+        return fn
+
+    def ratio(lat, tok):
+        a = _get(lat, "phases", "after_rl", "rollouts", "embedding")
+        b = _get(tok, "phases", "after_rl", "rollouts", "embedding")
+        return None if a is None or not b else a / b
+
+    def nll_gap(lat, tok):
+        a, b = rise(lat, "general_nll"), rise(tok, "general_nll")
+        return None if a is None or b is None else a - b
+
+    room = per_seed(token, lambda c: _get(c, "phases", "before_rl", "heldout", "success_rate"))
+    return [
+        ("Room: token SFT's held-out success in 0.2-0.7", range_verdict(room, 0.2, 0.7), False),
+        (
+            "Codes matter: IDM code gain after stage 3 >= 0.10 on held-out general text",
+            paired_verdict(per_seed(latent, health("joint", "general", "code_gain_inverse")), 0.10),
+            True,
+        ),
+        (
+            "Codes add information: world model with the IDM's code minus the base alone on held-out answer tokens "
+            ">= 0 (after stage 3)",
+            paired_verdict(per_seed(latent, world_minus_base)),
+            True,
+        ),
+        (
+            "After stage 5 the policy's code beats a random code by >= 0.05 on task answers",
+            paired_verdict(per_seed(latent, health("world_sft", "task", "code_gain_policy")), 0.05),
+            True,
+        ),
+        (
+            "Token RL raises held-out reward by >= 0.05",
+            paired_verdict(per_seed(token, lambda c: rise(c, "heldout", "mean_reward")), 0.05),
+            True,
+        ),
+        (
+            "Latent RL raises held-out reward by >= 0.05",
+            paired_verdict(per_seed(latent, lambda c: rise(c, "heldout", "mean_reward")), 0.05),
+            True,
+        ),
+        (
+            "Latent final held-out reward >= token's (latent - token)",
+            paired_verdict(paired(diff("after_rl", "heldout", "mean_reward"))),
+            True,
+        ),
+        (
+            "Latent RL rollouts' embedding diversity >= 1.15x token RL's (latent / token)",
+            paired_verdict(paired(ratio), 1.15),
+            False,
+        ),
+        (
+            "Held-out general-text NLL rises less under latent RL (latent rise - token rise <= 0)",
+            paired_verdict(paired(nll_gap), 0.0, higher_is_better=False),
+            True,
+        ),
+    ]
+
+
+def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
+    """The docs page of the study, built from its committed cells (`docs/text_study.md`). The page names the cells
+    folder as the repository holds it (`results/text_roleplay/cells`), wherever `cells_dir` is read from."""
+    cells = load_cells(cells_dir)
+    folder = CELLS_DIR.as_posix()
+    lines = [
+        "# The text role-play study: token RL against latent-action RL on SmolLM2-135M-Instruct",
+        "",
+        f"<!-- Generated by `{command}` from {folder}/; edit the code, not this page. -->",
+        "",
+        "The design, the task and the settings are in docs/text_roleplay.md; this page holds only what the committed "
+        f"cells in `{folder}/` measured. Each cell is one arm and one seed, run with",
+        "",
+        "```bash",
+        "python -m trl_latent.experiments.text_roleplay.study run --arms token latent --seeds 0 1 2",
+        "```",
+        "",
+        "Values are mean ± std over the seeds a cell finished; a verdict needs two seeds or more "
+        "(trl_latent/experiments/verdicts.py).",
+        "",
+    ]
+    if not cells:
+        return "\n".join([*lines, "No cell is committed yet: run the command above, then this page's command.", ""])
+    lines += ["## Cells", "", "| arm | seed | phases done | complete | commit | seconds (train / RL probes / evals) |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c["arm"] != "token", c["seed"])):
+        phases = c["phases"]
+        train = phases.get("train") or {}
+        train_s = train.get("seconds") if "seconds" in train else sum(s.get("seconds", 0) for s in train.values())
+        rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
+        eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
+        lines.append(
+            f"| {c['arm']} | {c['seed']} | {', '.join(phases)} | {'yes' if c['complete'] else 'no'} | "
+            f"{c['environment'].get('commit', '')} | {train_s or 0:.0f} / {rl_s:.0f} / {eval_s:.0f} |"
+        )
+    lines += ["", "## Held-out reward and success (greedy)", ""]
+    lines += ["| arm | split | reward before RL | reward after RL | success before RL | success after RL |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        for split in HELD_OUT_SPLITS:
+            row = [
+                _mean_std(_column(cells, arm, "phases", when, split, key))
+                for key in ("mean_reward", "success_rate")
+                for when in ("before_rl", "after_rl")
+            ]
+            lines.append(f"| {arm} | {split} | {' | '.join(row)} |")
+    lines += ["", "## Matched by a KL budget", ""]
+    lines += ["| arm | seed | chosen rate | inside the budget | probes (rate -> final KL, weight change) |"]
+    lines += ["|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c["arm"] != "token", c["seed"])):
+        rl = c["phases"].get("rl") or {}
+        probes = ", ".join(
+            f"{p['learning_rate']:.1e} -> {p['kl']:.4f}, {p['weight_change']:.2e}" for p in rl.get("probes", [])
+        )
+        within = {True: "yes", False: "no", None: "reused"}.get(rl.get("within"), "-") if rl else "-"
+        chosen = f"{rl['chosen']:.1e}" if rl.get("chosen") is not None else "-"
+        lines.append(f"| {c['arm']} | {c['seed']} | {chosen} | {within} | {probes or '-'} |")
+    lines += [
+        "",
+        f"KL budget: {cells[0]['config']['kl_budget'][0]}-{cells[0]['config']['kl_budget'][1]} "
+        "(mean KL to the reference over the run's last quarter of steps).",
+    ]
+    lines += ["", "## Rollouts and the capability kept", ""]
+    lines += ["| arm | when | embedding diversity | distinct-2 | self-BLEU | sampled reward | held-out general NLL |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        for when in ("before_rl", "after_rl"):
+            row = [
+                _mean_std(_column(cells, arm, "phases", when, "rollouts", key))
+                for key in ("embedding", "distinct_2", "self_bleu", "mean_reward")
+            ]
+            row.append(_mean_std(_column(cells, arm, "phases", when, "general_nll")))
+            lines.append(f"| {arm} | {when.replace('_', ' ')} | {' | '.join(row)} |")
+    lines += ["", "## Code gain through the latent stages", ""]
+    lines += [
+        "Next-token accuracy with the IDM's code (and the policy's) minus that with a random code, and the base "
+        "alone, on held-out general text and held-out task answers, measured at the end of each stage.",
+        "",
+        "| stage | text | base alone | world + IDM code | IDM code gain | policy code gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage in (*PRETRAIN_STAGES, "world_sft"):
+        for stream in ("general", "task"):
+            row = [
+                _mean_std(_column(cells, "latent", "phases", "train", stage, f"health_{stream}", f"health/{key}"))
+                for key in ("base_accuracy", "world_accuracy_inverse", "code_gain_inverse", "code_gain_policy")
+            ]
+            lines.append(f"| {stage} | {stream} | {' | '.join(row)} |")
+    lines += ["", "## Targets", "", "| target | value | verdict |", "|---|---|---|"]
+    for claim, verdict, signed in _targets(cells):
+        lines.append(f"| {claim} | {verdict.describe(signed=signed)} | {verdict.verdict} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def smoke_base(cache_dir, corpus_out) -> tuple[str, str]:
     """A tiny Llama shaped like SmolLM2 (its tokenizer trained on the task's text) and a small general corpus cut
     from the committed one: what the smoke cell runs on. Returns `(base folder, corpus file)`."""
@@ -643,24 +859,24 @@ def smoke_base(cache_dir, corpus_out) -> tuple[str, str]:
     return str(tiny_lm_path("tiny", cache_dir=cache_dir, corpus=texts, arch="llama")), str(corpus_out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trl_latent.experiments.text_roleplay.study",
-        description="Token RL against latent-action RL on the text role-play task (SmolLM2-135M-Instruct).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The study's `run` and `report` subcommands (shared by `python -m ...study` and `trl-latent text-study`)."""
     sub = parser.add_subparsers(dest="what", required=True)
     run = sub.add_parser("run", help="run (or finish) cells; each phase lands in its cell file as it finishes")
     run.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    run.add_argument("--cells-dir", default=str(CELLS_DIR))
-    run.add_argument("--work-dir", default=str(WORK_DIR))
+    run.add_argument("--cells-dir", default=str(CELLS_DIR), help="the cells, committed (default %(default)s)")
+    run.add_argument("--work-dir", default=str(WORK_DIR), help="models and finished phases (default %(default)s)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     run.add_argument("--smoke", action="store_true", help="a tiny Llama base and a few steps (CI's cell)")
     run.add_argument("--set", nargs="*", default=[], metavar="NAME=JSON", help="override a setting, e.g. rl_steps=4")
     report = sub.add_parser("report", help="the docs page from the cells")
     report.add_argument("--cells-dir", default=str(CELLS_DIR))
     report.add_argument("--write", default=None, help="write the page here (else print it)")
-    args = parser.parse_args(argv)
+
+
+def execute(args: argparse.Namespace, command: str) -> int:
+    """Run what `add_arguments`' parser parsed; `command` is the command line, printed beside every result."""
     if args.what == "report":
         page = report_markdown(args.cells_dir)
         if args.write:
@@ -677,10 +893,12 @@ def main(argv: list[str] | None = None) -> int:
         config = TextStudyConfig()
     for item in args.set:
         name, _, value = item.partition("=")
-        config = TextStudyConfig.from_dict({**config.to_dict(), name: json.loads(value)})
-    command = "python -m trl_latent.experiments.text_roleplay.study " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            print(f"--set {item}: the value must be JSON (e.g. rl_steps=4, kl_budget=[0.01,0.05])", file=sys.stderr)
+            return 2
+        config = TextStudyConfig.from_dict({**config.to_dict(), name: parsed})
     for seed in args.seeds:
         for arm in args.arms:
             started = time.perf_counter()
@@ -689,9 +907,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trl_latent.experiments.text_roleplay.study",
+        description="Token RL against latent-action RL on the text role-play task (SmolLM2-135M-Instruct).",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return execute(args, f"{parser.prog} " + shlex.join(sys.argv[1:] if argv is None else argv))
+
+
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def report_markdown(cells_dir=CELLS_DIR) -> str:
-    raise NotImplementedError

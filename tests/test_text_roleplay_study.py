@@ -1,0 +1,119 @@
+"""The text role-play study's runner: a smoke cell of each arm on a tiny Llama (every phase, resumable, refused when
+the settings change), the NLL it reports, the KL-matched rate reused by a later seed, and docs/text_study.md rebuilt
+from the committed cells."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_latent.experiments.text_roleplay import study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("text-study")
+    cells = work / "cells"
+    assert study.main(["run", "--smoke", "--seeds", "0", "--cells-dir", str(cells), "--work-dir", str(work)]) == 0
+    return work, cells
+
+
+def test_smoke_cells_hold_every_phase_and_learning(smoke):
+    work, cells_dir = smoke
+    cells = {c["arm"]: c for c in study.load_cells(cells_dir)}
+    assert set(cells) == {"token", "latent"} and all(c["complete"] for c in cells.values())
+    for cell in cells.values():
+        assert list(cell["phases"]) == ["train", "before_rl", "rl", "after_rl"]
+        for when in ("before_rl", "after_rl"):
+            ev = cell["phases"][when]
+            assert set(ev) >= {"heldout", "heldout-characters", "rollouts", "general_nll"}
+            assert ev["heldout"]["n"] == 2 and 0 <= ev["heldout"]["mean_reward"] <= 1
+            assert math.isfinite(ev["general_nll"]) and ev["general_nll"] > 0
+            assert {"embedding", "distinct_2", "self_bleu"} <= set(ev["rollouts"])
+        rl = cell["phases"]["rl"]
+        assert rl["search"] == "done" and len(rl["probes"]) == 1 and rl["chosen"] == rl["probes"][0]["learning_rate"]
+        assert math.isfinite(rl["probes"][0]["kl"]) and rl["probes"][0]["steps"] == 2
+    sft = cells["token"]["phases"]["train"]
+    assert sft["loss_last"] < sft["loss_first"] and sft["weight_change"] > 0
+    stages = cells["latent"]["phases"]["train"]
+    assert list(stages) == ["inverse_warmup", "joint", "policy_bc", "world_sft"]
+    for name, stage in stages.items():
+        assert stage["loss_last"] < stage["loss_first"], name
+        for stream in ("health_general", "health_task"):
+            assert {"health/code_gain_inverse", "health/code_gain_policy", "health/base_accuracy"} <= set(
+                stage[stream]
+            )
+
+
+def test_a_finished_cell_is_not_rerun_and_other_settings_are_refused(smoke):
+    work, cells_dir = smoke
+    config = study.TextStudyConfig.from_dict(study.load_cells(cells_dir)[0]["config"])
+    before = (cells_dir / "latent-seed0.json").read_text()
+    cell = study.run_cell("latent", 0, config, cells_dir, work)  # complete: returned as it is, nothing re-run
+    assert cell["complete"] and (cells_dir / "latent-seed0.json").read_text() == before
+    config.rl_steps = 3
+    with pytest.raises(ValueError, match="made with other settings"):
+        study.run_cell("latent", 0, config, cells_dir, work)
+    with pytest.raises(ValueError, match="Unknown study settings"):
+        study.TextStudyConfig.from_dict({"rl_step": 3})
+    with pytest.raises(ValueError, match="Unknown arm"):
+        study.run_cell("tokens", 0, config, cells_dir, work)
+
+
+def test_a_later_seed_reuses_the_searched_rate(smoke):
+    _, cells_dir = smoke
+    assert study._chosen_rate(cells_dir, "token", seed=1) == 1e-3
+    assert study._chosen_rate(cells_dir, "latent", seed=1) == 1e-2
+    assert study._chosen_rate(cells_dir, "token", seed=0) is None  # a seed never reuses its own search
+
+
+def test_general_nll_is_the_mean_token_cross_entropy(smoke):
+    from transformers import AutoModelForCausalLM
+
+    work, _ = smoke
+    config = study.TextStudyConfig.from_dict(study.load_cells(smoke[1])[0]["config"])
+    model = AutoModelForCausalLM.from_pretrained(config.base).eval()
+    tokenizer = study._tokenizer(config.base)
+    _, held = study.general_text(config)
+    records = held[:2]
+    expected_total, count = 0.0, 0
+    for record in records:
+        ids = tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=True, return_tensors="pt")
+        with torch.no_grad():
+            loss = model(**ids, labels=ids["input_ids"]).loss
+        n = ids["input_ids"].shape[1] - 1
+        expected_total, count = expected_total + float(loss) * n, count + n
+    assert study.general_nll(model, tokenizer, records) == pytest.approx(expected_total / count, rel=1e-5)
+
+
+def test_the_report_reads_the_cells(smoke):
+    _, cells_dir = smoke
+    page = study.report_markdown(cells_dir)
+    assert "| token | 0 | train, before_rl, rl, after_rl | yes |" in page
+    assert "| world_sft | task |" in page and "n/a (one seed)" in page
+    empty = study.report_markdown(cells_dir.parent / "no-cells")
+    assert "No cell is committed yet" in empty
+
+
+def test_docs_page_is_built_from_the_committed_cells():
+    page = (ROOT / study.DOCS_PAGE).read_text()
+    assert page == study.report_markdown(ROOT / study.CELLS_DIR), (
+        f"docs/text_study.md is stale: run `{study.REPORT_COMMAND}`"
+    )
+
+
+def test_general_text_split_is_stable_and_disjoint(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"text {i}"}]} for i in range(60)]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = study.TextStudyConfig(corpus=str(corpus))
+    train, held = study.general_text(config)
+    assert len(train) + len(held) == 60 and 0 < len(held) < 20
+    assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in held}
+    assert study.general_text(config) == (train, held)
+    with pytest.raises(FileNotFoundError, match="write one with"):
+        study.general_text(study.TextStudyConfig(corpus=str(tmp_path / "missing.jsonl")))
