@@ -197,6 +197,43 @@ def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
     assert "is not a judge" in message
 
 
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--codebook_size", "0"], "codebook_size must be at least 2 (got 0)"),
+        (["--codebook_size", "-4"], "codebook_size must be at least 2 (got -4)"),
+        (["--policy_layers", "0"], "policy_layers must be at least 1 (got 0)"),
+        (["--max_samples", "0"], "max_samples must be at least 1"),
+    ],
+)
+def test_out_of_range_sizes_are_refused_before_any_model(flags, fragment, capsys, no_model_loading):
+    message = fails(["sft", "--config", str(RECIPE / "1_inverse_warmup.yaml"), *CPU, *flags], capsys)
+    assert "invalid configuration" in message and fragment in message
+
+
+def test_a_truncated_weights_file_is_named(tmp_path, capsys, no_model_loading, shapes):
+    import torch
+    from safetensors.torch import save_file
+
+    model = fake_latent_model(tmp_path / "stage5")
+    save_file({"w": torch.zeros(64, 64)}, str(tmp_path / "stage5" / "model.safetensors"))
+    data = (tmp_path / "stage5" / "model.safetensors").read_bytes()
+    (tmp_path / "stage5" / "model.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", model]
+    message = fails(rl, capsys)
+    assert f"model_name_or_path {model}: model.safetensors cannot be read" in message and "truncated" in message
+    message = fails(["inspect", "--model_name_or_path", model, "--task", "mmrole", "--task_root", str(shapes)], capsys)
+    assert "model.safetensors cannot be read" in message
+    message = fails(["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", model], capsys)
+    assert f"models {model}: model.safetensors cannot be read" in message
+
+
+def test_grpo_max_samples_zero_is_refused(tmp_path, capsys, no_model_loading):
+    model = fake_latent_model(tmp_path / "stage5")
+    rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", model]
+    assert "max_samples must be at least 1" in fails([*rl, "--max_samples", "0"], capsys)
+
+
 # ------------------------------------------------------------------------------------------------ working runs
 def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache, capsys, monkeypatch):
     """`eval` with the offline rubric: the reported score is the rubric recomputed from the stored generations."""

@@ -294,10 +294,17 @@ def test_a_plan_that_does_not_fit_exits_nonzero_with_what_to_try(capsys):
         capsys, IDS["7b"], "--stage", "5", "--zero", "ddp", "--num-gpus", "1", "--gpu-memory", "24"
     )
     assert code == 1
-    assert "DDP does not fit 1 GPU(s) of 24 GiB" in err
-    assert "ZeRO-3 fits on" in err and "--num-gpus" in err  # more GPUs with ZeRO-3
-    assert "ZeRO-3 + CPU offload" in err and "LoRA" in err and "--lora-r 16" in err
+    assert err.strip() == "trl-latent plan: DDP does not fit 1 GPU(s) of 24 GiB. What to try is printed above."
+    assert "ZeRO-3 fits on" in out and "--num-gpus" in out  # more GPUs with ZeRO-3
+    assert "ZeRO-3 + CPU offload" in out and "LoRA" in out and "--lora-r 16" in out
+    assert out.count("--lora-r 16") == 1  # the advice is printed once
     assert "DDP does not fit" in out  # the table is printed too
+
+
+@pytest.mark.parametrize("flag", [["--codebook-size", "0"], ["--codebook-size", "-4"], ["--policy-layers", "-1"]])
+def test_a_bad_latent_size_is_a_clear_error(capsys, flag):
+    code, out, err = run_cli(capsys, IDS["3b"], "--stage", "grpo", *flag)
+    assert code == 2 and out == "" and err.startswith("trl-latent plan: error: ") and len(err.splitlines()) == 1
 
 
 def test_a_plan_that_fits_exits_zero(capsys):

@@ -240,6 +240,26 @@ def check_latent_model(name: str, field_name: str = "model_name_or_path") -> Non
             f"{field_name} {name} holds a {config.get('model_type')!r} model, not a latent action model. To wrap a "
             "base VLM with fresh latent modules, pass it as base_model."
         )
+    check_weight_files(name, field_name)
+
+
+def check_weight_files(name: str, field_name: str = "model_name_or_path") -> None:
+    """Every safetensors file of a local model folder has a readable header that covers the file: a copy cut short
+    (an interrupted download or save) is refused here, with its name, instead of failing inside the loader."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(name)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise CommandError(
+                f"{field_name} {name}: {path.name} cannot be read ({err}). The file looks truncated or corrupted (an "
+                "interrupted save or copy): save or copy the model again."
+            ) from err
 
 
 def is_latent_model(name: str) -> bool:
@@ -337,6 +357,12 @@ class TaskArguments:
     max_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many samples of each split (quick runs)."}
     )
+
+    def __post_init__(self):
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(
+                f"max_samples must be at least 1, or left unset for every sample (got {self.max_samples})."
+            )
 
 
 def check_task(args: TaskArguments, what: str) -> None:

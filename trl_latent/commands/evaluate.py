@@ -34,6 +34,7 @@ from .common import (
     build_judge,
     check_model,
     check_task,
+    check_weight_files,
     import_reward,
     is_latent_model,
     load_processor,
@@ -127,6 +128,7 @@ def _main(argv: list[str]) -> int:
         raise CommandError("set models: one or more saved latent action models or plain VLMs to evaluate.")
     for model in args.models:
         check_model(model, "models")
+        check_weight_files(model, "models")
     check_task(args, "eval")
     if args.num_generations < 1:
         raise CommandError(f"num_generations must be at least 1 (got {args.num_generations}).")

@@ -82,11 +82,12 @@ def run(args) -> int:
             inverse_layers=args.inverse_layers,
             policy_layers=args.policy_layers,
         )
-    except PlanError as err:
+    except (PlanError, ValueError) as err:  # ValueError: a latent-model size the config refuses (--codebook-size 0)
         print(f"trl-latent plan: error: {err}", file=sys.stderr)
         return 2
     print(format_plan(plan))
-    if not plan.fits:
-        print(f"trl-latent plan: {verdict(plan)} {'; '.join(plan.suggestions)}", file=sys.stderr)
+    if not plan.fits:  # the advice is in the table's output; stderr says only that it does not fit
+        head = verdict(plan).removesuffix(" Try:")
+        print(f"trl-latent plan: {head} What to try is printed above.", file=sys.stderr)
         return 1
     return 0

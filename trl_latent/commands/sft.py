@@ -85,6 +85,15 @@ class SFTScriptArguments(TaskArguments):
         metadata={"help": "Folder the paired corpus's image paths are relative to (default: each file's folder)."},
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        from ..modeling.configuration import LatentActionConfig
+
+        # The latent model's own checks (one home for them): --codebook_size 0 fails here, before any model is built.
+        LatentActionConfig(
+            codebook_size=self.codebook_size, inverse_layers=self.inverse_layers, policy_layers=self.policy_layers
+        )
+
 
 def make_parser(action_space: str = "latent"):
     from trl import SFTConfig
