@@ -82,7 +82,20 @@ def test_a_changed_number_or_marker_is_caught(tmp_path):
     (tmp_path / evidence.DEMO_RESULTS).parent.mkdir(parents=True)
     results = json.loads((ROOT / evidence.DEMO_RESULTS).read_text())
     shutil.copy(ROOT / evidence.DEMO_RESULTS, tmp_path / evidence.DEMO_RESULTS)
+    cells = evidence.BLOCKS["text-study-headline"].source
+    shutil.copytree(ROOT / cells, tmp_path / cells)
     assert evidence.check(tmp_path) == []
+    # A cell of the text study changes: only the README's headline is stale.
+    first = sorted((tmp_path / cells).glob("*.json"))[0]
+    cell = json.loads(first.read_text())
+    cell["phases"]["train"]["planted"] = 1  # a field the headline does not read: nothing is stale
+    first.write_text(json.dumps(cell))
+    assert evidence.check(tmp_path) == []
+    cell["complete"] = not cell["complete"]
+    first.write_text(json.dumps(cell))
+    assert evidence.check(tmp_path) == ["README.md: text-study-headline"]
+    shutil.rmtree(tmp_path / cells)
+    shutil.copytree(ROOT / cells, tmp_path / cells)
     # The data changes (a rerun gave another number): every block built from it is now stale.
     results["latent"]["rl"]["seconds"] += 1.0
     results["eval_base"]["id"]["reward"] += 0.25

@@ -115,7 +115,21 @@ class Block:
     build: Callable[[dict], str]
 
     def render(self, root: Path = Path(".")) -> str:
-        return self.build(_load(root / self.source))
+        source = root / self.source
+        if self.source.suffix == "":  # a folder of cells: every `*-seed*.json` in it
+            from .text_roleplay.study import load_cells
+
+            if not source.is_dir():
+                raise FileNotFoundError(f"{source} is missing: it holds the committed data of a generated table.")
+            return self.build({"cells": load_cells(source)})
+        return self.build(_load(source))
+
+
+def text_study_headline(data: dict) -> str:
+    """The README's headline of the text role-play study (SmolLM2-135M-Instruct), from its committed cells."""
+    from .text_roleplay.study import headline
+
+    return headline(data["cells"])
 
 
 BLOCKS = {
@@ -124,6 +138,7 @@ BLOCKS = {
         Block("demo-table", DEMO_RESULTS, demo_table),
         Block("demo-health", DEMO_RESULTS, demo_health),
         Block("demo-probes", DEMO_RESULTS, demo_probes),
+        Block("text-study-headline", RESULTS / "text_roleplay" / "cells", text_study_headline),
     )
 }
 # The markdown files that hold generated blocks.

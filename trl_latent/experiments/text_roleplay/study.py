@@ -748,6 +748,41 @@ def _targets(cells: list[dict]) -> list[tuple[str, Any]]:
     ]
 
 
+def headline(cells: list[dict]) -> str:
+    """The study in one table (the README's): per arm, held-out reward and success before and after RL, rollout
+    embedding diversity and held-out general-text NLL after RL, the final KL; mean ± std over the finished seeds."""
+    if not cells:
+        return "No cell of the text role-play study is committed yet."
+    lines = [
+        "| arm | seeds done | held-out reward, before -> after RL | success, before -> after RL | held-out characters, "
+        "reward before -> after RL | rollout embedding diversity after RL | general-text NLL, before -> after RL | "
+        "final KL |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        arm_cells = [c for c in cells if c["arm"] == arm]
+        if not arm_cells:
+            continue
+
+        def pair(*path):
+            before = _mean_std(_column(cells, arm, "phases", "before_rl", *path))
+            after = _mean_std(_column(cells, arm, "phases", "after_rl", *path))
+            return f"{before} -> {after}"
+
+        kls = []
+        for c in arm_cells:
+            rl = c["phases"].get("rl") or {}
+            kls += [p["kl"] for p in rl.get("probes", []) if p["learning_rate"] == rl.get("chosen")]
+        done = sorted(c["seed"] for c in arm_cells if c["complete"])
+        lines.append(
+            f"| {arm} | {', '.join(map(str, done)) or 'none'} | {pair('heldout', 'mean_reward')} | "
+            f"{pair('heldout', 'success_rate')} | {pair('heldout-characters', 'mean_reward')} | "
+            f"{_mean_std(_column(cells, arm, 'phases', 'after_rl', 'rollouts', 'embedding'))} | "
+            f"{pair('general_nll')} | {_mean_std(kls)} |"
+        )
+    return "\n".join(lines)
+
+
 def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     """The docs page of the study, built from its committed cells (`docs/text_study.md`). The page names the cells
     folder as the repository holds it (`results/text_roleplay/cells`), wherever `cells_dir` is read from."""
