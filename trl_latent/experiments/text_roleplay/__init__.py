@@ -14,4 +14,5 @@ library never imports it. See docs/text_roleplay.md.
 | `generation.py` | batched chat generation on the CPU (greedy or sampled at temperature 1) |
 | `corpus.py` | the general corpus: the base's own samples, standard-library documentation, held-out characters' texts |
 | `evaluate.py` | the base's room on the held-out prompts, and `results/text_roleplay/base_eval.json` |
+| `study.py` | the study: token RL against latent-action RL, KL-matched, cell by cell into `results/text_roleplay/cells/`, and its report |
 """
