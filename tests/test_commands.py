@@ -91,6 +91,36 @@ def test_help_lists_the_commands_and_every_field(capsys):
     assert "--code_source" in help_of(["inspect", "--help"])
 
 
+def test_argparse_commands_take_both_flag_spellings_and_show_their_own_usage(capsys):
+    """`plan`, `demo`, `study`, `text-study` and `write-synthetic` take `--num_gpus` as `--num-gpus` (the stage
+    commands' TRL parsers take both), and a bad flag shows the command's usage, not the top level's."""
+    plan = ["plan", "Qwen/Qwen2.5-VL-3B-Instruct", "--stage", "grpo", "--zero", "3"]
+    assert main([*plan, "--num-gpus", "8", "--gpu-memory", "40"]) == 0
+    dashed = capsys.readouterr().out
+    assert main([*plan, "--num_gpus", "8", "--gpu_memory", "40"]) == 0
+    assert capsys.readouterr().out == dashed and "8 GPU" in dashed
+    for command in (
+        ["plan", "x", "--stage", "1"],
+        ["demo"],
+        ["study"],
+        ["text-study", "run"],
+        ["write-synthetic", "x"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--no-such-flag"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[
+            -1
+        ] == f"trl-latent {' '.join(command[:1])}: error: unrecognized arguments: --no-such-flag" or (
+            command[0] == "text-study" and "unrecognized arguments: --no-such-flag" in err
+        ), err
+        assert f"usage: trl-latent {command[0]}" in err
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "The embedded end-to-end job on the shapes role-play task" in capsys.readouterr().out
+
+
 def test_yaml_values_and_command_line_overrides():
     from trl_latent.commands import common, sft
 

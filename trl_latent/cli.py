@@ -44,11 +44,26 @@ SUBCOMMANDS = [
 ]
 
 
+class _FlagParser(argparse.ArgumentParser):
+    """An argument parser whose `--dashed-flags` also answer to `--underscored_flags`, as the stage commands' TRL
+    parsers take both spellings: `trl-latent plan ... --num_gpus 4` is `--num-gpus 4`. The underscored twin is not
+    listed in the help. Sub-commands' parsers are of this class too (argparse builds them with the parent's class)."""
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        for name in names:
+            twin = "--" + name[2:].replace("-", "_")
+            if name.startswith("--") and twin != name and twin not in self._option_string_actions:
+                self._option_string_actions[twin] = action
+        return action
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trl-latent", description="Latent-action RL for vision-language models.")
+    parser = _FlagParser(prog="trl-latent", description="Latent-action RL for vision-language models.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
+    parser.set_defaults(_subparsers=subparsers)
     return parser
 
 
@@ -57,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     quiet_import_notices()  # before any command imports transformers' training stack
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a bad flag: the command's own usage, not the top level's
+        command = args._subparsers.choices.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     # The whole command line, recorded by commands that write results (`args.argv` is the stage commands' own).
     args.command_line = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:

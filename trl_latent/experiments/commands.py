@@ -86,7 +86,13 @@ def _field_overrides(items: list[str]) -> dict:
 
 
 def add_demo(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="the embedded end-to-end job: token vs latent RL, CPU, offline")
+    parser = subparsers.add_parser(
+        "demo",
+        help="the embedded end-to-end job: token vs latent RL, CPU, offline",
+        description="The embedded end-to-end job on the shapes role-play task (a tiny Qwen2.5-VL built in-process, CPU, "
+        "offline): token SFT then RL over tokens, against latent stages 1-5 then RL over latent actions, each model "
+        "evaluated on held-out prompts; results.json and tables under --output-dir.",
+    )
     parser.add_argument("--output-dir", default="outputs/demo", help="where results go (default outputs/demo)")
     parser.add_argument("--loss", default=None, choices=list(LOSS_CLASSES), help="RL objective")
     parser.add_argument("--rl-steps", type=int, default=None, help="RL steps of each arm")
@@ -128,7 +134,12 @@ def _write_synthetic(args: argparse.Namespace) -> int:
 
 
 def add_write_synthetic(subparsers) -> None:
-    parser = subparsers.add_parser("write-synthetic", help="write the shapes role-play task in the MMRole layout")
+    parser = subparsers.add_parser(
+        "write-synthetic",
+        help="write the shapes role-play task in the MMRole layout",
+        description="Write the embedded shapes role-play task to a folder in the MMRole release's layout (dialogues, "
+        "profiles, images, pretraining corpora), for the stage commands and the recipes.",
+    )
     parser.add_argument("root", help="folder to write (empty, new, or a previous synthetic task)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, nargs="+", default=[56], help="side, or width height")
