@@ -110,11 +110,7 @@ def test_argparse_commands_take_both_flag_spellings_and_show_their_own_usage(cap
             main([*command, "--no-such-flag"])
         assert info.value.code == 2
         err = capsys.readouterr().err
-        assert err.splitlines()[
-            -1
-        ] == f"trl-latent {' '.join(command[:1])}: error: unrecognized arguments: --no-such-flag" or (
-            command[0] == "text-study" and "unrecognized arguments: --no-such-flag" in err
-        ), err
+        assert err.splitlines()[-1].endswith("error: unrecognized arguments: --no-such-flag"), err
         assert f"usage: trl-latent {command[0]}" in err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
