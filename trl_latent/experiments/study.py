@@ -172,18 +172,6 @@ def _comparable(config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-_EMBEDDER = None
-
-
-def _embedder():
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        from ..metrics.diversity import Embedder
-
-        _EMBEDDER = Embedder()
-    return _EMBEDDER
-
-
 def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: int = 32) -> dict[str, Any]:
     """The codes a latent model's policy samples on the held-out prompts in the RL rollout setting (top-k 32,
     temperature 1, greedy tokens): per-code counts over all splits, codes used, usage entropy (nats) and perplexity."""
@@ -240,10 +228,13 @@ class StudyEvaluator:
         return EVALUATION_PROTOCOL + ("" if self.use_embedder else ", no embedder")
 
     def __call__(self, model, processor, eval_sets, config) -> dict[str, Any]:
+        from ..metrics.diversity import default_embedder
         from ..modeling.model import LatentActionModel
         from .evaluate import evaluate_model
 
-        results = evaluate_model(model, processor, eval_sets, config, _embedder() if self.use_embedder else None)
+        results = evaluate_model(
+            model, processor, eval_sets, config, default_embedder() if self.use_embedder else None
+        )
         if isinstance(model, LatentActionModel):
             results["codes"] = sampled_code_usage(model, processor, eval_sets, config)
         return results

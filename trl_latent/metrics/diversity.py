@@ -18,6 +18,7 @@ The default embedder is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -132,6 +133,13 @@ class Embedder:
 
     def __repr__(self) -> str:
         return f"Embedder({self.model_name_or_path!r})"
+
+
+@functools.lru_cache(maxsize=1)
+def default_embedder() -> Embedder:
+    """The default `Embedder` (all-MiniLM-L6-v2), built once per process and shared: a study that measures many
+    models loads the sentence model once."""
+    return Embedder()
 
 
 def mean_pairwise_similarity(embeddings: torch.Tensor) -> float:

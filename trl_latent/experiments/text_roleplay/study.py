@@ -283,22 +283,10 @@ def general_nll(model, tokenizer, records: list[dict]) -> float:
     return total / count
 
 
-_EMBEDDER = None
-
-
-def _embedder():
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        from ...metrics.diversity import Embedder
-
-        _EMBEDDER = Embedder()
-    return _EMBEDDER
-
-
 def evaluate_model(model, tokenizer, config: TextStudyConfig, held_out_text: list[dict]) -> dict[str, Any]:
     """Held-out reward and success (greedy, both held-out splits), rollout diversity (RL sampling setting, held-out ID
     prompts) and the NLL of held-out general text. Fixed prompts for every seed and arm."""
-    from ...metrics.diversity import group_diversity
+    from ...metrics.diversity import default_embedder, group_diversity
     from .evaluate import summarise
     from .reward import score
     from .task import task_prompts
@@ -315,7 +303,7 @@ def evaluate_model(model, tokenizer, config: TextStudyConfig, held_out_text: lis
     rows = task_prompts("heldout", config.diversity_prompts, seed=EVAL_SEED + 2)
     todo = [r for r in rows for _ in range(config.diversity_samples)]
     texts = generate(model, tokenizer, [r["prompt"] for r in todo], config.max_completion_length, True, 0)
-    diversity = group_diversity(texts, config.diversity_samples, embedder=_embedder())
+    diversity = group_diversity(texts, config.diversity_samples, embedder=default_embedder())
     sampled = [score(t, r["character"], r["kind"], r["scene"], r["target"])["reward"] for t, r in zip(texts, todo)]
     out["rollouts"] = {k.split("/")[-1]: round(v, 4) for k, v in diversity.items()}
     out["rollouts"]["mean_reward"] = round(statistics.fmean(sampled), 4)
@@ -764,7 +752,7 @@ def headline(cells: list[dict]) -> str:
         if not arm_cells:
             continue
 
-        def pair(*path):
+        def pair(*path, arm=arm):
             before = _mean_std(_column(cells, arm, "phases", "before_rl", *path))
             after = _mean_std(_column(cells, arm, "phases", "after_rl", *path))
             return f"{before} -> {after}"
