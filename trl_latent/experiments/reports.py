@@ -614,7 +614,7 @@ def _figure(ncols: int = 1):
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError("The plots need matplotlib: `pip install trl-latent[metrics]`.") from err
+        raise ImportError("The plots need matplotlib: `pip install trl-latent[experiments]`.") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -819,6 +819,6 @@ def write_run_plots(results: dict[str, Any], output_dir: str | Path) -> dict[str
     """The study's plots for one `run_pipeline` run, next to its `results.json` (ablation and code-usage plots say
     when the run has no data for them). Without matplotlib the run keeps its results and says how to get plots."""
     if importlib.util.find_spec("matplotlib") is None:
-        logger.warning("No plots for %s: matplotlib is missing (`pip install trl-latent[metrics]`).", output_dir)
+        logger.warning("No plots for %s: matplotlib is missing (`pip install trl-latent[experiments]`).", output_dir)
         return {}
     return write_plots(cells_from_run(results), output_dir)
