@@ -64,6 +64,26 @@ def test_a_finished_cell_is_not_rerun_and_other_settings_are_refused(smoke):
         study.run_cell("tokens", 0, config, cells_dir, work)
 
 
+def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
+    work, cells_dir = smoke
+    argv = ["run", "--smoke", "--arms", "latent", "--variant", "s5-base-plus-delta", "--seeds", "0"]
+    assert study.main([*argv, "--cells-dir", str(cells_dir), "--work-dir", str(work)]) == 0
+    cells = {study._name(c): c for c in study.load_cells(cells_dir)}
+    variant, plain = cells["latent+s5-base-plus-delta"], cells["latent"]
+    assert variant["complete"] and variant["config"]["world_sft_output"] == "base_plus_delta"
+    for stage in study.PRETRAIN_STAGES:  # linked, not retrained: the same numbers, marked as reused
+        assert (work / "latent+s5-base-plus-delta-seed0" / stage).is_symlink()
+        assert variant["phases"]["train"][stage]["reused_from"] == "latent-seed0.json"
+        assert variant["phases"]["train"][stage]["loss_last"] == plain["phases"]["train"][stage]["loss_last"]
+    folder = work / "latent+s5-base-plus-delta-seed0" / "world_sft" / "config.json"
+    assert json.loads(folder.read_text())["world_output"] == "base_plus_delta"
+    assert variant["phases"]["train"]["world_sft"]["loss_first"] != plain["phases"]["train"]["world_sft"]["loss_first"]
+    page = study.report_markdown(cells_dir)
+    assert "| latent+s5-base-plus-delta | 0 |" in page and "| world_sft (latent+s5-base-plus-delta) | task |" in page
+    with pytest.raises(ValueError, match="Unknown variant"):
+        study.run_cell("token", 0, study.TextStudyConfig(), cells_dir, work, variant="s5-base-plus-delta")
+
+
 def test_a_later_seed_reuses_the_searched_rate(smoke):
     _, cells_dir = smoke
     assert study._chosen_rate(cells_dir, "token", seed=1) == 1e-3

@@ -61,6 +61,13 @@ __all__ = [
 ]
 
 ARMS = ("token", "latent")
+# Latent-arm variants: stage-5 settings measured beside the authors' (same stages 1-4, reused from the plain latent
+# cell of the same seed). Each is its own cell, `latent+<variant>-seed<N>.json`.
+VARIANTS = {
+    # The base's own logits plus the code expert in stage 5 (and RL), instead of the code expert alone: stage 5 then
+    # trains the base through its direct path to lm_head, as token SFT does.
+    "s5-base-plus-delta": {"world_sft_output": "base_plus_delta"},
+}
 CELLS_DIR = Path("results") / "text_roleplay" / "cells"
 WORK_DIR = Path("outputs") / "text_study"
 DOCS_PAGE = Path("docs") / "text_study.md"
@@ -106,6 +113,9 @@ class TextStudyConfig:
     nll_records: int = 32
     health_samples: int = 32
     model_sizes: dict = field(default_factory=dict)  # LatentActionModel.from_base overrides (smoke: small modules)
+    # Stage 5 (latent arm) beside the authors' setting: `world_sft_output` overrides the world-output form stage 5
+    # trains under (None: the authors' schedule, merge-delta after minus-base in stages 1-3); see `VARIANTS`.
+    world_sft_output: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -427,6 +437,7 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
             seed=seed,
             world_sft_last_layers=config.world_sft_last_layers,
             health_samples=config.health_samples,
+            **({"world_output": config.world_sft_output} if world and config.world_sft_output else {}),
             **({"assistant_only_loss": True} if world else {}),
             **_train_args(),
         )
@@ -528,16 +539,25 @@ def _rl_run(arm, config, seed, start_folder: Path, base, work: Path, learning_ra
     }
 
 
-def _chosen_rate(cells_dir: Path, arm: str, seed: int) -> float | None:
-    """The rate an earlier seed's KL search chose for `arm` (the lowest seed's), if any."""
+def _name(cell: dict) -> str:
+    return cell.get("name", cell["arm"])
+
+
+def _chosen_rate(cells_dir: Path, name: str, seed: int) -> float | None:
+    """The rate an earlier seed's KL search chose for the arm `name` (the lowest seed's), if any."""
     for cell in sorted(load_cells(cells_dir), key=lambda c: c["seed"]):
         rl = cell["phases"].get("rl") or {}
-        if cell["arm"] == arm and cell["seed"] != seed and rl.get("chosen") is not None and rl.get("search") == "done":
+        if (
+            _name(cell) == name
+            and cell["seed"] != seed
+            and rl.get("chosen") is not None
+            and rl.get("search") == "done"
+        ):
             return rl["chosen"]
     return None
 
 
-def _rl(arm, config, seed, start_folder, base, work, phases: Phases, cells_dir: Path) -> dict:
+def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells_dir: Path) -> dict:
     """The arm's RL run at the rate a KL budget sets: searched by the first seed (each probe a whole run, kept), reused
     by later seeds. Resumable probe by probe."""
     from ..kl_budget import KLProbe, choose_learning_rate
@@ -553,7 +573,7 @@ def _rl(arm, config, seed, start_folder, base, work, phases: Phases, cells_dir: 
             phases.put("rl", rl)
         return KLProbe(key, done[key]["kl"], done[key]["weight_change"])
 
-    reused = _chosen_rate(cells_dir, arm, seed)
+    reused = _chosen_rate(cells_dir, name, seed)
     if reused is not None:
         probe(reused)
         rl.update(chosen=float(f"{reused:.1e}"), search="reused from an earlier seed", within=None)
@@ -585,15 +605,51 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run_cell(arm: str, seed: int, config: TextStudyConfig, cells_dir=CELLS_DIR, work_dir=WORK_DIR) -> dict:
-    """Run (or finish) one cell; returns it. Every finished phase is written to the cell file as it lands."""
+def cell_name(arm: str, variant: str | None = None) -> str:
+    """A cell's arm as the files and tables name it: `token`, `latent`, or `latent+<variant>`."""
+    return arm if not variant else f"{arm}+{variant}"
+
+
+def _reuse_pretrain_stages(config, seed, work: Path, work_dir: Path, cells_dir: Path, phases: Phases) -> None:
+    """A variant of stage 5 starts from the plain latent cell's stages 1-4 (same seed, same settings but stage 5's):
+    their folders are linked and their numbers copied, so only stage 5 onwards runs again."""
+    plain = work_dir / f"latent-seed{seed}"
+    cell_file = cells_dir / f"latent-seed{seed}.json"
+    if not cell_file.exists():
+        raise FileNotFoundError(
+            f"A stage-5 variant reuses stages 1-4 of {cell_file}: run the plain latent cell first."
+        )
+    source = json.loads(cell_file.read_text())
+    differs = {k for k, v in config.to_dict().items() if source["config"].get(k) != v} - {"world_sft_output"}
+    if differs:
+        raise ValueError(f"{cell_file} was made with other settings ({sorted(differs)}): its stages cannot be reused.")
+    stages = phases.get("train") or {}
+    for stage in PRETRAIN_STAGES:
+        if not (plain / stage / "config.json").exists() or stage not in source["phases"].get("train", {}):
+            raise FileNotFoundError(f"{plain / stage} is missing: finish the plain latent cell's stages 1-4 first.")
+        if not (work / stage).exists():
+            (work / stage).symlink_to((plain / stage).resolve(), target_is_directory=True)
+        stages.setdefault(stage, {**source["phases"]["train"][stage], "reused_from": cell_file.name})
+    phases.put("train", stages)
+
+
+def run_cell(
+    arm: str, seed: int, config: TextStudyConfig, cells_dir=CELLS_DIR, work_dir=WORK_DIR, variant: str | None = None
+) -> dict:
+    """Run (or finish) one cell; returns it. Every finished phase is written to the cell file as it lands.
+    `variant` (latent arm only): one of `VARIANTS`, a stage-5 setting measured beside the authors'."""
     if arm not in ARMS:
         raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
+    if variant is not None:
+        if arm != "latent" or variant not in VARIANTS:
+            raise ValueError(f"Unknown variant {variant!r} of the {arm} arm; the latent arm's: {', '.join(VARIANTS)}.")
+        config = TextStudyConfig.from_dict({**config.to_dict(), **VARIANTS[variant]})
     from .task import sft_dataset
 
-    cells_dir, work = Path(cells_dir), Path(work_dir) / f"{arm}-seed{seed}"
-    header = {"arm": arm, "seed": seed, "config": config.to_dict(), "environment": environment()}
-    phases = Phases(work, cells_dir / f"{arm}-seed{seed}.json", header)
+    name = cell_name(arm, variant)
+    cells_dir, work = Path(cells_dir), Path(work_dir) / f"{name}-seed{seed}"
+    header = {"arm": arm, "name": name, "seed": seed, "config": config.to_dict(), "environment": environment()}
+    phases = Phases(work, cells_dir / f"{name}-seed{seed}.json", header)
     if phases.cell["complete"]:
         return phases.cell
     base = _base_path(config)
@@ -606,10 +662,12 @@ def run_cell(arm: str, seed: int, config: TextStudyConfig, cells_dir=CELLS_DIR, 
             result, trained = _token_sft(config, seed, base, work, records)
             phases.put("train", result)
     else:
+        if variant is not None:
+            _reuse_pretrain_stages(config, seed, work, Path(work_dir), cells_dir, phases)
         trained = _latent_stages(config, seed, base, work, records, phases)
     if phases.get("before_rl") is None:
         phases.put("before_rl", evaluate_model(_load(arm, trained), tokenizer, config, held_text))
-    rl = _rl(arm, config, seed, trained, base, work, phases, cells_dir)
+    rl = _rl(name, arm, config, seed, trained, base, work, phases, cells_dir)
     if phases.get("after_rl") is None:
         chosen = next(p for p in rl["probes"] if p["learning_rate"] == rl["chosen"])
         phases.put("after_rl", evaluate_model(_load(arm, Path(chosen["model"])), tokenizer, config, held_text))
@@ -631,8 +689,13 @@ def _get(data, *path):
     return data
 
 
-def _seeds(cells: list[dict], arm: str) -> dict[int, dict]:
-    return {c["seed"]: c for c in cells if c["arm"] == arm}
+def _seeds(cells: list[dict], name: str) -> dict[int, dict]:
+    return {c["seed"]: c for c in cells if _name(c) == name}
+
+
+def _names(cells: list[dict]) -> list[str]:
+    """The arms (and variants) the cells hold, the token arm first."""
+    return sorted({_name(c) for c in cells}, key=lambda n: (n != "token", n != "latent", n))
 
 
 def _mean_std(values) -> str:
@@ -747,8 +810,8 @@ def headline(cells: list[dict]) -> str:
         "final KL |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
-        arm_cells = [c for c in cells if c["arm"] == arm]
+    for arm in _names(cells):
+        arm_cells = [c for c in cells if _name(c) == arm]
         if not arm_cells:
             continue
 
@@ -796,20 +859,20 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         return "\n".join([*lines, "No cell is committed yet: run the command above, then this page's command.", ""])
     lines += ["## Cells", "", "| arm | seed | phases done | complete | commit | seconds (train / RL probes / evals) |"]
     lines += ["|---|---|---|---|---|---|"]
-    for c in sorted(cells, key=lambda c: (c["arm"] != "token", c["seed"])):
+    for c in sorted(cells, key=lambda c: (_names(cells).index(_name(c)), c["seed"])):
         phases = c["phases"]
         train = phases.get("train") or {}
         train_s = train.get("seconds") if "seconds" in train else sum(s.get("seconds", 0) for s in train.values())
         rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
         eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
         lines.append(
-            f"| {c['arm']} | {c['seed']} | {', '.join(phases)} | {'yes' if c['complete'] else 'no'} | "
+            f"| {_name(c)} | {c['seed']} | {', '.join(phases)} | {'yes' if c['complete'] else 'no'} | "
             f"{c['environment'].get('commit', '')} | {train_s or 0:.0f} / {rl_s:.0f} / {eval_s:.0f} |"
         )
     lines += ["", "## Held-out reward and success (greedy)", ""]
     lines += ["| arm | split | reward before RL | reward after RL | success before RL | success after RL |"]
     lines += ["|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in _names(cells):
         for split in HELD_OUT_SPLITS:
             row = [
                 _mean_std(_column(cells, arm, "phases", when, split, key))
@@ -820,14 +883,14 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     lines += ["", "## Matched by a KL budget", ""]
     lines += ["| arm | seed | chosen rate | inside the budget | probes (rate -> final KL, weight change) |"]
     lines += ["|---|---|---|---|---|"]
-    for c in sorted(cells, key=lambda c: (c["arm"] != "token", c["seed"])):
+    for c in sorted(cells, key=lambda c: (_names(cells).index(_name(c)), c["seed"])):
         rl = c["phases"].get("rl") or {}
         probes = ", ".join(
             f"{p['learning_rate']:.1e} -> {p['kl']:.4f}, {p['weight_change']:.2e}" for p in rl.get("probes", [])
         )
         within = {True: "yes", False: "no", None: "reused"}.get(rl.get("within"), "-") if rl else "-"
         chosen = f"{rl['chosen']:.1e}" if rl.get("chosen") is not None else "-"
-        lines.append(f"| {c['arm']} | {c['seed']} | {chosen} | {within} | {probes or '-'} |")
+        lines.append(f"| {_name(c)} | {c['seed']} | {chosen} | {within} | {probes or '-'} |")
     lines += [
         "",
         f"KL budget: {cells[0]['config']['kl_budget'][0]}-{cells[0]['config']['kl_budget'][1]} "
@@ -836,7 +899,7 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     lines += ["", "## Rollouts and the capability kept", ""]
     lines += ["| arm | when | embedding diversity | distinct-2 | self-BLEU | sampled reward | held-out general NLL |"]
     lines += ["|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in _names(cells):
         for when in ("before_rl", "after_rl"):
             row = [
                 _mean_std(_column(cells, arm, "phases", when, "rollouts", key))
@@ -852,13 +915,16 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         "| stage | text | base alone | world + IDM code | IDM code gain | policy code gain |",
         "|---|---|---|---|---|---|",
     ]
+    latent_names = [n for n in _names(cells) if n.startswith("latent")]
     for stage in (*PRETRAIN_STAGES, "world_sft"):
-        for stream in ("general", "task"):
-            row = [
-                _mean_std(_column(cells, "latent", "phases", "train", stage, f"health_{stream}", f"health/{key}"))
-                for key in ("base_accuracy", "world_accuracy_inverse", "code_gain_inverse", "code_gain_policy")
-            ]
-            lines.append(f"| {stage} | {stream} | {' | '.join(row)} |")
+        for name in latent_names if stage == "world_sft" else ["latent"]:
+            label = stage if name == "latent" else f"{stage} ({name})"
+            for stream in ("general", "task"):
+                row = [
+                    _mean_std(_column(cells, name, "phases", "train", stage, f"health_{stream}", f"health/{key}"))
+                    for key in ("base_accuracy", "world_accuracy_inverse", "code_gain_inverse", "code_gain_policy")
+                ]
+                lines.append(f"| {label} | {stream} | {' | '.join(row)} |")
     lines += ["", "## Targets", "", "| target | value | verdict |", "|---|---|---|"]
     for claim, verdict, signed in _targets(cells):
         lines.append(f"| {claim} | {verdict.describe(signed=signed)} | {verdict.verdict} |")
@@ -887,6 +953,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     run = sub.add_parser("run", help="run (or finish) cells; each phase lands in its cell file as it finishes")
     run.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    run.add_argument(
+        "--variant",
+        default=None,
+        choices=list(VARIANTS),
+        help="a stage-5 variant of the latent arm (reuses the plain latent cell's stages 1-4 of the same seed)",
+    )
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     run.add_argument("--cells-dir", default=str(CELLS_DIR), help="the cells, committed (default %(default)s)")
     run.add_argument("--work-dir", default=str(WORK_DIR), help="models and finished phases (default %(default)s)")
@@ -925,7 +997,7 @@ def execute(args: argparse.Namespace, command: str) -> int:
     for seed in args.seeds:
         for arm in args.arms:
             started = time.perf_counter()
-            cell = run_cell(arm, seed, config, args.cells_dir, args.work_dir)
+            cell = run_cell(arm, seed, config, args.cells_dir, args.work_dir, args.variant)
             print(f"{arm} seed {seed}: complete={cell['complete']} ({time.perf_counter() - started:.0f} s; {command})")
     return 0
 
