@@ -54,6 +54,10 @@ def test_search_goes_up_down_and_bisects():
     assert not choice.within and choice.learning_rate == pytest.approx(9e-5) and "closest to" in choice.describe()
     with pytest.raises(ValueError, match="low < high"):
         choose_learning_rate(probe, budget=(0.05, 0.01))
+    # A run that does not move the policy (no reward signal: KL exactly 0) stops the search at its first probe.
+    probe, calls = _planted(0.0)
+    choice = choose_learning_rate(probe, start=1e-5, max_probes=4)
+    assert calls == [1e-5] and choice.stalled and not choice.within and "did not move the policy" in choice.describe()
 
 
 def test_final_kl_and_weight_change():

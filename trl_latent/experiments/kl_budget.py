@@ -16,6 +16,8 @@ the budget (for example 0.01-0.05). The probe is the arm's own RL run, shortened
 The search is geometric: from `start`, multiply by `factor` while the KL is under the budget, divide while it is over,
 and bisect (in log space) between the last rate under and the first over when a step jumps across the budget; it
 stops at the first rate inside, or after `max_probes` probes with the rate closest to the budget (`within=False`).
+A probe whose run did not move the policy at all (KL exactly 0: no reward signal, e.g. every group's rewards equal)
+stops the search at once (`within=False`, `stalled=True`): no learning rate moves a policy that gets no gradient.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ class LearningRateChoice:
     within: bool  # whether the chosen rate's KL is inside the budget
     budget: tuple[float, float]
     probes: list[KLProbe] = field(default_factory=list)
+    stalled: bool = False  # a probe did not move the policy at all: no rate can reach the budget
 
     def describe(self) -> str:
         rows = ", ".join(f"{p.learning_rate:.1e} -> KL {p.kl:.4f}" for p in self.probes)
+        if self.stalled:
+            return f"learning rate {self.learning_rate:.1e} (the run did not move the policy: KL 0, no reward signal; {rows})"
         where = "inside" if self.within else "closest to"
         return (
             f"learning rate {self.learning_rate:.1e} ({where} the KL budget {self.budget[0]}-{self.budget[1]}; {rows})"
@@ -97,6 +102,8 @@ def choose_learning_rate(
         probes.append(result)
         if low <= result.kl <= high:
             return LearningRateChoice(rate, True, budget, probes)
+        if result.kl == 0.0:
+            return LearningRateChoice(rate, False, budget, probes, stalled=True)
         if result.kl < low:
             under = rate if under is None else max(under, rate)
         else:

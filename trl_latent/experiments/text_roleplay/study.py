@@ -580,7 +580,9 @@ def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells
     else:
         start = config.token_lr_start if arm == "token" else config.latent_lr_start
         choice = choose_learning_rate(probe, config.kl_budget, start, config.lr_factor, config.max_probes)
-        rl.update(chosen=float(f"{choice.learning_rate:.1e}"), within=choice.within, search="done")
+        rl.update(
+            chosen=float(f"{choice.learning_rate:.1e}"), within=choice.within, stalled=choice.stalled, search="done"
+        )
         rl["describe"] = choice.describe()
     phases.put("rl", rl)
     return rl
