@@ -55,6 +55,11 @@ def test_a_finished_cell_is_not_rerun_and_other_settings_are_refused(smoke):
     before = (cells_dir / "latent-seed0.json").read_text()
     cell = study.run_cell("latent", 0, config, cells_dir, work)  # complete: returned as it is, nothing re-run
     assert cell["complete"] and (cells_dir / "latent-seed0.json").read_text() == before
+    # A setting added to the study since the cell was made counts as its default: the cell is still the same one.
+    saved = json.loads((cells_dir / "latent-seed0.json").read_text())
+    del saved["config"]["world_sft_output"]
+    assert study._same_settings(saved["config"], config.to_dict())
+    assert not study._same_settings({**saved["config"], "removed_setting": 1}, config.to_dict())
     config.rl_steps = 3
     with pytest.raises(ValueError, match="made with other settings"):
         study.run_cell("latent", 0, config, cells_dir, work)

@@ -324,6 +324,15 @@ def evaluate_model(model, tokenizer, config: TextStudyConfig, held_out_text: lis
 
 
 # ------------------------------------------------------------------------------------------------ the cell
+def _same_settings(saved: dict, current: dict) -> bool:
+    """Whether a cell's saved settings are `current`; a setting added to the study since (absent from the saved ones)
+    counts as its default."""
+    try:
+        return TextStudyConfig.from_dict(saved).to_dict() == current
+    except (ValueError, TypeError):  # a setting the study no longer has
+        return False
+
+
 class Phases:
     """A cell's finished phases: one JSON file per phase under the work folder (and mirrored in the cell file)."""
 
@@ -331,7 +340,7 @@ class Phases:
         self.work, self.cell_file = work, cell_file
         self.work.mkdir(parents=True, exist_ok=True)
         self.cell = json.loads(cell_file.read_text()) if cell_file.exists() else {}
-        if self.cell and self.cell.get("config") != header["config"]:
+        if self.cell and not _same_settings(self.cell.get("config", {}), header["config"]):
             raise ValueError(
                 f"{cell_file} was made with other settings; move it away (or pass another --cells-dir) to start over."
             )
