@@ -56,8 +56,10 @@ if [ -n "${NUM_GPUS:-}" ] && [ -n "${GPU_MEMORY:-}" ]; then
                "5 $ACCELERATE_WORLD_SFT" "grpo $ACCELERATE_RL"; do
     read -r plan_stage plan_zero <<< "$check"
     if [ "$plan_zero" = single_gpu ]; then plan_zero=ddp; fi
-    "$PYTHON" -m trl_latent.cli plan "$base" --stage "$plan_stage" --zero "$plan_zero" --num-gpus "$NUM_GPUS" \
-        --gpu-memory "$GPU_MEMORY" > /dev/null || {
+    # The plan (its table and what to try) is shown only when the stage does not fit, on stderr.
+    plan_out=$("$PYTHON" -m trl_latent.cli plan "$base" --stage "$plan_stage" --zero "$plan_zero" \
+        --num-gpus "$NUM_GPUS" --gpu-memory "$GPU_MEMORY" 2>&1) || {
+      echo "$plan_out" >&2
       echo "run.sh: stage $plan_stage of $MODEL does not fit $NUM_GPUS GPU(s) of $GPU_MEMORY GiB under $plan_zero" \
         "(see above); change ACCELERATE_* or the GPUs, or run 'trl-latent plan $base --stage $plan_stage'." >&2
       exit 1
