@@ -87,6 +87,10 @@ def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
     assert "| latent+s5-base-plus-delta | 0 |" in page and "| world_sft (latent+s5-base-plus-delta) | task |" in page
     with pytest.raises(ValueError, match="Unknown variant"):
         study.run_cell("token", 0, study.TextStudyConfig(), cells_dir, work, variant="s5-base-plus-delta")
+    # Without the plain cell's saved stages (a fresh machine: models are never committed), nothing is reused.
+    phases = study.Phases(work / "elsewhere", cells_dir / "unused.json", {"config": variant["config"]})
+    config = study.TextStudyConfig.from_dict(variant["config"])
+    assert not study._reuse_pretrain_stages(config, 0, work / "elsewhere", work / "no-such-work", cells_dir, phases)
 
 
 def test_a_later_seed_reuses_the_searched_rate(smoke):

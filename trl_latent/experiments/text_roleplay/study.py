@@ -621,27 +621,26 @@ def cell_name(arm: str, variant: str | None = None) -> str:
     return arm if not variant else f"{arm}+{variant}"
 
 
-def _reuse_pretrain_stages(config, seed, work: Path, work_dir: Path, cells_dir: Path, phases: Phases) -> None:
+def _reuse_pretrain_stages(config, seed, work: Path, work_dir: Path, cells_dir: Path, phases: Phases) -> bool:
     """A variant of stage 5 starts from the plain latent cell's stages 1-4 (same seed, same settings but stage 5's):
-    their folders are linked and their numbers copied, so only stage 5 onwards runs again."""
+    their folders are linked and their numbers copied, so only stage 5 onwards runs again. Where that cell or its
+    saved stages are not on this machine (its models are never committed), the variant trains stages 1-4 itself.
+    Returns whether the stages were reused."""
     plain = work_dir / f"latent-seed{seed}"
     cell_file = cells_dir / f"latent-seed{seed}.json"
-    if not cell_file.exists():
-        raise FileNotFoundError(
-            f"A stage-5 variant reuses stages 1-4 of {cell_file}: run the plain latent cell first."
-        )
+    if not cell_file.exists() or not all((plain / stage / "config.json").exists() for stage in PRETRAIN_STAGES):
+        return False
     source = json.loads(cell_file.read_text())
     differs = {k for k, v in config.to_dict().items() if source["config"].get(k) != v} - {"world_sft_output"}
     if differs:
         raise ValueError(f"{cell_file} was made with other settings ({sorted(differs)}): its stages cannot be reused.")
     stages = phases.get("train") or {}
     for stage in PRETRAIN_STAGES:
-        if not (plain / stage / "config.json").exists() or stage not in source["phases"].get("train", {}):
-            raise FileNotFoundError(f"{plain / stage} is missing: finish the plain latent cell's stages 1-4 first.")
         if not (work / stage).exists():
             (work / stage).symlink_to((plain / stage).resolve(), target_is_directory=True)
         stages.setdefault(stage, {**source["phases"]["train"][stage], "reused_from": cell_file.name})
     phases.put("train", stages)
+    return True
 
 
 def run_cell(
