@@ -544,7 +544,7 @@ def _rl_run(arm, config, seed, start_folder: Path, base, work: Path, learning_ra
         "reward_curve": rewards,
         "steps": len(rewards),
         "seconds": round(seconds, 1),
-        "model": str(folder),
+        "model": folder.relative_to(work).as_posix(),  # under the cell's work folder (no machine path in the cell)
     }
 
 
@@ -680,7 +680,7 @@ def run_cell(
     rl = _rl(name, arm, config, seed, trained, base, work, phases, cells_dir)
     if phases.get("after_rl") is None:
         chosen = next(p for p in rl["probes"] if p["learning_rate"] == rl["chosen"])
-        phases.put("after_rl", evaluate_model(_load(arm, Path(chosen["model"])), tokenizer, config, held_text))
+        phases.put("after_rl", evaluate_model(_load(arm, work / chosen["model"]), tokenizer, config, held_text))
     phases.cell["complete"] = True
     phases.save()
     return phases.cell
