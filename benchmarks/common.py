@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from trl_latent.experiments.models import tiny_vlm_path
+from trl_latent.experiments.shapes.models import tiny_vlm_path
 from trl_latent.experiments.verdicts import timing_verdict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -102,8 +102,8 @@ def main() -> None:
 
     import torch
 
-    from trl_latent.experiments.pipeline import PipelineConfig, prepare_task, pretrain_base, run_latent_arm
-    from trl_latent.experiments.prefix_cache import PrefixCache
+    from trl_latent.experiments.shapes.pipeline import PipelineConfig, prepare_task, pretrain_base, run_latent_arm
+    from trl_latent.experiments.shapes.prefix_cache import PrefixCache
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ def child(args) -> None:
     import torch
     from transformers import AutoProcessor, TrainerCallback, set_seed
 
-    from trl_latent.experiments.task import synthetic_sft_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
     from trl_latent.modeling import LatentActionModel
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer

@@ -218,7 +218,7 @@ def run_one(
     import torch
     from transformers import TrainerCallback
 
-    from trl_latent.experiments.task import synthetic_rl_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 
     started = time.time()  # when this process began (the order of a run's processes)
     cuda = torch.cuda.is_available()

@@ -87,7 +87,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from trl_latent.experiments.pipeline import PipelineConfig, new_latent_model, prepare_task, pretrain_base
+    from trl_latent.experiments.shapes.pipeline import PipelineConfig, new_latent_model, prepare_task, pretrain_base
     from trl_latent.experiments.trainer_args import cpu_training_args
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer

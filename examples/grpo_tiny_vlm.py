@@ -18,9 +18,9 @@ from transformers import set_seed
 from trl import TrlParser
 
 from trl_latent import LatentActionModel, LatentGRPOConfig, LatentGRPOTrainer
-from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.reward import rubric_reward
-from trl_latent.experiments.task import synthetic_rl_dataset
+from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.reward import rubric_reward
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 
 
 @dataclass

@@ -160,7 +160,7 @@ def steerable_latent_model(tiny_cache):
     """Build an untrained latent model on the tiny VLM (16 codes, one-layer IDM and policy, seed 0) whose world model
     follows its codes: the minus-base output with the codebook scaled up (at initialisation the code vectors are ~0.02
     per dimension against base states of ~1 and barely matter), so rollouts and their rewards differ within a group."""
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     def build() -> LatentActionModel:

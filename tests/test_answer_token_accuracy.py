@@ -1,4 +1,4 @@
-"""`answer_token_accuracy` (trl_latent.experiments.probes), the number behind "base alone <= 0.6", counted by hand.
+"""`answer_token_accuracy` (trl_latent.experiments.shapes.probes), the number behind "base alone <= 0.6", counted by hand.
 
 The models here are planted: their next-token logits are chosen from the input ids, so which answer tokens they get
 right is known in advance and the exact accuracy can be counted on paper. The dialogues are the task's own (system
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
-from trl_latent.experiments.probes import answer_token_accuracy
+from trl_latent.experiments.shapes.probes import answer_token_accuracy
 
 # The answers and their tokens under the tiny task tokenizer (checked below, so the hand counts rest on them).
 ANSWER_A = "Two blue squares, two blue squares!"
@@ -38,7 +38,7 @@ class PlantedModel(torch.nn.Module):
 def processor(tiny_cache):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     return AutoProcessor.from_pretrained(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 
@@ -48,7 +48,7 @@ def dialogues(processor):
     """Two task dialogues (with their images) whose answers are ANSWER_A and ANSWER_B."""
     from datasets import Dataset
 
-    from trl_latent.experiments.task import synthetic_sft_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
 
     rows = [dict(r) for r in synthetic_sft_dataset(2, seed=0)]
     for row, answer in zip(rows, (ANSWER_A, ANSWER_B)):

@@ -188,7 +188,7 @@ def sft_trainer(ctx, out: Path, steps: int = 2):
     import copy
 
     from trl_latent import LatentSFTConfig, LatentSFTTrainer
-    from trl_latent.experiments.task import synthetic_sft_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
 
     args = LatentSFTConfig(
         str(out),
@@ -708,7 +708,7 @@ CASES = [
 def shared(tiny_cache):
     import torch
 
-    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     torch.manual_seed(0)

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from trl_latent.data.pretrain import load_pretrain_corpus
-from trl_latent.experiments import pipeline
-from trl_latent.experiments.models import tiny_vlm_path
-from trl_latent.experiments.pipeline import PipelineConfig, prepare_task, run_text_mix_baseline
-from trl_latent.experiments.task import write_synthetic_task
+from trl_latent.experiments.shapes import pipeline
+from trl_latent.experiments.shapes.models import tiny_vlm_path
+from trl_latent.experiments.shapes.pipeline import PipelineConfig, prepare_task, run_text_mix_baseline
+from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
 
 def _key(messages) -> str:

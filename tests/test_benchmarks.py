@@ -325,7 +325,7 @@ def test_arithmetic_ratio_matches_the_modules(tiny_cache):
     (token), plus the policy's layers and head and the merge blocks (latent)."""
     from torch import nn
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     common = _common()

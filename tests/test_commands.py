@@ -52,7 +52,7 @@ def fake_latent_model(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     root = tmp_path_factory.mktemp("shapes")
     write_synthetic_task(root, sessions_per_file=2, ood_sessions_per_character=1, n_paired=8, n_text_only=8)
@@ -168,7 +168,7 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_model_loading, monke
     message = fails([*base, str(tmp_path / "models" / "missing" / "vlm")], capsys)
     assert "neither a local model folder" in message and "must exist before this command runs" in message
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
     message = fails(
@@ -214,12 +214,12 @@ def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
     assert "reward: 'rubric' is neither 'judge' nor a dotted import path" in message
     message = fails([*rl, "--reward", "no_such_package.reward"], capsys)
     assert "reward: cannot import module 'no_such_package'" in message
-    message = fails([*rl, "--reward", "trl_latent.experiments.reward.no_such_reward"], capsys)
+    message = fails([*rl, "--reward", "trl_latent.experiments.shapes.reward.no_such_reward"], capsys)
     assert "has no 'no_such_reward'" in message
     evaluation = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", model]
     message = fails(evaluation, capsys)
-    assert "reward: judge needs judge_base_url" in message and "trl_latent.experiments.reward" in message
-    message = fails([*evaluation, "--reward", "trl_latent.experiments.reward.rubric_reward"], capsys)
+    assert "reward: judge needs judge_base_url" in message and "my_rewards.length_reward" in message
+    message = fails([*evaluation, "--reward", "trl_latent.experiments.shapes.reward.rubric_reward"], capsys)
     assert "is not a judge" in message
 
 
@@ -263,13 +263,13 @@ def test_grpo_max_samples_zero_is_refused(tmp_path, capsys, no_model_loading):
 # ------------------------------------------------------------------------------------------------ working runs
 def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache, capsys, monkeypatch):
     """`eval` with the offline rubric: the reported score is the rubric recomputed from the stored generations."""
-    from trl_latent.experiments.models import tiny_vlm_path
-    from trl_latent.experiments.reward import rubric_scores
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.reward import rubric_scores
 
     monkeypatch.chdir(tmp_path)
     tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
     argv = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", tiny]
-    argv += ["--reward", "trl_latent.experiments.reward.RubricJudge"]
+    argv += ["--reward", "trl_latent.experiments.shapes.reward.RubricJudge"]
     argv += ["--image_size", "56", "56", "--max_samples", "3", "--num_generations", "2", "--max_new_tokens", "8"]
     argv += ["--temperature", "1.0", "--embedder", "none", "--output_dir", "out"]
     assert main(argv) == 0
@@ -303,7 +303,7 @@ def test_eval_on_the_synthetic_task_with_the_rubric(tmp_path, shapes, tiny_cache
 def test_inspect_reports_usage_top_tokens_and_examples(tmp_path, shapes, tiny_cache, capsys):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.modeling.model import LatentActionModel
 
     tiny = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -326,3 +326,21 @@ def test_inspect_reports_usage_top_tokens_and_examples(tmp_path, shapes, tiny_ca
         assert len(row["top_tokens"]) <= 5 and all(0 < share <= 1 for _, share in row["top_tokens"])
     assert f"{len(used)} of 8 codes used on 3 records (policy codes)" in printed
     assert printed.count("\n| ") >= len(used)  # one table row per used code
+
+
+def test_a_reward_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    """As TRL's scripts do: `--reward my_rewards.length_reward` finds ./my_rewards.py without PYTHONPATH."""
+    import sys
+
+    from trl_latent.commands.common import CommandError, import_reward
+
+    (tmp_path / "my_rewards_for_test.py").write_text(
+        "def length_reward(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    reward = import_reward("my_rewards_for_test.length_reward")
+    assert reward(["ab", "abc"]) == [2.0, 3.0]
+    with pytest.raises(CommandError, match=f"searched the working directory {tmp_path}"):
+        import_reward("no_such_module_here.reward")
+    sys.modules.pop("my_rewards_for_test", None)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trl_latent.experiments.pipeline import PipelineConfig, embedded_overrides, library_default, library_kwargs
-from trl_latent.experiments.prefix_cache import PHASE_READS, PrefixCache, phase_fields
+from trl_latent.experiments.shapes.pipeline import PipelineConfig, embedded_overrides, library_default, library_kwargs
+from trl_latent.experiments.shapes.prefix_cache import PHASE_READS, PrefixCache, phase_fields
 from trl_latent.modeling.configuration import LatentActionConfig
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_sft_config import LatentSFTConfig

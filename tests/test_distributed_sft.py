@@ -52,8 +52,8 @@ COMMON = textwrap.dedent(
 
 SFT_SCRIPT = COMMON + textwrap.dedent(
     """
-    from trl_latent.experiments.task import synthetic_sft_dataset
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.training.latent_sft_config import LatentSFTConfig
     from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
 
@@ -100,7 +100,7 @@ SFT_SCRIPT = COMMON + textwrap.dedent(
 
 RL_SCRIPT = COMMON + textwrap.dedent(
     """
-    from trl_latent.experiments.task import synthetic_rl_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
@@ -183,7 +183,7 @@ def relative_difference(run: dict, reference: dict, key: str) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_process_zero3_world_model_sft(tmp_path, tiny_cache, launch_two_processes, launch_one_process):
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
     ranks = launch_two_processes("zero3.yaml", SFT_SCRIPT, tmp_path / "two", tiny_cache)

@@ -2,7 +2,6 @@
 prints."""
 
 import ast
-import functools
 import math
 import re
 from pathlib import Path
@@ -24,21 +23,26 @@ def _printed_dict(output: str) -> dict:
     return eval(line, {"__builtins__": {}}, {"nan": math.nan, "inf": math.inf})  # a repr; non-finite values fail later
 
 
-def _check_readme(outputs: list[str], namespace: dict, rewards: list[list[float]]) -> None:
+def _check_readme(outputs: list[str], namespace: dict) -> None:
     """The quickstart prints the last step's reward and latent-action metrics: what the trainer logged, the reward
-    being the mean of what the reward function returned for that step's rollouts."""
+    being the sum of the two reward functions' means (TRL's default weights of 1)."""
     (output,) = outputs
     logged = _printed_dict(output)
-    assert {"reward", "reward_std", "latent/kl", "latent/code_entropy", "latent/codes_used"} <= set(logged), logged
+    functions = ("rewards/colour_reward/mean", "rewards/distinct_words/mean")
+    assert {"reward", "reward_std", "latent/kl", "latent/code_entropy", "latent/codes_used", *functions} <= set(logged)
     assert all(isinstance(v, float) and math.isfinite(v) for v in logged.values()), logged
     assert all(k.startswith(("reward", "latent/")) for k in logged), logged
     trainer = namespace["trainer"]
     last = trainer.state.log_history[-1]
     assert logged == {k: v for k, v in last.items() if k.startswith(("reward", "latent/"))}
-    # One reward call per step (8 rollouts: 2 prompts x 4). The entry holds the metrics since the last log, here both
-    # steps: the reward is the mean of every reward the function returned.
-    assert trainer.state.global_step == 2 and [len(r) for r in rewards] == [8, 8], rewards
-    assert logged["reward"] == pytest.approx(sum(map(sum, rewards)) / 16, abs=1e-6) and logged["reward"] > 0.0
+    assert trainer.state.global_step == 2
+    assert logged["reward"] == pytest.approx(sum(logged[key] for key in functions), abs=1e-6)
+    # Every rollout has 8 tokens, so it has words: the share of distinct ones is in (0, 1] and the reward is positive.
+    assert 0.0 < logged["rewards/distinct_words/mean"] <= 1.0 and 0.0 <= logged["rewards/colour_reward/mean"] <= 1.0
+    # The functions are the snippet's own, called on what the rollouts decoded to.
+    completions = [[{"role": "assistant", "content": "The square is red red"}]]
+    assert namespace["colour_reward"](completions, colour=["red"]) == [1.0]
+    assert namespace["distinct_words"](completions) == [0.8]
     codes = namespace["model"].config.codebook_size
     assert 1 < logged["latent/codes_used"] <= codes  # sampled codes of an untrained policy: several
     assert 0.0 < logged["latent/code_entropy"] <= math.log(codes) + 1e-6
@@ -46,7 +50,7 @@ def _check_readme(outputs: list[str], namespace: dict, rewards: list[list[float]
     assert logged["latent/kl"] > -1e-6
 
 
-def _check_model_page(outputs: list[str], namespace: dict, rewards: list[list[float]]) -> None:
+def _check_model_page(outputs: list[str], namespace: dict) -> None:
     generation, shapes, memory, codes = (output.strip() for output in outputs)
     # Generation: one code and one log-probability per generated token, and the decoded completion.
     match = re.fullmatch(r"torch\.Size\(\[1, (\d+)\]\) torch\.Size\(\[1, (\d+)\]\) \[('.*'|\".*\")\]", generation)
@@ -85,18 +89,8 @@ CHECKS = {"README.md": _check_readme, "docs/model.md": _check_model_page}
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_snippets_run(doc, tmp_path, monkeypatch, tiny_cache, capsys):
-    from trl_latent.experiments import reward
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRL_LATENT_CACHE", str(tiny_cache))
-    rewards = []  # what the rubric reward returned, call by call (the README's snippet imports it from here)
-
-    @functools.wraps(reward.rubric_reward)
-    def recorded(*args, rubric_reward=reward.rubric_reward, **kwargs):
-        rewards.append(rubric_reward(*args, **kwargs))
-        return rewards[-1]
-
-    monkeypatch.setattr(reward, "rubric_reward", recorded)
     snippets = _snippets(ROOT / doc)
     assert snippets, f"{doc} has no python snippet"
     namespace: dict = {}
@@ -105,7 +99,7 @@ def test_doc_snippets_run(doc, tmp_path, monkeypatch, tiny_cache, capsys):
     for code in snippets:  # snippets of one page share a namespace, as a reader runs them in order
         exec(compile(code, f"{doc}", "exec"), namespace)
         outputs.append(capsys.readouterr().out)
-    CHECKS[doc](outputs, namespace, rewards)
+    CHECKS[doc](outputs, namespace)
 
 
 def test_public_api_imports():

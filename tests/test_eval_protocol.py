@@ -1,6 +1,6 @@
 """The paper's evaluation protocol: 3 generations per prompt, codes or tokens sampled at temperature 0.1 among the
 top 64, metrics as mean +/- sample std over the generation rounds (trl_latent.evaluation and
-trl_latent.experiments.evaluate)."""
+trl_latent.experiments.shapes.evaluate)."""
 
 import dataclasses
 import math
@@ -34,14 +34,14 @@ def config(**overrides):
 
 @pytest.fixture(scope="module")
 def eval_set():
-    from trl_latent.experiments.task import synthetic_rl_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 
     return synthetic_rl_dataset(4, seed=3, split="eval")
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_cache):
-    from trl_latent.experiments.models import tiny_vlm
+    from trl_latent.experiments.shapes.models import tiny_vlm
 
     return tiny_vlm("tiny", cache_dir=tiny_cache)
 
@@ -50,7 +50,7 @@ def tiny(tiny_cache):
 def latent(tiny_cache):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -141,9 +141,9 @@ def test_latent_model_samples_codes_at_the_paper_setting(latent, eval_set, monke
 
 
 def test_experiment_evaluation_draws_three_paper_generations_for_both_models(tiny, latent, eval_set, monkeypatch):
-    """experiments.evaluate.evaluate_model: 3 eval rounds at 0.1 / top-64 for a plain VLM and a latent model alike, and
+    """experiments.shapes.evaluate.evaluate_model: 3 eval rounds at 0.1 / top-64 for a plain VLM and a latent model alike, and
     the diversity rollouts at the RL setting."""
-    from trl_latent.experiments import evaluate as experiment_eval
+    from trl_latent.experiments.shapes import evaluate as experiment_eval
 
     seen = []
 
@@ -169,8 +169,8 @@ def test_experiment_evaluation_draws_three_paper_generations_for_both_models(tin
 
 def test_metrics_are_mean_and_sample_std_over_rounds(eval_set, monkeypatch):
     """Three rounds that differ (as sampled rounds at temperature 0.1 can): all right, half right, all wrong."""
-    from trl_latent.experiments import evaluate as experiment_eval
-    from trl_latent.experiments.reward import answer_accuracy, rubric_reward
+    from trl_latent.experiments.shapes import evaluate as experiment_eval
+    from trl_latent.experiments.shapes.reward import answer_accuracy, rubric_reward
 
     references = list(eval_set["reference"])
     wrong = ["Nothing to see here." for _ in references]
@@ -205,8 +205,8 @@ def test_metrics_are_mean_and_sample_std_over_rounds(eval_set, monkeypatch):
 
 
 def test_experiment_evaluate_model_on_the_tiny_vlm(tiny, eval_set):
-    from trl_latent.experiments.evaluate import evaluate_model
-    from trl_latent.experiments.reward import answer_accuracy, rubric_reward, task_reward
+    from trl_latent.experiments.shapes.evaluate import evaluate_model
+    from trl_latent.experiments.shapes.reward import answer_accuracy, rubric_reward, task_reward
 
     model, processor = tiny
     two = eval_set.select([0, 1])  # as many prompts as the examples keep: every answer of the set is in the results

@@ -39,7 +39,7 @@ def expected_metric(answer: str) -> float:
 
 @pytest.fixture(scope="module")
 def shapes_splits(tmp_path_factory):
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     root = tmp_path_factory.mktemp("shapes")
     write_synthetic_task(root, sessions_per_file=2, ood_sessions_per_character=1)
@@ -52,7 +52,7 @@ def embedder():
 
 
 def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path):
-    from trl_latent.experiments.models import tiny_vlm
+    from trl_latent.experiments.shapes.models import tiny_vlm
 
     model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
     generate = VLMGenerationBackend(model, processor, max_new_tokens=8, temperature=0.1)
@@ -89,7 +89,7 @@ def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path
 def test_latent_model_evaluation(tiny_cache, shapes_splits, embedder, tmp_path):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -146,7 +146,7 @@ def test_runner_diversity_and_judge_failures(shapes_splits, embedder):
 
 
 def test_right_padding_is_refused(tiny_cache):
-    from trl_latent.experiments.models import tiny_vlm
+    from trl_latent.experiments.shapes.models import tiny_vlm
 
     model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
     processor.tokenizer.padding_side = "right"

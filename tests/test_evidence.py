@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trl_latent.experiments import evidence
-from trl_latent.experiments.study import (
+from trl_latent.experiments.shapes.study import (
     DOCS_REPORT_COMMAND,
     RESULTS_CELLS_DIR,
     STUDY_VERSION,

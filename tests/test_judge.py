@@ -284,7 +284,7 @@ def test_parse_prefers_the_dimension_heading_over_a_mention():
 
 
 def test_local_transformers_judge(tiny_cache):
-    from trl_latent.experiments.models import tiny_lm
+    from trl_latent.experiments.shapes.models import tiny_lm
 
     model, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
     backend = TransformersJudgeBackend(model, tokenizer, max_new_tokens=6)
@@ -300,8 +300,9 @@ def test_stock_trl_grpo_with_judge_reward_on_mmrole_data(tiny_cache, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_latent.data.mmrole import load_mmrole
-    from trl_latent.experiments.models import tiny_vlm
-    from trl_latent.experiments.task import CHARACTERS, write_synthetic_task
+    from trl_latent.experiments.shapes.models import tiny_vlm
+    from trl_latent.experiments.shapes.scenes import CHARACTERS
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     write_synthetic_task(tmp_path / "shapes", sessions_per_file=2, ood_sessions_per_character=1)
     dataset = load_mmrole(tmp_path / "shapes", image_size=(56, 56), splits=("rl",))["rl"]

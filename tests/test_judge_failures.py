@@ -217,7 +217,7 @@ def test_the_monitor_counts_only_batches_in_a_row():
 # ------------------------------------------------------------------------------------------------ mid-run
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     root = tmp_path_factory.mktemp("shapes")
     write_synthetic_task(root, sessions_per_file=2, ood_sessions_per_character=1, n_paired=8, n_text_only=8)
@@ -226,7 +226,7 @@ def shapes(tmp_path_factory):
 
 def rl_prompts(n: int = 8):
     """The shapes task's RL prompts with the columns the MMRole judge reads."""
-    from trl_latent.experiments.task import synthetic_rl_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 
     dataset = synthetic_rl_dataset(n)
     return dataset.add_column("profile", [{"introduction": f"{c}, a shape expert."} for c in dataset["character"]])
@@ -236,7 +236,7 @@ def latent_trainer(tiny_cache, out: Path, reward, **config):
     import torch
 
     from trl_latent import LatentActionModel, LatentGRPOConfig, LatentGRPOTrainer
-    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
 
     torch.manual_seed(0)
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -287,7 +287,7 @@ def test_transient_judge_failures_still_train_to_the_end(judge, tiny_cache, tmp_
 def test_a_reward_returning_none_for_every_completion_stops_the_run(tiny_cache, tmp_path):
     from trl import GRPOConfig
 
-    from trl_latent.experiments.models import tiny_vlm
+    from trl_latent.experiments.shapes.models import tiny_vlm
     from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
     calls = []
@@ -313,7 +313,7 @@ def test_a_reward_returning_none_for_every_completion_stops_the_run(tiny_cache, 
 def test_token_command_stops_with_exit_status_1_when_the_judge_starts_refusing(judge, shapes, tiny_cache, tmp_path,
                                                                                 capsys):  # fmt: skip
     from trl_latent.cli import main
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     url = judge(after(1 + 2 * 4, UNAUTHORIZED))  # the key is revoked after two batches
     out = tmp_path / "token_grpo"

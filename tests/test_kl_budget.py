@@ -16,7 +16,7 @@ from trl_latent.experiments.kl_budget import (
     relative_weight_change,
     snapshot,
 )
-from trl_latent.experiments.models import tiny_lm
+from trl_latent.experiments.shapes.models import tiny_lm
 from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
 

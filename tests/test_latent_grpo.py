@@ -27,8 +27,8 @@ import torch
 from transformers import GenerationConfig
 from trl import GRPOConfig
 
-from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.task import synthetic_rl_dataset
+from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import POLICY_LORA_TARGET_MODULES, LatentGRPOTrainer
@@ -534,7 +534,7 @@ def test_text_only_base_and_evaluation(tiny_cache, tmp_path):
     """A text-only Qwen2 base (2-D positions, a tokenizer as processing class), and `evaluate()`."""
     from datasets import Dataset
 
-    from trl_latent.experiments.models import tiny_lm, tiny_lm_path
+    from trl_latent.experiments.shapes.models import tiny_lm, tiny_lm_path
 
     model = LatentActionModel.from_base(
         tiny_lm_path("tiny", cache_dir=tiny_cache), codebook_size=16, inverse_layers=1, policy_layers=1

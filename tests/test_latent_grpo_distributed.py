@@ -25,9 +25,9 @@ SCRIPT = textwrap.dedent(
     from rank_sampling import sample_as_ranks
     from transformers import set_seed
 
-    from trl_latent.experiments.task import synthetic_rl_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
     from trl_latent.modeling import LatentActionModel
-    from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
@@ -97,7 +97,7 @@ POLICY_ATOL = 2e-5
 @pytest.fixture(scope="module")
 def one_process(tiny_cache, tmp_path_factory, launch_one_process):
     """The same training in one process, on the whole global batch: the reference for every two-process run."""
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)
     return launch_one_process(SCRIPT, tmp_path_factory.mktemp("one_process"), tiny_cache)
@@ -112,7 +112,7 @@ def one_process(tiny_cache, tmp_path_factory, launch_one_process):
     ids=["ddp", "zero2", "zero3"],
 )
 def test_two_process_training(config, distributed_type, tmp_path, tiny_cache, launch_two_processes, one_process):
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     tiny_vlm_path("tiny", cache_dir=tiny_cache)  # build the cached tiny VLM once, not in both processes at once
     ranks = launch_two_processes(config, SCRIPT, tmp_path, tiny_cache)

@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from trl_latent.experiments.task import COLOURS, COUNT_WORDS, SHAPES, synthetic_sft_dataset
+from trl_latent.experiments.shapes.scenes import COLOURS, COUNT_WORDS, SHAPES
+from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
 from trl_latent.metrics.latent_health import (
     CONTENT_HEALTH_METRICS,
     HEALTH_METRICS,
@@ -95,7 +96,7 @@ def test_first_tokens_in_both_contexts(tiny_processor):
 def tiny_processor(tiny_cache):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     return AutoProcessor.from_pretrained(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 
@@ -114,7 +115,7 @@ def measured(tiny_cache, tiny_processor, tmp_path_factory):
 
 
 def _measure(tiny_cache, tiny_processor, tmp_path_factory) -> dict:
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     model = LatentActionModel.from_base(
         tiny_vlm_path("tiny", cache_dir=tiny_cache), codebook_size=CODES, inverse_layers=1, policy_layers=1

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from trl_latent.experiments.models import tiny_lm_path, tiny_vlm_path
+from trl_latent.experiments.shapes.models import tiny_lm_path, tiny_vlm_path
 from trl_latent.modeling import LatentActionConfig, LatentActionModel
 from trl_latent.modeling.generation import latent_generate
 from trl_latent.modeling.inspection import format_code_report, inspect_codes

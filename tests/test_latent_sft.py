@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, load_pretrain_corpus, with_stream_indices
-from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_sft_config import LatentSFTConfig
 from trl_latent.training.latent_sft_trainer import LatentSFTTrainer, StageOptions, stage_losses
@@ -48,7 +48,7 @@ def one_thread():
 def env(tiny_cache, tmp_path_factory):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
     root = tmp_path_factory.mktemp("synthetic_task")

@@ -7,7 +7,6 @@ Checked twice: statically (every import statement of every library module, relat
 import ast
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ LIBRARY = (
     "planning",
     "commands",
     "evaluation.py",
+    "paper.py",
     "__init__.py",
 )
 
@@ -74,7 +74,7 @@ def test_library_module_does_not_import_the_harness(path):
 def test_the_static_check_sees_relative_imports(tmp_path):
     """The checker itself: a relative import of the harness from a library module is caught."""
     fake = PACKAGE / "training" / "latent_grpo_trainer.py"
-    source = "from ..experiments.task import tokenizer_corpus\nfrom . import losses\n"
+    source = "from ..experiments.shapes.task_data import tokenizer_corpus\nfrom . import losses\n"
     tree_names = []
     # Same resolution as imported_names, on a synthetic source placed at a library path.
     original = Path.read_text
@@ -83,7 +83,7 @@ def test_the_static_check_sees_relative_imports(tmp_path):
         tree_names = imported_names(fake)
     finally:
         Path.read_text = original
-    assert "trl_latent.experiments.task" in tree_names and "trl_latent.training.losses" in tree_names
+    assert "trl_latent.experiments.shapes.task_data" in tree_names and "trl_latent.training.losses" in tree_names
 
 
 def test_importing_the_whole_library_leaves_the_harness_unloaded():
@@ -100,15 +100,80 @@ def test_importing_the_whole_library_leaves_the_harness_unloaded():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_moved_modules_still_import_with_a_deprecation_warning():
+def test_the_public_names_load_without_the_experiments():
+    """`import trl_latent` and every name of its `__all__` resolve from the library alone."""
+    code = (
+        "import sys, trl_latent\n"
+        "values = [getattr(trl_latent, name) for name in trl_latent.__all__]\n"
+        f"loaded = sorted(m for m in sys.modules if m == {HARNESS!r} or m.startswith({HARNESS + '.'!r}))\n"
+        "print(len(values), loaded)\n"
+        "assert len(values) >= 20 and not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_no_old_module_path_is_served():
+    """No redirect shims: a module path the package does not hold does not import."""
     import importlib
 
-    import trl_latent
+    for old in ("trl_latent.data.synthetic", "trl_latent.rewards.rubric", "trl_latent.pipeline", "trl_latent.study"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
 
-    for old, new in trl_latent._MOVED_MODULES.items():
-        sys.modules.pop(old, None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module = importlib.import_module(old)
-        assert module is importlib.import_module(new)
-        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (at module level or inside a function), every module of the
+    package, experiments included."""
+    modules = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(path):
+            parts = name.split(".")
+            for end in range(len(parts), 0, -1):  # the longest prefix that is a module: `pkg.mod.Class` -> `pkg.mod`
+                if ".".join(parts[:end]) in modules:
+                    targets.add(".".join(parts[:end]))
+                    break
+        graph[module] = targets - {module}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert circles(graph) == [["a", "b", "c"]] and circles({"a": {"b"}, "b": set()}) == []

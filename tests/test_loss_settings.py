@@ -25,8 +25,8 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig
 
-from trl_latent.experiments.models import tiny_lm, tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.task import synthetic_rl_dataset
+from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer

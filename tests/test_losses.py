@@ -16,7 +16,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
-from trl_latent.experiments.models import tiny_lm
+from trl_latent.experiments.shapes.models import tiny_lm
 from trl_latent.training import losses
 from trl_latent.training.losses import (
     LOSS_CLASSES,

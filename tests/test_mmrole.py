@@ -245,7 +245,8 @@ def test_bad_input_errors(mmrole_root):
 
 
 def test_synthetic_task_loads(tmp_path):
-    from trl_latent.experiments.task import CHARACTERS, OOD_CHARACTERS, write_synthetic_task
+    from trl_latent.experiments.shapes.scenes import CHARACTERS, OOD_CHARACTERS
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     manifest = write_synthetic_task(tmp_path / "shapes", sessions_per_file=5, ood_sessions_per_character=2)
     splits, stats = load_mmrole(tmp_path / "shapes", image_size=(56, 56), return_stats=True)
@@ -264,8 +265,8 @@ def test_synthetic_task_loads(tmp_path):
 def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
-    from trl_latent.experiments.models import tiny_vlm
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.models import tiny_vlm
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1)
     dataset = to_sft(load_mmrole(tmp_path / "shapes", image_size=(56, 56), splits=("sft",))["sft"])

@@ -21,9 +21,9 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 
 import trl_latent
-from trl_latent.experiments.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.reward import rubric_reward
-from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset
+from trl_latent.experiments.shapes.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.reward import rubric_reward
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import POLICY_LORA_TARGET_MODULES, LatentGRPOTrainer

@@ -14,8 +14,8 @@ import pytest
 import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_latent.experiments.models import tiny_vlm
-from trl_latent.experiments.task import synthetic_rl_dataset
+from trl_latent.experiments.shapes.models import tiny_vlm
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import (
     POLICY_LORA_TARGET_MODULES,

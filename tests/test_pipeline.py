@@ -6,8 +6,8 @@ import math
 from PIL import Image
 
 from trl_latent.cli import main
-from trl_latent.experiments.pipeline import CONTENT_WORDS, PipelineConfig, format_results
-from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
+from trl_latent.experiments.shapes.pipeline import CONTENT_WORDS, PipelineConfig, format_results
+from trl_latent.experiments.shapes.reports import FIGURE_SIZE, PLOTS
 from trl_latent.training.stages import PRETRAIN_STAGE_NAMES
 
 

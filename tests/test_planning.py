@@ -222,7 +222,7 @@ def test_world_sft_activations_follow_the_formula():
 # --------------------------------------------------------------------------------- the same set the trainers train
 @pytest.fixture(scope="module")
 def saved_latent(tiny_cache, tmp_path_factory):
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     model = LatentActionModel.from_base(
@@ -237,7 +237,7 @@ def saved_latent(tiny_cache, tmp_path_factory):
 def test_trainable_set_is_the_trainers(stage, saved_latent, tiny_cache, tmp_path):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset
     from trl_latent.modeling import LatentActionModel
 
     model = LatentActionModel.from_pretrained(saved_latent)

@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
-from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.task import synthetic_rl_dataset
+from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 from trl_latent.modeling import LatentActionModel
 from trl_latent.modeling import model as model_module
 from trl_latent.modeling.generation import latent_generate

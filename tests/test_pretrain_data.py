@@ -15,7 +15,7 @@ from trl_latent.data.pretrain import (
     pretrain_messages,
     with_stream_indices,
 )
-from trl_latent.experiments.task import synthetic_sft_dataset, write_synthetic_task
+from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset, write_synthetic_task
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "pretrain-format-sample"
 
@@ -24,7 +24,7 @@ SAMPLE = Path(__file__).resolve().parent / "data" / "pretrain-format-sample"
 def processor(tiny_cache):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     return AutoProcessor.from_pretrained(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 

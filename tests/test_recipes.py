@@ -126,8 +126,8 @@ def write_pcogalign(root: Path, n_train: int = 8, n_test: int = 2) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_cache):
-    from trl_latent.experiments.models import tiny_vlm_path
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     ws = tmp_path_factory.mktemp("recipes")
     write_synthetic_task(ws / "data" / "shapes", sessions_per_file=2, ood_sessions_per_character=1, n_paired=8,

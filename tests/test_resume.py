@@ -23,8 +23,8 @@ import torch
 from safetensors import safe_open
 
 from trl_latent.data.pretrain import load_pretrain_corpus
-from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
-from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
+from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.checkpointing import CheckpointError
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
@@ -305,7 +305,7 @@ def token_grpo_run(tiny_cache, out, resume=None):
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from trl_latent.experiments.models import tiny_lm
+    from trl_latent.experiments.shapes.models import tiny_lm
     from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
     model, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from trl_latent.experiments.reward import (
+from trl_latent.experiments.shapes.reward import (
     RUBRIC_DIMENSIONS,
     answer_accuracy,
     answer_checks,
@@ -16,7 +16,7 @@ from trl_latent.experiments.reward import (
     task_reward,
     voice_checks,
 )
-from trl_latent.experiments.task import (
+from trl_latent.experiments.shapes.scenes import (
     ALL_CHARACTERS,
     COLOURS,
     QUESTIONS,
@@ -25,8 +25,8 @@ from trl_latent.experiments.task import (
     all_answers,
     character_answer,
     reference_answer,
-    synthetic_rl_dataset,
 )
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
 
 SCENE = ShapesScene("red", "circle", 2)
 REF = reference_answer("Captain Rolo", SCENE)  # "Ahoy, matey! I spot two red circles on deck. A bold and brave sight!"

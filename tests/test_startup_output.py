@@ -63,7 +63,7 @@ def assert_quiet(stderr: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_cache) -> str:
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     return str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 
@@ -92,7 +92,7 @@ def test_plan_prints_no_warning(tiny, tmp_path):
 
 
 def test_one_step_sft_prints_no_warning(tiny, tmp_path):
-    from trl_latent.experiments.task import write_synthetic_task
+    from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     write_synthetic_task(
         tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1, n_paired=4, n_text_only=4

@@ -6,12 +6,12 @@ import math
 import pytest
 from PIL import Image
 
-import trl_latent.experiments.pipeline as pipeline
+import trl_latent.experiments.shapes.pipeline as pipeline
 from trl_latent.cli import main
-from trl_latent.experiments.pipeline import PipelineConfig
-from trl_latent.experiments.prefix_cache import PrefixCache
-from trl_latent.experiments.reports import FIGURE_SIZE, PLOTS
-from trl_latent.experiments.study import STUDY_VERSION, Cell, finished, grid, load_cells, select
+from trl_latent.experiments.shapes.pipeline import PipelineConfig
+from trl_latent.experiments.shapes.prefix_cache import PrefixCache
+from trl_latent.experiments.shapes.reports import FIGURE_SIZE, PLOTS
+from trl_latent.experiments.shapes.study import STUDY_VERSION, Cell, finished, grid, load_cells, select
 
 CELLS = ["grpo-token-s0", "grpo-latent-s0"]
 
@@ -192,7 +192,7 @@ def _cell(loss, method, seed, reward, ablation="full", health=None):
 
 
 def test_tables_give_mean_and_sample_std_over_seeds():
-    from trl_latent.experiments.reports import format_ablation_table, format_health_table, format_main_table
+    from trl_latent.experiments.shapes.reports import format_ablation_table, format_health_table, format_main_table
 
     cells = [_cell("dapo", "latent", s, r) for s, r in enumerate((0.6, 0.8, 1.0))]
     cells += [_cell("grpo", "token", 0, 0.7), _cell("grpo", "latent", 0, 0.9, "no_projector")]
@@ -245,7 +245,7 @@ def test_only_the_known_harmless_messages_are_quieted():
         warnings.resetwarnings()  # the suite's own filters ignore deprecations; start from "show everything"
         warnings.simplefilter("always")
         quiet_known_warnings()  # its filters go in front
-        for module in ("transformers.modeling_utils", "trl_latent.experiments.pipeline"):
+        for module in ("transformers.modeling_utils", "trl_latent.experiments.shapes.pipeline"):
             warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module=module)
         warnings.warn_explicit("`is_gradient_checkpointing` is deprecated", FutureWarning, "x.py", 1, module="m")
         warnings.warn_explicit("something else", FutureWarning, "x.py", 1, module="m")
@@ -314,7 +314,7 @@ def _claim_grid(seeds=(0, 1, 2)):
 
 
 def test_claims_are_the_targets_computed_from_the_cells():
-    from trl_latent.experiments.reports import check_claims, format_claims
+    from trl_latent.experiments.shapes.reports import check_claims, format_claims
 
     cells = _claim_grid()
     assert len(cells) == len(grid())
@@ -437,7 +437,7 @@ def _set_reward(cells, loss, method, split, by_seed):
 def test_claims_respect_the_seed_noise():
     """Planted cells: a difference inside the noise is "within noise" (never "met"), a clear win "met", a clear loss
     "missed"; one seed gives no verdict."""
-    from trl_latent.experiments.reports import check_claims
+    from trl_latent.experiments.shapes.reports import check_claims
 
     target = "latent >= token on the held-out combinations (reward)"
     cells = _claim_grid()
@@ -470,7 +470,7 @@ def test_claims_respect_the_seed_noise():
 
 
 def test_report_tables_show_every_split_the_baseline_and_coinciding_losses():
-    from trl_latent.experiments.reports import coinciding_losses, format_gain_table, format_start_table
+    from trl_latent.experiments.shapes.reports import coinciding_losses, format_gain_table, format_start_table
 
     cells = _claim_grid(seeds=(0, 1))
     rows = format_gain_table(cells).splitlines()

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trl_latent.experiments.general import general_sft_dataset
-from trl_latent.experiments.reward import parse_scene
-from trl_latent.experiments.task import (
+from trl_latent.experiments.shapes.general_text import general_sft_dataset
+from trl_latent.experiments.shapes.reward import parse_scene
+from trl_latent.experiments.shapes.scenes import (
     _RGB,
     ALL_CHARACTERS,
     CHARACTERS,
     COLOURS,
     HELD_OUT_COMBOS,
-    MANIFEST_NAME,
     MIN_VOICE_WORDS,
     OOD_CHARACTERS,
     PROFILE_FIELDS,
@@ -29,11 +28,14 @@ from trl_latent.experiments.task import (
     draw_scene,
     paired_combos,
     reference_answer,
+    underscored,
+)
+from trl_latent.experiments.shapes.task_data import (
+    MANIFEST_NAME,
     sample_dialogues,
     synthetic_rl_dataset,
     synthetic_sft_dataset,
     tokenizer_corpus,
-    underscored,
     write_synthetic_task,
 )
 

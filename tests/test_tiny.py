@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_latent.experiments.models import tiny_lm, tiny_vlm, tiny_vlm_path
+from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm, tiny_vlm_path
 from trl_latent.modeling import tiny as library_tiny
 from trl_latent.modeling.tiny import _MANIFEST, REAL_SHAPES, real_shape_vlm
 

@@ -6,8 +6,8 @@ from datasets import Dataset
 from PIL import Image
 from trl import GRPOConfig, GRPOTrainer
 
-from trl_latent.experiments.models import tiny_lm, tiny_vlm
-from trl_latent.experiments.task import COLOURS
+from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm
+from trl_latent.experiments.shapes.scenes import COLOURS
 from trl_latent.metrics.diversity import distinct_n, group_diversity
 from trl_latent.training.losses import LOSS_CLASSES, BNPOLoss, DAPOLoss, DrGRPOLoss, PolicyLoss
 from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer

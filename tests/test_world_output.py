@@ -8,7 +8,7 @@ and the health metrics say which forms can reach the answers and whether the cod
 import pytest
 import torch
 
-from trl_latent.experiments.task import synthetic_rl_dataset, synthetic_sft_dataset
+from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset
 from trl_latent.metrics.latent_health import HEALTH_METRICS, latent_health
 from trl_latent.modeling import LatentActionModel
 from trl_latent.modeling.configuration import WORLD_OUTPUTS
@@ -42,7 +42,7 @@ def env(tiny_cache, tmp_path_factory):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
 
-    from trl_latent.experiments.models import tiny_vlm_path
+    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
     processor = AutoProcessor.from_pretrained(path)
@@ -260,7 +260,7 @@ def test_stage_five_form_is_what_the_reloaded_model_uses_in_rl_and_evaluation(en
     """The form stage 5 trained under is saved in the model's config; a reloaded model uses it when LatentGRPOTrainer
     rolls out and when the evaluation decodes, and a different form would decode differently."""
     from trl_latent.evaluation import generate_answers
-    from trl_latent.experiments.reward import task_reward
+    from trl_latent.experiments.shapes.reward import task_reward
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 

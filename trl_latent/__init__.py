@@ -1,9 +1,9 @@
-"""trl-latent: latent-action reinforcement learning for vision-language models, as a TRL extension."""
+"""trl-latent: latent-action reinforcement learning for vision-language models, as a TRL extension.
 
-import importlib.abc
-import importlib.util
-import sys
-import warnings
+Every public name loads from the library alone (`modeling`, `training`, `data`, `rewards`, `metrics`, `planning`,
+`evaluation`); the embedded experiments under `trl_latent.experiments` use the library and are never imported by it.
+"""
+
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -31,49 +31,12 @@ _EXPORTS = {
     "load_pcogalign": "trl_latent.data.pcogalign",
     "load_pretrain_corpus": "trl_latent.data.pretrain",
     "JudgeReward": "trl_latent.rewards.judge",
-    "rubric_reward": "trl_latent.experiments.reward",
-    "task_reward": "trl_latent.experiments.reward",
     "evaluate": "trl_latent.evaluation",
     "group_diversity": "trl_latent.metrics.diversity",
     "codebook_usage": "trl_latent.metrics.codebook",
 }
 
 __all__ = sorted(_EXPORTS)
-
-# Modules that moved to the embedded experiment's package (`trl_latent.experiments`) in 0.2: the old import paths keep
-# working, with a DeprecationWarning, until 0.3.
-_MOVED_MODULES = {
-    "trl_latent.data.synthetic": "trl_latent.experiments.task",
-    "trl_latent.rewards.rubric": "trl_latent.experiments.reward",
-    "trl_latent.pipeline": "trl_latent.experiments.pipeline",
-    "trl_latent.study": "trl_latent.experiments.study",
-    "trl_latent.reports": "trl_latent.experiments.reports",
-    "trl_latent.prefix_cache": "trl_latent.experiments.prefix_cache",
-}
-
-
-class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves an old module path as the module it moved to (the same module object, not a copy)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in _MOVED_MODULES:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        warnings.warn(
-            f"{spec.name} moved to {_MOVED_MODULES[spec.name]}; import it from there (the old path goes in 0.3).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return import_module(_MOVED_MODULES[spec.name])
-
-    def exec_module(self, module):
-        pass
-
-
-if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
 
 if TYPE_CHECKING:
     from .modeling.configuration import LatentActionConfig  # noqa: F401

@@ -44,8 +44,9 @@ from typing import Any
 
 import torch
 
-from .metrics.diversity import Embedder, distinct_n, embedding_diversity, self_bleu
+from .metrics.diversity import DEFAULT_EMBEDDER, Embedder, distinct_n, embedding_diversity, self_bleu
 from .metrics.stats import mean_std
+from .paper import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K, ROLLOUT_CODE_TOP_K
 from .rewards.judge import JudgeReward
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,10 @@ GenerationBackend = Callable[[list, list], list[str]]
 
 # The paper's evaluation protocol: N generations per test prompt, codes (latent) or tokens (plain VLM) sampled at
 # this temperature among the top-k; the metric is reported as mean +/- sample std over the N generation rounds.
-PAPER_EVAL_GENERATIONS = 3
-PAPER_EVAL_TEMPERATURE = 0.1
-PAPER_EVAL_TOP_K = 64
-# The RL rollout setting (`generate_answers(..., sample=True)`, diversity of rollouts): temperature 1, code top-k 32
-# (the authors' RL setting, `LatentGRPOConfig.code_top_k`); tokens of a plain VLM are not top-k filtered.
+# The RL rollout setting (`generate_answers(..., sample=True)`, diversity of rollouts): temperature 1, code top-k
+# `ROLLOUT_CODE_TOP_K` (the authors' RL setting, `LatentGRPOConfig.code_top_k`'s default); tokens of a plain VLM are
+# not top-k filtered.
 ROLLOUT_TEMPERATURE = 1.0
-ROLLOUT_CODE_TOP_K = 32
 
 
 class VLMGenerationBackend:
@@ -426,7 +424,7 @@ def evaluate(
     *,
     num_generations: int = PAPER_EVAL_GENERATIONS,
     batch_size: int = 8,
-    embedder: Callable | str | None = "default",
+    embedder: Callable | str | None = DEFAULT_EMBEDDER,
     distinct_ngrams: Sequence[int] = (1, 2),
     seed: int = 0,
     output_dir: str | Path | None = None,
@@ -457,7 +455,7 @@ def evaluate(
     if not isinstance(datasets, dict):
         datasets = {"test": datasets}
     if isinstance(embedder, str):
-        embedder = Embedder(None if embedder == "default" else embedder)
+        embedder = Embedder(None if embedder == DEFAULT_EMBEDDER else embedder)
     splits = {
         name: evaluate_split(
             name,

@@ -7,6 +7,7 @@ command line, launchable under `accelerate launch -m trl_latent.cli <command>`):
 | `trl-latent grpo` | `grpo.py` | latent-action RL (`LatentGRPOTrainer`), or the token baseline (`TokenGRPOTrainer`) |
 | `trl-latent eval` | `evaluate.py` | N generations per test prompt, judge or rubric score (mean ± std), diversity |
 | `trl-latent inspect` | `inspect_codes.py` | what each latent action does: usage, top tokens, examples |
+| `trl-latent plan` | `plan.py` | parameters, trainable set and per-GPU memory of a stage (DDP, ZeRO-2/3, offload) |
 
 `common.py` holds what they share: argument parsing with clear errors, input checks, task loading, rewards.
 """

@@ -18,17 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import mmrole, pcogalign
+from ..data.images import ON_MISSING_IMAGE
+from ..data.mmrole_prompts import TEMPLATES
+
 TASKS = ("mmrole", "pcogalign")
 # The splits each task's loader builds. Any dataset written in the MMRole release layout (the embedded shapes task of
 # `trl-latent write-synthetic`, say) is `task: mmrole`.
-TASK_SPLITS = {
-    "mmrole": ("sft", "rl", "id_test", "ood_test"),
-    "pcogalign": ("sft", "rl", "ls1_test", "ls2_test"),
-}
-TEST_SPLITS = {
-    "mmrole": ("id_test", "ood_test"),
-    "pcogalign": ("ls1_test", "ls2_test"),
-}
+TASK_SPLITS = {"mmrole": mmrole.SPLITS, "pcogalign": pcogalign.SPLITS}
+TEST_SPLITS = {"mmrole": mmrole.TEST_SPLITS, "pcogalign": pcogalign.TEST_SPLITS}
 ACTION_SPACES = ("latent", "token")
 
 
@@ -341,18 +339,18 @@ class TaskArguments:
                   "task_root for PCogAlignBench)."},
     )  # fmt: skip
     image_size: list[int] = field(
-        default_factory=lambda: [280, 420],
+        default_factory=lambda: list(mmrole.DEFAULT_IMAGE_SIZE),
         metadata={"help": "Width and height every task image is resized to (the authors' 280 420)."},
     )
     on_missing_image: str = field(
         default="error",
         metadata={"help": "A record whose image is missing: 'error' (name it) or 'skip' (leave it out, counted).",
-                  "choices": ["error", "skip"]},
+                  "choices": list(ON_MISSING_IMAGE)},
     )  # fmt: skip
     template: str = field(
         default="paper",
         metadata={"help": "MMRole prompt: 'paper' (the paper's) or 'mmrole_eval' (MMRole's evaluation prompt).",
-                  "choices": ["paper", "mmrole_eval"]},
+                  "choices": list(TEMPLATES)},
     )  # fmt: skip
     max_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many samples of each split (quick runs)."}
@@ -437,9 +435,8 @@ class RewardArguments:
         metadata={
             "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
             "(OpenAI-compatible endpoint). Or a dotted import path: a TRL reward function for `grpo`, a judge (an "
-            "object or class with `judge(prompts, completions, **columns)`) for `eval`; e.g. the embedded shapes "
-            "task's offline rubric, trl_latent.experiments.reward.rubric_reward / "
-            "trl_latent.experiments.reward.RubricJudge."
+            "object or class with `judge(prompts, completions, **columns)`) for `eval`, e.g. my_rewards.length_reward "
+            "for a my_rewards.py in the current folder."
         },
     )
     judge_base_url: str | None = field(
@@ -462,7 +459,7 @@ def build_judge(args: RewardArguments, task: str):
         raise CommandError(
             "reward: judge needs judge_base_url (an OpenAI-compatible endpoint, e.g. a vLLM server at "
             "http://localhost:8000/v1) and judge_model; or set reward to the dotted import path of a reward of your "
-            "own (offline: trl_latent.experiments.reward.rubric_reward for the embedded shapes task)."
+            "own (offline, e.g. my_rewards.length_reward: a function with TRL's reward signature)."
         )
     try:
         backend = OpenAIJudgeBackend(
@@ -479,20 +476,27 @@ def build_judge(args: RewardArguments, task: str):
 
 
 def import_reward(path: str):
-    """The object a dotted import path names (`package.module.name`), as TRL's scripts resolve `reward_funcs`; a path
-    that does not import is a clear error."""
+    """The object a dotted import path names (`package.module.name`), as TRL's scripts resolve `reward_funcs`: the
+    working directory is searched first, so `my_rewards.length_reward` finds `./my_rewards.py`. A path that does not
+    import is a clear error."""
     import importlib
+    import sys
 
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     module_name, _, attribute = path.rpartition(".")
     if not module_name:
         raise CommandError(
             f"reward: {path!r} is neither 'judge' nor a dotted import path (package.module.function), e.g. "
-            "trl_latent.experiments.reward.rubric_reward."
+            "my_rewards.length_reward."
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise CommandError(f"reward: cannot import module {module_name!r} of {path!r}: {err}") from err
+        raise CommandError(
+            f"reward: cannot import module {module_name!r} of {path!r} (searched the working directory {Path.cwd()} "
+            f"and the installed packages): {err}"
+        ) from err
     if not hasattr(module, attribute):
         raise CommandError(f"reward: module {module_name!r} has no {attribute!r} (from {path!r}).")
     return getattr(module, attribute)

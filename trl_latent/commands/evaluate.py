@@ -2,7 +2,7 @@
 
 ```
 trl-latent eval --config examples/recipes/qwen2.5-vl-3b/mmrole/eval.yaml
-trl-latent eval --task mmrole --task_root data/shapes --reward trl_latent.experiments.reward.RubricJudge --models outputs/shapes/grpo
+trl-latent eval --task mmrole --task_root data/mmrole --reward my_judges.KeywordJudge --models outputs/grpo
 ```
 
 For each model (a saved latent action model, or a plain VLM such as the token baseline) and each test split: N
@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..metrics.diversity import DEFAULT_EMBEDDER
+from ..paper import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
 from .common import (
     TEST_SPLITS,
     CommandError,
@@ -64,23 +66,23 @@ class EvalArguments(TaskArguments, RewardArguments):
         metadata={"help": "Test splits (default: id_test ood_test for MMRole and synthetic, ls1_test ls2_test for "
                   "PCogAlignBench)."},
     )  # fmt: skip
-    # The defaults are trl_latent.evaluation's PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE and PAPER_EVAL_TOP_K,
-    # written out so that the CLI does not import torch to build its parser (tests/test_evaluation.py checks them).
-    num_generations: int = field(default=3, metadata={"help": "Generations per prompt (paper: 3)."})
+    num_generations: int = field(
+        default=PAPER_EVAL_GENERATIONS, metadata={"help": "Generations per prompt (paper: 3)."}
+    )
     max_new_tokens: int = field(default=1024, metadata={"help": "Cap on each answer's length."})
     temperature: float = field(
-        default=0.1,
+        default=PAPER_EVAL_TEMPERATURE,
         metadata={"help": "Sampling temperature of codes (latent) or tokens (plain VLM; paper: 0.1 for both); 0 is "
                   "greedy."},
     )  # fmt: skip
     top_k: int | None = field(
-        default=64,
+        default=PAPER_EVAL_TOP_K,
         metadata={"help": "Top-k filter of the sampling: codes (latent) or tokens (plain VLM; paper: 64 for both); 0 "
                   "keeps all."},
     )  # fmt: skip
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation call."})
     embedder: str = field(
-        default="default",
+        default=DEFAULT_EMBEDDER,
         metadata={"help": "Sentence embedder of embedding diversity: 'default' (all-MiniLM-L6-v2, offline), a "
                   "sentence-transformers model name or folder, or 'none' to skip the metric."},
     )  # fmt: skip
@@ -207,7 +209,8 @@ def _custom_judge(path: str):
     if not callable(getattr(judge, "judge", None)):
         raise CommandError(
             f"reward: {path} is not a judge: eval needs an object with judge(prompts, completions, **columns) "
-            "returning Judgements (trl_latent.rewards.judge), e.g. trl_latent.experiments.reward.RubricJudge."
+            "returning Judgements (trl_latent.rewards.judge), e.g. my_judges.KeywordJudge for a my_judges.py in the "
+            "current folder."
         )
     return judge
 

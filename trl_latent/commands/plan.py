@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
+from ..paper import CODEBOOK_SIZE, INVERSE_LAYERS, POLICY_LAYERS, WORLD_SFT_LAST_LAYERS
 from ..planning import PRECISIONS, PlanError, format_plan, make_plan
 from ..planning.plan import verdict
+
+# The flags' defaults are make_plan's own.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(make_plan).parameters.items()}
 
 PLAN_HELP = """\
 Parameter counts and per-GPU memory of one training stage, from the model's config alone: the latent action model is
@@ -43,22 +48,40 @@ def add_parser(subparsers) -> None:
         default=None,
         help="the strategy to check: ddp, zero2, zero3, zero3_offload (or 0, 2, 3); default: report which fit",
     )
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs (default 1)")
+    parser.add_argument("--num-gpus", type=int, default=_DEFAULTS["num_gpus"], help="GPUs (default %(default)s)")
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="memory per GPU in GiB (default 80)")
     parser.add_argument(
         "--reserve", type=float, default=2.0, help="GiB per GPU kept for CUDA context and buffers (default 2)"
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="per-GPU micro-batch in sequences (default 1)")
-    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence, image tokens included")
     parser.add_argument(
-        "--image-tokens", type=int, default=150, help="image tokens per sequence (default 150: one 280x420 image)"
+        "--batch-size",
+        type=int,
+        default=_DEFAULTS["batch_size"],
+        help="per-GPU micro-batch in sequences (default %(default)s)",
     )
-    parser.add_argument("--precision", default="bf16", choices=sorted(PRECISIONS), help="default bf16")
+    parser.add_argument(
+        "--seq-len", type=int, default=_DEFAULTS["seq_len"], help="tokens per sequence, image tokens included"
+    )
+    parser.add_argument(
+        "--image-tokens",
+        type=int,
+        default=_DEFAULTS["image_tokens"],
+        help="image tokens per sequence (default %(default)s: one 280x420 image)",
+    )
+    parser.add_argument(
+        "--precision", default=_DEFAULTS["precision"], choices=sorted(PRECISIONS), help="default %(default)s"
+    )
     parser.add_argument("--lora-r", type=int, default=None, help="plan a LoRA adapter of this rank (world_sft, grpo)")
-    parser.add_argument("--world-sft-last-layers", type=int, default=None, help="LM layers world_sft trains (8)")
-    parser.add_argument("--codebook-size", type=int, default=None, help="latent actions |C| (default 128)")
-    parser.add_argument("--inverse-layers", type=int, default=None, help="inverse dynamics layers (default 4)")
-    parser.add_argument("--policy-layers", type=int, default=None, help="policy layers (default 8)")
+    parser.add_argument(
+        "--world-sft-last-layers", type=int, default=None, help=f"LM layers world_sft trains ({WORLD_SFT_LAST_LAYERS})"
+    )
+    parser.add_argument(
+        "--codebook-size", type=int, default=None, help=f"latent actions |C| (default {CODEBOOK_SIZE})"
+    )
+    parser.add_argument(
+        "--inverse-layers", type=int, default=None, help=f"inverse dynamics layers (default {INVERSE_LAYERS})"
+    )
+    parser.add_argument("--policy-layers", type=int, default=None, help=f"policy layers (default {POLICY_LAYERS})")
     parser.set_defaults(func=run)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from ..paper import CODEBOOK_SIZE, INVERSE_LAYERS, POLICY_LAYERS
 from ..training.stages import PRETRAIN_STAGE_NAMES
 from .common import (
     ACTION_SPACES,
@@ -70,9 +71,11 @@ class SFTScriptArguments(TaskArguments):
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A saved latent action model: the previous stage's output_dir."}
     )
-    codebook_size: int = field(default=128, metadata={"help": "Latent actions |C| (with base_model)."})
-    inverse_layers: int = field(default=4, metadata={"help": "Inverse dynamics decoder layers (with base_model)."})
-    policy_layers: int = field(default=8, metadata={"help": "Policy decoder layers (with base_model)."})
+    codebook_size: int = field(default=CODEBOOK_SIZE, metadata={"help": "Latent actions |C| (with base_model)."})
+    inverse_layers: int = field(
+        default=INVERSE_LAYERS, metadata={"help": "Inverse dynamics decoder layers (with base_model)."}
+    )
+    policy_layers: int = field(default=POLICY_LAYERS, metadata={"help": "Policy decoder layers (with base_model)."})
     paired_files: list[str] | None = field(
         default=None,
         metadata={"help": "Paired image-text pretraining corpus: JSON or JSON-lines files of {id, images, messages}."},

@@ -42,8 +42,11 @@ def missing_image_error(relative: str, images_dir: Path, record: str) -> FileNot
     )
 
 
+ON_MISSING_IMAGE = ("error", "skip")
+
+
 def check_on_missing_image(value: str) -> None:
-    if value not in ("error", "skip"):
+    if value not in ON_MISSING_IMAGE:
         raise ValueError(f"on_missing_image must be 'error' or 'skip', got {value!r}.")
 
 

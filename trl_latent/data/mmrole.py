@@ -105,6 +105,7 @@ DIALOGUE_TYPES = ("comment", "human-role", "inter-role")
 DEFAULT_IMAGE_SIZE = (280, 420)  # (width, height) as PIL's `resize` takes it: the authors' `image.resize((280, 420))`
 SPLIT_FRACTIONS = {"sft": (0.0, 0.5), "rl": (0.5, 0.9), "id_test": (0.9, 1.0)}
 SPLITS = ("sft", "rl", "id_test", "ood_test")
+TEST_SPLITS = ("id_test", "ood_test")
 # Image folders of the release that do not name a script (film, series, book) the character comes from.
 _NOT_A_SCRIPT = {"COCO", "Hypothetical_Characters"}
 

@@ -40,6 +40,7 @@ SUBSETS = {"LS1": "HCMAS", "LS2": "HCSHR"}
 EVAL_INFO_FIELDS = ("ImageDesc", "location", "EvalHelp")
 TRAIN_FRACTIONS = {"sft": (0.0, 0.5), "rl": (0.5, 0.7)}
 SPLITS = ("sft", "rl", "ls1_test", "ls2_test")
+TEST_SPLITS = ("ls1_test", "ls2_test")
 
 
 class PCogAlignFormatError(ValueError):

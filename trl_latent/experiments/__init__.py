@@ -4,18 +4,13 @@ It is not the library. It uses the library (`trl_latent.modeling`, `trl_latent.t
 experiment would, and the library never imports it (a test enforces the rule), as TRL keeps `trl/scripts` apart from
 `trl/trainer`.
 
-| module | what it holds |
+| module or package | what it holds |
 |---|---|
-| `task.py` | the shapes role-play task: scenes, characters and their answer patterns, dialogues, the MMRole layout |
-| `general.py` | the general corpus the base learns and the text-only corpus is drawn from (no task answers) |
-| `reward.py` | the task's offline rewards: the judge-like rubric ratio, `task_reward`, answer checks, `RubricJudge` |
-| `models.py` | the library's tiny-model builders bound to the task's tokenizer corpus |
-| `evaluate.py` | the paper's evaluation protocol on the task's splits (3 generations, mean ± std) |
-| `probes.py` | what a plain VLM already knows of the task (answer-token accuracy) |
-| `pipeline.py` | `trl-latent demo`: one token vs latent comparison, phase by phase (`PipelineConfig`) |
-| `study.py` | `trl-latent study`: the resumable grid over objectives, seeds and ablations |
-| `reports.py` | tables and plots of the demo and the study |
-| `prefix_cache.py` | saved prefixes (base, SFT model, latent stages) the study's cells share |
-| `commands.py` | the `demo`, `study` and `write-synthetic` subcommands |
+| `shapes/` | the shapes role-play task on tiny models, `trl-latent demo` and `trl-latent study` (see its `__init__`) |
+| `text_roleplay/` | a real pretrained base offline (SmolLM2-135M-Instruct), the text role-play task and `trl-latent text-study` |
+| `kl_budget.py` | KL-matched learning rates: each arm's RL rate searched until its KL lands in a budget |
+| `verdicts.py` | a target's verdict from seeds: met, missed, within noise, undecided |
+| `evidence.py` | the README and docs blocks rebuilt from committed data (`--write`, `--check`) |
+| `commands.py` | the `demo`, `study`, `text-study` and `write-synthetic` subcommands |
 | `console.py`, `progress.py`, `trainer_args.py` | console output, progress bars, CPU trainer arguments |
 """

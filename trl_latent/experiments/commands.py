@@ -14,12 +14,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..training.losses import LOSS_CLASSES
-from .reward import REWARDS
-from .study import (
+from ..training.losses import LOSS_CLASSES, LOSS_NAMES
+from .shapes.reward import REWARDS
+from .shapes.study import (
     ABLATIONS,
     DEFAULT_SEEDS,
-    LOSSES,
     RESULTS_CELLS_DIR,
     NoCellsError,
     finished,
@@ -34,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .console import quiet_known_warnings
 
     quiet_known_warnings()  # before the heavy imports: some of these messages are logged at import time
-    from .pipeline import PipelineConfig, format_legend, format_results, run_pipeline
+    from .shapes.pipeline import PipelineConfig, format_legend, format_results, run_pipeline
 
     print(
         "trl-latent demo: token-level vs latent-action RL on the embedded shapes role-play task (tiny Qwen2.5-VL, "
@@ -67,7 +66,7 @@ def _field_overrides(items: list[str]) -> dict:
     """`FIELD=VALUE` strings as PipelineConfig overrides; an unknown field or a missing `=` is a clear error."""
     from dataclasses import fields
 
-    from .pipeline import PipelineConfig
+    from .shapes.pipeline import PipelineConfig
 
     known = {f.name for f in fields(PipelineConfig)}
     overrides = {}
@@ -118,7 +117,7 @@ def add_demo(subparsers) -> None:
 
 
 def _write_synthetic(args: argparse.Namespace) -> int:
-    from .task import write_synthetic_task
+    from .shapes.task_data import write_synthetic_task
 
     if len(args.image_size) not in (1, 2):
         raise SystemExit("trl-latent write-synthetic: --image-size takes one value (side) or two (width height)")
@@ -162,12 +161,12 @@ def add_study(subparsers) -> None:
         default=str(RESULTS_CELLS_DIR),
         help="the finished cells' JSONs, the data behind the report (default %(default)s, committed)",
     )
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="RL objectives")
+    parser.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, help="RL objectives")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds (default 0 1 2)")
     parser.add_argument(
         "--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS), help="latent ablations"
     )
-    parser.add_argument("--ablation-loss", default="grpo", choices=LOSSES, help="loss of the ablation cells")
+    parser.add_argument("--ablation-loss", default="grpo", choices=LOSS_NAMES, help="loss of the ablation cells")
     parser.add_argument("--cells", nargs="+", default=None, help="run only these cells (names or globs)")
     parser.add_argument("--list", action="store_true", help="list the cells (and which are finished), run nothing")
     parser.add_argument("--quick", action="store_true", help="PipelineConfig.quick() size: a CI smoke run")
@@ -184,7 +183,7 @@ def _study(args) -> int:
     from .console import heading, quiet_known_warnings
 
     quiet_known_warnings()  # before the heavy imports: some of these messages are logged at import time
-    from .pipeline import PipelineConfig
+    from .shapes.pipeline import PipelineConfig
 
     overrides = {k: v for k, v in dict(rl_steps=args.rl_steps, cache_dir=args.cache_dir).items() if v is not None}
     base_config = PipelineConfig.quick(**overrides) if args.quick else PipelineConfig(**overrides)

@@ -84,7 +84,7 @@ def demo_table(results: dict) -> str:
 
 def demo_health(results: dict) -> str:
     """The latent-space health after each stage of the demo's latent arm, then the RL wall times."""
-    from .pipeline import format_health
+    from .shapes.pipeline import format_health
 
     token, latent = results["token"]["rl"], results["latent"]["rl"]
     wall = (

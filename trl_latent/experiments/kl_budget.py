@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The two arms every study compares at a matched KL, in the order its tables show them.
+ARMS = ("token", "latent")
+
 
 @dataclass(frozen=True)
 class KLProbe:

@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+# The name that asks for the offline default sentence embedder ([`Embedder`] with no model: all-MiniLM-L6-v2).
+DEFAULT_EMBEDDER = "default"
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # Below this, a group's mean cosine similarity is clamped so its reciprocal stays finite.
 MIN_SIMILARITY = 1e-6

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from ..paper import CODEBOOK_SIZE, INVERSE_LAYERS, POLICY_LAYERS
+
 # How the world model turns merged states x_K (x_0 = e, x_{k+1} = x_k + Merge_k(x_k, c)) into next-token logits.
 # docs/model.md "World-model output" compares them on the embedded task.
 WORLD_OUTPUTS = (
@@ -64,9 +66,9 @@ class LatentActionConfig(PretrainedConfig):
 
     base_model_name_or_path: str | None = None
     base_config: dict | None = None
-    codebook_size: int = 128
-    inverse_layers: int = 4
-    policy_layers: int = 8
+    codebook_size: int = CODEBOOK_SIZE
+    inverse_layers: int = INVERSE_LAYERS
+    policy_layers: int = POLICY_LAYERS
     merge_blocks: int = 2
     merge_intermediate_size: int | None = None
     gumbel_temperature: float = 2.0

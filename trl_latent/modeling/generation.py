@@ -16,8 +16,14 @@ from transformers import DynamicCache, StaticCache
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
+from ..paper import ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K, TOKEN_STRATEGY
+
 TOKEN_STRATEGIES = ("greedy", "sample")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+# Rollout defaults of `latent_generate` and `LatentGRPOConfig` beside the paper's (`trl_latent.paper`): no nucleus
+# filter of the codes, and KV caches that grow by one position per step.
+ROLLOUT_CODE_TOP_P = 1.0
+DEFAULT_CACHE_IMPLEMENTATION = "dynamic"
 
 
 @dataclass
@@ -228,10 +234,10 @@ def latent_generate(
     *,
     max_new_tokens: int = 32,
     do_sample_codes: bool = True,
-    code_temperature: float = 1.0,
-    code_top_k: int | None = 32,
-    code_top_p: float | None = 1.0,
-    token_strategy: str = "greedy",
+    code_temperature: float = ROLLOUT_CODE_TEMPERATURE,
+    code_top_k: int | None = ROLLOUT_CODE_TOP_K,
+    code_top_p: float | None = ROLLOUT_CODE_TOP_P,
+    token_strategy: str = TOKEN_STRATEGY,
     token_temperature: float = 1.0,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
@@ -239,7 +245,7 @@ def latent_generate(
     suppress_token_ids: list[int] | None = None,
     return_states: bool = False,
     generator: torch.Generator | None = None,
-    cache_implementation: str = "dynamic",
+    cache_implementation: str = DEFAULT_CACHE_IMPLEMENTATION,
     compile_step: bool = False,
     **unused,
 ) -> LatentGenerateOutput:

@@ -107,8 +107,9 @@ class LatentActionModel(LatentActionPreTrainedModel):
 
     ```python
     >>> from trl_latent import LatentActionModel
-    >>> from trl_latent.experiments.models import tiny_vlm_path
-    >>> model = LatentActionModel.from_base(tiny_vlm_path("tiny"), codebook_size=16, inverse_layers=1, policy_layers=1)
+    >>> from trl_latent.modeling.tiny import tiny_vlm_path
+    >>> path = tiny_vlm_path("tiny", corpus=["What do you see?", "A red square."])
+    >>> model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
     >>> model.config.codebook_size
     16
     ```

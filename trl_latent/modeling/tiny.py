@@ -9,14 +9,12 @@ Also here: the real Qwen2.5-VL-3B / -7B shapes, on the `meta` device for paramet
 for GPU benchmarks.
 
 ```python
->>> from trl_latent.experiments.models import tiny_vlm
+>>> from trl_latent.modeling.tiny import tiny_vlm
 >>> corpus = ["A red circle.", "Two blue squares on a white background.", "What do you see?"]
 >>> model, processor = tiny_vlm("tiny", seed=0, corpus=corpus)
 >>> model.config.text_config.hidden_size
 64
 ```
-
-The embedded experiment binds its own task's text: `trl_latent.experiments.models.tiny_vlm("tiny")`.
 """
 
 from __future__ import annotations
@@ -31,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from .backbone import CAUSAL_LM_MODEL_TYPES, VLM_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ TINY_SPECS: dict[str, TinySpec] = {
     "small": TinySpec(128, 256, 2, 4, 2, vision_hidden_size=64, vision_depth=2, vision_heads=4),
 }
 
-SUPPORTED_TINY_ARCHS = ("qwen2_5_vl", "qwen2_vl")
+SUPPORTED_TINY_ARCHS = VLM_MODEL_TYPES  # a tiny model of every architecture the library supports
 
 
 def default_cache_dir() -> Path:
@@ -99,7 +99,7 @@ def _checked_corpus(corpus) -> list[str]:
     if isinstance(corpus, str) or not corpus or not all(isinstance(text, str) for text in corpus):
         raise ValueError(
             "corpus must be a non-empty sequence of texts to train the tiny tokenizer on (the texts the model will "
-            "read); the embedded experiment's is trl_latent.experiments.task.tokenizer_corpus()."
+            "read), e.g. the prompts and answers of your dataset."
         )
     return list(corpus)
 
@@ -430,7 +430,7 @@ def tiny_vlm(
     return model, processor
 
 
-SUPPORTED_TINY_LM_ARCHS = ("qwen2", "llama")
+SUPPORTED_TINY_LM_ARCHS = CAUSAL_LM_MODEL_TYPES
 
 
 def _llama_config(spec: TinySpec, tokenizer):

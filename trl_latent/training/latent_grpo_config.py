@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..modeling.generation import (
+    CACHE_IMPLEMENTATIONS,
+    DEFAULT_CACHE_IMPLEMENTATION,
+    ROLLOUT_CODE_TOP_P,
+    TOKEN_STRATEGIES,
+)
+from ..paper import KL_BETA, ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K, TOKEN_STRATEGY
 from .losses import LOSS_CLASSES, PolicyLoss
 from .reward_failures import MAX_FAILED_REWARD_BATCHES
-
-TOKEN_STRATEGIES = ("greedy", "sample")
-LATENT_CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 
 @dataclass
@@ -117,19 +121,19 @@ class LatentGRPOConfig(GRPOConfig):
 
     # Rollouts
     code_top_k: int | None = field(
-        default=32,
+        default=ROLLOUT_CODE_TOP_K,
         metadata={"help": "Sample each step's code among the policy's top-k codes (None or 0: all codes)."},
     )
     code_top_p: float = field(
-        default=1.0,
+        default=ROLLOUT_CODE_TOP_P,
         metadata={"help": "Nucleus (top-p) filtering of the code distribution after top-k; 1.0 disables it."},
     )
     code_temperature: float = field(
-        default=1.0,
+        default=ROLLOUT_CODE_TEMPERATURE,
         metadata={"help": "Temperature of the code distribution, for sampling and for the loss's log-probabilities."},
     )
     token_strategy: str = field(
-        default="greedy",
+        default=TOKEN_STRATEGY,
         metadata={
             "help": "How the world model picks the next token from (state, code): 'greedy' (paper) or 'sample' (at "
             "`temperature`).",
@@ -137,10 +141,10 @@ class LatentGRPOConfig(GRPOConfig):
         },
     )
     latent_cache_implementation: str = field(
-        default="dynamic",
+        default=DEFAULT_CACHE_IMPLEMENTATION,
         metadata={
             "help": "KV caches of latent decoding: 'dynamic' (grown per step) or 'static' (pre-allocated).",
-            "choices": list(LATENT_CACHE_IMPLEMENTATIONS),
+            "choices": list(CACHE_IMPLEMENTATIONS),
         },
     )
     compile_latent_step: bool = field(
@@ -164,7 +168,7 @@ class LatentGRPOConfig(GRPOConfig):
         metadata={"help": "As GRPOConfig.loss_type, restricted to 'grpo', 'dr_grpo', 'dapo' and 'bnpo'."},
     )
     beta: float = field(
-        default=0.01,
+        default=KL_BETA,
         metadata={"help": "KL coefficient to the reference policy (a frozen copy of the policy modules only)."},
     )
     max_completion_length: int | None = field(
@@ -211,9 +215,9 @@ class LatentGRPOConfig(GRPOConfig):
         self._reject_unsupported()
         if self.token_strategy not in TOKEN_STRATEGIES:
             raise ValueError(f"token_strategy must be one of {TOKEN_STRATEGIES} (got {self.token_strategy!r}).")
-        if self.latent_cache_implementation not in LATENT_CACHE_IMPLEMENTATIONS:
+        if self.latent_cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(
-                f"latent_cache_implementation must be one of {LATENT_CACHE_IMPLEMENTATIONS} (got "
+                f"latent_cache_implementation must be one of {CACHE_IMPLEMENTATIONS} (got "
                 f"{self.latent_cache_implementation!r})."
             )
         if self.compile_latent_step and self.latent_cache_implementation != "static":

@@ -274,21 +274,26 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
     Example:
 
     ```python
+    >>> from datasets import Dataset
+    >>> from PIL import Image
     >>> from trl_latent import LatentActionModel
-    >>> from trl_latent.experiments.task import synthetic_rl_dataset
-    >>> from trl_latent.experiments.models import tiny_vlm, tiny_vlm_path
+    >>> from trl_latent.modeling.tiny import tiny_vlm, tiny_vlm_path
     >>> from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     >>> from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 
-    >>> model = LatentActionModel.from_base(tiny_vlm_path("tiny"), codebook_size=16, inverse_layers=1, policy_layers=1)
-    >>> _, processor = tiny_vlm("tiny")
+    >>> prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    >>> dataset = Dataset.from_list([{"prompt": prompt, "image": Image.new("RGB", (56, 56), c)} for c in ["red"] * 8])
+    >>> path = tiny_vlm_path("tiny", corpus=["Colour?", "It is red."])
+    >>> model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    >>> _, processor = tiny_vlm("tiny", corpus=["Colour?", "It is red."])
     >>> def reward_len(completions, **kwargs):
     ...     return [float(len(c[0]["content"])) for c in completions]
     >>> args = LatentGRPOConfig("out", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-    ...                         max_steps=2, use_cpu=True, bf16=False, report_to="none")
-    >>> trainer = LatentGRPOTrainer(model, reward_funcs=reward_len, args=args,
-    ...                             train_dataset=synthetic_rl_dataset(8), processing_class=processor)
-    >>> trainer.train()
+    ...                         max_steps=2, use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    >>> trainer = LatentGRPOTrainer(model, reward_funcs=reward_len, args=args, train_dataset=dataset,
+    ...                             processing_class=processor)
+    >>> trainer.train().global_step
+    2
     ```
     """
 

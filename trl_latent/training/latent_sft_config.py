@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ..modeling.configuration import WORLD_OUTPUTS
+from ..paper import WORLD_SFT_LAST_LAYERS
 from .stages import (
     ABLATIONS,  # noqa: F401 (re-exported: it used to be defined here)
     DEFAULT_WORLD_OUTPUT_SCHEDULE,
@@ -304,7 +305,7 @@ class LatentSFTConfig(SFTConfig):
         },
     )
     world_sft_last_layers: int = field(
-        default=8,
+        default=WORLD_SFT_LAST_LAYERS,
         metadata={
             "help": "world_sft trains the vision tower, this many last LM layers, the final norm and the embeddings "
             "(unless a LoRA `peft_config` is given to the trainer)."

@@ -383,19 +383,28 @@ class LatentSFTTrainer(LatentCheckpointMixin, LatentModelCardMixin, SFTTrainer):
     Example:
 
     ```python
+    >>> from datasets import Dataset
+    >>> from PIL import Image
+    >>> from transformers import AutoProcessor
     >>> from trl_latent.modeling import LatentActionModel
-    >>> from trl_latent.experiments.task import synthetic_sft_dataset
-    >>> from trl_latent.experiments.models import tiny_vlm_path
+    >>> from trl_latent.modeling.tiny import tiny_vlm_path
     >>> from trl_latent.training.latent_sft_config import LatentSFTConfig
     >>> from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
-    >>> from transformers import AutoProcessor
-    >>> path = tiny_vlm_path("tiny")
+
+    >>> colours = ["red", "green", "blue", "yellow"]
+    >>> dataset = Dataset.from_list([
+    ...     {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+    ...                   {"role": "assistant", "content": [{"type": "text", "text": f"It is {c}."}]}],
+    ...      "images": [Image.new("RGB", (56, 56), c)]}
+    ...     for c in colours * 2
+    ... ])
+    >>> path = tiny_vlm_path("tiny", corpus=["Colour?"] + [f"It is {c}." for c in colours])
     >>> model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
-    >>> args = LatentSFTConfig("out", stage="inverse_warmup", max_steps=2, use_cpu=True, bf16=False, report_to="none")
-    >>> trainer = LatentSFTTrainer(
-    ...     model, args, train_dataset=synthetic_sft_dataset(8), processing_class=AutoProcessor.from_pretrained(path)
-    ... )
-    >>> trainer.train()  # doctest: +SKIP
+    >>> args = LatentSFTConfig("out", stage="inverse_warmup", max_steps=2, per_device_train_batch_size=4,
+    ...                        use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    >>> trainer = LatentSFTTrainer(model, args, train_dataset=dataset, processing_class=AutoProcessor.from_pretrained(path))
+    >>> trainer.train().global_step
+    2
     ```
     """
 

@@ -59,6 +59,7 @@ def nanmax(tensor):
 
 __all__ = [
     "LOSS_CLASSES",
+    "LOSS_NAMES",
     "BNPOLoss",
     "DAPOLoss",
     "DrGRPOLoss",
@@ -580,6 +581,7 @@ class DAPOLoss(PolicyLoss):
 
 
 LOSS_CLASSES: dict[str, type[PolicyLoss]] = {cls.name: cls for cls in (GRPOLoss, DrGRPOLoss, DAPOLoss, BNPOLoss)}
+LOSS_NAMES = tuple(LOSS_CLASSES)
 
 
 def get_loss(name_or_obj: str | PolicyLoss | type[PolicyLoss], **config) -> PolicyLoss:

@@ -86,17 +86,20 @@ class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     ```python
     >>> from datasets import Dataset
     >>> from trl import GRPOConfig
-    >>> from trl_latent.experiments.models import tiny_lm
+    >>> from trl_latent.modeling.tiny import tiny_lm
     >>> from trl_latent.training.losses import DrGRPOLoss
     >>> from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
-    >>> model, tokenizer = tiny_lm("tiny")
+    >>> model, tokenizer = tiny_lm("tiny", corpus=["Which colour is the circle?", "It is red."])
     >>> dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Which colour is the circle?"}]] * 8})
     >>> args = GRPOConfig("out", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-    ...                   max_steps=2, use_cpu=True, bf16=False, report_to="none")
-    >>> trainer = TokenGRPOTrainer(model, reward_funcs=lambda completions, **kw: [len(c[0]["content"]) for c in completions],
-    ...                            args=args, train_dataset=dataset, processing_class=tokenizer, loss=DrGRPOLoss())
-    >>> trainer.train()
+    ...                   max_steps=2, use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    >>> def reward_len(completions, **kwargs):
+    ...     return [float(len(c[0]["content"])) for c in completions]
+    >>> trainer = TokenGRPOTrainer(model, reward_funcs=reward_len, args=args, train_dataset=dataset,
+    ...                            processing_class=tokenizer, loss=DrGRPOLoss())
+    >>> trainer.train().global_step
+    2
     ```
     """
 

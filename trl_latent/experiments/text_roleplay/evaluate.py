@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["measure_room", "summarise", "write_base_eval"]
+from .task import HELD_OUT_SPLITS
 
-HELD_OUT_SPLITS = ("heldout", "heldout-characters")
+__all__ = ["measure_room", "summarise", "write_base_eval"]
 
 
 def summarise(scores: list[dict], new_tokens: list[int], max_new_tokens: int) -> dict:

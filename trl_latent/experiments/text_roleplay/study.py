@@ -50,6 +50,10 @@ from typing import Any
 
 import torch
 
+from ...paper import CODEBOOK_SIZE, KL_BETA, WORLD_SFT_LAST_LAYERS
+from ..kl_budget import ARMS
+from .task import HELD_OUT_SPLITS
+
 __all__ = [
     "ARMS",
     "TextStudyConfig",
@@ -60,7 +64,6 @@ __all__ = [
     "smoke_config",
 ]
 
-ARMS = ("token", "latent")
 # Latent-arm variants: stage-5 settings measured beside the authors' (same stages 1-4, reused from the plain latent
 # cell of the same seed). Each is its own cell, `latent+<variant>-seed<N>.json`.
 VARIANTS = {
@@ -74,7 +77,6 @@ DOCS_PAGE = Path("docs") / "text_study.md"
 REPORT_COMMAND = "python -m trl_latent.experiments.text_roleplay.study report --write docs/text_study.md"
 EVAL_SEED = 1000  # the evaluation prompts are the same for every seed and arm
 PRETRAIN_STAGES = ("inverse_warmup", "joint", "policy_bc")
-HELD_OUT_SPLITS = ("heldout", "heldout-characters")
 
 
 @dataclass
@@ -95,13 +97,13 @@ class TextStudyConfig:
     batch_size: int = 8
     stage_epochs: float = 2.0
     stage_learning_rate: float = 1e-3
-    codebook_size: int = 128
-    world_sft_last_layers: int = 8
+    codebook_size: int = CODEBOOK_SIZE
+    world_sft_last_layers: int = WORLD_SFT_LAST_LAYERS
     rl_steps: int = 8
     prompts_per_step: int = 4
     num_generations: int = 6
     max_completion_length: int = 40
-    beta: float = 0.01
+    beta: float = KL_BETA
     kl_budget: tuple[float, float] = (0.01, 0.05)
     token_lr_start: float = 2e-5
     latent_lr_start: float = 1e-4
@@ -244,7 +246,7 @@ def generate(model, tokenizer, conversations, max_new_tokens, sample: bool, seed
             )[0]
         finally:
             tokenizer.padding_side = side
-    from ...evaluation import ROLLOUT_CODE_TOP_K
+    from ...modeling.generation import ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     eos = _eos_ids(tokenizer)
@@ -259,7 +261,7 @@ def generate(model, tokenizer, conversations, max_new_tokens, sample: bool, seed
                 **batch,
                 max_new_tokens=max_new_tokens,
                 do_sample_codes=sample,
-                code_temperature=1.0,
+                code_temperature=ROLLOUT_CODE_TEMPERATURE,
                 code_top_k=ROLLOUT_CODE_TOP_K if sample else None,
                 eos_token_id=eos[0],
                 pad_token_id=tokenizer.pad_token_id,

@@ -59,6 +59,7 @@ COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "purple"
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 KINDS = ("colour", "count", "animal", "food", "notice")
 SPLITS = ("train", "heldout", "heldout-characters")
+HELD_OUT_SPLITS = SPLITS[1:]
 HELD_OUT_SCENE_SHARE = 5  # one scene in five (by content hash) is held out
 
 # noun -> (plural, category)

@@ -6,8 +6,8 @@ measures that on dialogues in TRL's conversational VLM format (`messages` + `ima
 model's `health/base_accuracy` (trl_latent.metrics.latent_health) for a plain VLM.
 
 ```python
->>> from trl_latent.experiments.models import tiny_vlm
->>> from trl_latent.experiments.task import synthetic_sft_dataset
+>>> from trl_latent.experiments.shapes.models import tiny_vlm
+>>> from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
 >>> model, processor = tiny_vlm("tiny", seed=0)
 >>> 0.0 <= answer_token_accuracy(model, processor, synthetic_sft_dataset(2, seed=0)) <= 1.0
 True

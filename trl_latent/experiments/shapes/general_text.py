@@ -17,7 +17,7 @@ corpora cover what narrow task data misses. The text-only pretraining corpus of 
 same text ([`general_text_record`]).
 
 ```python
->>> from trl_latent.experiments.general import general_text_record
+>>> from trl_latent.experiments.shapes.general_text import general_text_record
 >>> record = general_text_record(0, seed=0)
 >>> sorted(record)
 ['instance_type', 'messages']
@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .task import (
+from .scenes import (
     ALL_CHARACTERS,
     COLOURS,
     COUNT_WORDS,

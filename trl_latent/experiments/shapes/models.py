@@ -2,7 +2,7 @@
 tiny VLM, its processor and the tiny text-only LM every test, example and the demo build offline.
 
 ```python
->>> from trl_latent.experiments.models import tiny_vlm
+>>> from trl_latent.experiments.shapes.models import tiny_vlm
 >>> model, processor = tiny_vlm("tiny", seed=0)
 >>> model.config.text_config.hidden_size
 64
@@ -15,8 +15,8 @@ from functools import cache
 
 import torch
 
-from ..modeling import tiny as _tiny
-from .task import tokenizer_corpus
+from ...modeling import tiny as _tiny
+from .task_data import tokenizer_corpus
 
 
 @cache

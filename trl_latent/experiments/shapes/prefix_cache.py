@@ -30,7 +30,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..training.stages import PRETRAIN_STAGE_NAMES
+from ...training.stages import PRETRAIN_STAGE_NAMES
 
 # What each cached phase's result depends on, as the `reads` tags of the config's fields (`PipelineConfig` declares, per
 # field, which parts of the job it can change). Every prefix result holds an evaluation except the latent stages 1-4.

@@ -1,12 +1,12 @@
 """Evaluation of the embedded experiment's models the paper's way: N sampled generations per held-out prompt.
 
-For each evaluation set (a `datasets.Dataset` of [`~trl_latent.experiments.task.synthetic_rl_dataset`]'s columns:
+For each evaluation set (a `datasets.Dataset` of [`~trl_latent.experiments.shapes.task_data.synthetic_rl_dataset`]'s columns:
 `prompt`, `image`, `reference`, `character`, `colour`, `shape`, `count`, `question`), [`evaluate_model`] draws
 `config.eval_generations` answers per prompt (paper: 3) with the paper's sampling, the same for both kinds of model:
 codes (latent model; tokens greedy) or tokens (plain VLM, the token baseline) sampled at `config.eval_temperature`
 (0.1) among the top `config.eval_top_k` (64) ([`trl_latent.evaluation.generate_answers`]). Each generation round k
 (the k-th answer of every prompt) is scored like one greedy pass: exact-answer accuracies (`colour`, `shape`, `count`,
-`voice`, `all`; [`~trl_latent.experiments.reward.answer_accuracy`]), the mean rubric ratio (`reward`, the paper's
+`voice`, `all`; [`~trl_latent.experiments.shapes.reward.answer_accuracy`]), the mean rubric ratio (`reward`, the paper's
 judge-like metric) and the mean task reward (`task_reward`). Each metric is reported as the mean over rounds, with
 `<key>_std` the sample std over rounds (divisor N - 1; [`~trl_latent.metrics.stats.mean_std`]). Round k runs under
 `torch.manual_seed(config.seed + k)` without touching the caller's random state, so two models are compared on the
@@ -23,15 +23,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..evaluation import (
+from ...evaluation import (
     PAPER_EVAL_GENERATIONS,
     PAPER_EVAL_TEMPERATURE,
     PAPER_EVAL_TOP_K,
     generate_answers,
     mean_std_over_rounds,
 )
-from ..metrics.diversity import group_diversity
+from ...metrics.diversity import group_diversity
 from .reward import answer_accuracy, rubric_reward, task_reward
+
+# The task's evaluation splits, with the labels the tables give them.
+SPLITS = (("id", "ID"), ("ood", "OOD"), ("held_out", "held-out combos"))
 
 __all__ = ["evaluate_model", "round_metrics"]
 

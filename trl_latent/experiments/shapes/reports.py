@@ -1,5 +1,5 @@
-"""Tables and plots of latent vs token RL runs: the study's grid of cells (`trl_latent.experiments.study`) and the demo's single
-run (`trl_latent.experiments.pipeline.run_pipeline`) go through the same functions.
+"""Tables and plots of latent vs token RL runs: the study's grid of cells (`trl_latent.experiments.shapes.study`) and the demo's single
+run (`trl_latent.experiments.shapes.pipeline.run_pipeline`) go through the same functions.
 
 A *cell* is one RL run, a dict with at least `loss`, `method` (`"token"` or `"latent"`), `ablation` (`"full"` or the
 switch turned off), `seed`, `reward_curve` (rollout reward per RL step), `eval` (held-out metrics after RL per split
@@ -21,15 +21,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..metrics.stats import mean_std as sample_mean_std
-from ..training.losses import LOSS_CLASSES
-from ..training.stages import ABLATIONS as LATENT_ABLATIONS
-from .verdicts import MET, MISSED, WITHIN_NOISE, Verdict, paired_verdict, range_verdict
+from ...metrics.stats import mean_std as sample_mean_std
+from ...training.losses import LOSS_NAMES
+from ...training.stages import ABLATIONS as LATENT_ABLATIONS
+from ..kl_budget import ARMS
+from ..verdicts import MET, MISSED, WITHIN_NOISE, Verdict, paired_verdict, range_verdict
+from .evaluate import SPLITS
 
 logger = logging.getLogger(__name__)
 
-LOSSES = tuple(LOSS_CLASSES)
-METHODS = ("token", "latent")
+METHODS = ARMS
 ABLATIONS = ("full", *LATENT_ABLATIONS)
 ABLATION_LABELS = {
     "full": "full latent model",
@@ -51,7 +52,6 @@ PLOT_CAPTIONS = {
 _COLOURS = {"token": "#4c72b0", "latent": "#dd8452"}
 
 # The evaluation splits, in table order: ID characters, OOD characters, ID characters on held-out combinations.
-SPLITS = (("id", "ID"), ("ood", "OOD"), ("held_out", "held-out combos"))
 
 # Table columns: (header, split, metric key).
 COLUMNS = (
@@ -138,7 +138,7 @@ def format_main_table(cells: list[dict]) -> str:
     """The paper's table shape: rows loss x method (full models), columns ID, OOD, held-out combinations and
     diversity, mean ± std."""
     groups = group_cells(cells)
-    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
+    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSS_NAMES)
     rows = [
         ([loss, method], groups[(loss, method, "full")])
         for loss in losses
@@ -154,7 +154,7 @@ def format_ablation_table(cells: list[dict]) -> str:
     ablated = {loss for loss, method, ablation in groups if method == "latent" and ablation != "full"}
     rows = [
         ([loss, ABLATION_LABELS.get(ablation, ablation)], groups[(loss, "latent", ablation)])
-        for loss in _ordered(ablated, LOSSES)
+        for loss in _ordered(ablated, LOSS_NAMES)
         for ablation in ABLATIONS
         if (loss, "latent", ablation) in groups
     ]
@@ -183,7 +183,7 @@ def one_per_seed(cells: list[dict], value) -> list:
     all cells of a seed share from one cached prefix (the base, the token SFT model, the latent stages 1-5, the
     more-data baseline), so that a seed counts once however many losses ran."""
     found: dict[int, Any] = {}
-    for cell in sorted(cells, key=lambda c: (_index(LOSSES, c["loss"]), c["loss"])):
+    for cell in sorted(cells, key=lambda c: (_index(LOSS_NAMES, c["loss"]), c["loss"])):
         if cell["seed"] not in found and (v := value(cell)) is not None:
             found[cell["seed"]] = v
     return [found[seed] for seed in sorted(found)]
@@ -249,7 +249,7 @@ def format_gain_table(cells: list[dict]) -> str:
     for _, label in SPLITS:
         header += [f"{label} reward before RL", f"{label} reward after RL", f"{label} gain"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
+    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSS_NAMES)
     for loss in losses:
         for method in METHODS:
             group = groups.get((loss, method, "full"))
@@ -273,7 +273,7 @@ def coinciding_losses(cells: list[dict]) -> list[str]:
     differ, so coinciding runs are a finding; only with one on-policy step per generation batch do DAPO and BNPO
     coincide by construction, and the sentence says so."""
     by_key = {(c["loss"], c["method"], c["seed"]): c for c in cells if c.get("ablation", "full") == "full"}
-    losses = _ordered({loss for loss, _, _ in by_key}, LOSSES)
+    losses = _ordered({loss for loss, _, _ in by_key}, LOSS_NAMES)
     notes = []
     for i, first in enumerate(losses):
         for second in losses[i + 1 :]:
@@ -335,7 +335,7 @@ def _paired(groups, first: tuple, second: tuple, value, combine=lambda a, b: a -
 
 def _latent_token_pairs(groups, split: str, key: str, combine=lambda la, t: la - t) -> dict[str, dict[int, float]]:
     """Per loss (both full arms ran), `combine(latent, token)` of a held-out metric per seed."""
-    losses = _ordered({loss for loss, _, a in groups if a == "full"}, LOSSES)
+    losses = _ordered({loss for loss, _, a in groups if a == "full"}, LOSS_NAMES)
     pairs = {}
     for loss in losses:
         paired = _paired(
@@ -376,7 +376,7 @@ def _per_loss_claim(groups, split: str, label: str) -> tuple[str, str, str]:
     measured = "; ".join(f"{loss} {v.describe()}: {v.verdict}" for loss, v in verdicts.items()) or "no cells"
     met = sum(v.verdict == MET for v in verdicts.values())
     missed = sum(v.verdict == MISSED for v in verdicts.values())
-    if len(verdicts) < len(LOSSES):
+    if len(verdicts) < len(LOSS_NAMES):
         verdict = "n/a"
     elif met >= 3:
         verdict = MET
@@ -403,7 +403,7 @@ def _study_time(cells: list[dict]) -> list[tuple[str, str, str]]:
     smoke = [c for c in cells if _get(c, "config", "size") == "tiny"]
     full = [c for c in cells if c not in smoke]
     seeds = {c["seed"] for c in full}
-    expected = (len(LOSSES) * len(METHODS) + len(LATENT_ABLATIONS)) * len(seeds)
+    expected = (len(LOSS_NAMES) * len(METHODS) + len(LATENT_ABLATIONS)) * len(seeds)
     target = f"the full study in at most {STUDY_HOURS:g} hours as {STUDY_PROCESSES} processes"
     seconds = [c.get("seconds") for c in full]
     if not full or len(_finite(seconds)) < len(full):
@@ -594,7 +594,7 @@ def format_health_table(cells: list[dict]) -> str:
 
     def order(key):
         loss, _, ablation = key
-        return (_index(LOSSES, loss), loss, _index(ABLATIONS, ablation), ablation)
+        return (_index(LOSS_NAMES, loss), loss, _index(ABLATIONS, ablation), ablation)
 
     keys = sorted(flat, key=order)
     merged: dict[tuple[str, ...], list[str]] = {}  # column values -> the models sharing them
@@ -644,7 +644,7 @@ def plot_reward_curves(cells: list[dict], path: Path) -> Path:
     import numpy as np
 
     groups = group_cells(cells)
-    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
+    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSS_NAMES)
     fig, axes = _figure(len(losses))
     if not losses:
         _empty(axes[0])
@@ -695,7 +695,7 @@ def _bars(ax, labels: list[str], series: dict[str, list[list[float]]], ylabel: s
 
 def _loss_method_series(cells, split: str, key: str):
     groups = group_cells(cells)
-    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSSES)
+    losses = _ordered({loss for loss, _, ablation in groups if ablation == "full"}, LOSS_NAMES)
     series = {
         method: [[metric(c, split, key) for c in groups.get((loss, method, "full"), [])] for loss in losses]
         for method in METHODS
@@ -732,7 +732,7 @@ def plot_ablation(cells: list[dict], path: Path) -> Path:
     groups = group_cells(cells)
     ablated = [(loss, a) for loss, m, a in groups if m == "latent" and a != "full"]
     fig, axes = _figure(1)
-    losses = _ordered({loss for loss, _ in ablated}, LOSSES)
+    losses = _ordered({loss for loss, _ in ablated}, LOSS_NAMES)
     variants = [(loss, a) for loss in losses for a in ABLATIONS if (loss, "latent", a) in groups]
     labels = [f"{a}\n({loss})" if len(losses) > 1 else a for loss, a in variants]
     series = {

@@ -14,7 +14,7 @@ in-distribution and out-of-distribution characters: greedy answer accuracy, mean
 sampled rollouts (distinct-n, self-BLEU). Results go to `results.json` and `results.md`, plots beside them.
 
 The phases (`prepare_task`, `pretrain_base`, `run_token_arm`, `run_latent_arm`) are public so that the study
-(`trl_latent.experiments.study`) can run many RL cells over them; with a `PrefixCache` the arms reuse saved prefixes (the token
+(`trl_latent.experiments.shapes.study`) can run many RL cells over them; with a `PrefixCache` the arms reuse saved prefixes (the token
 SFT model, each latent stage) instead of retraining them.
 """
 
@@ -29,27 +29,20 @@ from typing import Any
 
 import torch
 
-from ..evaluation import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
-from ..modeling.configuration import LatentActionConfig
-from ..training.latent_grpo_config import LatentGRPOConfig
-from ..training.latent_sft_config import LatentSFTConfig
-from ..training.stages import PRETRAIN_STAGE_NAMES
-from .console import heading
-from .evaluate import evaluate_model
+from ...evaluation import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
+from ...modeling.configuration import LatentActionConfig
+from ...training.latent_grpo_config import LatentGRPOConfig
+from ...training.latent_sft_config import LatentSFTConfig
+from ...training.stages import PRETRAIN_STAGE_NAMES
+from ..console import heading
+from ..progress import train_with_progress
+from ..trainer_args import cpu_training_args, logged
+from .evaluate import SPLITS, evaluate_model
 from .prefix_cache import PrefixCache, prefix_entry
 from .probes import answer_token_accuracy
-from .progress import train_with_progress
 from .reward import REWARDS
-from .task import (
-    ALL_CHARACTERS,
-    COLOURS,
-    COUNT_WORDS,
-    SHAPES,
-    synthetic_rl_dataset,
-    synthetic_sft_dataset,
-    write_synthetic_task,
-)
-from .trainer_args import cpu_training_args, logged
+from .scenes import ALL_CHARACTERS, COLOURS, COUNT_WORDS, SHAPES
+from .task_data import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +113,7 @@ class PipelineConfig:
     size: str = option("small", reads=("base",))
     seed: int = option(0, reads=("base",))
     image_size: int = option(56, reads=("base",))
-    # A tiny model starts from random weights, so stock SFT on the general corpus (experiments.general: pictures,
+    # A tiny model starts from random weights, so stock SFT on the general corpus (shapes/general_text.py: pictures,
     # scene descriptions, small talk; not the task) stands in for the pretrained instruct VLM: fluent, knows every
     # character's voice, has never seen the task's answers (docs/synthetic_task.md).
     pretrain_steps: int = option(300, reads=("base",))
@@ -353,7 +346,7 @@ CONTENT_WORDS = {
     "voice": _with_capitals([w for profile in ALL_CHARACTERS.values() for w in profile["voice_words"]]),
 }
 
-# Task dialogues the answer-token probe reads (trl_latent.experiments.probes).
+# Task dialogues the answer-token probe reads (trl_latent.experiments.shapes.probes).
 PROBE_SAMPLES = 64
 
 # Per-step RL metrics kept as curves besides the reward (those a trainer logs).
@@ -384,7 +377,7 @@ def run_token_arm(
     evaluation are reused by every run that shares them; `evaluate` (default [`evaluate_model`]) scores a model."""
     from trl import GRPOConfig
 
-    from ..training.token_grpo_trainer import TokenGRPOTrainer
+    from ...training.token_grpo_trainer import TokenGRPOTrainer
 
     evaluate = evaluate or evaluate_model
     prefix, model = _token_sft(
@@ -451,7 +444,7 @@ def _token_sft(
 def new_latent_model(base_path, config: PipelineConfig):
     """The latent arm's starting point: the pretrained base wrapped with fresh latent modules of the config's sizes,
     initialised from `config.seed`."""
-    from ..modeling.model import LatentActionModel
+    from ...modeling.model import LatentActionModel
 
     torch.manual_seed(config.seed)
     sizes = {k: v for k, v in library_kwargs(config, LatentActionConfig).items() if k != "world_delta_scale"}
@@ -465,10 +458,10 @@ def run_latent_arm(
     (skipped with `rl_steps=0`).
     With `cache` every stage's saved model is reused by every run that shares it (the stage after stage 5 evaluation
     too); `evaluate` (default [`evaluate_model`]) scores a model."""
-    from ..modeling.model import LatentActionModel
-    from ..training.latent_grpo_trainer import LatentGRPOTrainer
-    from ..training.latent_sft_trainer import LatentSFTTrainer
-    from ..training.stages import resolve_stage
+    from ...modeling.model import LatentActionModel
+    from ...training.latent_grpo_trainer import LatentGRPOTrainer
+    from ...training.latent_sft_trainer import LatentSFTTrainer
+    from ...training.stages import resolve_stage
 
     evaluate = evaluate or evaluate_model
     model = new_latent_model(base_path, config)
@@ -553,7 +546,7 @@ def run_latent_arm(
 def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
     """The job's datasets and its held-out evaluation sets; the synthetic task's files are written to `data_dir`.
 
-    `data`: `pretrain` (the general corpus the base learns: pictures and general text, `experiments.general`),
+    `data`: `pretrain` (the general corpus the base learns: pictures and general text, `general_text.py`),
     `task_sft` (task dialogues, in-distribution characters, the combinations paired data shows), `task_sft_text`
     (the same with the text-only corpus mixed in, for the more-data baseline), `paired` and `text` (the pretraining
     corpora of latent stages 1-4, read from disk), `rl` (prompts), `health` (held-out task dialogues).
@@ -563,8 +556,8 @@ def prepare_task(config: PipelineConfig, data_dir) -> tuple[dict, dict, Any]:
     from datasets import concatenate_datasets
     from transformers import AutoProcessor
 
-    from ..data.pretrain import load_pretrain_corpus
-    from .general import general_sft_dataset
+    from ...data.pretrain import load_pretrain_corpus
+    from .general_text import general_sft_dataset
     from .models import tiny_vlm_path
 
     seed, size = config.seed, config.image_size
@@ -672,7 +665,6 @@ def run_pipeline(output_dir, config: PipelineConfig | None = None) -> dict[str, 
 
 # The evaluation splits of the demo's table, in order: prompts with in-distribution characters, with
 # out-of-distribution characters, and with in-distribution characters on the held-out combinations.
-SPLITS = (("id", "ID"), ("ood", "OOD"), ("held_out", "held-out combos"))
 
 
 def _cell(metrics: dict, key: str, digits: int = 2) -> str:

@@ -11,7 +11,7 @@ trl-latent study --report --report-md docs/results.md   # tables and plots from 
 A cell is one RL run: `<loss>-<method>-s<seed>` for the token and latent arms under each loss, and
 `<loss>-latent-<ablation>-s<seed>` for the latent model built with `use_cycle_loss=False` (`no_cycle_loss`),
 `use_projector=False` (`no_projector`) or `use_text_only=False` (`no_text_only`) under the default loss. Cells that
-share a prefix share it on disk (`<study-dir>/prefix/`, a [`~trl_latent.experiments.prefix_cache.PrefixCache`]): the pretrained
+share a prefix share it on disk (`<study-dir>/prefix/`, a [`~trl_latent.experiments.shapes.prefix_cache.PrefixCache`]): the pretrained
 base of a seed, the token SFT model of a seed, each latent stage of a seed and ablation, keyed by every config field
 that can change them, the code fingerprint and the library versions. Each cell writes `<study-dir>/cells/<name>.json`
 atomically as soon as it ends; a rerun skips cells whose JSON exists (and refuses one run with another config).
@@ -47,11 +47,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..training.losses import LOSS_CLASSES
-from ..training.stages import ABLATIONS
+from ...training.losses import LOSS_NAMES
+from ...training.stages import ABLATIONS
 from .prefix_cache import write_json_atomic
 
-LOSSES = tuple(LOSS_CLASSES)
 DEFAULT_SEEDS = (0, 1, 2)
 # Files of the package that cannot change a trained model or its evaluation: edits to them keep the prefix cache.
 # (This file is fingerprinted: the study's evaluation lives here.)
@@ -112,11 +111,13 @@ class Cell:
         return replace(base, **overrides)
 
 
-def grid(losses=LOSSES, seeds=DEFAULT_SEEDS, ablations=tuple(ABLATIONS), ablation_loss: str = "grpo") -> list[Cell]:
+def grid(
+    losses=LOSS_NAMES, seeds=DEFAULT_SEEDS, ablations=tuple(ABLATIONS), ablation_loss: str = "grpo"
+) -> list[Cell]:
     """Token and latent cells for each loss and seed, then the latent ablations under `ablation_loss`."""
-    unknown = [loss for loss in losses if loss not in LOSSES] + [a for a in ablations if a not in ABLATIONS]
+    unknown = [loss for loss in losses if loss not in LOSS_NAMES] + [a for a in ablations if a not in ABLATIONS]
     if unknown:
-        raise ValueError(f"Unknown loss or ablation {unknown}; losses: {LOSSES}, ablations: {tuple(ABLATIONS)}.")
+        raise ValueError(f"Unknown loss or ablation {unknown}; losses: {LOSS_NAMES}, ablations: {tuple(ABLATIONS)}.")
     cells = [Cell(loss, method, seed) for loss in losses for seed in seeds for method in ("token", "latent")]
     cells += [Cell(ablation_loss, "latent", seed, ablation) for ablation in ablations for seed in seeds]
     return cells
@@ -139,10 +140,10 @@ def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------ provenance
 def source_fingerprint() -> str:
     """Digest of the package's source files that can change a trained model or its evaluation."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[2]  # trl_latent/
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        if path.parent == root and path.name in _NOT_IN_FINGERPRINT:
+        if path.name in _NOT_IN_FINGERPRINT:
             continue
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
@@ -177,12 +178,15 @@ def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: in
     temperature 1, greedy tokens): per-code counts over all splits, codes used, usage entropy (nats) and perplexity."""
     import torch
 
-    from ..evaluation import LatentGenerationBackend
-    from ..metrics.codebook import code_counts
+    from ...evaluation import ROLLOUT_TEMPERATURE, LatentGenerationBackend
+    from ...metrics.codebook import code_counts
+    from ...modeling.generation import ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K
 
     num_codes = model.config.codebook_size
     tokenizer = getattr(processor, "tokenizer", processor)
-    backend = LatentGenerationBackend(model, processor, config.max_completion_length, temperature=1.0, top_k=32)
+    backend = LatentGenerationBackend(
+        model, processor, config.max_completion_length, ROLLOUT_TEMPERATURE, ROLLOUT_CODE_TOP_K
+    )
     counts = torch.zeros(num_codes, dtype=torch.long)
     generator = torch.Generator(device=model.device).manual_seed(config.seed)  # leaves the global RNG alone
     was_training = model.training
@@ -195,8 +199,8 @@ def sampled_code_usage(model, processor, eval_sets: dict, config, batch_size: in
                     **backend._inputs(rows["prompt"], rows["image"]),
                     max_new_tokens=config.max_completion_length,
                     do_sample_codes=True,
-                    code_temperature=1.0,
-                    code_top_k=32,
+                    code_temperature=ROLLOUT_CODE_TEMPERATURE,
+                    code_top_k=ROLLOUT_CODE_TOP_K,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
                     generator=generator,
@@ -228,8 +232,8 @@ class StudyEvaluator:
         return EVALUATION_PROTOCOL + ("" if self.use_embedder else ", no embedder")
 
     def __call__(self, model, processor, eval_sets, config) -> dict[str, Any]:
-        from ..metrics.diversity import default_embedder
-        from ..modeling.model import LatentActionModel
+        from ...metrics.diversity import default_embedder
+        from ...modeling.model import LatentActionModel
         from .evaluate import evaluate_model
 
         results = evaluate_model(
@@ -301,7 +305,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """Run one cell (reusing its cached prefix; its work files under `study_dir`) and write its JSON atomically to
     `cells_dir` (default `<study_dir>/cells`); returns the JSON's contents."""
-    from .console import heading
+    from ..console import heading
     from .pipeline import prepare_task, pretrain_base, run_latent_arm, run_text_mix_baseline, run_token_arm
 
     config = cell.config(base_config)

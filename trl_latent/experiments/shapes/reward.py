@@ -15,7 +15,7 @@ Each score is a float in [1, 10]; the reference answers of the task score 10 on 
 scores 1.0 against itself.
 
 ```python
->>> from trl_latent.experiments.reward import rubric_ratio
+>>> from trl_latent.experiments.shapes.reward import rubric_ratio
 >>> ref = "Ahoy, matey! I spot two red circles on deck. A bold and brave sight!"
 >>> rubric_ratio(ref, ref, character="Captain Rolo")
 1.0
@@ -30,7 +30,7 @@ import math
 import re
 from functools import lru_cache
 
-from .task import (
+from .scenes import (
     ALL_CHARACTERS,
     COLOURS,
     COUNT_WORDS,
@@ -39,8 +39,8 @@ from .task import (
     ShapesScene,
     all_answers,
     question_kind,
-    tokenizer_corpus,
 )
+from .task_data import tokenizer_corpus
 
 RUBRIC_DIMENSIONS = ("image_text_relevance", "personality_tone", "fluency", "instruction_adherence")
 
@@ -301,7 +301,7 @@ def rubric_reward(prompts, completions, reference=None, character=None, **kwargs
     """The rubric as a TRL reward function: Σ response scores / Σ reference scores for each completion.
 
     Use it as `GRPOTrainer(reward_funcs=rubric_reward, ...)` on a dataset with a `reference` column (such as
-    [`~trl_latent.experiments.task.synthetic_rl_dataset`]). TRL passes the other dataset columns as keyword arguments:
+    [`~trl_latent.experiments.shapes.task_data.synthetic_rl_dataset`]). TRL passes the other dataset columns as keyword arguments:
     `character`, `question` and `colour`/`shape`/`count` are used when present (the question is otherwise read from
     the prompt's last user message, the scene parsed from the reference, the character inferred from it).
 
@@ -404,10 +404,10 @@ class RubricJudge:
     the rubric's dimensions, and the metric is the mean over dimensions of answer score / reference score."""
 
     def __repr__(self) -> str:
-        return "RubricJudge(trl_latent.experiments.reward)"
+        return "RubricJudge(trl_latent.experiments.shapes.reward)"
 
     def judge(self, prompts, completions, reference=None, character=None, question=None, **kwargs):
-        from ..rewards.judge import Judgement
+        from ...rewards.judge import Judgement
 
         judgements = []
         for i, completion in enumerate(completions):
