@@ -71,7 +71,7 @@ from .rubrics import (
     Rubric,
     conversation_text,
 )
-from .secrets import known_secrets, looks_like_secret, mask_secrets
+from .secret_masking import known_secrets, looks_like_secret, mask_secrets
 
 __all__ = [
     "MMROLE_DIMENSIONS",

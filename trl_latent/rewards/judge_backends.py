@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 
-from .secrets import looks_like_secret
+from .secret_masking import looks_like_secret
 
 
 class JudgeTimeoutError(TimeoutError):
