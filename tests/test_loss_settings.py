@@ -23,7 +23,6 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
-from trl import GRPOConfig
 
 from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm, tiny_vlm_path
 from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
@@ -31,6 +30,7 @@ from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_grpo_config import LatentGRPOConfig
 from trl_latent.training.latent_grpo_trainer import LatentGRPOTrainer
 from trl_latent.training.losses import BNPOLoss, DAPOLoss
+from trl_latent.training.token_grpo_config import TokenGRPOConfig
 from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
 # One generation batch of 2 prompts x 4 completions of at most 8 steps.
@@ -122,9 +122,12 @@ def run_latent(setup, tmp_path, loss, schedule) -> Run:
 def run_token(tiny_cache, tmp_path, loss, schedule) -> Run:
     model, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Which colour is the circle?"}]] * 8})
-    args = GRPOConfig(str(tmp_path / "out"), gradient_checkpointing=False, **COMMON, **schedule)
+    # beta 0 as GRPOConfig has it (a loss object brings its own)
+    args = TokenGRPOConfig(
+        str(tmp_path / "out"), gradient_checkpointing=False, loss=loss, beta=0.0, **COMMON, **schedule
+    )
     trainer = TokenGRPOTrainer(
-        model, reward_funcs=token_hash_reward, args=args, train_dataset=dataset, processing_class=tokenizer, loss=loss
+        model, reward_funcs=token_hash_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
     return Run(trainer)
 

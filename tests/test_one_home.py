@@ -57,10 +57,11 @@ def library_options() -> dict[str, object]:
     from trl_latent.planning.plan import make_plan
     from trl_latent.training.latent_grpo_config import LatentGRPOConfig
     from trl_latent.training.latent_sft_config import LatentSFTConfig
+    from trl_latent.training.policy_loss_config import PolicyLossConfigMixin
     from trl_latent.training.stages import PRETRAIN_STAGE_NAMES
 
     options = {}
-    for config in (LatentGRPOConfig, LatentSFTConfig):
+    for config in (LatentGRPOConfig, LatentSFTConfig, PolicyLossConfigMixin):
         own = set(config.__annotations__)
         options.update({f.name: f.default for f in dataclasses.fields(config) if f.name in own})
     options.update({name: getattr(LatentActionConfig, name) for name in LatentActionConfig.__annotations__})

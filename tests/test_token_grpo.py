@@ -10,6 +10,7 @@ from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm
 from trl_latent.experiments.shapes.scenes import COLOURS
 from trl_latent.metrics.diversity import distinct_n, group_diversity
 from trl_latent.training.losses import LOSS_CLASSES, BNPOLoss, DAPOLoss, DrGRPOLoss, PolicyLoss
+from trl_latent.training.token_grpo_config import TokenGRPOConfig
 from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
 LOSS_NAMES = ["grpo", "dr_grpo", "dapo", "bnpo"]
@@ -52,6 +53,10 @@ def _vlm_dataset():
     return Dataset.from_dict({"prompt": [prompt] * 8, "image": images})
 
 
+# What TokenGRPOConfig adds to GRPOConfig (shared with LatentGRPOConfig).
+CONFIG_FIELDS = ("loss", "diversity_embedder", "max_failed_reward_batches")
+
+
 def _args(tmp_path, **kwargs):
     base = dict(
         output_dir=str(tmp_path),
@@ -69,6 +74,8 @@ def _args(tmp_path, **kwargs):
         seed=0,
     )
     base.update(kwargs)
+    if any(name in kwargs for name in CONFIG_FIELDS):  # otherwise GRPOConfig's own defaults, as a TRL user has them
+        return TokenGRPOConfig(**{"beta": 0.0, "loss_type": "dapo", **base})
     return GRPOConfig(**base)
 
 
@@ -87,10 +94,9 @@ def _train(trainer_cls, kind, tiny_cache, tmp_path, *, args_kwargs=None, reward=
     trainer = trainer_cls(
         model=model,
         reward_funcs=length_reward if reward is None else reward(tokenizer),
-        args=_args(tmp_path, **(args_kwargs or {})),
+        args=_args(tmp_path, **(args_kwargs or {}), **trainer_kwargs),
         train_dataset=dataset,
         processing_class=processing_class,
-        **trainer_kwargs,
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
@@ -226,12 +232,12 @@ def test_loss_argument_resolution(tiny_cache, tmp_path):
     model, tokenizer, dataset = _build("lm", tiny_cache)
     common = dict(reward_funcs=length_reward, train_dataset=dataset, processing_class=tokenizer)
     # A name: TRL parity with that loss_type (epsilon_high = epsilon, scale_rewards from the config).
-    trainer = TokenGRPOTrainer(model=model, args=_args(tmp_path, epsilon_high=None), loss="bnpo", **common)
+    trainer = TokenGRPOTrainer(model=model, args=_args(tmp_path, epsilon_high=None, loss="bnpo"), **common)
     assert isinstance(trainer.policy_loss, BNPOLoss) and trainer.policy_loss.epsilon_high == 0.2
     # An object: used as is, max_completion_length filled in, beta synced so TRL builds the reference.
     model, _, _ = _build("lm", tiny_cache)
     loss = DrGRPOLoss(beta=0.02)
-    trainer = TokenGRPOTrainer(model=model, args=_args(tmp_path, beta=0.0), loss=loss, **common)
+    trainer = TokenGRPOTrainer(model=model, args=_args(tmp_path, beta=0.0, loss=loss), **common)
     assert trainer.policy_loss is loss and loss.max_completion_length == 8 and loss.scale_rewards == "none"
     assert trainer.beta == 0.02 and trainer.ref_model is not None and trainer.scale_rewards == "none"
 
@@ -240,12 +246,33 @@ def test_bad_configuration_errors(tiny_cache, tmp_path):
     model, tokenizer, dataset = _build("lm", tiny_cache)
     common = dict(model=model, reward_funcs=length_reward, train_dataset=dataset, processing_class=tokenizer)
     with pytest.raises(ValueError, match=r"Unknown loss 'ppo'.*\['bnpo', 'dapo', 'dr_grpo', 'grpo'\]"):
-        TokenGRPOTrainer(args=_args(tmp_path), loss="ppo", **common)
+        TokenGRPOTrainer(args=_args(tmp_path, loss="ppo"), **common)
     with pytest.raises(ValueError, match=r"Unknown loss 'sapo' \(from GRPOConfig.loss_type\)"):
         TokenGRPOTrainer(args=_args(tmp_path, loss_type="sapo"), **common)
     with pytest.raises(NotImplementedError, match="entropy_coef"):
         TokenGRPOTrainer(args=_args(tmp_path, entropy_coef=0.01), **common)
     with pytest.raises(TypeError, match="PolicyLoss"):
-        TokenGRPOTrainer(args=_args(tmp_path), loss=0.5, **common)
+        TokenGRPOTrainer(args=_args(tmp_path, loss=0.5), **common)
     with pytest.raises(ValueError, match="overlong_buffer_length"):
-        TokenGRPOTrainer(args=_args(tmp_path), loss=DAPOLoss(overlong_buffer_length=16), **common)
+        TokenGRPOTrainer(args=_args(tmp_path, loss=DAPOLoss(overlong_buffer_length=16)), **common)
+    # One way to choose a loss: the config's field; the trainer names it when given the old keyword.
+    with pytest.raises(TypeError, match=r"TokenGRPOConfig\(\.\.\., loss=\.\.\.\)"):
+        TokenGRPOTrainer(args=_args(tmp_path), loss="grpo", **common)
+
+
+def test_token_config_shares_the_latent_config_fields_and_defaults():
+    """TokenGRPOConfig and LatentGRPOConfig take the loss, the embedder and the failure stop from one mixin, with the
+    paper's loss_type and beta; a name sets loss_type, as for the latent config."""
+    from trl_latent.training.latent_grpo_config import LatentGRPOConfig
+    from trl_latent.training.policy_loss_config import PolicyLossConfigMixin
+
+    common = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, num_generations=4)
+    token, latent = TokenGRPOConfig("out", **common), LatentGRPOConfig("out", **common)
+    assert issubclass(TokenGRPOConfig, PolicyLossConfigMixin) and issubclass(LatentGRPOConfig, PolicyLossConfigMixin)
+    for name in ("loss", "loss_type", "beta", "diversity_embedder", "max_failed_reward_batches"):
+        assert getattr(token, name) == getattr(latent, name), name
+    assert (token.loss_type, token.beta, token.max_failed_reward_batches) == ("grpo", 0.01, 3)
+    assert TokenGRPOConfig("out", loss="dr_grpo", **common).loss_type == "dr_grpo"
+    with pytest.raises(ValueError, match="max_failed_reward_batches must be >= 0"):
+        TokenGRPOConfig("out", max_failed_reward_batches=-1, **common)
+    assert "DrGRPOLoss" in TokenGRPOConfig("out", loss=DrGRPOLoss(), **common).to_json_string()

@@ -20,6 +20,7 @@ _EXPORTS = {
     "LatentSFTTrainer": "trl_latent.training.latent_sft_trainer",
     "LatentGRPOConfig": "trl_latent.training.latent_grpo_config",
     "LatentGRPOTrainer": "trl_latent.training.latent_grpo_trainer",
+    "TokenGRPOConfig": "trl_latent.training.token_grpo_config",
     "TokenGRPOTrainer": "trl_latent.training.token_grpo_trainer",
     "PolicyLoss": "trl_latent.training.losses",
     "GRPOLoss": "trl_latent.training.losses",

@@ -73,11 +73,10 @@ class GRPOScriptArguments(TaskArguments, RewardArguments):
 
 
 def make_parser(action_space: str = "latent"):
-    from trl import GRPOConfig
-
     from ..training.latent_grpo_config import LatentGRPOConfig
+    from ..training.token_grpo_config import TokenGRPOConfig
 
-    config_class = GRPOConfig if action_space == "token" else LatentGRPOConfig
+    config_class = TokenGRPOConfig if action_space == "token" else LatentGRPOConfig
     return trl_parser((GRPOScriptArguments, config_class), PROG, SUMMARY)
 
 

