@@ -68,7 +68,7 @@ def bench_base(size: str, cache_dir=None):
             _real_text(config, dict(small, vocab_size=config.text_config.vocab_size), 36, [8, 12, 12])
             latent_kwargs = dict(codebook_size=128, inverse_layers=1, policy_layers=8)
         else:
-            from trl_latent.modeling.tiny import REAL_SHAPES
+            from trl_latent.modeling.real_shapes import REAL_SHAPES
 
             _real_text(config, REAL_SHAPES["3b"]["text"], WIDTH_BASE_LAYERS, [16, 24, 24])
             config.text_config.tie_word_embeddings = config.tie_word_embeddings = True  # as the released 3B
@@ -78,7 +78,7 @@ def bench_base(size: str, cache_dir=None):
     elif size in ("3b", "7b"):
         if not torch.cuda.is_available():
             raise ValueError(f"size {size!r} builds the real Qwen2.5-VL shapes on a CUDA GPU; none is available")
-        from trl_latent.modeling.tiny import real_shape_vlm
+        from trl_latent.modeling.real_shapes import real_shape_vlm
 
         base = real_shape_vlm(size, device="cuda", dtype=torch.bfloat16)
         tokenizer = processor.tokenizer

@@ -1,7 +1,7 @@
 """GPU check: the decoding and RL-step benchmarks at the real Qwen2.5-VL-3B and -7B shapes, in one run.
 
 On a machine with one CUDA GPU and no network: builds the released 3B and 7B shapes with random bf16 weights
-(`trl_latent.modeling.tiny.real_shape_vlm`, the tiny processor; nothing is downloaded), then per size
+(`trl_latent.modeling.real_shapes.real_shape_vlm`, the tiny processor; nothing is downloaded), then per size
 
 1. latent decoding vs the base's HF `generate` (dynamic and static caches, and the latent static cache compiled when
    this checkout has it): prompts of a few hundred tokens with an image, 256 new tokens, 8 sequences;

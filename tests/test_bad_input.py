@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from trl_latent.data.collator import LatentDataCollator
 from trl_latent.data.files import DataFileError
 from trl_latent.data.mmrole import MMRoleFormatError, load_mmrole
 from trl_latent.data.pcogalign import PCogAlignFormatError, load_pcogalign
-from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, load_pretrain_corpus
+from trl_latent.data.pretrain import BadRecordError, load_pretrain_corpus
 from trl_latent.rewards.judge import JudgeCheckError, JudgeReward, OpenAIJudgeBackend
 from trl_latent.training.checkpointing import CheckpointError
 

@@ -9,7 +9,7 @@ the recipe scripts and YAMLs:
   to the repository root);
 - a repository path (`docs/...`, `trl_latent/...`, `examples/...`, `benchmarks/...`, `tests/...`, or a subpackage path
   such as `training/stages.py`, read under trl_latent/) exists;
-- a dotted module path (`trl_latent.experiments.shapes.task_data`, `trl_latent.modeling.tiny.REAL_SHAPES`) names a module of the
+- a dotted module path (`trl_latent.experiments.shapes.task_data`, `trl_latent.modeling.real_shapes.REAL_SHAPES`) names a module of the
   package, and the first name after the module is defined there;
 - `docs/architecture.md section N` (or `sections N and M`) has a heading `## N.` in that file, and
   `docs/<page>.md "<Heading>"` names a heading of that page.

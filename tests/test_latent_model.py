@@ -10,7 +10,7 @@ from trl_latent.modeling import LatentActionConfig, LatentActionModel
 from trl_latent.modeling.generation import latent_generate
 from trl_latent.modeling.inspection import format_code_report, inspect_codes
 from trl_latent.modeling.quantization import base_memory_bytes, quantised_memory_table
-from trl_latent.modeling.tiny import real_shape_config
+from trl_latent.modeling.real_shapes import real_shape_config
 
 SMALL = dict(codebook_size=16, inverse_layers=1, policy_layers=2)
 

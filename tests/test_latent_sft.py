@@ -12,7 +12,8 @@ import re
 import pytest
 import torch
 
-from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, load_pretrain_corpus, with_stream_indices
+from trl_latent.data.collator import LatentDataCollator
+from trl_latent.data.pretrain import BadRecordError, load_pretrain_corpus, with_stream_indices
 from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset, write_synthetic_task
 from trl_latent.modeling import LatentActionModel
 from trl_latent.training.latent_sft_config import LatentSFTConfig

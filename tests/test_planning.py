@@ -313,7 +313,7 @@ def test_a_plan_that_fits_exits_zero(capsys):
 
 
 def test_a_config_file_and_unsupported_models(tmp_path):
-    from trl_latent.modeling.tiny import real_shape_config
+    from trl_latent.modeling.real_shapes import real_shape_config
 
     path = tmp_path / "config.json"
     real_shape_config("3b").to_json_file(path)

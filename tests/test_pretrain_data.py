@@ -8,13 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_latent.data.pretrain import (
-    BadRecordError,
-    LatentDataCollator,
-    load_pretrain_corpus,
-    pretrain_messages,
-    with_stream_indices,
-)
+from trl_latent.data.collator import LatentDataCollator
+from trl_latent.data.pretrain import BadRecordError, load_pretrain_corpus, pretrain_messages, with_stream_indices
 from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset, write_synthetic_task
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "pretrain-format-sample"

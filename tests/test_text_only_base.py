@@ -9,7 +9,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_latent.data.pretrain import BadRecordError, LatentDataCollator, assistant_token_mask
+from trl_latent.data.collator import LatentDataCollator, assistant_token_mask
+from trl_latent.data.pretrain import BadRecordError
 from trl_latent.modeling import LatentActionModel
 from trl_latent.modeling.tiny import tiny_lm, tiny_lm_path
 from trl_latent.training.latent_sft_config import LatentSFTConfig

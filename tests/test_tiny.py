@@ -8,7 +8,8 @@ from PIL import Image
 
 from trl_latent.experiments.shapes.models import tiny_lm, tiny_vlm, tiny_vlm_path
 from trl_latent.modeling import tiny as library_tiny
-from trl_latent.modeling.tiny import _MANIFEST, REAL_SHAPES, real_shape_vlm
+from trl_latent.modeling.real_shapes import REAL_SHAPES, real_shape_vlm
+from trl_latent.modeling.tiny import _MANIFEST
 
 TEXT = "Ahoy, matey! I spot two red circles on deck."
 

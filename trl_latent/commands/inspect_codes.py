@@ -108,7 +108,7 @@ def _main(argv: list[str]) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..data.pretrain import LatentDataCollator
+    from ..data.collator import LatentDataCollator
     from ..modeling.inspection import inspect_codes
     from ..modeling.model import LatentActionModel
 

@@ -43,7 +43,7 @@ def base_memory_bytes(base: nn.Module, bits: int = 16, double_quant: bool = Fals
 
 def quantised_memory_table(sizes=("3b", "7b")) -> list[dict]:
     """Base weight memory (GiB) of the real Qwen2.5-VL shapes in bf16, 8-bit and 4-bit (computed on `meta`)."""
-    from .tiny import real_shape_vlm
+    from .real_shapes import real_shape_vlm
 
     rows = []
     for size in sizes:

@@ -12,7 +12,7 @@ from pathlib import Path
 RL_STAGE = "grpo"
 RL_ALIASES = ("grpo", "rl", "6")
 
-# The released configs of these ids are held offline (`trl_latent.modeling.tiny.REAL_SHAPES`).
+# The released configs of these ids are held offline (`trl_latent.modeling.real_shapes.REAL_SHAPES`).
 KNOWN_MODEL_IDS = {"qwen/qwen2.5-vl-3b-instruct": "3b", "qwen/qwen2.5-vl-7b-instruct": "7b"}
 
 # LoRA targets the plan counts: every attention and MLP projection of the base LM layers (world-model SFT), or of the
@@ -62,7 +62,7 @@ def load_model_config(model: str | os.PathLike, **latent_kwargs):
 
     from ..modeling.backbone import check_supported
     from ..modeling.configuration import LatentActionConfig
-    from ..modeling.tiny import real_shape_config
+    from ..modeling.real_shapes import real_shape_config
 
     name = str(model)
     path = Path(name).expanduser()

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 from trl import SFTTrainer
 
-from ..data.pretrain import LatentDataCollator, training_chat_template, with_stream_indices
+from ..data.collator import LatentDataCollator, training_chat_template
+from ..data.pretrain import with_stream_indices
 from ..metrics.codebook import codebook_usage
 from ..metrics.latent_health import content_token_ids, latent_health
 from ..modeling.model import LatentActionModel
