@@ -177,3 +177,22 @@ def test_no_import_circle():
 def test_the_circle_finder_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert circles(graph) == [["a", "b", "c"]] and circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_library_module_is_imported_by_a_test_file():
+    """Each module of the library (not `__init__`, not the experiments) is named by an import in some test file."""
+    tests = Path(__file__).resolve().parent
+    imported = set()
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+    untested = [
+        _module_name(path)
+        for path in library_modules()
+        if path.name != "__init__.py" and _module_name(path) not in imported
+    ]
+    assert not untested, f"library modules no test file imports: {untested}"

@@ -14,11 +14,13 @@ text before the step and the token that followed). Prints a table of the used co
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modeling.inspection import inspect_codes
 from .common import (
     CommandError,
     TaskArguments,
@@ -39,6 +41,10 @@ PROG = "trl-latent inspect"
 SUMMARY = "What each latent action does: usage, the tokens the world model emits for it, examples."
 
 
+# The report options default to the library function's own.
+_LIBRARY_DEFAULTS = inspect.signature(inspect_codes).parameters
+
+
 @dataclass
 class InspectArguments(TaskArguments):
     """The model, the records to run it on, and what to report."""
@@ -50,13 +56,15 @@ class InspectArguments(TaskArguments):
     )
     image_root: str | None = field(default=None, metadata={"help": "Folder the paired files' image paths are in."})
     code_source: str = field(
-        default="inverse",
+        default=_LIBRARY_DEFAULTS["code_source"].default,
         metadata={"help": "Label steps with the inverse dynamics model ('inverse') or the policy ('policy').",
                   "choices": ["inverse", "policy"]},
     )  # fmt: skip
     max_records: int = field(default=64, metadata={"help": "Records to run the model on."})
     batch_size: int = field(default=8, metadata={"help": "Records per forward pass."})
-    top_n: int = field(default=5, metadata={"help": "Most emitted tokens shown per code."})
+    top_n: int = field(
+        default=_LIBRARY_DEFAULTS["top_n"].default, metadata={"help": "Most emitted tokens shown per code."}
+    )
     examples: int = field(default=2, metadata={"help": "Examples shown per code."})
     output_dir: str | None = field(default=None, metadata={"help": "Where codes.json goes (optional)."})
 

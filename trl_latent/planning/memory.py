@@ -11,7 +11,18 @@ GIB = 1024**3
 
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload")
 STRATEGY_LABELS = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "zero3_offload": "ZeRO-3 + CPU offload"}
-STRATEGY_ALIASES = {"0": "ddp", "ddp": "ddp", "2": "zero2", "zero2": "zero2", "3": "zero3", "zero3": "zero3"}
+# Every strategy by its name, and the spellings users write: `--zero 2`, `zero-3`, `zero_3_offload`.
+STRATEGY_ALIASES = {
+    **{name: name for name in STRATEGIES},
+    **{
+        "0": "ddp",
+        "2": "zero2",
+        "3": "zero3",
+        "zero_2": "zero2",
+        "zero_3": "zero3",
+        "zero_3_offload": "zero3_offload",
+    },
+}
 STRATEGY_ALIASES.update({"offload": "zero3_offload", "zero3_offload": "zero3_offload", "3_offload": "zero3_offload"})
 
 # (weight, gradient, optimizer) bytes per parameter.

@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig
 
-from ..metrics.diversity import Embedder, group_diversity
+from ..metrics.diversity import DEFAULT_EMBEDDER, Embedder, group_diversity
 from .losses import LOSS_CLASSES, PolicyLoss, get_loss, loss_from_config
 from .reward_failures import RewardFailureCallback, RewardFailureError, RewardFailureMonitor
 
@@ -94,7 +94,7 @@ def build_diversity_embedder(spec: str | Callable | None) -> Callable | None:
     if spec is None or callable(spec):
         return spec
     if isinstance(spec, str):
-        return Embedder(None if spec == "default" else spec)
+        return Embedder(None if spec == DEFAULT_EMBEDDER else spec)
     raise TypeError(
         f"diversity_embedder must be None, 'default', a sentence-transformers model name or path, or a callable; got "
         f"{type(spec).__name__}."
