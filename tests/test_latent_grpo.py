@@ -245,7 +245,7 @@ def test_config_rejects_what_cannot_apply(field, value, alternative):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match=r"Unknown loss 'ppo'.*'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
         LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss="ppo")
-    with pytest.raises(ValueError, match="loss_type='cispo' has no latent-action loss class"):
+    with pytest.raises(ValueError, match="loss_type='cispo' has no trl-latent loss class"):
         LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss_type="cispo")
     with pytest.raises(TypeError, match="PolicyLoss object"):
         LatentGRPOConfig("out", use_cpu=True, per_device_train_batch_size=8, loss=3)
