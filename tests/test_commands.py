@@ -177,6 +177,11 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_model_loading, monke
     assert "holds a 'qwen2_5_vl' model, not a latent action model" in message and "base_model" in message
     message = fails([*base, tiny, "--model_name_or_path", tiny], capsys)
     assert "exactly one of base_model" in message
+    # grpo does not have base_model: it says what latent RL starts from, or how to run token RL instead.
+    grpo = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", tiny]
+    message = fails(grpo, capsys)
+    assert "not a latent action model" in message and "base_model" not in message
+    assert "stage 5 (world_sft)" in message and "action_space: token" in message
 
 
 def test_dataset_roots_without_the_expected_files(tmp_path, capsys, no_model_loading):

@@ -224,19 +224,28 @@ def check_model(name: str, field_name: str) -> None:
     )
 
 
-def check_latent_model(name: str, field_name: str = "model_name_or_path") -> None:
-    """A saved latent action model: a folder whose config.json has `model_type: latent_action`."""
+# What to do instead, per command, when a path is not a saved latent action model.
+LATENT_MODEL_HINTS = {
+    "sft": "To start from a base VLM (stage 1), set base_model instead.",
+    "grpo": "Latent RL starts from the model stage 5 (world_sft) saved: build one with `trl-latent sft` (stages 1-5), "
+    "or set action_space: token for RL over a plain VLM's tokens.",
+    "inspect": "Point it at the output_dir of any latent stage.",
+}
+
+
+def check_latent_model(name: str, field_name: str = "model_name_or_path", command: str = "sft") -> None:
+    """A saved latent action model: a folder whose config.json has `model_type: latent_action`. The error says what
+    `command` needs instead."""
     config = read_model_config(name)
+    hint = LATENT_MODEL_HINTS[command]
     if config is None:
         raise CommandError(
             f"{field_name} {name} is not a saved latent action model (no folder with config.json). It should be the "
-            "output_dir of the previous stage: run that stage first, or fix the path. To start from a base VLM, set "
-            "base_model instead."
+            f"output_dir of the previous stage: run that stage first, or fix the path. {hint}"
         )
     if config.get("model_type") != "latent_action":
         raise CommandError(
-            f"{field_name} {name} holds a {config.get('model_type')!r} model, not a latent action model. To wrap a "
-            "base VLM with fresh latent modules, pass it as base_model."
+            f"{field_name} {name} holds a {config.get('model_type')!r} model, not a latent action model. {hint}"
         )
     check_weight_files(name, field_name)
 

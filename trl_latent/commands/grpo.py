@@ -93,7 +93,7 @@ def _main(argv: list[str]) -> int:
             "SFT (token)."
         )
     if latent:
-        check_latent_model(script_args.model_name_or_path)
+        check_latent_model(script_args.model_name_or_path, command="grpo")
     else:
         check_model(script_args.model_name_or_path, "model_name_or_path")
     check_task(script_args, "grpo")

@@ -110,7 +110,7 @@ def _main(argv: list[str]) -> int:
     (args,) = parse(trl_parser((InspectArguments,), PROG, SUMMARY), argv, PROG)
     if args.model_name_or_path is None:
         raise CommandError("set model_name_or_path: a saved latent action model.")
-    check_latent_model(args.model_name_or_path)
+    check_latent_model(args.model_name_or_path, command="inspect")
     dataset = _records(args)
 
     import torch
