@@ -694,3 +694,17 @@ def test_doc_snippets_run(tmp_path, monkeypatch, tiny_cache):
         exec(compile(code, "docs/latent_grpo.md", "exec"), namespace)
     assert namespace["trainer"].state.global_step == 2
     assert namespace["peft_config"].target_modules == POLICY_LORA_TARGET_MODULES
+
+
+def test_a_token_temperature_that_greedy_decoding_ignores_is_named():
+    """TRL's `temperature` samples tokens; under the paper's greedy tokens it does nothing, so the config says so."""
+    import warnings
+
+    with pytest.warns(
+        UserWarning, match=r"temperature=0.7 has no effect with token_strategy='greedy'.*code_temperature"
+    ):
+        LatentGRPOConfig("out", use_cpu=True, bf16=False, temperature=0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        LatentGRPOConfig("out", use_cpu=True, bf16=False, temperature=0.7, token_strategy="sample")
+        LatentGRPOConfig("out", use_cpu=True, bf16=False)

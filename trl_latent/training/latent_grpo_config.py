@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -182,6 +183,14 @@ class LatentGRPOConfig(PolicyLossConfigMixin, GRPOConfig):
         self._reject_unsupported()
         if self.token_strategy not in TOKEN_STRATEGIES:
             raise ValueError(f"token_strategy must be one of {TOKEN_STRATEGIES} (got {self.token_strategy!r}).")
+        if self.token_strategy == "greedy" and self.temperature != 1.0:
+            warnings.warn(
+                f"temperature={self.temperature} has no effect with token_strategy='greedy': the world model picks each "
+                "token greedily and all exploration comes from the codes. Set code_temperature for the codes, or "
+                "token_strategy='sample' to sample tokens at `temperature`.",
+                UserWarning,
+                stacklevel=3,
+            )
         if self.latent_cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(
                 f"latent_cache_implementation must be one of {CACHE_IMPLEMENTATIONS} (got "
