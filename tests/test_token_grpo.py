@@ -276,3 +276,19 @@ def test_token_config_shares_the_latent_config_fields_and_defaults():
     with pytest.raises(ValueError, match="max_failed_reward_batches must be >= 0"):
         TokenGRPOConfig("out", max_failed_reward_batches=-1, **common)
     assert "DrGRPOLoss" in TokenGRPOConfig("out", loss=DrGRPOLoss(), **common).to_json_string()
+
+
+def test_the_papers_defaults_are_announced_once(caplog):
+    """A user swapping GRPOConfig for a trl-latent config is told, once, that loss_type and beta default to the
+    paper's; choosing them silences it."""
+    from trl_latent.training import policy_loss_config
+
+    policy_loss_config.logger.warning_once.cache_clear()
+    common = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, num_generations=4)
+    notice = "TokenGRPOConfig uses the paper's objective by default: loss_type='grpo' and beta=0.01"
+    with caplog.at_level("WARNING", logger=policy_loss_config.__name__):
+        TokenGRPOConfig("out", loss_type="dapo", beta=0.0, **common)
+        assert notice not in caplog.text
+        TokenGRPOConfig("out", **common)
+        TokenGRPOConfig("out", **common)
+    assert caplog.text.count(notice) == 1

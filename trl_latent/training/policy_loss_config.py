@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers.utils import logging
+
 from ..paper import KL_BETA
 from .losses import LOSS_CLASSES, PolicyLoss
 from .reward_failures import MAX_FAILED_REWARD_BATCHES
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -76,6 +80,11 @@ class PolicyLossConfigMixin:
     )
 
     def __post_init__(self):
+        if self.loss is None and self.loss_type == "grpo" and self.beta == KL_BETA:
+            logger.warning_once(
+                f"{type(self).__name__} uses the paper's objective by default: loss_type='grpo' and beta={KL_BETA} "
+                "(GRPOConfig's defaults are 'dapo' and 0.0). Set loss_type / beta to choose otherwise."
+            )
         if self.max_failed_reward_batches is None or self.max_failed_reward_batches < 0:
             raise ValueError(
                 f"max_failed_reward_batches must be >= 0 (0 never stops the run), got {self.max_failed_reward_batches}."
