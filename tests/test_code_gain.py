@@ -124,3 +124,52 @@ def test_the_trainer_logs_code_gain(tokenizer_and_path, tmp_path):
         assert key in logged and key in trainer.health
     gain = trainer.health["health/world_accuracy_inverse"] - trainer.health["health/world_accuracy_random"]
     assert trainer.health["health/code_gain_inverse"] == pytest.approx(gain)
+
+
+def test_zero_initialised_merges_start_from_the_base_and_then_learn(tokenizer_and_path, tmp_path):
+    """`world_merge_init="zeros"` with the `residual` form: the world model predicts exactly the base's logits under
+    every code (code gain exactly 0, world accuracy the base's), and a step of stage 1 makes the codes act while the
+    frozen base stays bit-identical. The default init does not start from the base."""
+    from trl_latent.training.latent_sft_config import LatentSFTConfig
+    from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
+
+    tokenizer, path = tokenizer_and_path
+    ids = tokenizer(CORPUS, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    model = LatentActionModel.from_base(
+        path, codebook_size=CODES, inverse_layers=1, policy_layers=1, world_merge_init="zeros", world_output="residual"
+    )
+    with torch.no_grad():
+        out = model.base(**ids, output_hidden_states=True)
+        e = out.hidden_states[-1]  # after the final norm, as the latent model's base states are
+        base_logits = out.logits.float()
+        for code in (0, CODES - 1):
+            codes = torch.full(ids["input_ids"].shape, code)
+            torch.testing.assert_close(model.world_logits(e, codes), base_logits, rtol=0, atol=0)
+    loss_mask = ids["attention_mask"].bool()
+    batch = {**ids, "loss_mask": loss_mask}
+    health = latent_health(model, [batch])
+    assert health["health/code_gain_inverse"] == 0.0
+    assert health["health/world_accuracy_inverse"] == health["health/base_accuracy"]
+
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    args = LatentSFTConfig(str(tmp_path), stage="inverse_warmup", max_steps=2, per_device_train_batch_size=3,
+                           learning_rate=1e-2, world_output_schedule="residual", health_samples=3, use_cpu=True,
+                           bf16=False, report_to="none", save_strategy="no")  # fmt: skip
+    LatentSFTTrainer(
+        model, args, train_dataset=Dataset.from_dict({"text": CORPUS}), processing_class=tokenizer
+    ).train()
+    assert all(block.down_proj.weight.abs().sum() > 0 for block in model.world_merge.blocks)
+    with torch.no_grad():
+        spread = [model.world_logits(e, torch.full(ids["input_ids"].shape, c)) for c in range(CODES)]
+    assert (torch.stack(spread) - spread[0]).abs().max() > 0  # the codes now change what the world model says
+    for name, value in model.base.state_dict().items():
+        assert torch.equal(value, base_before[name]), name
+
+    torch.manual_seed(0)
+    default = LatentActionModel.from_base(path, codebook_size=CODES, inverse_layers=1, policy_layers=1,
+                                          world_output="residual")  # fmt: skip
+    with torch.no_grad():
+        assert not torch.equal(default.world_logits(e, torch.zeros_like(ids["input_ids"])), base_logits)
+    with pytest.raises(ValueError, match="world_merge_init must be one of"):
+        LatentActionModel.config_class(world_merge_init="ones")

@@ -93,6 +93,22 @@ def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
     assert not study._reuse_pretrain_stages(config, 0, work / "elsewhere", work / "no-such-work", cells_dir, phases)
 
 
+def test_a_variant_of_stages_1_to_4_trains_them_itself(smoke):
+    work, cells_dir = smoke
+    argv = ["run", "--smoke", "--arms", "latent", "--variant", "residual-from-base", "--seeds", "0"]
+    assert study.main([*argv, "--cells-dir", str(cells_dir), "--work-dir", str(work)]) == 0
+    cells = {study._name(c): c for c in study.load_cells(cells_dir)}
+    variant, plain = cells["latent+residual-from-base"], cells["latent"]
+    assert variant["complete"] and variant["config"]["world_output_schedule"] == "residual"
+    for stage in study.PRETRAIN_STAGES:  # its own stages, not the plain cell's
+        assert not (work / "latent+residual-from-base-seed0" / stage).is_symlink()
+        assert "reused_from" not in variant["phases"]["train"][stage]
+    assert variant["phases"]["train"]["joint"]["loss_last"] != plain["phases"]["train"]["joint"]["loss_last"]
+    for stage in ("inverse_warmup", "joint", "world_sft"):
+        saved = json.loads((work / "latent+residual-from-base-seed0" / stage / "config.json").read_text())
+        assert saved["world_output"] == "residual" and saved["world_merge_init"] == "zeros"
+
+
 def test_a_later_seed_reuses_the_searched_rate(smoke):
     _, cells_dir = smoke
     assert study._chosen_rate(cells_dir, "token", seed=1) == 1e-3

@@ -11,10 +11,14 @@ from ..paper import CODEBOOK_SIZE, INVERSE_LAYERS, POLICY_LAYERS
 WORLD_OUTPUTS = (
     "residual_minus_base",  # lm_head(norm(x_K) - e): the authors' form for stages 1-4
     "merge_delta",  # lm_head(norm(Merge_K(x_{K-1}, c))): the authors' form for stage 5, RL and inference
-    "residual_norm",  # lm_head(norm(x_K)): starts from the base's own prediction, codes steer it
-    "residual",  # lm_head(x_K)
+    "residual_norm",  # lm_head(norm(x_K)): the final norm applied again to the merged state
+    "residual",  # lm_head(x_K): with zero-initialised merges, exactly the base's own prediction at the start
     "base_plus_delta",  # lm_head(e + norm(Merge_K(x_{K-1}, c))): the base's logits plus a full-strength code expert
 )
+# How the merge blocks' output projections start: "normal" (std 0.02, as every new linear layer here), or "zeros", so
+# that x_K = e at initialisation and the `residual` form starts from exactly the base's prediction (as a LoRA adapter
+# starts from B = 0); the codes then add only what they learn to add.
+WORLD_MERGE_INITS = ("normal", "zeros")
 
 
 class LatentActionConfig(PretrainedConfig):
@@ -58,6 +62,11 @@ class LatentActionConfig(PretrainedConfig):
         world_delta_scale (`float`, *optional*, defaults to `1.0`):
             With `world_output="base_plus_delta"`, `h = e_t + world_delta_scale * norm(Merge_K)`: how strongly the code
             expert speaks against the base's own logits.
+        world_merge_init (`str`, *optional*, defaults to `"normal"`):
+            How the merge blocks' output projections are initialised when the model is built: `"normal"` (std 0.02, as
+            every other new layer) or `"zeros"`, so that `x_K = e_t` at the start and the `"residual"` form predicts
+            exactly what the base does (the base states are taken after its final norm), the codes adding only what
+            they learn to add (as a LoRA adapter starts at zero). A reloaded model keeps its trained weights either way.
         base_weights_saved (`bool`, *optional*, defaults to `False`):
             Set when a checkpoint holds the base weights too (the base was fine-tuned).
     """
@@ -77,6 +86,7 @@ class LatentActionConfig(PretrainedConfig):
     projector_shared_trunk: bool = False
     world_output: str = "merge_delta"
     world_delta_scale: float = 1.0
+    world_merge_init: str = "normal"
     base_weights_saved: bool = False
 
     def __post_init__(self, **kwargs):
@@ -89,6 +99,8 @@ class LatentActionConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)}).")
         if self.world_output not in WORLD_OUTPUTS:
             raise ValueError(f"world_output must be one of {WORLD_OUTPUTS} (got {self.world_output!r}).")
+        if self.world_merge_init not in WORLD_MERGE_INITS:
+            raise ValueError(f"world_merge_init must be one of {WORLD_MERGE_INITS} (got {self.world_merge_init!r}).")
         if not 0 < self.projector_hidden_ratio <= 4:
             raise ValueError(f"projector_hidden_ratio must be in (0, 4] (got {self.projector_hidden_ratio}).")
         if self.projector_logvar_bound <= 0:

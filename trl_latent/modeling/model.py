@@ -147,6 +147,9 @@ class LatentActionModel(LatentActionPreTrainedModel):
         self.projector = GaussianProjector(d, hidden, bound, shared)
         self.inverse_projector = GaussianProjector(d, hidden, bound, shared)
         self.post_init()
+        if config.world_merge_init == "zeros":  # the merges add nothing until they learn to (weights reloaded after)
+            for block in self.world_merge.blocks:
+                nn.init.zeros_(block.down_proj.weight)
         # `post_init` may re-run `_init_weights` on the base; the base keeps the weights it came with because
         # transformers marks loaded parameters as initialised.
         self.freeze_base()

@@ -64,13 +64,19 @@ __all__ = [
     "smoke_config",
 ]
 
-# Latent-arm variants: stage-5 settings measured beside the authors' (same stages 1-4, reused from the plain latent
-# cell of the same seed). Each is its own cell, `latent+<variant>-seed<N>.json`.
+# Latent-arm variants: settings measured beside the authors'. Each is its own cell, `latent+<variant>-seed<N>.json`.
+# A variant that changes only stage 5 (`STAGE5_SETTINGS`) reuses the plain latent cell's stages 1-4 of the same seed;
+# one that changes stages 1-4 trains them itself.
 VARIANTS = {
     # The base's own logits plus the code expert in stage 5 (and RL), instead of the code expert alone: stage 5 then
     # trains the base through its direct path to lm_head, as token SFT does.
     "s5-base-plus-delta": {"world_sft_output": "base_plus_delta"},
+    # Every stage under the `residual` form with zero-initialised merges: the world model starts as exactly the base
+    # (lm_head(e), e after the final norm) and the codes add only what they learn to add, where the authors' forms
+    # start from nothing (minus-base and merge-delta predict none of the held-out tokens before training).
+    "residual-from-base": {"world_output_schedule": "residual", "world_merge_init": "zeros"},
 }
+STAGE5_SETTINGS = frozenset({"world_sft_output"})
 CELLS_DIR = Path("results") / "text_roleplay" / "cells"
 WORK_DIR = Path("outputs") / "text_study"
 DOCS_PAGE = Path("docs") / "text_study.md"
@@ -118,6 +124,10 @@ class TextStudyConfig:
     # Stage 5 (latent arm) beside the authors' setting: `world_sft_output` overrides the world-output form stage 5
     # trains under (None: the authors' schedule, merge-delta after minus-base in stages 1-3); see `VARIANTS`.
     world_sft_output: str | None = None
+    # The world-output schedule of every stage (None: the library's, the authors') and the merges' initialisation
+    # (None: the library's); see `VARIANTS`.
+    world_output_schedule: str | None = None
+    world_merge_init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -434,7 +444,8 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
             continue
         if previous is None:
             torch.manual_seed(seed)
-            model = LatentActionModel.from_base(base, codebook_size=config.codebook_size, **config.model_sizes)
+            init = {"world_merge_init": config.world_merge_init} if config.world_merge_init else {}
+            model = LatentActionModel.from_base(base, codebook_size=config.codebook_size, **config.model_sizes, **init)
         else:
             model = LatentActionModel.from_pretrained(str(previous))
         world = stage == "world_sft"
@@ -448,6 +459,7 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
             seed=seed,
             world_sft_last_layers=config.world_sft_last_layers,
             health_samples=config.health_samples,
+            **({"world_output_schedule": config.world_output_schedule} if config.world_output_schedule else {}),
             **({"world_output": config.world_sft_output} if world and config.world_sft_output else {}),
             **({"assistant_only_loss": True} if world else {}),
             **_train_args(),
@@ -635,7 +647,7 @@ def _reuse_pretrain_stages(config, seed, work: Path, work_dir: Path, cells_dir: 
     if not cell_file.exists() or not all((plain / stage / "config.json").exists() for stage in PRETRAIN_STAGES):
         return False
     source = json.loads(cell_file.read_text())
-    differs = {k for k, v in config.to_dict().items() if source["config"].get(k) != v} - {"world_sft_output"}
+    differs = {k for k, v in config.to_dict().items() if source["config"].get(k) != v} - STAGE5_SETTINGS
     if differs:
         raise ValueError(f"{cell_file} was made with other settings ({sorted(differs)}): its stages cannot be reused.")
     stages = phases.get("train") or {}
@@ -651,7 +663,7 @@ def run_cell(
     arm: str, seed: int, config: TextStudyConfig, cells_dir=CELLS_DIR, work_dir=WORK_DIR, variant: str | None = None
 ) -> dict:
     """Run (or finish) one cell; returns it. Every finished phase is written to the cell file as it lands.
-    `variant` (latent arm only): one of `VARIANTS`, a stage-5 setting measured beside the authors'."""
+    `variant` (latent arm only): one of `VARIANTS`, settings measured beside the authors'."""
     if arm not in ARMS:
         raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
     if variant is not None:
@@ -676,7 +688,7 @@ def run_cell(
             result, trained = _token_sft(config, seed, base, work, records)
             phases.put("train", result)
     else:
-        if variant is not None:
+        if variant is not None and set(VARIANTS[variant]) <= STAGE5_SETTINGS:
             _reuse_pretrain_stages(config, seed, work, Path(work_dir), cells_dir, phases)
         trained = _latent_stages(config, seed, base, work, records, phases)
     if phases.get("before_rl") is None:
@@ -971,7 +983,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         default=None,
         choices=list(VARIANTS),
-        help="a stage-5 variant of the latent arm (reuses the plain latent cell's stages 1-4 of the same seed)",
+        help="a variant of the latent arm (one that changes only stage 5 reuses the plain latent cell's stages 1-4 of "
+        "the same seed)",
     )
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     run.add_argument("--cells-dir", default=str(CELLS_DIR), help="the cells, committed (default %(default)s)")
