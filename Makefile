@@ -28,8 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers, one per core, each test file on one worker (its module fixtures built once); the tiny-model cache is
+# shared by both (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest -x -q --durations=15 tests
+	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile --durations=15 tests
 
 demo: $(STAMP)
 	$(BIN)/python -m trl_latent.cli demo

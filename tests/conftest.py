@@ -24,8 +24,15 @@ def smollm2_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
-    """One cache folder per test session for the tiny models (built once, reloaded by every test)."""
-    return tmp_path_factory.mktemp("tiny_models")
+    """One cache folder per test run for the tiny models (built once, reloaded by every test). Under pytest-xdist the
+    workers share it: a build is locked and lands by an atomic rename (`trl_latent.modeling.tiny`), so two workers
+    asking for the same model build it once."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own base folder under the run's
+        root = root.parent
+    folder = root / "tiny_models"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 # Written beside every launched script as `rank_sampling.py`. Latent rollouts draw their codes from the global torch

@@ -25,6 +25,20 @@ def test_an_object_is_used_as_is_and_sets_the_configs_beta():
     assert loss.max_completion_length == 12 and args.beta == 0.04  # TRL builds the reference from args.beta
 
 
+def test_a_loss_object_says_which_config_settings_it_replaces(caplog):
+    args = GRPOConfig("out", epsilon=0.3, importance_sampling_level="sequence", **CPU)
+    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss"):
+        resolve_policy_loss(DrGRPOLoss(beta=args.beta), args)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "DrGRPOLoss replaces these GRPOConfig settings" in message
+    for line in ("epsilon 0.3 -> 0.2", "importance_sampling_level 'sequence' -> 'token'", "scale_rewards"):
+        assert line in message
+    caplog.clear()  # a loss object that agrees with the config says nothing
+    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss"):
+        resolve_policy_loss(GRPOLoss(beta=args.beta, epsilon=0.3, importance_sampling_level="sequence"), args)
+    assert not caplog.records
+
+
 def test_unsupported_trl_options_are_refused_with_the_alternative():
     with pytest.raises(NotImplementedError, match="entropy_coef=0.0"):
         resolve_policy_loss(None, GRPOConfig("out", entropy_coef=0.1, **CPU))

@@ -71,6 +71,14 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
         policy_loss = get_loss(loss)
         if policy_loss.max_completion_length is None:
             policy_loss.max_completion_length = args.max_completion_length
+        replaced = _replaced_settings(policy_loss, args)
+        if replaced:
+            logger.warning(
+                "The loss object %s replaces these GRPOConfig settings: %s. Set them on the loss (or pass the loss by "
+                "name to use the config's).",
+                type(policy_loss).__name__,
+                "; ".join(replaced),
+            )
         buffer = policy_loss.overlong_buffer_length
         if buffer is not None and buffer > policy_loss.max_completion_length:
             raise ValueError(
@@ -86,6 +94,27 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
         )
         args.beta = policy_loss.beta
     return policy_loss
+
+
+# The loss object's attribute -> the GRPOConfig field it replaces (beta has its own warning below).
+_CONFIG_FIELDS = {
+    "epsilon_low": "epsilon",
+    "epsilon_high": "epsilon_high",
+    "delta": "delta",
+    "scale_rewards": "scale_rewards",
+    "importance_sampling_level": "importance_sampling_level",
+    "use_bias_correction_kl": "use_bias_correction_kl",
+}
+
+
+def _replaced_settings(policy_loss: PolicyLoss, args: GRPOConfig) -> list[str]:
+    """The config settings a loss object overrides with other values, as `field: config -> loss` lines."""
+    from_config = loss_from_config(args, loss_type="grpo")  # the config's values, normalised as a loss holds them
+    return [
+        f"{field} {getattr(from_config, attr)!r} -> {getattr(policy_loss, attr)!r}"
+        for attr, field in _CONFIG_FIELDS.items()
+        if getattr(policy_loss, attr) != getattr(from_config, attr)
+    ]
 
 
 def build_diversity_embedder(spec: str | Callable | None) -> Callable | None:
