@@ -381,6 +381,33 @@ def test_recipe_script_resumes_and_evaluates(workspace, monkeypatch, capsys):
     assert "| token_grpo | id_test | 2 |" in result.stdout and "trl-latent eval: results written" in result.stdout
 
 
+def test_recipe_script_resumes_an_interrupted_stage_from_its_checkpoint(tmp_path):
+    """A stage whose output_dir holds a checkpoint but no saved model (an interrupted run) is run again with
+    `--resume_from_checkpoint true`; a finished stage is skipped, a fresh one starts from step 0. The commands are
+    recorded by a stand-in interpreter, so only the script's decisions are tested here."""
+    recipe = RECIPES / "qwen2.5-vl-3b"
+    outputs = {name: tmp_path / load(recipe / f"{name}.yaml")["output_dir"] for name in PRETRAIN}
+    outputs[PRETRAIN[0]].mkdir(parents=True)
+    (outputs[PRETRAIN[0]] / "config.json").write_text("{}")  # finished
+    (outputs[PRETRAIN[1]] / "checkpoint-3").mkdir(parents=True)  # interrupted after step 3
+    log = tmp_path / "commands.log"
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    stand_in.chmod(0o755)
+    env = dict(os.environ, LAUNCHER="python", PYTHON=str(stand_in))
+    result = subprocess.run(
+        [str(ROOT / "examples/recipes/run.sh"), "qwen2.5-vl-3b", "mmrole"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{PRETRAIN[0]}.yaml: skipped" in result.stdout
+    assert f"{PRETRAIN[1]}.yaml: resuming from the newest complete checkpoint" in result.stdout
+    commands = log.read_text().splitlines()
+    assert commands[0].endswith(f"{PRETRAIN[1]}.yaml --resume_from_checkpoint true")
+    assert not any("resume_from_checkpoint" in line for line in commands[1:])
+    assert len(commands) == 8  # stages 2-6, the token baseline's two, eval
+
+
 def test_recipe_script_stops_before_any_stage_when_the_plan_does_not_fit(tmp_path):
     """With the GPUs given, a recipe whose plan does not fit them fails up front with what to try: no stage starts."""
     env = dict(os.environ, NUM_GPUS="1", GPU_MEMORY="16", PYTHON=sys.executable, PYTHONPATH=str(ROOT))

@@ -382,3 +382,70 @@ def test_stage_command_resume_true_and_a_broken_explicit_checkpoint(tiny_cache, 
     err = capsys.readouterr().err
     assert f"trl-latent sft: error: Cannot resume from {out / 'checkpoint-1'}" in err
     assert f"{out / 'checkpoint-1' / 'optimizer.pt'} cannot be read" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_that_the_command_resumes_from(tiny_cache, tmp_path, capsys, monkeypatch):
+    """The first Ctrl-C (SIGINT) during `trl-latent sft` finishes the step, saves checkpoint-<step> and exits 130 with
+    the resume command, without saving the finished model; `--resume_from_checkpoint true` then finishes the run with
+    the same weights as a run never interrupted."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from trl_latent.cli import main
+
+    # 8 records, 2 per step: the 3 steps stay inside one epoch.
+    write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1, n_paired=8)
+    argv = ["sft", "--stage", "inverse_warmup", "--base_model", str(tiny_vlm_path("tiny", cache_dir=tiny_cache))]
+    argv += ["--codebook_size", "8", "--inverse_layers", "1", "--policy_layers", "1"]
+    argv += ["--paired_files", str(tmp_path / "shapes/pretrain/paired.json"), "--image_root", str(tmp_path / "shapes")]
+    argv += ["--max_steps", "3", "--per_device_train_batch_size", "2", "--save_steps", "100"]
+    argv += ["--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--logging_steps", "1", "--seed", "0"]
+    straight, out = tmp_path / "straight", tmp_path / "out"
+    assert main([*argv, "--output_dir", str(straight)]) == 0
+
+    step = LatentSFTTrainer.training_step
+
+    def ctrl_c_in_first_step(self, *args, **kwargs):
+        if self.state.global_step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentSFTTrainer, "training_step", ctrl_c_in_first_step)
+    capsys.readouterr()
+    assert main([*argv, "--output_dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert (
+        f"trl-latent sft: interrupted: saved checkpoint-1 in {out}" in err and "--resume_from_checkpoint true" in err
+    )
+    assert "Traceback" not in err
+    assert (out / "checkpoint-1" / "trainer_state.json").exists() and not (out / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+    monkeypatch.setattr(LatentSFTTrainer, "training_step", step)
+    assert main([*argv, "--output_dir", str(out), "--resume_from_checkpoint", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "done: steps 3" in printed and printed.count("'loss':") == 2  # steps 2 and 3 only
+    resumed, reference = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+
+
+def test_a_second_signal_stops_at_once():
+    import signal
+
+    from trl_latent.training.interrupt import SaveOnInterruptCallback
+
+    callback = SaveOnInterruptCallback()
+    callback.on_train_begin(None, None, None)
+    assert signal.getsignal(signal.SIGTERM) == callback._handle
+    callback._handle(signal.SIGTERM, None)  # the first: a request, honoured at the step's end
+    assert callback._requested and not callback.interrupted
+    with pytest.raises(KeyboardInterrupt):
+        callback._handle(signal.SIGINT, None)
+    assert (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )

@@ -12,7 +12,8 @@
 #   token baseline: trl-latent sft <model>/<task>/token_sft.yaml, trl-latent grpo <model>/<task>/token_grpo.yaml
 #   eval trl-latent eval  <model>/<task>/eval.yaml
 # A stage whose output_dir already holds a saved model is skipped, so a second run resumes after the last finished
-# stage (delete a stage's output_dir to run it again).
+# stage (delete a stage's output_dir to run it again); a stage that was interrupted (Ctrl-C or SIGTERM save a
+# checkpoint and stop it) resumes from its newest complete checkpoint.
 #
 # Environment:
 #   LAUNCHER=accelerate (default) or python (one process, no accelerate: one GPU or the CPU)
@@ -77,7 +78,14 @@ stage() {
     echo "== $yaml: skipped, $output already holds a saved model"
     return
   fi
-  echo "== $yaml"
+  # An interrupted stage (Ctrl-C, a preemption's SIGTERM, a crash after a save) resumes from its newest complete
+  # checkpoint instead of starting again from step 0.
+  if compgen -G "$output/checkpoint-*" > /dev/null; then
+    echo "== $yaml: resuming from the newest complete checkpoint in $output"
+    set -- "$@" --resume_from_checkpoint true
+  else
+    echo "== $yaml"
+  fi
   if [ "$LAUNCHER" = python ]; then
     "$PYTHON" -m trl_latent.cli "$command" --config "$yaml" "$@"
   else

@@ -34,6 +34,11 @@ class CommandError(Exception):
     """Bad input to a command: the message says what is wrong and what to do."""
 
 
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM: the message says where its checkpoint is and how to resume. Exit status
+    130, as a shell gives a process stopped by Ctrl-C."""
+
+
 class RunError(Exception):
     """A run that started and then stopped on a problem the user can fix (e.g. a judge that failed every judgement of
     several batches): the message says what happened, where the checkpoint is and how to resume. Exit status 1."""
@@ -90,6 +95,12 @@ def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None)
     except RunError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"{prog}: stopped at once; the work since the last checkpoint is lost.", file=sys.stderr)
+        return 130
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -534,7 +545,8 @@ def resume_argument(value):
 def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint, metric: str) -> dict[str, Any]:
     """Train (resuming from a checkpoint folder, or with `true` from the newest complete one of output_dir), save the
     model with its processor beside it (the next stage finds it there), and return the run's step count with the
-    first and last logged `metric`."""
+    first and last logged `metric`. Ctrl-C or SIGTERM finishes the step, saves a checkpoint and raises
+    [`Interrupted`] (`trl_latent.training.interrupt`); the finished model is then not saved."""
     from ..training.checkpointing import CheckpointError, resolve_resume_checkpoint
 
     # Resolved here too (the latent trainers and TokenGRPOTrainer do it in `train`) so that a stock TRL trainer (the
@@ -544,7 +556,16 @@ def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint, 
         resume = resolve_resume_checkpoint(resume_argument(resume_from_checkpoint) or None, output_dir, required)
     except (FileNotFoundError, CheckpointError) as err:
         raise CommandError(str(err)) from err
+    from ..training.interrupt import SaveOnInterruptCallback
+
+    interrupt = SaveOnInterruptCallback()
+    trainer.add_callback(interrupt)
     trainer.train(resume_from_checkpoint=resume)
+    if interrupt.interrupted:  # not saved as the finished model: a recipe that skips finished stages must rerun it
+        raise Interrupted(
+            f"interrupted: saved checkpoint-{interrupt.step} in {output_dir}. Resume with the same command and "
+            "--resume_from_checkpoint true."
+        )
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(output_dir)
