@@ -267,13 +267,19 @@ def test_plain_vlm_is_rejected_with_the_recipe(base_path, processor, dataset, tm
             make_trainer(model, processor, dataset, tmp_path)
 
 
-def test_saved_latent_model_path_is_accepted(model, dataset, tmp_path):
+def test_saved_latent_model_path_is_accepted(model, dataset, tmp_path, caplog):
     folder = tmp_path / "latent"
     model.save_pretrained(folder)
     # No processing_class: it is loaded from the latent model's base (left padding, the multimodal processor).
-    trainer = LatentGRPOTrainer(
-        str(folder), reward_funcs=text_length_reward, args=make_config(tmp_path), train_dataset=dataset
-    )
+    args = make_config(tmp_path, model_init_kwargs={"dtype": "float32"})
+    with caplog.at_level("WARNING", logger="trl.trainer.grpo_trainer"):
+        trainer = LatentGRPOTrainer(str(folder), reward_funcs=text_length_reward, args=args, train_dataset=dataset)
+    # The kwargs loaded the latent model: TRL is not left to claim they "will be ignored", and the config keeps them.
+    assert not [r for r in caplog.records if "model_init_kwargs" in r.getMessage()]
+    assert args.model_init_kwargs == {"dtype": "float32"}
+    assert LatentActionModel.from_pretrained(folder, dtype="bfloat16").policy.head.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="Unknown dtype 'float33'"):
+        LatentActionModel.from_pretrained(folder, dtype="float33")
     assert isinstance(trainer.model, LatentActionModel)
     assert type(trainer.processing_class).__name__ == "Qwen2_5_VLProcessor"
     assert trainer.processing_class.tokenizer.padding_side == "left"

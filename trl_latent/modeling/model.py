@@ -548,6 +548,10 @@ class LatentActionModel(LatentActionPreTrainedModel):
         if config.base_weights_saved and base_model is None and quantization_config is None:
             return super().from_pretrained(path, *args, config=config, **kw)
         dtype = kw.pop("dtype", None) or kw.pop("torch_dtype", None)
+        if isinstance(dtype, str) and dtype != "auto":  # as TRL's `model_init_kwargs` and `--dtype` give it
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"Unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'.")
+            dtype = getattr(torch, dtype)
         if base_model is None:
             base_path = saved_base_path(path, config)
             base_cls = base_model_class(config.base_config["model_type"])
@@ -565,7 +569,7 @@ class LatentActionModel(LatentActionPreTrainedModel):
         model.load_saved_weights(path)
         if quantization_config is not None:
             model._keep_new_modules_full_precision()
-        elif dtype is not None:
+        elif dtype is not None and dtype != "auto":  # "auto": the base keeps its saved dtype, the new modules theirs
             model.to(dtype)
         model.eval()
         return model

@@ -365,6 +365,9 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         if not uses_peft:
             args.beta = 0.0
         args.sync_ref_model = False
+        # The latent model was loaded above with `model_init_kwargs`: TRL, handed the instance, would warn that they
+        # "will be ignored". It is told there are none.
+        model_init_kwargs, args.model_init_kwargs = args.model_init_kwargs, None
         try:
             super().__init__(
                 model,
@@ -380,6 +383,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
             )
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref_model
+            args.model_init_kwargs = model_init_kwargs
         # TRL's rollout-time reference pass is off: `_compute_loss` runs the policy-only reference on the same states.
         self.beta = 0.0
         self._check_policy_loss_support()
