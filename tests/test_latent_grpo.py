@@ -316,7 +316,7 @@ def test_each_loss_learns_to_choose_codes(loss, steerable_model, processor, data
         dataset,
         tmp_path,
         reward=token_fraction_reward(token),
-        loss=get_loss(loss, beta=0.01),
+        loss=get_loss(loss, paper=True, beta=0.01),
         max_steps=LEARNING_STEPS,
         code_top_k=None,
     )

@@ -148,7 +148,9 @@ def assert_same_rollouts(a: Run, b: Run) -> None:
 def test_latent_dapo_equals_bnpo_with_one_step_per_generation_batch(latent_setup, tmp_path):
     """Control (the study's schedule): on-policy, so the ratio is 1 and neither clip acts; one micro-batch, so DAPO's
     generation-batch token count is BNPO's micro-batch token count. DAPO's clip-higher (0.28) changes nothing."""
-    dapo, bnpo = (run_latent(latent_setup, tmp_path, loss, ONE_STEP) for loss in (DAPOLoss(), BNPOLoss()))
+    dapo, bnpo = (
+        run_latent(latent_setup, tmp_path, loss, ONE_STEP) for loss in (DAPOLoss(epsilon_high=0.28), BNPOLoss())
+    )
     assert_same_rollouts(dapo, bnpo)
     assert "old_per_token_logps" not in dapo.micro_batches[0]  # TRL: on-policy, no old log-probabilities
     assert all(torch.equal(dapo.params[n], bnpo.params[n]) for n in dapo.params)
@@ -158,11 +160,8 @@ def test_latent_dapo_equals_bnpo_with_one_step_per_generation_batch(latent_setup
 def test_latent_dapo_differs_from_bnpo_across_micro_batches(latent_setup, tmp_path):
     """Two micro-batches in one optimizer step, still on-policy: the clip never acts, but BNPO averages the two
     micro-batches' token means while DAPO averages over all tokens, so micro-batches of different lengths give a
-    different update (DAPO with BNPO's symmetric clip, to isolate the normaliser)."""
-    dapo, bnpo = (
-        run_latent(latent_setup, tmp_path, loss, TWO_MICRO_BATCHES)
-        for loss in (DAPOLoss(epsilon_high=0.2), BNPOLoss())
-    )
+    different update (DAPO with TRL's symmetric clip, as BNPO's, to isolate the normaliser)."""
+    dapo, bnpo = (run_latent(latent_setup, tmp_path, loss, TWO_MICRO_BATCHES) for loss in (DAPOLoss(), BNPOLoss()))
     assert_same_rollouts(dapo, bnpo)
     first, second = (int(batch["completion_mask"].sum()) for batch in dapo.micro_batches)
     assert first != second, "the test needs micro-batches with different numbers of completion steps"
@@ -176,7 +175,7 @@ def test_latent_dapo_differs_from_bnpo_off_policy(latent_setup, tmp_path):
     step is off-policy, the clip acts, and DAPO's clip-higher clips fewer steps than the symmetric clip."""
     dapo, dapo_symmetric, bnpo = (
         run_latent(latent_setup, tmp_path, loss, TWO_PASSES)
-        for loss in (DAPOLoss(), DAPOLoss(epsilon_high=0.2), BNPOLoss())
+        for loss in (DAPOLoss(epsilon_high=0.28), DAPOLoss(), BNPOLoss())
     )
     assert_same_rollouts(dapo, bnpo)
     assert len(dapo.micro_batches) == 4 and dapo.micro_batches[0] is dapo.micro_batches[2]  # pass 2 reuses pass 1
@@ -194,11 +193,15 @@ def test_latent_dapo_differs_from_bnpo_off_policy(latent_setup, tmp_path):
 def test_token_dapo_vs_bnpo_control_and_off_policy(tiny_cache, tmp_path):
     """The token-level trainer behaves the same: identical updates on the study's schedule, different ones with two
     passes (TRL recomputes the old log-probabilities with a forward pass; the clip acts in the second pass)."""
-    dapo, bnpo = (run_token(tiny_cache, tmp_path, loss, ONE_STEP) for loss in (DAPOLoss(), BNPOLoss()))
+    dapo, bnpo = (
+        run_token(tiny_cache, tmp_path, loss, ONE_STEP) for loss in (DAPOLoss(epsilon_high=0.28), BNPOLoss())
+    )
     assert_same_rollouts(dapo, bnpo)
     assert all(torch.equal(dapo.params[n], bnpo.params[n]) for n in dapo.params)
 
-    dapo, bnpo = (run_token(tiny_cache, tmp_path, loss, TWO_PASSES) for loss in (DAPOLoss(), BNPOLoss()))
+    dapo, bnpo = (
+        run_token(tiny_cache, tmp_path, loss, TWO_PASSES) for loss in (DAPOLoss(epsilon_high=0.28), BNPOLoss())
+    )
     assert_same_rollouts(dapo, bnpo)
     assert all("old_per_token_logps" in batch for batch in dapo.micro_batches)
     for run in (dapo, bnpo):

@@ -362,24 +362,42 @@ def test_overlong_penalty_only_beyond_max_minus_cache():
 
 
 # --------------------------------------------------------------------------------------------- paper options
-def test_dr_grpo_default_has_no_std_scaling():
+def test_a_name_means_trls_loss_type_and_the_papers_settings_are_explicit():
+    """`DrGRPOLoss()`, `get_loss(name)` and a config's `loss=name` are TRL's `loss_type` with GRPOConfig's defaults;
+    `get_loss(name, paper=True)` applies the paper's own settings, and `**config` still wins over them."""
+    from trl import GRPOConfig
+
+    from trl_latent.training.losses import PAPER_SETTINGS, loss_from_config
+
+    for name in ("grpo", "dr_grpo", "dapo", "bnpo"):
+        config = GRPOConfig("out", loss_type=name, beta=0.0, max_completion_length=None, use_cpu=True, bf16=False)
+        trl = loss_from_config(config)
+        assert repr(get_loss(name)) == repr(trl) == repr(type(trl)())
+    assert get_loss("dr_grpo", paper=True).scale_rewards == "none" and DrGRPOLoss().scale_rewards == "group"
+    assert get_loss("dapo", paper=True).epsilon_high == 0.28 and DAPOLoss().epsilon_high == 0.2
+    assert get_loss(DAPOLoss, paper=True).epsilon_high == 0.28
+    assert get_loss("dapo", paper=True, epsilon_high=0.3).epsilon_high == 0.3
+    assert repr(get_loss("grpo", paper=True)) == repr(GRPOLoss()) and set(PAPER_SETTINGS) == {"dr_grpo", "dapo"}
+    with pytest.raises(TypeError, match="configure the object through its constructor"):
+        get_loss(DAPOLoss(), paper=True)
+
+
+def test_dr_grpo_paper_setting_has_no_std_scaling():
     rewards = torch.tensor([0.0, 3.0, 1.0, 1.0, 10.0, 20.0, 30.0, 40.0])
-    advantages = DrGRPOLoss().compute_advantages(rewards, 4)
+    advantages = get_loss("dr_grpo", paper=True).compute_advantages(rewards, 4)
     _assert_exact(advantages, rewards - rewards.view(2, 4).mean(1).repeat_interleave(4))
-    assert DrGRPOLoss().scale_rewards == "none" and GRPOLoss().scale_rewards == "group"
-    scaled = DrGRPOLoss(scale_rewards="group").compute_advantages(rewards, 4)
+    scaled = DrGRPOLoss().compute_advantages(rewards, 4)
     torch.testing.assert_close(scaled.view(2, 4).std(1), torch.ones(2), atol=1e-4, rtol=0)
 
 
-def test_dapo_default_clip_higher_changes_clipping():
-    assert DAPOLoss().epsilon_high == 0.28 and DAPOLoss().epsilon_low == 0.2
-    assert DAPOLoss(epsilon_high=None).epsilon_high == 0.2
+def test_dapo_clip_higher_changes_clipping():
+    assert DAPOLoss(epsilon_high=0.28).epsilon_high == 0.28 and DAPOLoss().epsilon_low == 0.2
     # Ratios 1.25 (inside 1 + 0.28, outside 1 + 0.2) with positive advantages.
     old = torch.zeros(2, 3)
     logps = torch.full((2, 3), 1.25).log()
     advantages, mask = torch.tensor([1.0, 1.0]), torch.ones(2, 3)
     grads, high = {}, {}
-    for name, loss_fn in {"symmetric": DAPOLoss(epsilon_high=0.2), "clip-higher": DAPOLoss()}.items():
+    for name, loss_fn in {"symmetric": DAPOLoss(), "clip-higher": DAPOLoss(epsilon_high=0.28)}.items():
         leaf = logps.clone().requires_grad_(True)
         loss, metrics = loss_fn(leaf, old, None, advantages, mask)
         loss.backward()

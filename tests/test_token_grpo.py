@@ -236,7 +236,7 @@ def test_loss_argument_resolution(tiny_cache, tmp_path):
     assert isinstance(trainer.policy_loss, BNPOLoss) and trainer.policy_loss.epsilon_high == 0.2
     # An object: used as is, max_completion_length filled in, beta synced so TRL builds the reference.
     model, _, _ = _build("lm", tiny_cache)
-    loss = DrGRPOLoss(beta=0.02)
+    loss = DrGRPOLoss(beta=0.02, scale_rewards="none")  # the paper's setting, on the object
     trainer = TokenGRPOTrainer(model=model, args=_args(tmp_path, beta=0.0, loss=loss), **common)
     assert trainer.policy_loss is loss and loss.max_completion_length == 8 and loss.scale_rewards == "none"
     assert trainer.beta == 0.02 and trainer.ref_model is not None and trainer.scale_rewards == "none"

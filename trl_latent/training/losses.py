@@ -9,14 +9,17 @@ The interface is shape-agnostic over `(B, S)`: for `TokenGRPOTrainer` a "token" 
 is over the vocabulary; for `LatentGRPOTrainer` it is one completion step and its log-probability is over the 128 latent
 actions (codes). The same object therefore gives the same objective in both action spaces.
 
-Configured like TRL's `loss_type` of the same name (see [`loss_from_config`]), every class reproduces TRL 1.16's
-`GRPOTrainer._compute_loss` exactly, including gradient accumulation and multi-process normalisation; the tests compare
-both on random tensors. On top of that, each class carries the paper's own defaults (see [`get_loss`]).
+A name means one thing everywhere: TRL's `loss_type` of the same name. A class built with no arguments, `get_loss(name)`
+and a config's `loss=name` all give TRL's loss with `GRPOConfig`'s defaults, and configured from a `GRPOConfig` (see
+[`loss_from_config`]) every class reproduces TRL 1.16's `GRPOTrainer._compute_loss` exactly, including gradient
+accumulation and multi-process normalisation; the tests compare both on random tensors. The papers' own settings
+(Dr.GRPO without std scaling, DAPO's clip-higher) are spelled out where they differ: `PAPER_SETTINGS`, applied by
+`get_loss(name, paper=True)`, or the same values on a config (`scale_rewards="none"`, `epsilon_high=0.28`).
 
 ```python
 >>> import torch
 >>> from trl_latent.training.losses import get_loss
->>> loss_fn = get_loss("dr_grpo", max_completion_length=4)  # Dr.GRPO paper defaults: no std scaling
+>>> loss_fn = get_loss("dr_grpo", paper=True, max_completion_length=4)  # the paper's setting: no std scaling
 >>> rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
 >>> loss_fn.compute_advantages(rewards, num_generations=2)
 tensor([ 0.5000, -0.5000, -0.5000,  0.5000])
@@ -60,6 +63,7 @@ def nanmax(tensor):
 __all__ = [
     "LOSS_CLASSES",
     "LOSS_NAMES",
+    "PAPER_SETTINGS",
     "BNPOLoss",
     "DAPOLoss",
     "DrGRPOLoss",
@@ -95,8 +99,8 @@ class PolicyLoss:
         w_t = exp(log π(a_t) - log π_old(a_t)),
         ℓ_t = -min(w_t A, clip(w_t, 1 - ε_low, 1 + ε_high) A) + β (exp(log π_ref - log π) - (log π_ref - log π) - 1),
 
-    and `aggregation` turns the `(B, S)` per-token losses into one scalar. Subclasses set `name`, `aggregation` and
-    their paper's defaults. To add an objective, subclass and override [`~PolicyLoss.per_token_loss`] (and
+    and `aggregation` turns the `(B, S)` per-token losses into one scalar. Subclasses set `name` and `aggregation`;
+    their defaults are TRL's for the `loss_type` of that name (a paper's own settings: `PAPER_SETTINGS`). To add an objective, subclass and override [`~PolicyLoss.per_token_loss`] (and
     [`~PolicyLoss.clip_masks`] when it does not clip), or [`~PolicyLoss.aggregate`] for a new aggregation; the
     trainers need no change.
 
@@ -552,23 +556,20 @@ class BNPOLoss(PolicyLoss):
 
 class DrGRPOLoss(PolicyLoss):
     """Dr.GRPO ("Understanding R1-Zero-Like Training", arXiv 2503.20783): the token sum divided by a constant,
-    (sequences in the micro-batch) x `max_completion_length`, which removes GRPO's length bias; and advantages are
-    **not** scaled by the group's standard deviation (the paper's default, `scale_rewards="none"`), which removes the
-    question-difficulty bias. Pass `scale_rewards="group"` to match TRL's `loss_type="dr_grpo"` with its default
-    `scale_rewards`."""
+    (sequences in the micro-batch) x `max_completion_length`, which removes GRPO's length bias. Defaults are TRL's
+    `loss_type="dr_grpo"` (`scale_rewards="group"`); the paper also leaves advantages unscaled by the group's standard
+    deviation, which removes the question-difficulty bias: `DrGRPOLoss(scale_rewards="none")` or
+    `get_loss("dr_grpo", paper=True)`."""
 
     name = "dr_grpo"
     aggregation = "constant"
 
-    def __init__(self, *, scale_rewards: str | bool = "none", **kwargs):
-        super().__init__(scale_rewards=scale_rewards, **kwargs)
-
 
 class DAPOLoss(PolicyLoss):
     """DAPO (arXiv 2503.14476): the token sum divided by the number of tokens of the whole generation batch
-    (token-level policy gradient), with clip-higher: `epsilon_high = 0.28` by default (the paper's value; TRL's
-    `loss_type="dapo"` keeps `epsilon_high = epsilon` unless told). The paper's dynamic sampling and soft over-length
-    punishment are the `drop_zero_variance_groups` and `overlong_buffer_length` options. Clip-higher acts only on
+    (token-level policy gradient). Defaults are TRL's `loss_type="dapo"` (`epsilon_high = epsilon`); the paper's
+    clip-higher is `DAPOLoss(epsilon_high=0.28)` or `get_loss("dapo", paper=True)`. The paper's dynamic sampling and
+    soft over-length punishment are the `drop_zero_variance_groups` and `overlong_buffer_length` options. Clip-higher acts only on
     off-policy steps and the normaliser differs from BNPO's only across micro-batches: with one optimisation step per
     generation batch DAPO and BNPO give the same update (docs/losses.md "When the objectives differ: the RL
     schedule")."""
@@ -576,21 +577,24 @@ class DAPOLoss(PolicyLoss):
     name = "dapo"
     aggregation = "global_token_mean"
 
-    def __init__(self, *, epsilon_high: float | None = 0.28, **kwargs):
-        super().__init__(epsilon_high=epsilon_high, **kwargs)
-
 
 LOSS_CLASSES: dict[str, type[PolicyLoss]] = {cls.name: cls for cls in (GRPOLoss, DrGRPOLoss, DAPOLoss, BNPOLoss)}
 LOSS_NAMES = tuple(LOSS_CLASSES)
+# Where a paper's own setting differs from TRL's `loss_type` of the same name (`get_loss(name, paper=True)`).
+PAPER_SETTINGS: dict[str, dict[str, Any]] = {"dr_grpo": {"scale_rewards": "none"}, "dapo": {"epsilon_high": 0.28}}
 
 
-def get_loss(name_or_obj: str | PolicyLoss | type[PolicyLoss], **config) -> PolicyLoss:
+def get_loss(name_or_obj: str | PolicyLoss | type[PolicyLoss], *, paper: bool = False, **config) -> PolicyLoss:
     """
-    Build a loss by name with its **paper defaults** (`**config` overrides them), or pass a loss object through.
+    Build a loss by name (TRL's `loss_type` of that name with `GRPOConfig`'s defaults; `**config` overrides them), or
+    pass a loss object through.
 
     Args:
         name_or_obj (`str`, `PolicyLoss` or a `PolicyLoss` subclass):
             `"grpo"`, `"dr_grpo"`, `"dapo"` or `"bnpo"`; a loss object (returned as is); or a class to instantiate.
+        paper (`bool`, *optional*, defaults to `False`):
+            Apply the paper's own settings where they differ from TRL's (`PAPER_SETTINGS`: Dr.GRPO without std
+            scaling, DAPO's clip-higher 0.28) before `**config`.
         **config:
             Constructor arguments of the class (see [`PolicyLoss`]).
 
@@ -598,14 +602,15 @@ def get_loss(name_or_obj: str | PolicyLoss | type[PolicyLoss], **config) -> Poli
         [`PolicyLoss`]
     """
     if isinstance(name_or_obj, PolicyLoss):
-        if config:
+        if config or paper:
             raise TypeError(
-                f"get_loss got a {type(name_or_obj).__name__} object and options {sorted(config)}; configure the "
+                f"get_loss got a {type(name_or_obj).__name__} object and options {sorted(config) or ['paper']}; configure the "
                 "object through its constructor instead."
             )
         return name_or_obj
     if isinstance(name_or_obj, type) and issubclass(name_or_obj, PolicyLoss):
-        return name_or_obj(**config)
+        settings = PAPER_SETTINGS.get(name_or_obj.name, {}) if paper else {}
+        return name_or_obj(**{**settings, **config})
     if not isinstance(name_or_obj, str):
         raise TypeError(
             f"A loss is a name ({sorted(LOSS_CLASSES)}) or a PolicyLoss object, got {type(name_or_obj).__name__}."
@@ -618,14 +623,15 @@ def get_loss(name_or_obj: str | PolicyLoss | type[PolicyLoss], **config) -> Poli
                 "subclass trl_latent.training.losses.PolicyLoss to add it (docs/losses.md)."
             )
         raise ValueError(f"Unknown loss {name_or_obj!r}; choose one of {sorted(LOSS_CLASSES)}.{hint}")
-    return LOSS_CLASSES[name_or_obj](**config)
+    settings = PAPER_SETTINGS.get(name_or_obj, {}) if paper else {}
+    return LOSS_CLASSES[name_or_obj](**{**settings, **config})
 
 
 def loss_from_config(args: Any, **overrides) -> PolicyLoss:
     """
     Build the loss that reproduces TRL's `GRPOTrainer` with this `GRPOConfig` exactly.
 
-    Reads `loss_type`, `beta`, `epsilon`, `epsilon_high` (`None` means `epsilon`, as in TRL, *not* DAPO's 0.28),
+    Reads `loss_type`, `beta`, `epsilon`, `epsilon_high` (`None` means `epsilon`, as in TRL),
     `delta`, `scale_rewards`, `importance_sampling_level`, `use_bias_correction_kl` and `max_completion_length`.
 
     Args:

@@ -41,8 +41,8 @@ def resolve_policy_loss(loss: str | PolicyLoss | type[PolicyLoss] | None, args: 
 
     - `None`: the loss that reproduces TRL for `args` ([`~trl_latent.training.losses.loss_from_config`]), so swapping
       `GRPOTrainer` for `TokenGRPOTrainer` changes nothing;
-    - a name: the same, with `args.loss_type` replaced by the name (TRL parity; for the paper defaults pass
-      `get_loss(name)` instead);
+    - a name: the same, with `args.loss_type` replaced by the name (TRL parity; for a paper's own settings set them on
+      the config, e.g. `scale_rewards="none"`, or pass `get_loss(name, paper=True)`);
     - a `PolicyLoss` object or class: used as is; a `max_completion_length` of `None` is filled from `args`.
 
     Since TRL decides from `args.beta` whether to build a reference model and compute reference log-probabilities,

@@ -27,7 +27,7 @@ class PolicyLossConfigMixin:
         loss (`str`, [`~trl_latent.training.losses.PolicyLoss`] or `None`, *optional*):
             The one way to choose the objective: `"grpo"`, `"dr_grpo"`, `"dapo"` or `"bnpo"` (built from this config's
             `beta`, `epsilon`, `epsilon_high`, `scale_rewards`, ... exactly like TRL's `loss_type` of the same name),
-            or a loss object such as `DrGRPOLoss()` (the paper's defaults) or your own subclass of `PolicyLoss`; a
+            or a loss object such as `get_loss("dr_grpo", paper=True)` or your own subclass of `PolicyLoss`; a
             loss object carries its own `beta`, which replaces this config's. `None` uses `loss_type`.
         loss_type (`str`, *optional*, defaults to `"grpo"`):
             As in GRPOConfig, restricted to the four losses above; the default is the paper's headline GRPO instead of

@@ -83,7 +83,7 @@ class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
     >>> dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Which colour is the circle?"}]] * 8})
     >>> args = TokenGRPOConfig("out", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
     ...                        max_steps=2, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-    ...                        loss=DrGRPOLoss())
+    ...                        loss=DrGRPOLoss(scale_rewards="none"))
     >>> def reward_len(completions, **kwargs):
     ...     return [float(len(c[0]["content"])) for c in completions]
     >>> trainer = TokenGRPOTrainer(model, reward_funcs=reward_len, args=args, train_dataset=dataset,
