@@ -15,6 +15,7 @@ import ast
 import copy
 import difflib
 import gc
+import json
 import logging
 import math
 import os
@@ -616,6 +617,54 @@ def test_lora_on_the_policy(model, processor, dataset, tmp_path):
     assert [n for n in before if not torch.equal(before[n], after[n])] == []
     kl = logged(trainer, "latent/kl")  # reference = the policy with the adapter disabled
     assert kl[0] == 0.0 and kl[-1] > 0.0, kl
+
+
+def test_a_lora_run_reloads_from_its_own_output(model, processor, dataset, tmp_path):
+    """A LoRA run started from a saved latent model records that folder: in adapter_config.json and in the card's
+    quick start; `LatentActionModel.from_pretrained(output)` loads it with the adapter merged into the policy, and
+    the commands take the output folder as a latent model (its processor from the folder)."""
+    from peft import LoraConfig
+
+    from trl_latent.commands.common import CommandError, check_model, is_latent_model, processor_source
+
+    start = tmp_path / "start"
+    model.save_pretrained(start)
+    processor.save_pretrained(start)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=POLICY_LORA_TARGET_MODULES)
+    args = make_config(tmp_path, max_steps=2)
+    trainer = LatentGRPOTrainer(
+        str(start), reward_funcs=text_length_reward, args=args, train_dataset=dataset, peft_config=lora
+    )
+    trainer.train()
+    out = Path(args.output_dir)
+    trainer.save_model(str(out))
+    trainer.create_model_card()  # as every checkpoint save does
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(start)
+    assert not (out / "config.json").exists()
+    card = (out / "README.md").read_text()
+    assert f'start = "{start}"' in card, card
+
+    reloaded = LatentActionModel.from_pretrained(out)
+    merged = copy.deepcopy(trainer.model).merge_and_unload()
+    assert isinstance(reloaded, LatentActionModel) and reloaded.name_or_path == str(out)
+    for name, value in merged.policy.state_dict().items():
+        torch.testing.assert_close(reloaded.policy.state_dict()[name], value, rtol=0, atol=0)
+    assert not torch.equal(
+        reloaded.policy.layers[0].self_attn.q_proj.weight, model.policy.layers[0].self_attn.q_proj.weight
+    )
+
+    check_model(str(out), "models")
+    assert is_latent_model(str(out)) and processor_source(str(out)) == str(out)  # the trainer saved it there
+
+    # An adapter that names no model (a run started from a model built in memory) says what to do.
+    orphan = tmp_path / "orphan"
+    orphan.mkdir()
+    config = json.loads((out / "adapter_config.json").read_text())
+    (orphan / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="names no latent model to load it onto"):
+        LatentActionModel.from_pretrained(orphan)
+    with pytest.raises(CommandError, match="names no model to load it onto"):
+        check_model(str(orphan), "models")
 
 
 def test_lora_beyond_the_policy_is_rejected(model, processor, dataset, tmp_path):

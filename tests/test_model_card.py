@@ -180,9 +180,7 @@ def test_latent_grpo_card_with_lora_on_the_policy(vlm_path, vlm_processor, tmp_p
     assert "PeftModel.from_pretrained" in text
     code = quick_start(text)
     code = substitute(code, "folder", str(output_dir), output_dir)
-    from trl_latent.training.model_card import PEFT_START_PLACEHOLDER
-
-    code = substitute(code, "start", PEFT_START_PLACEHOLDER, start)
+    code = substitute(code, "start", str(start), start)  # the run started from a saved model: the card names it
     namespace = run_quick_start(code, capsys)
     merged = copy.deepcopy(trainer.model).merge_and_unload()
     assert_same_weights(namespace["model"], merged, "policy.")

@@ -205,9 +205,29 @@ def read_model_config(path: str) -> dict | None:
     return json.loads(config.read_text())
 
 
+def adapter_start(name: str) -> str | None:
+    """For a folder holding only a PEFT adapter (what a LoRA run saves), the model the adapter loads onto
+    (`base_model_name_or_path` of its `adapter_config.json`, `""` when it names none); `None` for anything else."""
+    folder = Path(name)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return None
+    return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+
+
 def check_model(name: str, field_name: str) -> None:
-    """A base model given as a folder (holding `config.json`) or a hub id that can be resolved now."""
+    """A base model given as a folder (holding `config.json`, or a PEFT adapter naming such a model) or a hub id that
+    can be resolved now."""
     path = Path(name).expanduser()
+    start = adapter_start(name)
+    if start is not None:
+        if not start:
+            raise CommandError(
+                f"{field_name} {name} holds a PEFT adapter whose adapter_config.json names no model to load it onto "
+                "(base_model_name_or_path is empty): set base_model_name_or_path there to the model the run started "
+                "from."
+            )
+        check_model(start, f"{field_name} {name}: its adapter's base_model_name_or_path")
+        return
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CommandError(
@@ -281,6 +301,10 @@ def check_weight_files(name: str, field_name: str = "model_name_or_path") -> Non
 
 
 def is_latent_model(name: str) -> bool:
+    """A saved latent action model, or a PEFT adapter folder whose model is one."""
+    start = adapter_start(name)
+    if start:
+        return is_latent_model(start)
     config = read_model_config(name)
     return config is not None and config.get("model_type") == "latent_action"
 
@@ -289,6 +313,9 @@ def is_text_only_model(name: str) -> bool:
     """Whether `name` (a base model, or a saved latent model: its base) is a text-only causal LM (Qwen2, Llama)."""
     from ..modeling.backbone import CAUSAL_LM_MODEL_TYPES
 
+    start = adapter_start(name)
+    if start:
+        return is_text_only_model(start)
     config = read_model_config(name)
     if config is None:
         try:
@@ -329,6 +356,9 @@ def processor_source(model: str) -> str:
         return model
     if (folder / "tokenizer_config.json").is_file() and is_text_only_model(model):
         return model  # a text-only base's tokenizer, saved beside the model
+    start = adapter_start(model)
+    if start:  # an adapter folder without a saved processor: the processor of the model it loads onto
+        return processor_source(start)
     config = read_model_config(model) or {}
     return config.get("base_model_name_or_path") or model
 

@@ -540,8 +540,39 @@ class LatentActionModel(LatentActionPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model=None, quantization_config=None, **kw):
         """Reload a saved latent model. Without base weights in the folder, the base comes from `base_model` (a
         loaded model) or from `config.base_model_name_or_path` (optionally quantised). The weights load whichever key
-        layout transformers wrote them in (see [`to_model_keys`])."""
+        layout transformers wrote them in (see [`to_model_keys`]).
+
+        A folder that holds a PEFT adapter of the policy (what `LatentGRPOTrainer` saves when it trained one) loads the
+        latent model the adapter names (`base_model_name_or_path` of its `adapter_config.json`) and merges the adapter
+        into the policy, as transformers loads an adapter folder of a causal LM. The model remembers the folder it came
+        from (`name_or_path`), so an adapter trained on it records where to reload from."""
         path = Path(pretrained_model_name_or_path)
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return cls._from_adapter_folder(
+                path, *args, base_model=base_model, quantization_config=quantization_config, **kw
+            )
+        model = cls._load(path, *args, base_model=base_model, quantization_config=quantization_config, **kw)
+        model.config._name_or_path = model.name_or_path = str(path)
+        return model
+
+    @classmethod
+    def _from_adapter_folder(cls, path: Path, *args, **kw):
+        from peft import PeftConfig, PeftModel
+
+        start = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+        if not start:
+            raise ValueError(
+                f"{path} holds a PEFT adapter whose adapter_config.json names no latent model to load it onto "
+                "(base_model_name_or_path is empty; runs that started from a model built in memory write none). Load "
+                "the latent model the run started from, then `PeftModel.from_pretrained(model, folder)`."
+            )
+        latent = cls.from_pretrained(start, *args, **kw)
+        model = PeftModel.from_pretrained(latent, str(path)).merge_and_unload()
+        model.config._name_or_path = model.name_or_path = str(path)
+        return model
+
+    @classmethod
+    def _load(cls, path: Path, *args, base_model=None, quantization_config=None, **kw):
         config = kw.pop("config", None) or read_saved_config(path)
         if path.is_dir():
             check_weight_files(path)

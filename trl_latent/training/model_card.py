@@ -129,8 +129,8 @@ OBJECTIVE_PAPERS: dict[str, Paper] = {
     ),
 }
 
-# What the quick start of a run with a PEFT adapter on the policy loads the adapter onto: a saved latent model (the
-# adapter's own config cannot name it, a latent model's `_name_or_path` is empty).
+# What the quick start of a run with a PEFT adapter on the policy loads the adapter onto when the run started from a
+# latent model built in memory (one loaded from a folder names that folder, and so does the adapter's config).
 PEFT_START_PLACEHOLDER = "path/to/the/latent/model/the/run/started/from"
 
 _TRL_BIBTEX = """\
@@ -395,7 +395,8 @@ class LatentModelCardMixin:
         peft_start = None
         if is_peft_model(model):  # an adapter on the policy: the folder holds the adapter only
             model = model.get_base_model()
-            peft_start = PEFT_START_PLACEHOLDER
+            # The saved latent model the run started from (set when it was loaded from a folder).
+            peft_start = getattr(model, "name_or_path", None) or PEFT_START_PLACEHOLDER
         card = latent_model_card(
             trl_card.data,
             latent=model,
