@@ -362,16 +362,14 @@ def test_overlong_penalty_only_beyond_max_minus_cache():
 
 
 # --------------------------------------------------------------------------------------------- paper options
-def test_a_name_means_trls_loss_type_and_the_papers_settings_are_explicit():
+def test_a_name_means_trls_loss_type_and_the_papers_settings_are_explicit(trainers):
     """`DrGRPOLoss()`, `get_loss(name)` and a config's `loss=name` are TRL's `loss_type` with GRPOConfig's defaults;
     `get_loss(name, paper=True)` applies the paper's own settings, and `**config` still wins over them."""
-    from trl import GRPOConfig
-
-    from trl_latent.training.losses import PAPER_SETTINGS, loss_from_config
+    from trl_latent.training.losses import PAPER_SETTINGS
 
     for name in ("grpo", "dr_grpo", "dapo", "bnpo"):
-        config = GRPOConfig("out", loss_type=name, beta=0.0, max_completion_length=None, use_cpu=True, bf16=False)
-        trl = loss_from_config(config)
+        # the fixture's config (GRPOConfig's defaults but the test's sizes; a new one would reset accelerate's state)
+        trl = loss_from_config(_args(trainers, loss_type=name, beta=0.0, max_completion_length=None))
         assert repr(get_loss(name)) == repr(trl) == repr(type(trl)())
     assert get_loss("dr_grpo", paper=True).scale_rewards == "none" and DrGRPOLoss().scale_rewards == "group"
     assert get_loss("dapo", paper=True).epsilon_high == 0.28 and DAPOLoss().epsilon_high == 0.2

@@ -738,10 +738,11 @@ def _column(cells, arm, *path) -> list:
 
 
 # (claim, how it is read from the cells, threshold, higher is better); each read returns per-seed values.
-def _targets(cells: list[dict]) -> list[tuple[str, Any]]:
+def _targets(cells: list[dict], latent_name: str = "latent") -> list[tuple[str, Any]]:
+    """The issue's targets, the latent arm read from the cells named `latent_name` (the plain arm or a variant)."""
     from ..verdicts import paired_verdict, range_verdict
 
-    token, latent = _seeds(cells, "token"), _seeds(cells, "latent")
+    token, latent = _seeds(cells, "token"), _seeds(cells, latent_name)
     both = sorted(set(token) & set(latent))
 
     def per_seed(arm_cells, fn):
@@ -954,6 +955,21 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     lines += ["", "## Targets", "", "| target | value | verdict |", "|---|---|---|"]
     for claim, verdict, signed in _targets(cells):
         lines.append(f"| {claim} | {verdict.describe(signed=signed)} | {verdict.verdict} |")
+    for variant in [name for name in _names(cells) if name.startswith("latent+")]:
+        lines += [
+            "",
+            f"### Targets with the variant {variant} as the latent arm",
+            "",
+            "The same targets, the latent arm's values read from the variant's cells (paired with the token arm's "
+            "cells of the same seeds).",
+            "",
+            "| target | value | verdict |",
+            "|---|---|---|",
+        ]
+        for claim, verdict, signed in _targets(cells, variant):
+            if claim.startswith(("Room", "Token RL")):  # the token arm's alone, stated above
+                continue
+            lines.append(f"| {claim} | {verdict.describe(signed=signed)} | {verdict.verdict} |")
     lines.append("")
     return "\n".join(lines)
 
