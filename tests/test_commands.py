@@ -349,3 +349,53 @@ def test_a_reward_module_in_the_working_directory_is_found(tmp_path, monkeypatch
     with pytest.raises(CommandError, match=f"searched the working directory {tmp_path}"):
         import_reward("no_such_module_here.reward")
     sys.modules.pop("my_rewards_for_test", None)
+
+
+def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shapes, tiny_cache, capsys, monkeypatch):
+    """`grpo --use_peft --lora_r 4 ...` (TRL's ModelConfig flags) trains a LoRA adapter on the policy of a saved latent
+    model, whose output folder `eval --models` then loads (the adapter merged) with no other flag; `--dtype` reaches
+    the loader; flags that cannot apply to a latent model are refused."""
+    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+    from trl_latent.modeling import LatentActionModel
+
+    monkeypatch.chdir(tmp_path)
+    start = tmp_path / "stage5"
+    LatentActionModel.from_base(
+        str(tiny_vlm_path("tiny", cache_dir=tiny_cache)), codebook_size=8, inverse_layers=1, policy_layers=1
+    ).save_pretrained(start)
+    tiny_vlm("tiny", cache_dir=tiny_cache)[1].save_pretrained(start)
+    rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", str(start)]
+    rl += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_samples", "4", "--max_steps", "2"]
+    rl += ["--reward", "trl_latent.experiments.shapes.reward.rubric_reward", "--per_device_train_batch_size", "4"]
+    rl += ["--num_generations", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "6"]
+    rl += ["--code_top_k", "8", "--learning_rate", "1e-2", "--save_strategy", "no", "--output_dir", "rl"]
+    assert main([*rl, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--dtype", "float32"]) == 0
+    adapter = json.loads((tmp_path / "rl" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(start)
+    assert r"\bpolicy\.layers" in adapter["target_modules"]  # TRL's default targets, put on the policy
+
+    capsys.readouterr()
+    argv = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", "rl", "--splits", "id_test"]
+    argv += ["--reward", "trl_latent.experiments.shapes.reward.RubricJudge", "--image_size", "56", "56"]
+    argv += ["--max_samples", "2", "--num_generations", "1", "--max_new_tokens", "4", "--embedder", "none"]
+    assert main([*argv, "--output_dir", "ev"]) == 0
+    assert "| rl | id_test | 2 |" in capsys.readouterr().out
+
+    message = fails([*rl, "--attn_implementation", "eager"], capsys)
+    assert "attn_implementation cannot be set for a latent action model" in message
+
+    # The same flags on `sft`: stage 5 with a LoRA adapter on the base, saved beside the latent modules.
+    world = ["sft", "--config", str(RECIPE / "mmrole" / "5_world_sft.yaml"), *CPU, "--model_name_or_path", str(start)]
+    world += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_samples", "4", "--max_steps", "1"]
+    world += [
+        "--world_sft_last_layers",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+    ]
+    world += ["--save_strategy", "no", "--output_dir", "world", "--use_peft", "true", "--lora_r", "4"]
+    assert main([*world, "--lora_target_modules", "q_proj", "v_proj", "--dtype", "float32"]) == 0
+    adapter = json.loads((tmp_path / "world" / "base_adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}

@@ -193,6 +193,47 @@ def parse(parser, argv: list[str], prog: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ models
+def model_loading(model_args, training_args, latent: bool, argv: list[str]):
+    """TRL's `ModelConfig` flags (`--use_peft`, `--lora_r`, `--lora_target_modules`, `--dtype`, `--load_in_4bit`, ...)
+    as the trainers take them: returns `(peft_config, quantization_config)` (both trainer arguments) and puts the
+    loading keywords into `training_args.model_init_kwargs` (the user's own `model_init_kwargs` win), as TRL's scripts
+    do.
+
+    A latent model is loaded by trl-latent (its base with `dtype` and the quantisation; the new modules in full
+    precision), so only those two and the PEFT flags apply to it: `dtype` only when given (a latent model otherwise
+    keeps the dtype its base was saved in), and `attn_implementation` / `model_revision` are refused. For a plain
+    model every flag goes to TRL's loader, exactly as in TRL's `grpo.py` / `sft.py`."""
+    from trl import get_peft_config, get_quantization_config
+
+    peft_config = get_peft_config(model_args)
+    quantization_config = get_quantization_config(model_args)
+    if latent:
+        unsupported = [
+            flag
+            for flag, value, default in (
+                ("attn_implementation", model_args.attn_implementation, None),
+                ("model_revision", model_args.model_revision, "main"),
+            )
+            if value != default
+        ]
+        if unsupported:
+            raise CommandError(
+                f"{', '.join(unsupported)} cannot be set for a latent action model (its base is loaded from the "
+                "folder the latent model names); remove the flag, or set it when the latent model is built."
+            )
+        if peek(argv, "dtype", "") and model_args.dtype is not None:
+            kwargs = {"dtype": model_args.dtype}
+            training_args.model_init_kwargs = {**kwargs, **(training_args.model_init_kwargs or {})}
+        return peft_config, quantization_config
+    kwargs = dict(
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    training_args.model_init_kwargs = {**kwargs, **(training_args.model_init_kwargs or {})}
+    return peft_config, quantization_config
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 

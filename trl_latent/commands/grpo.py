@@ -35,6 +35,7 @@ from .common import (
     import_reward,
     load_processor,
     load_task,
+    model_loading,
     parse,
     peek,
     processor_source,
@@ -52,8 +53,9 @@ SUMMARY = "Reinforcement learning on a task's prompts: over latent actions (acti
 
 @dataclass
 class GRPOScriptArguments(TaskArguments, RewardArguments):
-    """The policy to train, its prompts and its reward (the training settings are `LatentGRPOConfig`'s, or
-    `GRPOConfig`'s for the token baseline)."""
+    """The prompts and the reward (the training settings are `LatentGRPOConfig`'s, or `TokenGRPOConfig`'s for the token
+    baseline; the model and how it loads, `model_name_or_path` and the LoRA, dtype and 4/8-bit flags, TRL's
+    `ModelConfig`'s)."""
 
     action_space: str = field(
         default="latent",
@@ -63,21 +65,17 @@ class GRPOScriptArguments(TaskArguments, RewardArguments):
             "choices": list(ACTION_SPACES),
         },
     )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Latent: a saved latent action model (after world_sft). Token: a plain VLM (after token SFT)."
-        },
-    )
     split: str = field(default="rl", metadata={"help": "The task split whose prompts RL trains on."})
 
 
 def make_parser(action_space: str = "latent"):
+    from trl import ModelConfig
+
     from ..training.latent_grpo_config import LatentGRPOConfig
     from ..training.token_grpo_config import TokenGRPOConfig
 
     config_class = TokenGRPOConfig if action_space == "token" else LatentGRPOConfig
-    return trl_parser((GRPOScriptArguments, config_class), PROG, SUMMARY)
+    return trl_parser((GRPOScriptArguments, config_class, ModelConfig), PROG, SUMMARY)
 
 
 def _main(argv: list[str]) -> int:
@@ -85,17 +83,19 @@ def _main(argv: list[str]) -> int:
     if action_space not in ACTION_SPACES:
         raise CommandError(f"action_space must be one of {list(ACTION_SPACES)} (got {action_space!r}).")
     latent = action_space == "latent"
-    script_args, training_args = parse(make_parser(action_space), argv, PROG)
+    script_args, training_args, model_args = parse(make_parser(action_space), argv, PROG)
+    model_path = model_args.model_name_or_path
 
-    if script_args.model_name_or_path is None:
+    if model_path is None:
         raise CommandError(
             "set model_name_or_path: the saved latent action model after world_sft (latent), or the VLM after token "
             "SFT (token)."
         )
     if latent:
-        check_latent_model(script_args.model_name_or_path, command="grpo")
+        check_latent_model(model_path, command="grpo")
     else:
-        check_model(script_args.model_name_or_path, "model_name_or_path")
+        check_model(model_path, "model_name_or_path")
+    peft_config, quantization_config = model_loading(model_args, training_args, latent, argv)
     check_task(script_args, "grpo")
     dataset = load_task(script_args, [script_args.split])[script_args.split]
     if script_args.reward != "judge":
@@ -107,26 +107,30 @@ def _main(argv: list[str]) -> int:
     from transformers import set_seed
 
     set_seed(training_args.seed)
-    processor = load_processor(processor_source(script_args.model_name_or_path), padding_side="left")
+    processor = load_processor(processor_source(model_path), padding_side="left")
     if latent:
         from ..training.latent_grpo_trainer import LatentGRPOTrainer
 
         trainer = LatentGRPOTrainer(
-            script_args.model_name_or_path,
+            model_path,
             reward_funcs=reward,
             args=training_args,
             train_dataset=dataset,
             processing_class=processor,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
         )
     else:
         from ..training.token_grpo_trainer import TokenGRPOTrainer
 
         trainer = TokenGRPOTrainer(
-            model=script_args.model_name_or_path,
+            model=model_path,
             reward_funcs=reward,
             args=training_args,
             train_dataset=dataset,
             processing_class=processor,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
         )
 
     from ..training.reward_failures import RewardFailureError

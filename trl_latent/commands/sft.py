@@ -34,6 +34,7 @@ from .common import (
     check_task,
     load_processor,
     load_task,
+    model_loading,
     parse,
     peek,
     processor_source,
@@ -51,7 +52,9 @@ SUMMARY = "One supervised stage of a latent action model (stage: inverse_warmup,
 
 @dataclass
 class SFTScriptArguments(TaskArguments):
-    """The model to train and its data (the training settings are `LatentSFTConfig`'s, or `SFTConfig`'s)."""
+    """The model to train and its data (the training settings are `LatentSFTConfig`'s, or `SFTConfig`'s; a saved
+    latent model to continue, `model_name_or_path`, and how models load, the LoRA, dtype and 4/8-bit flags, are TRL's
+    `ModelConfig`'s)."""
 
     action_space: str = field(
         default="latent",
@@ -67,9 +70,6 @@ class SFTScriptArguments(TaskArguments):
             "help": "A base VLM (folder or hub id). Latent: wrapped with fresh latent modules (the first stage). "
             "Token: the model fine-tuned."
         },
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved latent action model: the previous stage's output_dir."}
     )
     codebook_size: int = field(default=CODEBOOK_SIZE, metadata={"help": "Latent actions |C| (with base_model)."})
     inverse_layers: int = field(
@@ -99,17 +99,18 @@ class SFTScriptArguments(TaskArguments):
 
 
 def make_parser(action_space: str = "latent"):
-    from trl import SFTConfig
+    from trl import ModelConfig, SFTConfig
 
     from ..training.latent_sft_config import LatentSFTConfig
 
     config_class = SFTConfig if action_space == "token" else LatentSFTConfig
-    return trl_parser((SFTScriptArguments, config_class), PROG, SUMMARY)
+    return trl_parser((SFTScriptArguments, config_class, ModelConfig), PROG, SUMMARY)
 
 
-def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool) -> str:
-    """Every check that needs no model; returns what the run trains, for the heading."""
-    if latent and (script_args.base_model is None) == (script_args.model_name_or_path is None):
+def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool, model_path: str | None) -> str:
+    """Every check that needs no model; returns what the run trains, for the heading. `model_path`: the saved latent
+    model to continue (`model_name_or_path`)."""
+    if latent and (script_args.base_model is None) == (model_path is None):
         raise CommandError(
             "give exactly one of base_model (a base VLM to wrap with fresh latent modules: the first stage) and "
             "model_name_or_path (the output_dir of the previous stage)."
@@ -117,13 +118,13 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool) 
     if latent and script_args.base_model is not None:
         check_model(script_args.base_model, "base_model")
     elif latent:
-        check_latent_model(script_args.model_name_or_path)
+        check_latent_model(model_path)
     else:
         if script_args.base_model is None:
             raise CommandError("action_space: token trains a plain VLM: set base_model (a folder or hub id).")
         check_model(script_args.base_model, "base_model")
 
-    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args):
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args, model_path):
         # A text-only base reads its text records as its one (observation) stream: no projector stage, no pairing.
         from ..training.stages import resolve_stage
 
@@ -158,11 +159,11 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool) 
     return f"stage {training_args.stage}" if latent else "token SFT"
 
 
-def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
+def _datasets(script_args: SFTScriptArguments, training_args, latent: bool, model_path: str | None):
     """(paired, text-only) datasets of the stage."""
     from ..data.pretrain import BadRecordError, load_pretrain_corpus
 
-    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args):
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args, model_path):
         files = (script_args.paired_files or []) + (script_args.text_only_files or [])
         try:
             corpus = load_pretrain_corpus(files, skip_bad_records=training_args.skip_bad_records)
@@ -195,11 +196,11 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool):
     return to_sft(load_task(script_args, ["sft"])["sft"]), None
 
 
-def _text_only(script_args: SFTScriptArguments) -> bool:
+def _text_only(script_args: SFTScriptArguments, model_path: str | None) -> bool:
     """Whether the stage's model (the base to wrap, or the saved latent model's base) is a text-only causal LM."""
     from .common import is_text_only_model
 
-    return is_text_only_model(script_args.base_model or script_args.model_name_or_path)
+    return is_text_only_model(script_args.base_model or model_path)
 
 
 def _main(argv: list[str]) -> int:
@@ -208,9 +209,11 @@ def _main(argv: list[str]) -> int:
         raise CommandError(f"action_space must be one of {list(ACTION_SPACES)} (got {action_space!r}).")
     latent = action_space == "latent"
     # The training config is created before any model is loaded (ZeRO-3 partitions the weights as they load).
-    script_args, training_args = parse(make_parser(action_space), argv, PROG)
-    what = _check_inputs(script_args, training_args, latent)
-    paired, text = _datasets(script_args, training_args, latent)
+    script_args, training_args, model_args = parse(make_parser(action_space), argv, PROG)
+    model_path = model_args.model_name_or_path
+    what = _check_inputs(script_args, training_args, latent, model_path)
+    peft_config, quantization_config = model_loading(model_args, training_args, latent, argv)
+    paired, text = _datasets(script_args, training_args, latent, model_path)
     say(f"{PROG}: {what}, {len(paired)} records" + (f" + {len(text)} text-only" if text is not None else ""))
 
     from transformers import set_seed
@@ -220,27 +223,43 @@ def _main(argv: list[str]) -> int:
         from ..modeling.model import LatentActionModel
         from ..training.latent_sft_trainer import LatentSFTTrainer
 
+        # `--dtype`, when given: the command loads the model, so TRL is not handed model_init_kwargs to ignore.
+        init_kwargs = dict(training_args.model_init_kwargs or {})
+        dtype = init_kwargs.pop("dtype", None)
+        training_args.model_init_kwargs = init_kwargs or None
         if script_args.base_model is not None:
             source = script_args.base_model
             model = LatentActionModel.from_base(
                 source,
+                quantization_config=quantization_config,
                 codebook_size=script_args.codebook_size,
                 inverse_layers=script_args.inverse_layers,
                 policy_layers=script_args.policy_layers,
+                dtype=dtype,
             )
         else:
-            source = processor_source(script_args.model_name_or_path)
-            model = LatentActionModel.from_pretrained(script_args.model_name_or_path)
+            source = processor_source(model_path)
+            model = LatentActionModel.from_pretrained(model_path, quantization_config=quantization_config, dtype=dtype)
         processor = load_processor(source)
         trainer = LatentSFTTrainer(
-            model, training_args, train_dataset=paired, text_dataset=text, processing_class=processor
+            model,
+            training_args,
+            train_dataset=paired,
+            text_dataset=text,
+            processing_class=processor,
+            peft_config=peft_config,
         )
     else:
         from trl import SFTTrainer
 
         processor = load_processor(script_args.base_model)
         trainer = SFTTrainer(
-            model=script_args.base_model, args=training_args, train_dataset=paired, processing_class=processor
+            model=script_args.base_model,
+            args=training_args,
+            train_dataset=paired,
+            processing_class=processor,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
         )
 
     result = train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "loss")
