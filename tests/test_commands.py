@@ -121,10 +121,10 @@ def test_yaml_values_and_command_line_overrides():
     from trl_latent.commands import common, sft
 
     argv = ["--config", str(RECIPE / "3_joint.yaml"), "--learning_rate", "3e-5", "--use_cycle_loss", "false", *CPU]
-    script_args, training_args = common.parse(sft.make_parser(), argv, "trl-latent sft")
+    script_args, training_args, model_args = common.parse(sft.make_parser(), argv, "trl-latent sft")
     assert training_args.stage == "joint" and training_args.num_train_epochs == 1  # from the YAML
     assert training_args.learning_rate == 3e-5 and training_args.use_cycle_loss is False  # the command line wins
-    assert script_args.model_name_or_path == "outputs/qwen2.5-vl-3b/2_projector_warmup"
+    assert model_args.model_name_or_path == "outputs/qwen2.5-vl-3b/2_projector_warmup"  # TRL's ModelConfig field
     assert script_args.text_only_files == ["data/pretrain/text_only.jsonl"]
 
 

@@ -179,7 +179,7 @@ def test_recipe_stages_resolve_to_the_authors_schedule_and_argmax_cloning(path):
     from trl_latent.commands.common import parse
     from trl_latent.commands.sft import PROG, make_parser
 
-    _, config = parse(make_parser("latent"), ["--config", str(path), "--use_cpu", "true", "--bf16", "false"], PROG)
+    _, config, _ = parse(make_parser("latent"), ["--config", str(path), "--use_cpu", "true", "--bf16", "false"], PROG)
     plan = resolve_stage(config)
     assert config.world_output_schedule == "authors" and config.bc_target == "argmax"
     if STAGES[config.stage].world_output is not None:
