@@ -17,9 +17,30 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory):
-    """One folder per test session for the converted SmolLM2 base: the conversion takes minutes, so it runs once (in
-    tests/test_text_roleplay_base.py, which checks it) and the other tests reuse it."""
+    """One folder per test process for the converted SmolLM2 base (the conversion takes minutes: see `smollm2`)."""
     return tmp_path_factory.mktemp("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_cache):
+    """SmolLM2-135M-Instruct converted once per test process into `smollm2_cache`, whichever test asks first:
+    `{"folder": ..., "model": ..., "tokenizer": ...}`, the last two the GGUF-loaded objects the conversion saved
+    (tests/test_text_roleplay_base.py compares the folder with them, then drops them)."""
+    from trl_latent.experiments.text_roleplay import base
+
+    loaded = {}
+    real_load = base.load_gguf
+
+    def spy(path=None):
+        loaded["model"], loaded["tokenizer"] = real_load(path)
+        return loaded["model"], loaded["tokenizer"]
+
+    base.load_gguf = spy
+    try:
+        loaded["folder"] = base.smollm2_path(cache_dir=smollm2_cache)
+    finally:
+        base.load_gguf = real_load
+    return loaded
 
 
 @pytest.fixture(scope="session")

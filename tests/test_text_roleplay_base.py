@@ -14,19 +14,12 @@ from trl_latent.experiments.text_roleplay import base
 
 
 @pytest.mark.slow
-def test_converts_once_and_reloads_the_same_model(smollm2_cache, monkeypatch):
-    tmp_path = smollm2_cache  # the session's folder: the other tests reuse this conversion
+def test_converts_once_and_reloads_the_same_model(smollm2, smollm2_cache, monkeypatch):
+    tmp_path = smollm2_cache  # the process's folder: the other tests reuse this conversion
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = {}
-    real_load = base.load_gguf
-
-    def spy(path=None):
-        loaded["model"], loaded["tokenizer"] = real_load(path)
-        return loaded["model"], loaded["tokenizer"]
-
-    monkeypatch.setattr(base, "load_gguf", spy)
-    folder = base.smollm2_path(cache_dir=tmp_path)
+    loaded, folder = smollm2, smollm2["folder"]
+    assert "model" in loaded, "the fixture found a converted folder instead of converting"
     assert folder.parent == tmp_path and folder.name.startswith("smollm2-135m-instruct-")
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no staging folder left behind
     fingerprint = json.loads((folder / "fingerprint.json").read_text())
@@ -73,6 +66,7 @@ def test_converts_once_and_reloads_the_same_model(smollm2_cache, monkeypatch):
     monkeypatch.setattr(base, "load_gguf", lambda path=None: (loaded["model"], loaded["tokenizer"]))
     assert base.smollm2_path(cache_dir=tmp_path) == folder
     assert json.loads((folder / "fingerprint.json").read_text()) == fingerprint
+    del loaded["model"], loaded["tokenizer"]  # 540 MB the rest of the session does not need
 
 
 def test_cache_root_comes_from_the_argument_the_environment_or_home(tmp_path, monkeypatch):

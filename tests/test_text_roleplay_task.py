@@ -123,12 +123,10 @@ def test_held_out_voices_are_in_the_general_corpus_records(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer(smollm2_cache):
+def smollm2_tokenizer(smollm2):
     from transformers import AutoTokenizer
 
-    from trl_latent.experiments.text_roleplay.base import smollm2_path
-
-    return AutoTokenizer.from_pretrained(smollm2_path(cache_dir=smollm2_cache))
+    return AutoTokenizer.from_pretrained(smollm2["folder"])
 
 
 def test_prompt_and_answer_fit_128_tokens(smollm2_tokenizer):
