@@ -943,8 +943,15 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         "|---|---|---|---|---|---|",
     ]
     latent_names = [n for n in _names(cells) if n.startswith("latent")]
+
+    def own_stage(name: str, stage: str) -> bool:  # trained by this arm's cells, not reused from the plain arm's
+        return any(
+            stage in c["phases"].get("train", {}) and "reused_from" not in c["phases"]["train"][stage]
+            for c in _seeds(cells, name).values()
+        )
+
     for stage in (*PRETRAIN_STAGES, "world_sft"):
-        for name in latent_names if stage == "world_sft" else ["latent"]:
+        for name in [n for n in latent_names if n == "latent" or stage == "world_sft" or own_stage(n, stage)]:
             label = stage if name == "latent" else f"{stage} ({name})"
             for stream in ("general", "task"):
                 row = [
