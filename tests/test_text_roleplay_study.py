@@ -69,12 +69,18 @@ def test_a_finished_cell_is_not_rerun_and_other_settings_are_refused(smoke):
         study.run_cell("tokens", 0, config, cells_dir, work)
 
 
-def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
+def run_variant(smoke, variant: str) -> tuple[dict, dict]:
+    """Run the smoke cell of a latent variant (seed 0); returns its cell and the plain latent cell."""
     work, cells_dir = smoke
-    argv = ["run", "--smoke", "--arms", "latent", "--variant", "s5-base-plus-delta", "--seeds", "0"]
+    argv = ["run", "--smoke", "--arms", "latent", "--variant", variant, "--seeds", "0"]
     assert study.main([*argv, "--cells-dir", str(cells_dir), "--work-dir", str(work)]) == 0
     cells = {study._name(c): c for c in study.load_cells(cells_dir)}
-    variant, plain = cells["latent+s5-base-plus-delta"], cells["latent"]
+    return cells[f"latent+{variant}"], cells["latent"]
+
+
+def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
+    work, cells_dir = smoke
+    variant, plain = run_variant(smoke, "s5-base-plus-delta")
     assert variant["complete"] and variant["config"]["world_sft_output"] == "base_plus_delta"
     for stage in study.PRETRAIN_STAGES:  # linked, not retrained: the same numbers, marked as reused
         assert (work / "latent+s5-base-plus-delta-seed0" / stage).is_symlink()
@@ -94,11 +100,8 @@ def test_a_stage5_variant_reuses_stages_1_to_4(smoke):
 
 
 def test_a_variant_of_stages_1_to_4_trains_them_itself(smoke):
-    work, cells_dir = smoke
-    argv = ["run", "--smoke", "--arms", "latent", "--variant", "residual-from-base", "--seeds", "0"]
-    assert study.main([*argv, "--cells-dir", str(cells_dir), "--work-dir", str(work)]) == 0
-    cells = {study._name(c): c for c in study.load_cells(cells_dir)}
-    variant, plain = cells["latent+residual-from-base"], cells["latent"]
+    work, _ = smoke
+    variant, plain = run_variant(smoke, "residual-from-base")
     assert variant["complete"] and variant["config"]["world_output_schedule"] == "residual"
     for stage in study.PRETRAIN_STAGES:  # its own stages, not the plain cell's
         assert not (work / "latent+residual-from-base-seed0" / stage).is_symlink()
