@@ -84,7 +84,8 @@ def test_help_lists_the_commands_and_every_field(capsys):
     token_sft = help_of(["sft", "--action_space", "token", "--help"])
     assert "--assistant_only_loss" in token_sft and "--stage" not in token_sft
     grpo = help_of(["grpo", "-h"])
-    for flag in ("--loss", "--code_top_k", "--num_generations", "--beta", "--judge_base_url", "--reward"):
+    for flag in ("--loss", "--code_top_k", "--num_generations", "--beta", "--judge_base_url", "--reward_funcs",
+                 "--dataset_name", "--dataset_train_split"):
         assert flag in grpo, flag
     assert "--code_top_k" not in help_of(["grpo", "--action_space", "token", "--help"])
     assert "--num_generations" in help_of(["eval", "--help"])
@@ -215,15 +216,15 @@ def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
     rl += ["--task_root", str(shapes), "--image_size", "56", "56"]
     message = fails([*rl, "--judge_base_url", "http://127.0.0.1:9/v1", "--judge_timeout", "2"], capsys)
     assert "Cannot reach the judge at http://127.0.0.1:9/v1" in message
-    message = fails([*rl, "--reward", "rubric"], capsys)
-    assert "reward: 'rubric' is neither 'judge' nor a dotted import path" in message
-    message = fails([*rl, "--reward", "no_such_package.reward"], capsys)
-    assert "reward: cannot import module 'no_such_package'" in message
-    message = fails([*rl, "--reward", "trl_latent.experiments.shapes.reward.no_such_reward"], capsys)
+    message = fails([*rl, "--reward_funcs", "rubric"], capsys)
+    assert "reward_funcs: 'rubric' is neither 'judge' nor a dotted import path" in message
+    message = fails([*rl, "--reward_funcs", "think_format_reward", "no_such_package.reward"], capsys)
+    assert "reward_funcs: cannot import module 'no_such_package'" in message
+    message = fails([*rl, "--reward_funcs", "trl_latent.experiments.shapes.reward.no_such_reward"], capsys)
     assert "has no 'no_such_reward'" in message
     evaluation = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", model]
     message = fails(evaluation, capsys)
-    assert "reward: judge needs judge_base_url" in message and "my_rewards.length_reward" in message
+    assert "the judge needs judge_base_url" in message and "my_judges.KeywordJudge" in message
     message = fails([*evaluation, "--reward", "trl_latent.experiments.shapes.reward.rubric_reward"], capsys)
     assert "is not a judge" in message
 
@@ -366,7 +367,7 @@ def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shap
     tiny_vlm("tiny", cache_dir=tiny_cache)[1].save_pretrained(start)
     rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", str(start)]
     rl += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_samples", "4", "--max_steps", "2"]
-    rl += ["--reward", "trl_latent.experiments.shapes.reward.rubric_reward", "--per_device_train_batch_size", "4"]
+    rl += ["--reward_funcs", "trl_latent.experiments.shapes.reward.rubric_reward", "--per_device_train_batch_size", "4"]
     rl += ["--num_generations", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "6"]
     rl += ["--code_top_k", "8", "--learning_rate", "1e-2", "--save_strategy", "no", "--output_dir", "rl"]
     assert main([*rl, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--dtype", "float32"]) == 0

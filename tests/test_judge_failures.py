@@ -319,7 +319,7 @@ def test_token_command_stops_with_exit_status_1_when_the_judge_starts_refusing(j
     out = tmp_path / "token_grpo"
     tiny = str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
     argv = ["grpo", "--action_space", "token", "--model_name_or_path", tiny]
-    argv += ["--task", "mmrole", "--task_root", str(shapes), "--image_size", "56", "56", "--reward", "judge"]
+    argv += ["--task", "mmrole", "--task_root", str(shapes), "--image_size", "56", "56", "--reward_funcs", "judge"]
     argv += ["--judge_base_url", url, "--judge_model", "judge", "--judge_api_key_env", KEY_ENV, "--judge_timeout", "5"]
     argv += ["--output_dir", str(out)]
     for key, value in TRAIN.items():

@@ -502,6 +502,64 @@ def load_task(args: TaskArguments, splits: Sequence[str]):
     return datasets
 
 
+@dataclass
+class DatasetArguments:
+    """A prompt dataset of your own instead of a task, in TRL's prompt format (the names of TRL's `ScriptArguments`)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A prompt dataset instead of task/task_root: a .json, .jsonl, .parquet or .csv file, a folder saved "
+            "with `datasets` (save_to_disk), a folder of data files, or a Hub dataset name. Rows in TRL's prompt "
+            "format: 'prompt' (a string or a list of role/content messages), 'image' or 'images' for a "
+            "vision-language model, and any columns the rewards read."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "The dataset configuration name (`datasets.load_dataset`'s `name`)."}
+    )
+    dataset_train_split: str | None = field(
+        default=None,
+        metadata={"help": "The split RL trains on (default: 'rl' for a task, 'train' for a dataset_name)."},
+    )
+
+
+def load_prompts(args, takes_images: bool, what: str):
+    """The prompts RL trains on: the task's split, or the split of `dataset_name`, every row checked up front."""
+    from ..data.prompt_datasets import check_prompt_dataset, load_prompt_dataset
+
+    if args.dataset_name is not None and args.task is not None:
+        raise CommandError(
+            f"{what}: set either task (with task_root) or dataset_name, not both (task {args.task!r}, dataset_name "
+            f"{args.dataset_name!r})."
+        )
+    if args.dataset_name is None:
+        check_task(args, what + " (or set dataset_name)")
+        split = args.dataset_train_split or "rl"
+        dataset = load_task(args, [split])[split]
+    else:
+        split = args.dataset_train_split or "train"
+        try:
+            dataset = load_prompt_dataset(args.dataset_name, args.dataset_config, split)
+        except (FileNotFoundError, ValueError) as err:
+            raise CommandError(str(err)) from err
+        except Exception as err:  # the Hub unreachable, a folder `datasets` cannot read
+            raise CommandError(
+                f"cannot load dataset_name {args.dataset_name!r}: {type(err).__name__}: {err}. Give a local file or "
+                "folder (offline), or check the name and the network."
+            ) from err
+        if args.max_samples is not None:
+            dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise CommandError(f"{what}: split {split!r} holds no prompts; check the dataset's path, split and filters.")
+    where = f"dataset_name {args.dataset_name}" if args.dataset_name else f"the {args.task} {split} split"
+    try:
+        check_prompt_dataset(dataset, takes_images=takes_images, where=where)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    return dataset
+
+
 def check_files(paths: Sequence[str] | None, field_name: str) -> list[str]:
     """Pretraining corpus files: each must exist and be `.json` (a list of records) or `.jsonl`."""
     paths = list(paths or [])
@@ -518,18 +576,9 @@ def check_files(paths: Sequence[str] | None, field_name: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ rewards
 @dataclass
-class RewardArguments:
-    """How completions are scored: an LLM judge on an OpenAI-compatible endpoint, or a reward of your own."""
+class JudgeArguments:
+    """Where the LLM judge is: an OpenAI-compatible endpoint (the paper's reward and evaluation)."""
 
-    reward: str = field(
-        default="judge",
-        metadata={
-            "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
-            "(OpenAI-compatible endpoint). Or a dotted import path: a TRL reward function for `grpo`, a judge (an "
-            "object or class with `judge(prompts, completions, **columns)`) for `eval`, e.g. my_rewards.length_reward "
-            "for a my_rewards.py in the current folder."
-        },
-    )
     judge_base_url: str | None = field(
         default=None, metadata={"help": "The judge's endpoint, e.g. http://localhost:8000/v1 (a vLLM server)."}
     )
@@ -541,16 +590,51 @@ class RewardArguments:
     judge_max_concurrency: int = field(default=8, metadata={"help": "Most judge requests in flight at once."})
 
 
-def build_judge(args: RewardArguments, task: str):
+@dataclass
+class RewardArguments(JudgeArguments):
+    """How `eval` scores answers: the LLM judge, or a judge of your own."""
+
+    reward: str = field(
+        default="judge",
+        metadata={
+            "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
+            "(OpenAI-compatible endpoint). Or the dotted import path of a judge of your own (an object or class with "
+            "`judge(prompts, completions, **columns)`), e.g. my_judges.KeywordJudge for a my_judges.py in the current "
+            "folder."
+        },
+    )
+
+
+# TRL's reward functions that take no settings, by the names TRL's `grpo` script gives them
+TRL_REWARD_FUNCS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
+
+
+@dataclass
+class RewardFuncsArguments(JudgeArguments):
+    """How `grpo` scores completions: a list of rewards, summed with GRPOConfig's `reward_weights`."""
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["judge"],
+        metadata={
+            "help": "The rewards, summed (weighted by reward_weights when set): 'judge' (the task's LLM judge on an "
+            f"OpenAI-compatible endpoint), TRL's {', '.join(TRL_REWARD_FUNCS)}, or the dotted import path of a "
+            "function with TRL's reward signature, e.g. my_rewards.length_reward for a my_rewards.py in the current "
+            "folder."
+        },
+    )
+
+
+def build_judge(args: JudgeArguments, task: str):
     """The task's [`JudgeReward`] on the configured endpoint. An unreachable endpoint, and a judge that refuses or
     cannot answer a test judgement (bad key, unknown model, unreadable answer), fail here, at start-up."""
     from ..rewards.judge import JudgeConnectionError, JudgeReward, OpenAIJudgeBackend
 
     if not args.judge_base_url or not args.judge_model:
         raise CommandError(
-            "reward: judge needs judge_base_url (an OpenAI-compatible endpoint, e.g. a vLLM server at "
-            "http://localhost:8000/v1) and judge_model; or set reward to the dotted import path of a reward of your "
-            "own (offline, e.g. my_rewards.length_reward: a function with TRL's reward signature)."
+            "the judge needs judge_base_url (an OpenAI-compatible endpoint, e.g. a vLLM server at "
+            "http://localhost:8000/v1) and judge_model; or score offline with your own, by dotted import path: "
+            "reward_funcs for grpo (a function with TRL's reward signature, e.g. my_rewards.length_reward), reward for "
+            "eval (a judge, e.g. my_judges.KeywordJudge)."
         )
     try:
         backend = OpenAIJudgeBackend(
@@ -566,7 +650,7 @@ def build_judge(args: RewardArguments, task: str):
         raise CommandError(str(err)) from err
 
 
-def import_reward(path: str):
+def import_reward(path: str, field_name: str = "reward"):
     """The object a dotted import path names (`package.module.name`), as TRL's scripts resolve `reward_funcs`: the
     working directory is searched first, so `my_rewards.length_reward` finds `./my_rewards.py`. A path that does not
     import is a clear error."""
@@ -578,19 +662,51 @@ def import_reward(path: str):
     module_name, _, attribute = path.rpartition(".")
     if not module_name:
         raise CommandError(
-            f"reward: {path!r} is neither 'judge' nor a dotted import path (package.module.function), e.g. "
+            f"{field_name}: {path!r} is neither 'judge' nor a dotted import path (package.module.function), e.g. "
             "my_rewards.length_reward."
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise CommandError(
-            f"reward: cannot import module {module_name!r} of {path!r} (searched the working directory {Path.cwd()} "
-            f"and the installed packages): {err}"
+            f"{field_name}: cannot import module {module_name!r} of {path!r} (searched the working directory "
+            f"{Path.cwd()} and the installed packages): {err}"
         ) from err
     if not hasattr(module, attribute):
-        raise CommandError(f"reward: module {module_name!r} has no {attribute!r} (from {path!r}).")
+        raise CommandError(f"{field_name}: module {module_name!r} has no {attribute!r} (from {path!r}).")
     return getattr(module, attribute)
+
+
+def build_reward_funcs(args: RewardFuncsArguments, task: str | None, reward_weights: list[float] | None) -> list:
+    """`reward_funcs` as the reward objects GRPO sums: the task's judge (reached and test-asked now, before any model
+    loads), TRL's named rewards, and imported functions; their count checked against `reward_weights`."""
+    names = list(args.reward_funcs or [])
+    if not names:
+        raise CommandError(
+            "reward_funcs is empty: give at least one reward ('judge', one of TRL's "
+            f"{', '.join(TRL_REWARD_FUNCS)}, or a dotted import path such as my_rewards.length_reward)."
+        )
+    if reward_weights is not None and len(reward_weights) != len(names):
+        raise CommandError(
+            f"reward_weights has {len(reward_weights)} weight(s) for {len(names)} reward_funcs {names}: give one "
+            "weight per reward, in the same order, or leave reward_weights unset (every weight 1)."
+        )
+    rewards = []
+    for name in names:
+        if name == "judge":
+            if task is None:
+                raise CommandError(
+                    "reward_funcs 'judge' scores with a task's rubric (mmrole or pcogalign), so it needs task and "
+                    "task_root; for a dataset_name, give reward functions of your own (dotted import paths)."
+                )
+            rewards.append(build_judge(args, task))
+        elif name in TRL_REWARD_FUNCS:
+            import trl.rewards
+
+            rewards.append(getattr(trl.rewards, name))
+        else:
+            rewards.append(import_reward(name, "reward_funcs"))
+    return rewards
 
 
 def say(message: str) -> None:

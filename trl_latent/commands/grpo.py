@@ -8,9 +8,11 @@ accelerate launch --config_file examples/accelerate_configs/zero2.yaml -m trl_la
 
 `action_space: latent` (default) trains the policy of a saved latent action model with `LatentGRPOTrainer`
 (`LatentGRPOConfig` fields: `loss`, `code_top_k`, ...); `action_space: token` trains a plain VLM with
-`TokenGRPOTrainer` (`GRPOConfig` fields). Both compute the objective with the same loss classes
-(`trl_latent.training.losses`), so the two runs differ only in the action space. The reward is an LLM judge on an
-OpenAI-compatible endpoint (the paper's; `reward: judge`) or a reward function given by its dotted import path.
+`TokenGRPOTrainer` (`TokenGRPOConfig` fields). Both compute the objective with the same loss classes
+(`trl_latent.training.losses`), so the two runs differ only in the action space. The prompts are a task's RL split
+(`task`, `task_root`) or any prompt dataset in TRL's format (`dataset_name`: a local file or folder, or a Hub name).
+`reward_funcs` lists the rewards, summed with `reward_weights`: the task's LLM judge on an OpenAI-compatible endpoint
+(the paper's; `judge`), TRL's named rewards, or reward functions given by dotted import paths.
 
 Order of work: parse and check every input, load the prompts, reach the judge (and have it answer one test
 judgement), then load the model and train. A run whose judge fails every judgement of `max_failed_reward_batches`
@@ -25,16 +27,16 @@ from dataclasses import dataclass, field
 from .common import (
     ACTION_SPACES,
     CommandError,
-    RewardArguments,
+    DatasetArguments,
+    RewardFuncsArguments,
     RunError,
     TaskArguments,
-    build_judge,
+    build_reward_funcs,
     check_latent_model,
     check_model,
-    check_task,
-    import_reward,
+    is_text_only_model,
     load_processor,
-    load_task,
+    load_prompts,
     model_loading,
     parse,
     peek,
@@ -52,10 +54,10 @@ SUMMARY = "Reinforcement learning on a task's prompts: over latent actions (acti
 
 
 @dataclass
-class GRPOScriptArguments(TaskArguments, RewardArguments):
-    """The prompts and the reward (the training settings are `LatentGRPOConfig`'s, or `TokenGRPOConfig`'s for the token
-    baseline; the model and how it loads, `model_name_or_path` and the LoRA, dtype and 4/8-bit flags, TRL's
-    `ModelConfig`'s)."""
+class GRPOScriptArguments(TaskArguments, DatasetArguments, RewardFuncsArguments):
+    """The prompts (a task's, or a `dataset_name` of your own) and the rewards (the training settings are
+    `LatentGRPOConfig`'s, or `TokenGRPOConfig`'s for the token baseline; the model and how it loads,
+    `model_name_or_path` and the LoRA, dtype and 4/8-bit flags, TRL's `ModelConfig`'s)."""
 
     action_space: str = field(
         default="latent",
@@ -65,7 +67,6 @@ class GRPOScriptArguments(TaskArguments, RewardArguments):
             "choices": list(ACTION_SPACES),
         },
     )
-    split: str = field(default="rl", metadata={"help": "The task split whose prompts RL trains on."})
 
 
 def make_parser(action_space: str = "latent"):
@@ -96,13 +97,10 @@ def _main(argv: list[str]) -> int:
     else:
         check_model(model_path, "model_name_or_path")
     peft_config, quantization_config = model_loading(model_args, training_args, latent, argv)
-    check_task(script_args, "grpo")
-    dataset = load_task(script_args, [script_args.split])[script_args.split]
-    if script_args.reward != "judge":
-        reward = import_reward(script_args.reward)
-    else:
-        reward = build_judge(script_args, script_args.task)  # an unreachable judge fails here, before the model
-    say(f"{PROG}: {action_space} RL on {len(dataset)} {script_args.task} prompts, reward {script_args.reward}")
+    dataset = load_prompts(script_args, takes_images=not is_text_only_model(model_path), what="grpo")
+    rewards = build_reward_funcs(script_args, script_args.task, training_args.reward_weights)  # judge reached here
+    source = script_args.dataset_name or f"{script_args.task} prompts"
+    say(f"{PROG}: {action_space} RL on {len(dataset)} prompts of {source}, rewards {script_args.reward_funcs}")
 
     from transformers import set_seed
 
@@ -113,7 +111,7 @@ def _main(argv: list[str]) -> int:
 
         trainer = LatentGRPOTrainer(
             model_path,
-            reward_funcs=reward,
+            reward_funcs=rewards,
             args=training_args,
             train_dataset=dataset,
             processing_class=processor,
@@ -125,7 +123,7 @@ def _main(argv: list[str]) -> int:
 
         trainer = TokenGRPOTrainer(
             model=model_path,
-            reward_funcs=reward,
+            reward_funcs=rewards,
             args=training_args,
             train_dataset=dataset,
             processing_class=processor,

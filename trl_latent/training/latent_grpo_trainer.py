@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 from trl import GRPOTrainer
 from trl.trainer.utils import use_adapter
 
+from ..data.prompt_datasets import check_prompt_dataset
 from ..metrics.codebook import codebook_usage
 from ..modeling.generation import latent_generate
 from ..modeling.model import LatentActionModel
@@ -344,6 +345,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         model = self._load_latent_model(model, args, quantization_config)
         latent = model.get_base_model() if is_peft_model(model) else model
         processing_class = self._resolve_processor(processing_class, latent)
+        check_prompt_dataset(train_dataset, takes_images=latent.backbone.is_vlm)  # names a bad row before any step
         if peft_config is not None:
             peft_config = policy_peft_config(peft_config, latent)
         uses_peft = peft_config is not None or is_peft_model(model)

@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..data.prompt_datasets import check_prompt_dataset
 from .checkpointing import ResumeCheckpointMixin
 
 # The policy-loss glue lives in its own module; re-exported here, where it used to live.
@@ -110,6 +111,9 @@ class TokenGRPOTrainer(ResumeCheckpointMixin, PolicyLossMixin, GRPOTrainer):
         self.policy_loss = resolve_policy_loss(getattr(args, "loss", None), args)
         self.diversity_embedder = build_diversity_embedder(getattr(args, "diversity_embedder", None))
         super().__init__(model, reward_funcs, args, *positional, **kwargs)
+        # names a bad row now, not at the batch that holds it; a model reads images when its processor has an image
+        # processor
+        check_prompt_dataset(self.train_dataset, takes_images=hasattr(self.processing_class, "image_processor"))
         self._check_policy_loss_support()
         self._setup_reward_failure_stop(getattr(args, "max_failed_reward_batches", MAX_FAILED_REWARD_BATCHES))
 
