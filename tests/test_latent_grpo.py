@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 from transformers import GenerationConfig
 from trl import GRPOConfig
 
@@ -356,6 +357,43 @@ def test_each_loss_without_kl(loss, model, processor, dataset, tmp_path):
     assert logged(trainer, "latent/codes_used") == list(used), (logged(trainer, "latent/codes_used"), used)
     assert logged(trainer, "latent/code_perplexity") == pytest.approx(perplexity, rel=1e-9)
     assert all(1 < n <= 16 for n in used)  # sampled codes of an untrained policy are spread over the codebook
+
+
+class _Writer:
+    """Stands in for TensorBoard's SummaryWriter: records `add_histogram` calls."""
+
+    def __init__(self):
+        self.histograms = []
+
+    def add_histogram(self, tag, values, step, bins=None):
+        self.histograms.append((tag, values.copy(), step, bins))
+
+
+class _TensorBoardLike(TrainerCallback):
+    def __init__(self):
+        self.tb_writer = _Writer()
+
+
+def test_completions_table_shows_the_codes_and_usage_is_a_histogram(model, processor, dataset, tmp_path, capsys):
+    """`log_completions` prints TRL's table with a `codes` column: each completion's codes, one per completion token;
+    at each log the codes of the steps since the last one go to a histogram-drawing logger, one bin per code."""
+    board = _TensorBoardLike()
+    trainer = make_trainer(model, processor, dataset, tmp_path, max_steps=2, log_completions=True,
+                           trainer_kwargs=dict(callbacks=[board]))  # fmt: skip
+    rollouts = record_rollout_codes(trainer)
+    trainer.train()
+    codes_column = list(trainer._logs["extra"]["codes"])
+    assert len(codes_column) == len(trainer._logs["completion"]) == 8  # the last generation batch
+    last_codes, last_mask = rollouts[-1]
+    # the update sees the batch shuffled (TRL's shuffle), so compare as multisets
+    expected = [" ".join(map(str, row[keep].tolist())) for row, keep in zip(last_codes, last_mask)]
+    assert sorted(codes_column) == sorted(expected)
+    assert "codes" in capsys.readouterr().out  # the printed table's column
+    histograms = board.tb_writer.histograms
+    assert [(tag, step) for tag, _, step, _ in histograms] == [("latent/code_usage", 1), ("latent/code_usage", 2)]
+    for (_, values, _, bins), (codes, mask) in zip(histograms, rollouts, strict=True):
+        assert sorted(values.tolist()) == sorted(codes[mask].tolist())
+        assert len(bins) == model.config.codebook_size + 1
 
 
 def test_no_reference_without_kl(model, processor, dataset, tmp_path):

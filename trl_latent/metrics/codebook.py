@@ -89,3 +89,27 @@ class CodebookUsage:
 
     def reset(self) -> None:
         self.counts.zero_()
+
+
+CODE_HISTOGRAM_TAG = "latent/code_usage"
+
+
+def log_code_histogram(callbacks, counts: torch.Tensor, step: int, tag: str = CODE_HISTOGRAM_TAG) -> list[str]:
+    """Send per-code usage `counts` (a `(num_codes,)` count vector) as a histogram over code ids to each Trainer logger
+    among `callbacks` that draws one: TensorBoard (a callback with a `tb_writer`, `add_histogram`) and wandb (a
+    callback whose `_wandb` has a run, `wandb.Histogram`). Returns the names of the callbacks it logged to."""
+    import numpy as np
+
+    counts = counts.detach().cpu().numpy()
+    edges = np.arange(len(counts) + 1, dtype=np.float64) - 0.5  # one bin per code id
+    logged = []
+    for callback in callbacks:
+        writer = getattr(callback, "tb_writer", None)
+        if writer is not None:
+            writer.add_histogram(tag, np.repeat(np.arange(len(counts)), counts), step, bins=edges)
+            logged.append(type(callback).__name__)
+        wandb = getattr(callback, "_wandb", None)
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.log({tag: wandb.Histogram(np_histogram=(counts, edges)), "train/global_step": step})
+            logged.append(type(callback).__name__)
+    return logged

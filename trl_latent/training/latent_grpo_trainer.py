@@ -26,14 +26,14 @@ import os
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import gather_object, is_peft_model
 from transformers import AutoConfig, AutoProcessor, ProcessorMixin, TrainerCallback
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
 from trl.trainer.utils import use_adapter
 
 from ..data.prompt_datasets import check_prompt_dataset
-from ..metrics.codebook import codebook_usage
+from ..metrics.codebook import code_counts, log_code_histogram, usage_from_counts
 from ..modeling.generation import latent_generate
 from ..modeling.model import LatentActionModel
 from ..modeling.modules import DecoderStack
@@ -393,6 +393,7 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         self._check_only_policy_trains()
         self._reference_policy_copy = None
         self._rollout_output = None
+        self._code_counts: dict[str, torch.Tensor] = {}  # per-code counts since the last log, by mode
         if sync_ref_model:
             if uses_peft:
                 _check_mergeable_adapter(self._latent_model().policy)
@@ -674,9 +675,27 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
         codes = self.accelerator.gather(self.accelerator.pad_across_processes(output[CODES_KEY], dim=1))
         mask = self.accelerator.gather(self.accelerator.pad_across_processes(mask, dim=1))
-        usage = codebook_usage(codes, self._latent_model().config.codebook_size, mask)
+        num_codes = self._latent_model().config.codebook_size
+        counts = code_counts(codes, num_codes, mask)
+        usage = usage_from_counts(counts)
         self._metrics[mode]["latent/codes_used"].append(usage["codebook/used"])
         self._metrics[mode]["latent/code_perplexity"].append(usage["codebook/perplexity"])
+        # per-code counts since the last log, for the loggers that draw histograms (`log`)
+        self._code_counts[mode] = self._code_counts.get(mode, torch.zeros(num_codes, dtype=torch.long)) + counts.cpu()
+        if self.log_completions:
+            # The codes beside each completion in TRL's completions table (printed and sent to wandb / trackio):
+            # an "extra" column, in the order TRL gathered the prompts and completions of this batch.
+            local_mask = output["completion_mask"].bool()
+            rows = [" ".join(map(str, row[keep].tolist())) for row, keep in zip(output[CODES_KEY], local_mask)]
+            self._logs["extra"][CODES_KEY].extend(gather_object(rows))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, then the per-code usage since the last log as a histogram, to each logger that draws one
+        (TensorBoard's `add_histogram`, wandb's `Histogram`)."""
+        counts = self._code_counts.pop("train" if self.model.training else "eval", None)
+        super().log(logs, start_time)
+        if counts is not None and self.accelerator.is_main_process:
+            log_code_histogram(self.callback_handler.callbacks, counts, self.state.global_step)
 
     # -------------------------------------------------------------------------------------------------- update
     def _compute_loss(self, model, inputs):
