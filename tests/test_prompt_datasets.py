@@ -211,7 +211,7 @@ def test_a_bad_row_and_a_judge_without_a_task_are_named(user_folder, capsys, mon
 
     monkeypatch.setattr("trl_latent.training.latent_grpo_trainer.LatentGRPOTrainer.__init__", _no_model)
     Path("bad.jsonl").write_text(json.dumps({"prompt": "Hi"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
-    base = ["grpo", "--model_name_or_path", "outputs/my-latent-model", "--output_dir", "out"]
+    base = ["grpo", "--model_name_or_path", "outputs/my-latent-model", "--output_dir", "out", *TINY]
     assert main([*base, "--dataset_name", "bad.jsonl", "--reward_funcs", "my_rewards.length_reward"]) == 2
     assert "dataset_name bad.jsonl row 1: the prompt is empty" in capsys.readouterr().err
     assert main([*base, "--dataset_name", "prompts.jsonl"]) == 2  # reward_funcs defaults to the judge

@@ -344,8 +344,8 @@ class LatentGRPOTrainer(LatentCheckpointMixin, LatentModelCardMixin, PolicyLossM
         _check_train_dataset(train_dataset)
         model = self._load_latent_model(model, args, quantization_config)
         latent = model.get_base_model() if is_peft_model(model) else model
-        processing_class = self._resolve_processor(processing_class, latent)
         check_prompt_dataset(train_dataset, takes_images=latent.backbone.is_vlm)  # names a bad row before any step
+        processing_class = self._resolve_processor(processing_class, latent)
         if peft_config is not None:
             peft_config = policy_peft_config(peft_config, latent)
         uses_peft = peft_config is not None or is_peft_model(model)
