@@ -84,8 +84,16 @@ def test_help_lists_the_commands_and_every_field(capsys):
     token_sft = help_of(["sft", "--action_space", "token", "--help"])
     assert "--assistant_only_loss" in token_sft and "--stage" not in token_sft
     grpo = help_of(["grpo", "-h"])
-    for flag in ("--loss", "--code_top_k", "--num_generations", "--beta", "--judge_base_url", "--reward_funcs",
-                 "--dataset_name", "--dataset_train_split"):
+    for flag in (
+        "--loss",
+        "--code_top_k",
+        "--num_generations",
+        "--beta",
+        "--judge_base_url",
+        "--reward_funcs",
+        "--dataset_name",
+        "--dataset_train_split",
+    ):
         assert flag in grpo, flag
     assert "--code_top_k" not in help_of(["grpo", "--action_space", "token", "--help"])
     assert "--num_generations" in help_of(["eval", "--help"])
@@ -338,7 +346,8 @@ def test_a_reward_module_in_the_working_directory_is_found(tmp_path, monkeypatch
     """As TRL's scripts do: `--reward my_rewards.length_reward` finds ./my_rewards.py without PYTHONPATH."""
     import sys
 
-    from trl_latent.commands.common import CommandError, import_reward
+    from trl_latent.commands.rewards import import_reward
+    from trl_latent.commands.running import CommandError
 
     (tmp_path / "my_rewards_for_test.py").write_text(
         "def length_reward(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
@@ -367,7 +376,12 @@ def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shap
     tiny_vlm("tiny", cache_dir=tiny_cache)[1].save_pretrained(start)
     rl = ["grpo", "--config", str(RECIPE / "mmrole" / "6_grpo.yaml"), *CPU, "--model_name_or_path", str(start)]
     rl += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_samples", "4", "--max_steps", "2"]
-    rl += ["--reward_funcs", "trl_latent.experiments.shapes.reward.rubric_reward", "--per_device_train_batch_size", "4"]
+    rl += [
+        "--reward_funcs",
+        "trl_latent.experiments.shapes.reward.rubric_reward",
+        "--per_device_train_batch_size",
+        "4",
+    ]
     rl += ["--num_generations", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "6"]
     rl += ["--code_top_k", "8", "--learning_rate", "1e-2", "--save_strategy", "no", "--output_dir", "rl"]
     assert main([*rl, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--dtype", "float32"]) == 0

@@ -176,7 +176,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
     ids=lambda p: p.relative_to(RECIPES).as_posix(),
 )
 def test_recipe_stages_resolve_to_the_authors_schedule_and_argmax_cloning(path):
-    from trl_latent.commands.common import parse
+    from trl_latent.commands.parsing import parse
     from trl_latent.commands.sft import PROG, make_parser
 
     _, config, _ = parse(make_parser("latent"), ["--config", str(path), "--use_cpu", "true", "--bf16", "false"], PROG)

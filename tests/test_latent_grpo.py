@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
-from transformers import GenerationConfig
+from transformers import GenerationConfig, TrainerCallback
 from trl import GRPOConfig
 
 from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
@@ -663,7 +662,8 @@ def test_a_lora_run_reloads_from_its_own_output(model, processor, dataset, tmp_p
     the commands take the output folder as a latent model (its processor from the folder)."""
     from peft import LoraConfig
 
-    from trl_latent.commands.common import CommandError, check_model, is_latent_model, processor_source
+    from trl_latent.commands.models import check_model, is_latent_model, processor_source
+    from trl_latent.commands.running import CommandError
 
     start = tmp_path / "start"
     model.save_pretrained(start)

@@ -122,15 +122,26 @@ def test_the_latent_trainer_names_a_row_without_its_image_before_any_step(steera
 
 
 # ------------------------------------------------------------------------------------------------ the command
-MY_REWARDS = '''
+MY_REWARDS = """
 def length_reward(completions, **kwargs):
     return [len(c) / 10.0 for c in completions]
 
 
 def keyword_reward(completions, keyword, **kwargs):
     return [float(k in c) for c, k in zip(completions, keyword)]
-'''
-TINY = ["--use_cpu", "true", "--bf16", "false", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "2"]
+"""
+TINY = [
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+]
 
 
 def documented_dataset_command() -> list[str]:
@@ -150,7 +161,9 @@ def user_folder(tiny_cache, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     # an untrained world model whose tokens follow the codes (as conftest's steerable model), so rewards vary in a group
-    model = LatentActionModel.from_base(str(base_path(tiny_cache, "llama")), world_output="residual_minus_base", **SMALL)
+    model = LatentActionModel.from_base(
+        str(base_path(tiny_cache, "llama")), world_output="residual_minus_base", **SMALL
+    )
     with torch.no_grad():
         model.codebook.proj.weight.mul_(100.0)
     model.save_pretrained("outputs/my-latent-model")
@@ -171,7 +184,10 @@ def test_the_documented_dataset_command_trains_with_two_weighted_rewards(user_fo
     assert command[:2] == ["trl-latent", "grpo"]
     assert main(command[1:] + TINY) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "latent RL on 4 prompts of prompts.jsonl, rewards ['my_rewards.length_reward', 'my_rewards.keyword_reward']" in out
+    assert (
+        "latent RL on 4 prompts of prompts.jsonl, rewards ['my_rewards.length_reward', 'my_rewards.keyword_reward']"
+        in out
+    )
     state = json.loads(Path("outputs/my-latent-grpo/checkpoint-2/trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "reward" in entry]
     assert len(logs) == 2
@@ -222,9 +238,33 @@ def test_a_bad_row_and_a_judge_without_a_task_are_named(user_folder, capsys, mon
 
 
 def test_an_empty_reward_list_is_refused():
-    from trl_latent.commands.common import CommandError, RewardFuncsArguments, build_reward_funcs
+    from trl_latent.commands.rewards import RewardFuncsArguments, build_reward_funcs
+    from trl_latent.commands.running import CommandError
 
     with pytest.raises(CommandError, match="reward_funcs is empty: give at least one reward"):
         build_reward_funcs(RewardFuncsArguments(reward_funcs=[]), task=None, reward_weights=None)
     rewards = build_reward_funcs(RewardFuncsArguments(reward_funcs=["think_format_reward"]), None, [2.0])
     assert [reward.__name__ for reward in rewards] == ["think_format_reward"]
+
+
+def test_the_commands_prompts_keep_max_samples_and_name_an_empty_split(tmp_path):
+    """`load_prompts` (grpo's prompts): a `dataset_name` split cut to `max_samples`, and an empty file refused."""
+    from trl_latent.commands.running import CommandError
+    from trl_latent.commands.task_data import load_prompts
+
+    class Args:
+        task = None
+        dataset_name = str(tmp_path / "p.jsonl")
+        dataset_config = None
+        dataset_train_split = None
+        max_samples = 2
+
+    Path(Args.dataset_name).write_text("".join(json.dumps({"prompt": f"Say {i}."}) + "\n" for i in range(5)))
+    assert load_prompts(Args, takes_images=False, what="grpo")["prompt"] == ["Say 0.", "Say 1."]
+    from datasets import Features, Value
+
+    empty = tmp_path / "empty.parquet"
+    Dataset.from_dict({"prompt": []}, features=Features({"prompt": Value("string")})).to_parquet(str(empty))
+    Args.dataset_name, Args.max_samples = str(empty), None
+    with pytest.raises(CommandError, match="empty.parquet: no rows could be read from it .*; is the file empty"):
+        load_prompts(Args, takes_images=False, what="grpo")

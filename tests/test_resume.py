@@ -160,7 +160,9 @@ def test_a_resume_across_an_epoch_boundary(env, tmp_path):
         out = tmp_path / f"run-cache-{cache}"
         straight, trainer = sft_run(env, out, "inverse_warmup", cache_base_states=cache, **kwargs)
         resume = str(out / "checkpoint-4")
-        resumed, resumed_trainer = sft_run(env, out, "inverse_warmup", resume=resume, cache_base_states=cache, **kwargs)
+        resumed, resumed_trainer = sft_run(
+            env, out, "inverse_warmup", resume=resume, cache_base_states=cache, **kwargs
+        )
         assert resumed_trainer.state.global_step == 6
         if not cache:
             assert last_log(resumed_trainer) == last_log(trainer)
@@ -471,3 +473,16 @@ def test_a_second_signal_stops_at_once():
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     )
+
+
+def test_resume_from_checkpoint_reads_true_false_and_folders(tmp_path, monkeypatch):
+    """The commands' `resume_from_checkpoint`: `true` / `false` from a flag or YAML (any case) become booleans, a folder
+    stays a path, and a folder that happens to be named `true` is taken as that folder."""
+    from trl_latent.commands.training import resume_argument
+
+    assert resume_argument("true") is True and resume_argument(" True ") is True and resume_argument("false") is False
+    assert resume_argument("out/checkpoint-4") == "out/checkpoint-4"
+    assert resume_argument(None) is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "true").mkdir()
+    assert resume_argument("true") == "true"

@@ -6,7 +6,7 @@ size. Known noise that used to be printed (and must not come back):
 - bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'", at every
   start-up: transformers' training stack imports peft, peft imports bitsandbytes, and bitsandbytes looks for an optional
   CPU kernel package at import. trl-latent's own imports are lazy (help, the parsers and `plan` without LoRA import
-  neither peft nor bitsandbytes) and the commands drop that one line (`commands.common.quiet_import_notices`).
+  neither peft nor bitsandbytes) and the commands drop that one line (`commands.running.quiet_import_notices`).
 - transformers' "The tokenizer has new PAD/BOS/EOS tokens that differ from the model config", at every first stage: the
   latent model's config now carries its base's special-token ids.
 

@@ -23,7 +23,7 @@ import os
 import sys
 
 from .commands import evaluate, grpo, inspect_codes, plan, sft
-from .commands.common import quiet_import_notices
+from .commands.running import quiet_import_notices
 from .experiments import commands as experiment_commands
 
 

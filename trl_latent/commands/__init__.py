@@ -9,5 +9,14 @@ command line, launchable under `accelerate launch -m trl_latent.cli <command>`):
 | `trl-latent inspect` | `inspect_codes.py` | what each latent action does: usage, top tokens, examples |
 | `trl-latent plan` | `plan.py` | parameters, trainable set and per-GPU memory of a stage (DDP, ZeRO-2/3, offload) |
 
-`common.py` holds what they share: argument parsing with clear errors, input checks, task loading, rewards.
+What they share, one concept per module:
+
+| module | holds |
+|---|---|
+| `running.py` | registration under the CLI, the errors and their exit statuses (bad input 2, a fixable stop 1, Ctrl-C 130), output |
+| `parsing.py` | YAML configs and flags through TRL's parser, unknown keys named |
+| `models.py` | TRL's `ModelConfig` (LoRA, 4/8-bit, dtype), model and adapter folder checks, the processor |
+| `task_data.py` | the task datasets, a prompt dataset of your own (`dataset_name`), corpus files |
+| `rewards.py` | the LLM judge, TRL's named rewards, rewards and judges by dotted import path |
+| `training.py` | train to the end: resume, save on Ctrl-C, save the model with its processor |
 """

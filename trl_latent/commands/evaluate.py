@@ -28,25 +28,11 @@ from pathlib import Path
 
 from ..metrics.diversity import DEFAULT_EMBEDDER
 from ..paper import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
-from .common import (
-    TEST_SPLITS,
-    CommandError,
-    RewardArguments,
-    TaskArguments,
-    build_judge,
-    check_model,
-    check_task,
-    check_weight_files,
-    import_reward,
-    is_latent_model,
-    load_processor,
-    load_task,
-    parse,
-    processor_source,
-    register,
-    run,
-    trl_parser,
-)
+from .models import check_model, check_weight_files, is_latent_model, load_processor, processor_source
+from .parsing import parse, trl_parser
+from .rewards import RewardArguments, build_judge, import_reward
+from .running import CommandError, register, run
+from .task_data import TEST_SPLITS, TaskArguments, check_task, load_task
 
 PROG = "trl-latent eval"
 SUMMARY = "N generations per test prompt; judge score, mean ± std over the generations; rollout diversity."

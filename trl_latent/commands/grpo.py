@@ -24,30 +24,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .common import (
+from .models import (
     ACTION_SPACES,
-    CommandError,
-    DatasetArguments,
-    RewardFuncsArguments,
-    RunError,
-    TaskArguments,
-    build_reward_funcs,
     check_latent_model,
     check_model,
     is_text_only_model,
     load_processor,
-    load_prompts,
     model_loading,
-    parse,
-    peek,
     processor_source,
-    register,
-    run,
-    say,
-    summary_line,
-    train_and_save,
-    trl_parser,
 )
+from .parsing import parse, peek, trl_parser
+from .rewards import RewardFuncsArguments, build_reward_funcs
+from .running import CommandError, RunError, register, run, say, summary_line
+from .task_data import DatasetArguments, TaskArguments, load_prompts
+from .training import train_and_save
 
 PROG = "trl-latent grpo"
 SUMMARY = "Reinforcement learning on a task's prompts: over latent actions (action_space: latent, LatentGRPOTrainer) or over tokens (action_space: token, TokenGRPOTrainer), with the same loss classes."

@@ -21,21 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modeling.inspection import inspect_codes
-from .common import (
-    CommandError,
-    TaskArguments,
-    check_files,
-    check_latent_model,
-    check_task,
-    is_text_only_model,
-    load_processor,
-    load_task,
-    parse,
-    processor_source,
-    register,
-    run,
-    trl_parser,
-)
+from .models import check_latent_model, is_text_only_model, load_processor, processor_source
+from .parsing import parse, trl_parser
+from .running import CommandError, register, run
+from .task_data import TaskArguments, check_files, check_task, load_task
 
 PROG = "trl-latent inspect"
 SUMMARY = "What each latent action does: usage, the tokens the world model emits for it, examples."

@@ -24,27 +24,11 @@ from dataclasses import dataclass, field
 
 from ..paper import CODEBOOK_SIZE, INVERSE_LAYERS, POLICY_LAYERS
 from ..training.stages import PRETRAIN_STAGE_NAMES
-from .common import (
-    ACTION_SPACES,
-    CommandError,
-    TaskArguments,
-    check_files,
-    check_latent_model,
-    check_model,
-    check_task,
-    load_processor,
-    load_task,
-    model_loading,
-    parse,
-    peek,
-    processor_source,
-    register,
-    run,
-    say,
-    summary_line,
-    train_and_save,
-    trl_parser,
-)
+from .models import ACTION_SPACES, check_latent_model, check_model, load_processor, model_loading, processor_source
+from .parsing import parse, peek, trl_parser
+from .running import CommandError, register, run, say, summary_line
+from .task_data import TaskArguments, check_files, check_task, load_task
+from .training import train_and_save
 
 PROG = "trl-latent sft"
 SUMMARY = "One supervised stage of a latent action model (stage: inverse_warmup, projector_warmup, joint, policy_bc or world_sft), or stock SFT of a plain VLM with action_space: token."
@@ -198,7 +182,7 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool, mode
 
 def _text_only(script_args: SFTScriptArguments, model_path: str | None) -> bool:
     """Whether the stage's model (the base to wrap, or the saved latent model's base) is a text-only causal LM."""
-    from .common import is_text_only_model
+    from .models import is_text_only_model
 
     return is_text_only_model(script_args.base_model or model_path)
 

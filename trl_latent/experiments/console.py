@@ -19,7 +19,7 @@ import logging
 import warnings
 
 # Log messages (by logger) that say nothing actionable on the CPU job; matched as substrings. (bitsandbytes' kernel
-# notice is dropped for every command by `trl_latent.commands.common.quiet_import_notices`, which the CLI calls first.)
+# notice is dropped for every command by `trl_latent.commands.running.quiet_import_notices`, which the CLI calls first.)
 _QUIET_LOGS = {
     # DeepSpeed announces at import that it fell back to the CPU accelerator.
     "DeepSpeed": ("Setting accelerator to CPU",),
