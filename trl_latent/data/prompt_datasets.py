@@ -57,7 +57,9 @@ def load_prompt_dataset(name: str, config: str | None = None, split: str = "trai
         try:
             return load_dataset(builder, data_files=str(path), split="train")
         except ValueError as err:  # `datasets` says "Instruction "train" corresponds to no data!" for an empty file
-            raise ValueError(f"dataset_name {name}: no rows could be read from it ({err}); is the file empty?") from err
+            raise ValueError(
+                f"dataset_name {name}: no rows could be read from it ({err}); is the file empty?"
+            ) from err
     if path.is_dir() and _saved_with_datasets(path):
         data = load_from_disk(str(path))
         if isinstance(data, Dataset):
