@@ -33,6 +33,7 @@ MODELS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 TASKS = ("mmrole", "pcogalign")
 PRETRAIN = ("1_inverse_warmup", "2_projector_warmup", "3_joint", "4_policy_bc")
 TASK_YAMLS = ("5_world_sft", "6_grpo", "token_sft", "token_grpo", "eval")
+LORA_RECIPE = "qwen2.5-vl-7b/mmrole/6_grpo_lora.yaml"  # stage 6 with a LoRA adapter on the policy, as `plan` recommends
 LATENT_GROUPS = ("codebook", "inverse_dynamics", "world_merge", "policy", "projector", "inverse_projector")
 # What each stage trains (docs/stages.md); every other group must come out bit-identical.
 TRAINS = {
@@ -175,7 +176,7 @@ def overrides(ws: dict, name: str, task: str | None) -> list[str]:
 
 def command_for(yaml_path: Path) -> str:
     """How the docs write the command of a recipe YAML."""
-    kind = "eval" if yaml_path.stem == "eval" else "grpo" if yaml_path.stem.endswith("grpo") else "sft"
+    kind = "eval" if yaml_path.stem == "eval" else "grpo" if "grpo" in yaml_path.stem else "sft"
     return f"trl-latent {kind} --config examples/recipes/{yaml_path.relative_to(RECIPES).as_posix()}"
 
 
@@ -273,7 +274,12 @@ def test_recipe_files_and_paper_hyperparameters():
     found = {p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")}
     expected = {f"{m}/{n}.yaml" for m in MODELS for n in PRETRAIN}
     expected |= {f"{m}/{t}/{n}.yaml" for m in MODELS for t in TASKS for n in TASK_YAMLS}
+    expected.add(LORA_RECIPE)
     assert found == expected  # a new YAML must be added to the runs below
+    lora, full = load(RECIPES / LORA_RECIPE), load(RECIPES / LORA_RECIPE.replace("_lora", ""))
+    assert {k: v for k, v in lora.items() if full.get(k) != v} == {
+        "use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "output_dir": full["output_dir"] + "_lora"
+    }  # fmt: skip
 
 
 def test_accelerate_configs_load():
@@ -322,7 +328,13 @@ def run_recipe(ws: dict, model: str, capsys) -> None:
         world = state
         for name in ("5_world_sft", "6_grpo"):
             run_cli([*argv_of(command_for(yamls[name])), *overrides(ws, name, task)])
-            world = assert_trained(name, world, configs[name]["output_dir"])
+            before_rl, world = world, assert_trained(name, world, configs[name]["output_dir"])
+        if f"{model}/{task}/6_grpo_lora.yaml" == LORA_RECIPE:  # the adapter variant of stage 6, from the stage-5 model
+            lora = load(RECIPES / LORA_RECIPE)
+            run_cli([*argv_of(command_for(RECIPES / LORA_RECIPE)), *overrides(ws, "6_grpo", task)])
+            adapter = json.loads((Path(lora["output_dir"]) / "adapter_config.json").read_text())
+            assert adapter["base_model_name_or_path"] == configs["5_world_sft"]["output_dir"] and adapter["r"] == 16
+            assert changed_groups(before_rl, group_state(lora["output_dir"])) == {"policy"}  # the adapter, merged
 
         run_cli([*argv_of(command_for(yamls["token_sft"])), *overrides(ws, "token_sft", task)])
         token_sft = vlm_state(configs["token_sft"]["output_dir"])

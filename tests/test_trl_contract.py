@@ -43,6 +43,9 @@ CONTRACT = {
     ],
     # O TokenGRPOTrainer: log-probs from TRL, loss from the PolicyLoss object.
     "trl.GRPOTrainer._compute_loss": ["self", "model", "inputs"],
+    # O LatentGRPOTrainer: TRL's log (its completions table gains the `codes` column through `_logs["extra"]`), then
+    # the per-code usage histogram.
+    "trl.GRPOTrainer.log": ["self", "logs", "start_time"],
     # O PolicyLossMixin: keeps the gathered rewards, logs diversity, counts batches without a reward (reward_failures).
     "trl.GRPOTrainer._calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
     # O PolicyLossMixin: advantages from the PolicyLoss object.
