@@ -33,7 +33,9 @@ MODELS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 TASKS = ("mmrole", "pcogalign")
 PRETRAIN = ("1_inverse_warmup", "2_projector_warmup", "3_joint", "4_policy_bc")
 TASK_YAMLS = ("5_world_sft", "6_grpo", "token_sft", "token_grpo", "eval")
-LORA_RECIPE = "qwen2.5-vl-7b/mmrole/6_grpo_lora.yaml"  # stage 6 with a LoRA adapter on the policy, as `plan` recommends
+LORA_RECIPE = (
+    "qwen2.5-vl-7b/mmrole/6_grpo_lora.yaml"  # stage 6 with a LoRA adapter on the policy, as `plan` recommends
+)
 LATENT_GROUPS = ("codebook", "inverse_dynamics", "world_merge", "policy", "projector", "inverse_projector")
 # What each stage trains (docs/stages.md); every other group must come out bit-identical.
 TRAINS = {
