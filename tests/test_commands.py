@@ -127,10 +127,10 @@ def test_argparse_commands_take_both_flag_spellings_and_show_their_own_usage(cap
 
 
 def test_yaml_values_and_command_line_overrides():
-    from trl_latent.commands import common, sft
+    from trl_latent.commands import parsing, sft
 
     argv = ["--config", str(RECIPE / "3_joint.yaml"), "--learning_rate", "3e-5", "--use_cycle_loss", "false", *CPU]
-    script_args, training_args, model_args = common.parse(sft.make_parser(), argv, "trl-latent sft")
+    script_args, training_args, model_args = parsing.parse(sft.make_parser(), argv, "trl-latent sft")
     assert training_args.stage == "joint" and training_args.num_train_epochs == 1  # from the YAML
     assert training_args.learning_rate == 3e-5 and training_args.use_cycle_loss is False  # the command line wins
     assert model_args.model_name_or_path == "outputs/qwen2.5-vl-3b/2_projector_warmup"  # TRL's ModelConfig field
