@@ -399,6 +399,13 @@ def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shap
     message = fails([*rl, "--attn_implementation", "eager"], capsys)
     assert "attn_implementation cannot be set for a latent action model" in message
 
+    # `--load_in_4bit`: the frozen base loads in 4 bits (bitsandbytes, on the CPU here) and RL still trains the policy.
+    assert main([*rl, "--load_in_4bit", "true", "--dtype", "float32", "--output_dir", "rl4"]) == 0
+    trained = LatentActionModel.from_pretrained("rl4").state_dict()
+    begun = LatentActionModel.from_pretrained(str(start)).state_dict()
+    moved = {name.split(".")[0] for name in begun if name in trained and not begun[name].equal(trained[name])}
+    assert moved == {"policy"}, moved
+
     # The same flags on `sft`: stage 5 with a LoRA adapter on the base, saved beside the latent modules.
     world = ["sft", "--config", str(RECIPE / "mmrole" / "5_world_sft.yaml"), *CPU, "--model_name_or_path", str(start)]
     world += ["--task_root", str(shapes), "--image_size", "56", "56", "--max_samples", "4", "--max_steps", "1"]
