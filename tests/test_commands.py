@@ -400,7 +400,13 @@ def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shap
     assert "attn_implementation cannot be set for a latent action model" in message
 
     # `--load_in_4bit`: the frozen base loads in 4 bits (bitsandbytes, on the CPU here) and RL still trains the policy.
-    assert main([*rl, "--load_in_4bit", "true", "--dtype", "float32", "--output_dir", "rl4"]) == 0
+    # sampled tokens make a group's answers differ, so the two steps have advantages to follow (as the recipe test)
+    assert (
+        main(
+            [*rl, "--load_in_4bit", "true", "--dtype", "float32", "--token_strategy", "sample", "--output_dir", "rl4"]
+        )
+        == 0
+    )
     trained = LatentActionModel.from_pretrained("rl4").state_dict()
     begun = LatentActionModel.from_pretrained(str(start)).state_dict()
     moved = {name.split(".")[0] for name in begun if name in trained and not begun[name].equal(trained[name])}
