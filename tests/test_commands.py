@@ -233,8 +233,8 @@ def test_judge_and_reward_problems(tmp_path, capsys, no_model_loading, shapes):
     evaluation = ["eval", "--task", "mmrole", "--task_root", str(shapes), "--models", model]
     message = fails(evaluation, capsys)
     assert "the judge needs judge_base_url" in message and "my_judges.KeywordJudge" in message
-    message = fails([*evaluation, "--reward", "trl_latent.experiments.shapes.reward.rubric_reward"], capsys)
-    assert "is not a judge" in message
+    message = fails([*evaluation, "--reward", "trl_latent.paper.CODEBOOK_SIZE"], capsys)
+    assert "is neither a judge nor a reward function" in message
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""Prompt datasets of the user's own (`trl_latent.data.prompt_datasets`): read from files and saved folders, every row
-checked before a model loads with the bad row named, and `trl-latent grpo --dataset_name ... --reward_funcs ...` as
-docs/recipes.md documents it."""
+"""Datasets of the user's own (`trl_latent.data.prompt_datasets`): read from files and saved folders, every row checked
+before a model loads with the bad row named; `trl-latent grpo --dataset_name ... --reward_funcs ...` and `trl-latent
+sft --dataset_name ...` as docs/recipes.md documents them."""
 
 import json
 import re
@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
-from trl_latent.data.prompt_datasets import check_prompt_dataset, load_prompt_dataset
+from trl_latent.data.prompt_datasets import check_prompt_dataset, check_sft_dataset, load_prompt_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = Image.new("RGB", (8, 8), "red")
@@ -144,12 +144,22 @@ TINY = [
 ]
 
 
-def documented_dataset_command() -> list[str]:
-    """The `trl-latent grpo --dataset_name ...` command of docs/recipes.md, continuation lines joined."""
+def _documented_commands(heading: str) -> list[list[str]]:
+    """The commands of a section of docs/recipes.md, one per line, continuation lines joined."""
     page = (ROOT / "docs" / "recipes.md").read_text()
-    section = page.split("## Your own prompts and rewards", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    return shlex.split(block.replace("\\\n", " "))
+    section = page.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [shlex.split(line) for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def documented_dataset_command() -> list[str]:
+    """The `trl-latent grpo --dataset_name ...` command of docs/recipes.md."""
+    return _documented_commands("Your own prompts and rewards")[0]
+
+
+def documented_eval_command() -> list[str]:
+    """The `trl-latent eval --dataset_name ...` command of docs/recipes.md."""
+    return _documented_commands("Your own prompts and rewards")[1]
 
 
 @pytest.fixture
@@ -198,6 +208,37 @@ def test_the_documented_dataset_command_trains_with_two_weighted_rewards(user_fo
     trained = LatentActionModel.from_pretrained("outputs/my-latent-grpo").state_dict()
     moved = {name for name in start if not start[name].equal(trained[name])}
     assert moved and all(name.startswith("policy.") for name in moved)
+
+
+def test_the_documented_eval_command_scores_with_a_reward_function(user_folder, capsys):
+    """`eval --dataset_name ... --reward my_rewards.keyword_reward`: the reward function is the score (here the keyword
+    rate of each model's answers, recomputed from the written generations), one row per model."""
+    from trl_latent.cli import main
+
+    command = documented_eval_command()
+    assert command[:2] == ["trl-latent", "eval"]
+    models = command[command.index("--models") + 1 : command.index("--dataset_name")]
+    assert main(["grpo", *documented_dataset_command()[2:], *TINY]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(command[1:]) == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    keywords = [json.loads(line)["keyword"] for line in Path("prompts.jsonl").read_text().splitlines()]
+    for model in models:
+        name = Path(model).name
+        result = json.loads(Path(f"outputs/my-eval/{name}/evaluation.json").read_text())
+        (samples,) = result["samples"].values()
+        rates = [sum(k in s["generations"][r] for s, k in zip(samples, keywords)) / len(keywords) for r in range(2)]
+        assert result["summary"]["train"]["judge_per_generation"] == pytest.approx(rates)
+        assert result["config"]["judge_counters"] == {"judge/judgements": 8.0, "judge/failed": 0.0}
+        assert f"| {name} | train | 4 |" in table
+    Path("p2.jsonl").write_text(json.dumps({"prompt": "Hi", "keyword": "a"}) + "\n")
+    assert main(["eval", "--models", models[0], "--dataset_name", "p2.jsonl", "--splits", "train"]) == 2
+    assert "reward 'judge' scores with a task's rubric" in " ".join(capsys.readouterr().err.split())
+    assert (
+        main(["eval", "--models", models[0], "--dataset_name", "p2.jsonl", "--reward", "my_rewards.keyword_reward"])
+        == 2
+    )
+    assert "is one file, so its only split is 'train'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -268,3 +309,167 @@ def test_the_commands_prompts_keep_max_samples_and_name_an_empty_split(tmp_path)
     Args.dataset_name, Args.max_samples = str(empty), None
     with pytest.raises(CommandError, match="empty.parquet: no rows could be read from it .*; is the file empty"):
         load_prompts(Args, takes_images=False, what="grpo")
+
+
+# ------------------------------------------------------------------------------------------------ SFT dialogues
+def _chat(question, answer):
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+SFT_GOOD = [
+    ({"messages": [_chat("Hi", "Hello.")]}, False, ("messages",)),
+    ({"prompt": ["Hi"], "completion": ["Hello."]}, False, ("prompt", "completion")),
+    (
+        {
+            "prompt": [[{"role": "user", "content": "Hi"}]],
+            "completion": [[{"role": "assistant", "content": "Hello."}]],
+        },
+        False,
+        ("prompt", "completion"),
+    ),
+    ({"text": ["Once upon a time."]}, False, ("text",)),
+    (
+        {
+            "messages": [
+                [*_user(PLACEHOLDER, TEXT), {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+            ],
+            "images": [[IMAGE]],
+        },
+        True,
+        ("messages",),
+    ),
+]
+
+
+@pytest.mark.parametrize("columns, takes_images, fmt", SFT_GOOD)
+def test_rows_in_trls_sft_formats_pass(columns, takes_images, fmt):
+    assert check_sft_dataset(Dataset.from_dict(columns), takes_images=takes_images) == fmt
+
+
+SFT_BAD = {
+    "no SFT format": ({"question": ["Hi"]}, False, r"is in no SFT format \(its columns: \['question'\]\)"),
+    "no assistant turn": (
+        {"messages": [_chat("Hi", "Hello."), [{"role": "user", "content": "Hi"}]]},
+        False,
+        "row 1: the messages hold no assistant turn",
+    ),
+    "an empty completion": ({"prompt": ["Hi", "Yo"], "completion": ["Hello.", ""]}, False, "row 1: the completion is"),
+    "messages as a string": ({"messages": ["Hi"]}, False, "row 0: messages is str 'Hi', not a list"),
+    "a message without a role": (
+        {"messages": [_chat("Hi", "Hello."), [{"content": "Hi"}, {"role": "assistant", "content": "Hello."}]]},
+        False,
+        "row 1, message 0: .* is not a {'role', 'content'} message",
+    ),
+    "an image missing under its placeholder": (
+        {
+            "messages": [
+                [*_user(PLACEHOLDER, TEXT), {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+            ]
+            * 2,
+            "images": [[IMAGE], []],
+        },
+        True,
+        r"row 1: the messages have 1 image placeholder\(s\) .* but the row gives 0 image\(s\) in 'images'",
+    ),  # fmt: skip
+    "images for a text-only model": (
+        {"messages": [_chat("Hi", "Hello.")], "images": [[IMAGE]]},
+        False,
+        "has an 'images' column, but the model reads no images",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SFT_BAD))
+def test_each_bad_sft_row_is_named(case):
+    columns, takes_images, message = SFT_BAD[case]
+    with pytest.raises(ValueError, match=message):
+        check_sft_dataset(Dataset.from_dict(columns), takes_images=takes_images, where="dialogues")
+
+
+def test_stage_5_reads_prompt_completion_rows_as_one_conversation(tmp_path):
+    """Stage 5 reads `messages` only: prompt-completion rows (string or conversational) become the conversation a
+    `messages` row would be; plain `text` rows are refused for it and kept for token SFT."""
+    from trl_latent.commands.running import CommandError
+    from trl_latent.commands.task_data import load_dialogues
+
+    class Args:
+        task = None
+        dataset_name = str(tmp_path / "d.jsonl")
+        dataset_config = None
+        dataset_train_split = None
+        max_samples = None
+
+    rows = [{"prompt": "Where is it?", "completion": "On the left."}]
+    Path(Args.dataset_name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_dialogues(Args, False, "world_sft", conversational=True)["messages"] == [
+        _chat("Where is it?", "On the left.")
+    ]
+    assert load_dialogues(Args, False, "token SFT", conversational=False)["completion"] == ["On the left."]
+    Path(Args.dataset_name).write_text(json.dumps({"text": "Once."}) + "\n")
+    with pytest.raises(CommandError, match="holds plain 'text' rows"):
+        load_dialogues(Args, False, "world_sft", conversational=True)
+    assert load_dialogues(Args, False, "token SFT", conversational=False)["text"] == ["Once."]
+
+
+def documented_sft_commands() -> list[list[str]]:
+    """The two `trl-latent sft --dataset_name ...` commands of docs/recipes.md."""
+    return _documented_commands("Your own dialogues")
+
+
+DIALOGUES = [
+    {"messages": _chat(f"Where is the {c} one?", f"The {c} one is on the {p}.")}
+    for c in ("red", "blue", "green", "yellow")
+    for p in ("left", "right")
+]
+
+
+def test_the_documented_sft_commands_train_on_a_users_dialogues(user_folder, tiny_cache, capsys):
+    """Stage 5 moves only the base's last layer (and the tied embeddings and final norm) and lowers the loss; token SFT
+    moves the plain model; both from the documented commands, the hub id swapped for the tiny Llama."""
+    from test_text_only_base import base_path
+
+    from trl_latent.cli import main
+    from trl_latent.modeling import LatentActionModel
+
+    Path("dialogues.jsonl").write_text("".join(json.dumps(row) + "\n" for row in DIALOGUES))
+    world, token = documented_sft_commands()
+    assert world[:3] == ["trl-latent", "sft", "--stage"] and token[:3] == ["trl-latent", "sft", "--action_space"]
+    tiny = [*TINY, "--learning_rate", "2e-3", "--world_sft_last_layers", "1"]
+    assert main(world[1:] + tiny) == 0, capsys.readouterr().err
+    assert "stage world_sft, 8 records" in capsys.readouterr().out
+    start = LatentActionModel.from_pretrained("outputs/my-latent-model").state_dict()
+    trained = LatentActionModel.from_pretrained("outputs/my-world-sft").state_dict()
+    moved = {name for name in start if not start[name].equal(trained[name])}
+    assert any(name.startswith("base.model.layers.1.") for name in moved)
+    assert all(name.startswith("base.") and "layers.0." not in name for name in moved)
+    state = json.loads(Path("outputs/my-world-sft/checkpoint-8/trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3]), losses
+
+    hub_id = token[token.index("--base_model") + 1]
+    token[token.index("--base_model") + 1] = str(base_path(tiny_cache, "llama"))
+    assert hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    token_tiny = [*TINY, "--learning_rate", "2e-3"]
+    assert main(token[1:] + token_tiny) == 0, capsys.readouterr().err
+    state = json.loads(Path("outputs/my-token-sft/checkpoint-8/trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_sft_dataset_problems_stop_before_the_model_loads(user_folder, capsys, monkeypatch):
+    from trl_latent.cli import main
+
+    monkeypatch.setattr("trl_latent.training.latent_sft_trainer.LatentSFTTrainer.__init__", _no_model)
+    base = ["sft", "--model_name_or_path", "outputs/my-latent-model", "--output_dir", "out", *TINY]
+    Path("bad.jsonl").write_text(
+        "".join(json.dumps({"messages": m}) + "\n" for m in (_chat("Hi", "Yo"), _chat("Hi", "Yo")[:1]))
+    )
+    assert main([*base, "--stage", "world_sft", "--dataset_name", "bad.jsonl"]) == 2
+    assert "dataset_name bad.jsonl row 1: the messages hold no assistant turn" in capsys.readouterr().err
+    assert main([*base, "--stage", "joint", "--dataset_name", "bad.jsonl"]) == 2
+    assert "stage joint reads the pretraining corpus: set paired_files" in " ".join(capsys.readouterr().err.split())
+    assert (
+        main([*base, "--stage", "world_sft", "--dataset_name", "bad.jsonl", "--task", "mmrole", "--task_root", "."])
+        == 2
+    )
+    assert "set either task (with task_root) or dataset_name, not both" in " ".join(capsys.readouterr().err.split())

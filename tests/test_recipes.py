@@ -437,10 +437,11 @@ def test_recipe_script_stops_before_any_stage_when_the_plan_does_not_fit(tmp_pat
 
 def test_documented_commands_are_the_ones_run_here():
     """Every recipe command in the docs is one the tests above run (with the tiny-size overrides appended)."""
-    from test_prompt_datasets import documented_dataset_command  # run by that file's tests
+    from test_prompt_datasets import documented_dataset_command, documented_sft_commands  # run by that file's tests
 
     tested = {command_for(p) for p in RECIPES.rglob("*.yaml")} | {INSPECT, SCRIPT}
     tested.add(" ".join(documented_dataset_command()))
+    tested |= {" ".join(command) for command in documented_sft_commands()}
     documented = []
     for doc in (ROOT / "docs" / "recipes.md", RECIPES / "README.md", ROOT / "README.md"):
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):

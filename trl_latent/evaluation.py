@@ -109,15 +109,26 @@ class VLMGenerationBackend:
         )
 
     def _inputs(self, prompts: list, images: list):
+        """Prompts in TRL's formats as model inputs: a conversational prompt through the chat template (its images
+        placed as TRL places them), a standard (string) prompt as it is, as TRL's trainers take them."""
+        from transformers import ProcessorMixin
         from trl.data_utils import prepare_multimodal_messages
 
-        conversations = [
-            prepare_multimodal_messages(list(prompt), [image] if image is not None else [])
-            for prompt, image in zip(prompts, images)
-        ]
-        texts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        multimodal = isinstance(self.processor, ProcessorMixin)
+        texts = []
+        for prompt, image in zip(prompts, images):
+            if isinstance(prompt, str):
+                texts.append(prompt)
+                continue
+            messages = list(prompt)
+            if multimodal:
+                messages = prepare_multimodal_messages(messages, [image] if image is not None else [])
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         flat_images = [image for image in images if image is not None]
-        inputs = self.processor(text=texts, images=flat_images or None, return_tensors="pt", padding=True)
+        if flat_images:
+            inputs = self.processor(text=texts, images=flat_images, return_tensors="pt", padding=True)
+        else:
+            inputs = self.processor(text=texts, return_tensors="pt", padding=True)
         return inputs.to(self.model.device)
 
     def _generate(self, inputs) -> torch.Tensor:

@@ -3,11 +3,13 @@
 ```
 trl-latent eval --config examples/recipes/qwen2.5-vl-3b/mmrole/eval.yaml
 trl-latent eval --task mmrole --task_root data/mmrole --reward my_judges.KeywordJudge --models outputs/grpo
+trl-latent eval --dataset_name prompts.jsonl --splits train --reward my_rewards.keyword_reward --models outputs/grpo
 ```
 
 For each model (a saved latent action model, or a plain VLM such as the token baseline) and each test split: N
 generations per prompt (paper: 3), each scored by the judge (the mean over the benchmark's dimensions of policy score
-/ reference score) or by a judge of your own (`reward: package.module.Judge`); the split's score is the mean ± std over the N
+/ reference score), by a judge of your own (`reward: package.module.Judge`) or by a reward function with TRL's
+signature (`reward: my_rewards.f`, or one of TRL's named rewards); the split's score is the mean ± std over the N
 generation rounds, beside rollout diversity (distinct-n, self-BLEU, embedding diversity). Runs through
 `trl_latent.evaluation.evaluate`; writes `<output_dir>/<model name>/evaluation.{json,md}` and one table of all models
 and splits, `<output_dir>/evaluation.md`, and prints it.
@@ -28,18 +30,25 @@ from pathlib import Path
 
 from ..metrics.diversity import DEFAULT_EMBEDDER
 from ..paper import PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K
-from .models import check_model, check_weight_files, is_latent_model, load_processor, processor_source
+from .models import (
+    check_model,
+    check_weight_files,
+    is_latent_model,
+    is_text_only_model,
+    load_processor,
+    processor_source,
+)
 from .parsing import parse, trl_parser
-from .rewards import RewardArguments, build_judge, import_reward
+from .rewards import TRL_REWARD_FUNCS, RewardArguments, build_judge, import_reward
 from .running import CommandError, register, run
-from .task_data import TEST_SPLITS, TaskArguments, check_task, load_task
+from .task_data import DatasetSourceArguments, TaskArguments, load_test_prompts
 
 PROG = "trl-latent eval"
 SUMMARY = "N generations per test prompt; judge score, mean ± std over the generations; rollout diversity."
 
 
 @dataclass
-class EvalArguments(TaskArguments, RewardArguments):
+class EvalArguments(TaskArguments, DatasetSourceArguments, RewardArguments):
     """The models, the test splits and the protocol."""
 
     models: list[str] | None = field(
@@ -50,7 +59,7 @@ class EvalArguments(TaskArguments, RewardArguments):
     splits: list[str] | None = field(
         default=None,
         metadata={"help": "Test splits (default: id_test ood_test for MMRole and synthetic, ls1_test ls2_test for "
-                  "PCogAlignBench)."},
+                  "PCogAlignBench, test for a dataset_name)."},
     )  # fmt: skip
     num_generations: int = field(
         default=PAPER_EVAL_GENERATIONS, metadata={"help": "Generations per prompt (paper: 3)."}
@@ -117,11 +126,16 @@ def _main(argv: list[str]) -> int:
     for model in args.models:
         check_model(model, "models")
         check_weight_files(model, "models")
-    check_task(args, "eval")
     if args.num_generations < 1:
         raise CommandError(f"num_generations must be at least 1 (got {args.num_generations}).")
-    splits = list(args.splits or TEST_SPLITS[args.task])
-    datasets = load_task(args, splits)
+    if args.reward == "judge" and args.dataset_name is not None:
+        raise CommandError(
+            "reward 'judge' scores with a task's rubric (mmrole or pcogalign); for a dataset_name, set reward to a "
+            f"judge or reward function of your own (a dotted import path) or one of TRL's {', '.join(TRL_REWARD_FUNCS)}."
+        )
+    takes_images = not all(is_text_only_model(model) for model in args.models)
+    datasets = load_test_prompts(args, args.splits, takes_images, "eval")
+    splits = list(datasets)
     judge = build_judge(args, args.task) if args.reward == "judge" else _custom_judge(args.reward)
 
     import torch
@@ -155,12 +169,15 @@ def _main(argv: list[str]) -> int:
                 model, processor, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k
             )
         else:
-            from transformers import AutoModelForImageTextToText
+            from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(model_path).to(device)
+            auto = AutoModelForCausalLM if is_text_only_model(model_path) else AutoModelForImageTextToText
+            model = auto.from_pretrained(model_path).to(device)
             backend = VLMGenerationBackend(
                 model, processor, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k
             )
+        if hasattr(judge, "reset_metrics"):  # each model's evaluation.json counts its own judgements
+            judge.reset_metrics()
         calls = sum(math.ceil(len(d) / args.batch_size) for d in datasets.values()) * args.num_generations
         with tqdm(total=calls, desc=f"eval {name}", unit="batch") as bar:
             result = evaluate(
@@ -187,18 +204,28 @@ def _main(argv: list[str]) -> int:
 
 
 def _custom_judge(path: str):
-    """A judge given by its dotted import path: an object with `judge(prompts, completions, **columns)` returning
-    [`~trl_latent.rewards.judge.Judgement`]s, or a class that builds one with no arguments."""
+    """A judge given by its dotted import path (an object with `judge(prompts, completions, **columns)` returning
+    [`~trl_latent.rewards.judge.Judgement`]s, or a class that builds one with no arguments), or a reward function with
+    TRL's signature (a dotted path or one of TRL's named rewards), scored by
+    [`~trl_latent.rewards.function_judge.RewardFunctionJudge`]."""
+    from ..rewards.function_judge import RewardFunctionJudge
+
+    if path in TRL_REWARD_FUNCS:
+        import trl.rewards
+
+        return RewardFunctionJudge(getattr(trl.rewards, path))
     judge = import_reward(path)
     if isinstance(judge, type):
         judge = judge()
-    if not callable(getattr(judge, "judge", None)):
-        raise CommandError(
-            f"reward: {path} is not a judge: eval needs an object with judge(prompts, completions, **columns) "
-            "returning Judgements (trl_latent.rewards.judge), e.g. my_judges.KeywordJudge for a my_judges.py in the "
-            "current folder."
-        )
-    return judge
+    if callable(getattr(judge, "judge", None)):
+        return judge
+    if callable(judge):
+        return RewardFunctionJudge(judge, name=path)
+    raise CommandError(
+        f"reward: {path} is neither a judge nor a reward function: eval needs an object with judge(prompts, "
+        "completions, **columns) returning Judgements (trl_latent.rewards.judge), e.g. my_judges.KeywordJudge, or a "
+        "function with TRL's reward signature, e.g. my_rewards.keyword_reward, in the current folder or a package."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,6 +200,8 @@ def load_processor(source: str, padding_side: str | None = None):
     if isinstance(processor, PreTrainedTokenizerBase) and is_text_only_model(source):
         if padding_side is not None:
             processor.padding_side = padding_side
+        if processor.pad_token is None:  # as TRL's trainers do for a tokenizer without one
+            processor.pad_token = processor.eos_token
         return processor
     if not isinstance(processor, ProcessorMixin):
         raise CommandError(

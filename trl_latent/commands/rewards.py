@@ -25,6 +25,10 @@ class JudgeArguments:
     judge_max_concurrency: int = field(default=8, metadata={"help": "Most judge requests in flight at once."})
 
 
+# TRL's reward functions that take no settings, by the names TRL's `grpo` script gives them
+TRL_REWARD_FUNCS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
+
+
 @dataclass
 class RewardArguments(JudgeArguments):
     """How `eval` scores answers: the LLM judge, or a judge of your own."""
@@ -33,15 +37,12 @@ class RewardArguments(JudgeArguments):
         default="judge",
         metadata={
             "help": "'judge': an LLM judge compares each answer with the reference on the benchmark's dimensions "
-            "(OpenAI-compatible endpoint). Or the dotted import path of a judge of your own (an object or class with "
-            "`judge(prompts, completions, **columns)`), e.g. my_judges.KeywordJudge for a my_judges.py in the current "
-            "folder."
+            "(OpenAI-compatible endpoint; it needs a task). Or the dotted import path of a judge of your own (an "
+            "object or class with `judge(prompts, completions, **columns)`), e.g. my_judges.KeywordJudge for a "
+            "my_judges.py in the current folder; or of a reward function with TRL's signature (its reward is the "
+            f"score), e.g. my_rewards.keyword_reward; or one of TRL's {', '.join(TRL_REWARD_FUNCS)}."
         },
     )
-
-
-# TRL's reward functions that take no settings, by the names TRL's `grpo` script gives them
-TRL_REWARD_FUNCS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..training.stages import PRETRAIN_STAGE_NAMES
 from .models import ACTION_SPACES, check_latent_model, check_model, load_processor, model_loading, processor_source
 from .parsing import parse, peek, trl_parser
 from .running import CommandError, register, run, say, summary_line
-from .task_data import TaskArguments, check_files, check_task, load_task
+from .task_data import DatasetArguments, TaskArguments, check_data_source, check_files, load_dialogues
 from .training import train_and_save
 
 PROG = "trl-latent sft"
@@ -35,7 +35,7 @@ SUMMARY = "One supervised stage of a latent action model (stage: inverse_warmup,
 
 
 @dataclass
-class SFTScriptArguments(TaskArguments):
+class SFTScriptArguments(TaskArguments, DatasetArguments):
     """The model to train and its data (the training settings are `LatentSFTConfig`'s, or `SFTConfig`'s; a saved
     latent model to continue, `model_name_or_path`, and how models load, the LoRA, dtype and 4/8-bit flags, are TRL's
     `ModelConfig`'s)."""
@@ -108,6 +108,11 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool, 
             raise CommandError("action_space: token trains a plain VLM: set base_model (a folder or hub id).")
         check_model(script_args.base_model, "base_model")
 
+    if latent and training_args.stage in PRETRAIN_STAGE_NAMES and script_args.dataset_name is not None:
+        raise CommandError(
+            f"dataset_name gives world_sft's and token SFT's dialogues; stage {training_args.stage} reads the "
+            "pretraining corpus: set paired_files / text_only_files instead."
+        )
     if latent and training_args.stage in PRETRAIN_STAGE_NAMES and _text_only(script_args, model_path):
         # A text-only base reads its text records as its one (observation) stream: no projector stage, no pairing.
         from ..training.stages import resolve_stage
@@ -139,7 +144,7 @@ def _check_inputs(script_args: SFTScriptArguments, training_args, latent: bool, 
                 )
             check_files(script_args.text_only_files, "text_only_files")
         return f"stage {training_args.stage}"
-    check_task(script_args, "world_sft" if latent else "token SFT")
+    check_data_source(script_args, "world_sft" if latent else "token SFT")
     return f"stage {training_args.stage}" if latent else "token SFT"
 
 
@@ -175,9 +180,14 @@ def _datasets(script_args: SFTScriptArguments, training_args, latent: bool, mode
             raise CommandError(f"text_only_files {script_args.text_only_files} hold no text-only record.")
         return paired, text
 
-    from ..data.formats import to_sft
+    if latent:
+        takes_images = not _text_only(script_args, model_path)
+    else:
+        from .models import is_text_only_model
 
-    return to_sft(load_task(script_args, ["sft"])["sft"]), None
+        takes_images = not is_text_only_model(script_args.base_model)
+    what = "world_sft" if latent else "token SFT"
+    return load_dialogues(script_args, takes_images, what, conversational=latent), None
 
 
 def _text_only(script_args: SFTScriptArguments, model_path: str | None) -> bool:

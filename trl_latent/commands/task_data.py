@@ -117,31 +117,41 @@ def load_task(args: TaskArguments, splits: Sequence[str]):
 
 
 @dataclass
-class DatasetArguments:
-    """A prompt dataset of your own instead of a task, in TRL's prompt format (the names of TRL's `ScriptArguments`)."""
+class DatasetSourceArguments:
+    """A dataset of your own instead of a task, in TRL's formats (the names of TRL's `ScriptArguments`): prompts for
+    `grpo` and `eval`, dialogues for `sft` (stage 5 or token SFT)."""
 
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "A prompt dataset instead of task/task_root: a .json, .jsonl, .parquet or .csv file, a folder saved "
-            "with `datasets` (save_to_disk), a folder of data files, or a Hub dataset name. Rows in TRL's prompt "
-            "format: 'prompt' (a string or a list of role/content messages), 'image' or 'images' for a "
-            "vision-language model, and any columns the rewards read."
+            "help": "A dataset instead of task/task_root: a .json, .jsonl, .parquet or .csv file, a folder saved with "
+            "`datasets` (save_to_disk), a folder of data files, or a Hub dataset name. grpo and eval read TRL's prompt "
+            "format "
+            "('prompt': a string or a list of role/content messages); sft reads TRL's SFT formats ('messages', "
+            "'prompt' + 'completion', or 'text'); for a vision-language model an 'image' or 'images' column; plus "
+            "any columns the rewards read."
         },
     )
     dataset_config: str | None = field(
         default=None, metadata={"help": "The dataset configuration name (`datasets.load_dataset`'s `name`)."}
     )
+
+
+@dataclass
+class DatasetArguments(DatasetSourceArguments):
+    """A dataset of your own and the split trained on."""
+
     dataset_train_split: str | None = field(
         default=None,
-        metadata={"help": "The split RL trains on (default: 'rl' for a task, 'train' for a dataset_name)."},
+        metadata={
+            "help": "The split trained on (default: a task's 'rl' split for grpo and 'sft' split for sft; 'train' for "
+            "a dataset_name)."
+        },
     )
 
 
-def load_prompts(args, takes_images: bool, what: str):
-    """The prompts RL trains on: the task's split, or the split of `dataset_name`, every row checked up front."""
-    from ..data.prompt_datasets import check_prompt_dataset, load_prompt_dataset
-
+def check_data_source(args, what: str) -> None:
+    """Exactly one of a task (its folder existing) and `dataset_name`."""
     if args.dataset_name is not None and args.task is not None:
         raise CommandError(
             f"{what}: set either task (with task_root) or dataset_name, not both (task {args.task!r}, dataset_name "
@@ -149,21 +159,58 @@ def load_prompts(args, takes_images: bool, what: str):
         )
     if args.dataset_name is None:
         check_task(args, what + " (or set dataset_name)")
-        split = args.dataset_train_split or "rl"
-        dataset = load_task(args, [split])[split]
-    else:
-        split = args.dataset_train_split or "train"
-        try:
-            dataset = load_prompt_dataset(args.dataset_name, args.dataset_config, split)
-        except (FileNotFoundError, ValueError) as err:
-            raise CommandError(str(err)) from err
-        except Exception as err:  # the Hub unreachable, a folder `datasets` cannot read
-            raise CommandError(
-                f"cannot load dataset_name {args.dataset_name!r}: {type(err).__name__}: {err}. Give a local file or "
-                "folder (offline), or check the name and the network."
-            ) from err
-        if args.max_samples is not None:
-            dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+
+
+def _load_dataset_name(args, split: str):
+    from ..data.prompt_datasets import load_prompt_dataset
+
+    try:
+        dataset = load_prompt_dataset(args.dataset_name, args.dataset_config, split)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    except Exception as err:  # the Hub unreachable, a folder `datasets` cannot read
+        raise CommandError(
+            f"cannot load dataset_name {args.dataset_name!r}: {type(err).__name__}: {err}. Give a local file or "
+            "folder (offline), or check the name and the network."
+        ) from err
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    return dataset
+
+
+def _split_of(args, task_split: str) -> tuple[str, object]:
+    """The split trained on and its rows: the task's split, or the split of `dataset_name`."""
+    if args.dataset_name is None:
+        split = args.dataset_train_split or task_split
+        return split, load_task(args, [split])[split]
+    split = args.dataset_train_split or "train"
+    return split, _load_dataset_name(args, split)
+
+
+def load_prompts(args, takes_images: bool, what: str):
+    """The prompts RL trains on: the task's split, or the split of `dataset_name`, every row checked up front."""
+    check_data_source(args, what)
+    split, dataset = _split_of(args, "rl")
+    return check_prompts(args, split, dataset, takes_images, what)
+
+
+def load_test_prompts(args, splits: Sequence[str], takes_images: bool, what: str) -> dict:
+    """The test prompts `eval` scores: the task's test splits, or the named splits of `dataset_name` (default
+    `test`), every row of a `dataset_name` checked up front."""
+    check_data_source(args, what)
+    if args.dataset_name is None:
+        return load_task(args, list(splits or TEST_SPLITS[args.task]))
+    return {
+        split: check_prompts(args, split, _load_dataset_name(args, split), takes_images, what)
+        for split in (splits or ["test"])
+    }
+
+
+def check_prompts(args, split: str, dataset, takes_images: bool, what: str):
+    """`dataset` (the `split` of the task or of `dataset_name`) in TRL's prompt format, or a `CommandError` naming
+    the first bad row."""
+    from ..data.prompt_datasets import check_prompt_dataset
+
     if len(dataset) == 0:
         raise CommandError(f"{what}: split {split!r} holds no prompts; check the dataset's path, split and filters.")
     where = f"dataset_name {args.dataset_name}" if args.dataset_name else f"the {args.task} {split} split"
@@ -172,6 +219,42 @@ def load_prompts(args, takes_images: bool, what: str):
     except ValueError as err:
         raise CommandError(str(err)) from err
     return dataset
+
+
+def load_dialogues(args, takes_images: bool, what: str, conversational: bool):
+    """The dialogues SFT trains on: the task's `sft` split in TRL's conversational form (`messages` + `images`), or
+    the split of `dataset_name` in any of TRL's SFT formats, every row checked up front. `conversational`: the trainer
+    reads `messages` only (stage 5), so prompt-completion rows are joined into messages."""
+    from ..data.formats import to_sft
+    from ..data.prompt_datasets import check_sft_dataset
+
+    check_data_source(args, what)
+    split, dataset = _split_of(args, "sft")
+    if len(dataset) == 0:
+        raise CommandError(f"{what}: split {split!r} holds no rows; check the dataset's path, split and filters.")
+    if args.dataset_name is None:
+        return to_sft(dataset)
+    try:
+        fmt = check_sft_dataset(dataset, takes_images=takes_images, where=f"dataset_name {args.dataset_name}")
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    if conversational and fmt == ("text",):
+        raise CommandError(
+            f"{what} learns answers to dialogues: dataset_name {args.dataset_name} holds plain 'text' rows. Give "
+            "'messages' (with assistant turns) or 'prompt' + 'completion' rows."
+        )
+    if conversational and fmt == ("prompt", "completion"):
+        dataset = dataset.map(_joined, remove_columns=["prompt", "completion"])
+    return dataset
+
+
+def _joined(row: dict) -> dict:
+    """A prompt-completion row as one conversation: a string prompt is the user's turn, a string completion the
+    assistant's."""
+    prompt, completion = row["prompt"], row["completion"]
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+    return {"messages": prompt + completion}
 
 
 def check_files(paths: Sequence[str] | None, field_name: str) -> list[str]:

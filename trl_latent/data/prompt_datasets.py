@@ -1,4 +1,5 @@
-"""Prompt datasets for RL from wherever a user keeps them, in TRL's prompt formats, checked before any model loads.
+"""Prompt datasets for RL and dialogue datasets for SFT from wherever a user keeps them, in TRL's formats, checked before
+any model loads.
 
 `trl-latent grpo --dataset_name X` reads X as TRL's scripts do, with the local forms a user has first: a JSON, JSON-lines,
 Parquet or CSV file; a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`; a folder of data files;
@@ -7,7 +8,8 @@ else a dataset name on the Hub (through `datasets.load_dataset`, which needs the
 [`check_prompt_dataset`] reads every row once, before training, and names the first bad one: TRL itself finds a missing
 `prompt`, an empty image or an image placeholder without its image only when that row reaches a generation batch,
 with an error that names no row ("Number of images provided (0) does not match number of image placeholders (1)").
-Both RL trainers call it on their `train_dataset`.
+Both RL trainers call it on their `train_dataset`. [`check_sft_dataset`] does the same for the SFT formats
+(`trl-latent sft --dataset_name X`, stage 5 and token SFT).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA_FILE_BUILDERS", "check_prompt_dataset", "load_prompt_dataset"]
+__all__ = ["DATA_FILE_BUILDERS", "SFT_FORMATS", "check_prompt_dataset", "check_sft_dataset", "load_prompt_dataset"]
 
 # file suffix -> the `datasets` builder that reads it
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -25,6 +27,12 @@ ROLES = ("system", "user", "assistant", "tool")
 PROMPT_FORMATS = (
     "TRL's prompt format: a 'prompt' column holding a string (standard) or a list of {'role', 'content'} messages "
     "(conversational), and for images an 'image' column (one per row) or an 'images' column (a list per row)"
+)
+
+SFT_FORMATS = (
+    "one of TRL's SFT formats: 'messages' (a list of {'role', 'content'} messages with at least one assistant turn), "
+    "'prompt' and 'completion' (strings, or lists of messages), or 'text' (a string); for images an 'images' column "
+    "(a list per row) or an 'image' column (one per row)"
 )
 
 
@@ -80,16 +88,19 @@ def load_prompt_dataset(name: str, config: str | None = None, split: str = "trai
     return data
 
 
-def _image_placeholders(prompt: Any, row: int, where: str) -> tuple[int, bool]:
-    """(image placeholders still to fill, whether any message content is already structured) of one prompt."""
+def _image_placeholders(
+    prompt: Any, row: int, where: str, what: str = "prompt", formats: str = PROMPT_FORMATS
+) -> tuple[int, bool]:
+    """(image placeholders still to fill, whether any message content is already structured) of one prompt (or the
+    `what` column of another format)."""
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise ValueError(f"{where} row {row}: the prompt is empty.")
+            raise ValueError(f"{where} row {row}: the {what} is empty.")
         return 0, False
     if not isinstance(prompt, list) or not prompt:
         raise ValueError(
-            f"{where} row {row}: the prompt is {type(prompt).__name__} {str(prompt)[:80]!r}, neither a string nor a "
-            f"non-empty list of messages ({PROMPT_FORMATS})."
+            f"{where} row {row}: the {what} is {type(prompt).__name__} {str(prompt)[:80]!r}, neither a string nor a "
+            f"non-empty list of messages ({formats})."
         )
     placeholders, structured = 0, False
     for turn, message in enumerate(prompt):
@@ -168,3 +179,64 @@ def _check_row(row: int, prompt: Any, image: Any, image_column: str | None, wher
             f"the row gives {images} image(s) in {image_column or 'no image column'!r}. Give the row its image(s), "
             "remove the placeholder(s), or drop the row (`dataset.filter`)."
         )
+
+
+def _sft_columns(columns: list[str], where: str) -> tuple[str, ...]:
+    for fmt in (("messages",), ("prompt", "completion"), ("text",)):
+        if all(name in columns for name in fmt):
+            return fmt
+    raise ValueError(f"{where} is in no SFT format (its columns: {columns}). It needs {SFT_FORMATS}.")
+
+
+def check_sft_dataset(dataset, *, takes_images: bool, where: str = "train_dataset") -> tuple[str, ...]:
+    """Check every row of a map-style SFT dataset against TRL's SFT formats; raise `ValueError` naming the first bad
+    row and what to do, or return the format's columns (`("messages",)`, `("prompt", "completion")` or `("text",)`).
+
+    Checked: the format's columns; messages with known roles and string or block contents; a `messages` row with an
+    assistant turn (the tokens SFT learns); a non-empty completion or text; no image column for a model that reads no
+    images; no empty image; as many images as structured messages have image placeholders.
+    """
+    columns = list(dataset.column_names)
+    fmt = _sft_columns(columns, where)
+    image_column = next((name for name in IMAGE_COLUMNS if name in columns), None)
+    if image_column is not None and not takes_images:
+        raise ValueError(
+            f"{where} has an {image_column!r} column, but the model reads no images (a text-only base). Drop the "
+            f"column (`dataset.remove_columns({image_column!r})`) or start from a vision-language base."
+        )
+    view = dataset.select_columns([*fmt, *([image_column] if image_column else [])]).with_format("arrow")
+    for start in range(0, len(view), CHECK_BATCH):
+        batch = view[start : start + CHECK_BATCH]
+        values = [batch.column(name).to_pylist() for name in fmt]
+        images = batch.column(image_column).to_pylist() if image_column else [None] * batch.num_rows
+        for offset, row_values in enumerate(zip(*values, images, strict=True)):
+            row = start + offset
+            *parts, image = row_values
+            placeholders, structured = 0, False
+            for name, value in zip(fmt, parts, strict=True):
+                if name == "text" or (name == "completion" and isinstance(value, str)):
+                    if not isinstance(value, str) or not value.strip():
+                        raise ValueError(
+                            f"{where} row {row}: the {name} is empty or not a string ({str(value)[:80]!r})."
+                        )
+                    continue
+                if name == "messages" and not isinstance(value, list):
+                    raise ValueError(
+                        f"{where} row {row}: messages is {type(value).__name__} {str(value)[:80]!r}, not a list of "
+                        f"{{'role', 'content'}} messages ({SFT_FORMATS})."
+                    )
+                count, blocks = _image_placeholders(value, row, where, name, SFT_FORMATS)
+                placeholders, structured = placeholders + count, structured or blocks
+                if name == "messages" and not any(m.get("role") == "assistant" for m in value):
+                    raise ValueError(
+                        f"{where} row {row}: the messages hold no assistant turn, so there is nothing to learn; add "
+                        "the answer as an assistant message, or drop the row (`dataset.filter`)."
+                    )
+            count = _image_count(image, image_column, row, where) if image_column else 0
+            if structured and placeholders != count:
+                raise ValueError(
+                    f"{where} row {row}: the messages have {placeholders} image placeholder(s) ({{'type': 'image'}} "
+                    f"blocks) but the row gives {count} image(s) in {image_column or 'no image column'!r}. Give the "
+                    "row its image(s), remove the placeholder(s), or drop the row (`dataset.filter`)."
+                )
+    return fmt
