@@ -30,9 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # and argmax cloning now; the library's are the authors' schedule and argmax cloning).
 SETTINGS = {
     "merge_delta, argmax (embedded)": {"world_output_schedule": "merge_delta", "bc_target": "argmax"},
-    "authors, argmax (library)": {"world_output_schedule": "authors", "bc_target": "argmax"},
+    "authors, argmax (library)": {"world_output_schedule": "minus_base_then_merge_delta", "bc_target": "argmax"},
     "merge_delta, soft": {"world_output_schedule": "merge_delta", "bc_target": "soft"},
-    "authors, soft": {"world_output_schedule": "authors", "bc_target": "soft"},
+    "authors, soft": {"world_output_schedule": "minus_base_then_merge_delta", "bc_target": "soft"},
     "merge_delta, soft, stage_steps 150": {
         "world_output_schedule": "merge_delta",
         "bc_target": "soft",

@@ -58,7 +58,7 @@ def test_the_check_sees_a_second_default():
 
 def test_library_defaults_are_the_papers():
     config = LatentSFTConfig("out", use_cpu=True, report_to="none")
-    assert config.world_output_schedule == "authors" and config.bc_target == "argmax"
+    assert config.world_output_schedule == "minus_base_then_merge_delta" and config.bc_target == "argmax"
     assert config.world_sft_codes == "policy" and config.idm_entropy == "per_step"
     assert (config.entropy_weight, config.projector_weight, config.cycle_weight) == (1e-3, 1e-5, 1e-5)
     action = LatentActionConfig()
@@ -129,7 +129,7 @@ def test_embedded_overrides_are_listed_with_a_reason_and_a_command():
             assert words[:2] == ["trl-latent", "demo"], f"{name}: {command}"
             sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
             assert name in _field_overrides(sets), f"{name}: {command} does not set it"
-    assert overrides["world_output_schedule"][1:3] == ("authors", "merge_delta")
+    assert overrides["world_output_schedule"][1:3] == ("minus_base_then_merge_delta", "merge_delta")
     assert "bc_target" not in overrides  # the experiment clones argmax codes, the library default
 
 
@@ -181,9 +181,9 @@ def test_recipe_stages_resolve_to_the_authors_schedule_and_argmax_cloning(path):
 
     _, config, _ = parse(make_parser("latent"), ["--config", str(path), "--use_cpu", "true", "--bf16", "false"], PROG)
     plan = resolve_stage(config)
-    assert config.world_output_schedule == "authors" and config.bc_target == "argmax"
+    assert config.world_output_schedule == "minus_base_then_merge_delta" and config.bc_target == "argmax"
     if STAGES[config.stage].world_output is not None:
-        assert plan.world_output == WORLD_OUTPUT_SCHEDULES["authors"][config.stage]
+        assert plan.world_output == WORLD_OUTPUT_SCHEDULES["minus_base_then_merge_delta"][config.stage]
     assert plan.world_output == {"inverse_warmup": "residual_minus_base", "joint": "residual_minus_base"}.get(
         config.stage, "merge_delta" if config.stage == "world_sft" else None
     )

@@ -77,7 +77,7 @@ def spy_generate(monkeypatch, model):
 
 
 def test_protocol_constants_are_the_defaults():
-    from trl_latent.commands.evaluate import EvalArguments
+    from trl_latent.commands.eval import EvalArguments
 
     assert (PAPER_EVAL_GENERATIONS, PAPER_EVAL_TEMPERATURE, PAPER_EVAL_TOP_K) == (3, 0.1, 64)
     defaults = {f.name: f.default for f in dataclasses.fields(EvalArguments)}

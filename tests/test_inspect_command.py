@@ -1,6 +1,6 @@
-"""`commands.inspect_codes` (`trl-latent inspect`): the report table and the parser's defaults."""
+"""`commands.inspect` (`trl-latent inspect`): the report table and the parser's defaults."""
 
-from trl_latent.commands.inspect_codes import InspectArguments, format_report
+from trl_latent.commands.inspect import InspectArguments, format_report
 from trl_latent.modeling.inspection import inspect_codes
 
 

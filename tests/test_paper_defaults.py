@@ -5,7 +5,7 @@ import argparse
 import inspect
 
 from trl_latent import paper
-from trl_latent.commands import evaluate as eval_command
+from trl_latent.commands import eval as eval_command
 from trl_latent.commands import grpo as grpo_command
 from trl_latent.commands import plan as plan_command
 from trl_latent.commands import sft as sft_command

@@ -121,8 +121,10 @@ def test_demo_set_overrides_any_pipeline_field():
 
     from trl_latent.experiments.commands import _field_overrides
 
-    assert _field_overrides(["world_output_schedule=authors", "world_delta_scale=3", "bc_target=argmax"]) == {
-        "world_output_schedule": "authors",
+    assert _field_overrides(
+        ["world_output_schedule=minus_base_then_merge_delta", "world_delta_scale=3", "bc_target=argmax"]
+    ) == {
+        "world_output_schedule": "minus_base_then_merge_delta",
         "world_delta_scale": 3,
         "bc_target": "argmax",
     }

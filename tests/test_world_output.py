@@ -95,7 +95,7 @@ def run_stage(env, out, stage, model, steps, **kwargs):
 
 # ------------------------------------------------------------------------------------------------ the schedule
 def test_authors_schedule_is_the_stage_table_column():
-    assert WORLD_OUTPUT_SCHEDULES["authors"] == {
+    assert WORLD_OUTPUT_SCHEDULES["minus_base_then_merge_delta"] == {
         "inverse_warmup": "residual_minus_base",
         "joint": "residual_minus_base",
         "world_sft": "merge_delta",
@@ -110,15 +110,15 @@ def test_default_schedule_is_the_authors():
     RL and inference use (merge-delta)."""
     for stage in STAGES:
         plan = resolve_stage(sft_args("unused", stage, 1))
-        assert plan.world_output == WORLD_OUTPUT_SCHEDULES["authors"].get(stage)
+        assert plan.world_output == WORLD_OUTPUT_SCHEDULES["minus_base_then_merge_delta"].get(stage)
     assert resolve_stage(sft_args("unused", "inverse_warmup", 1)).world_output == "residual_minus_base"
     assert LatentActionModel.config_class().world_output == "merge_delta"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_resolved_form(stage):
-    plan = resolve_stage(sft_args("unused", stage, 1, world_output_schedule="authors"))
-    assert plan.world_output == WORLD_OUTPUT_SCHEDULES["authors"].get(stage)
+    plan = resolve_stage(sft_args("unused", stage, 1, world_output_schedule="minus_base_then_merge_delta"))
+    assert plan.world_output == WORLD_OUTPUT_SCHEDULES["minus_base_then_merge_delta"].get(stage)
     plan = resolve_stage(sft_args("unused", stage, 1, world_output="residual"))
     assert plan.world_output == (None if STAGES[stage].world_output is None else "residual")
 
@@ -266,10 +266,24 @@ def test_stage_five_form_is_what_the_reloaded_model_uses_in_rl_and_evaluation(en
 
     model = fresh_model(env)
     # At lr 1e-3 the stage-5 model still answers (at this test's usual 1e-2 every form collapses to "<|im_end|>").
-    run_stage(env, tmp_path / "s1", "inverse_warmup", model, 10, world_output_schedule="authors", learning_rate=1e-3)
+    run_stage(
+        env,
+        tmp_path / "s1",
+        "inverse_warmup",
+        model,
+        10,
+        world_output_schedule="minus_base_then_merge_delta",
+        learning_rate=1e-3,
+    )
     assert model.config.world_output == "residual_minus_base"
     trainer = run_stage(
-        env, tmp_path / "s5", "world_sft", model, 10, world_output_schedule="authors", learning_rate=1e-3
+        env,
+        tmp_path / "s5",
+        "world_sft",
+        model,
+        10,
+        world_output_schedule="minus_base_then_merge_delta",
+        learning_rate=1e-3,
     )
     assert trainer.model.config.world_output == "merge_delta"
     trainer.save_model(str(tmp_path / "saved"))

@@ -22,7 +22,9 @@ import argparse
 import os
 import sys
 
-from .commands import evaluate, grpo, inspect_codes, plan, sft
+from .commands import eval as eval_command
+from .commands import grpo, plan, sft
+from .commands import inspect as inspect_command
 from .commands.running import quiet_import_notices
 from .experiments import commands as experiment_commands
 
@@ -37,8 +39,8 @@ def _offline() -> None:
 SUBCOMMANDS = [
     sft.add_parser,
     grpo.add_parser,
-    evaluate.add_parser,
-    inspect_codes.add_parser,
+    eval_command.add_parser,
+    inspect_command.add_parser,
     plan.add_parser,
     *experiment_commands.SUBCOMMANDS,
 ]

@@ -40,7 +40,7 @@ from ..modeling.modules import DecoderStack
 from .checkpointing import LatentCheckpointMixin
 from .latent_grpo_config import LatentGRPOConfig
 from .model_card import CardTraining, LatentModelCardMixin, rl_training
-from .policy_loss import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
+from .policy_loss_mixin import PolicyLossMixin, build_diversity_embedder, resolve_policy_loss
 
 logger = logging.getLogger(__name__)
 

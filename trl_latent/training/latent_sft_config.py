@@ -79,11 +79,11 @@ class LatentSFTConfig(SFTConfig):
 
         > Parameters of the world model
 
-        world_output_schedule (`str`, *optional*, defaults to `"authors"`):
+        world_output_schedule (`str`, *optional*, defaults to `"minus_base_then_merge_delta"`):
             Which world-model output form each stage trains under (`trl_latent.training.stages.WORLD_OUTPUT_SCHEDULES`).
-            `"authors"` (default): the paper's and the authors' code, minus-base `lm_head(norm(x_K) - e)` in stages 1
-            and 3 (subtracting the base state makes the action path carry the information while the codebook is
-            learned), merge-delta `lm_head(norm(Merge_K))` from stage 5 on. Or one form for every stage:
+            `"minus_base_then_merge_delta"` (default): the paper's and the authors' code, minus-base
+            `lm_head(norm(x_K) - e)` in stages 1 and 3 (subtracting the base state makes the action path carry the
+            information while the codebook is learned), merge-delta `lm_head(norm(Merge_K))` from stage 5 on. Or one form for every stage:
             `"merge_delta"`, `"base_plus_delta"`, `"residual_norm"`, `"residual"`, `"residual_minus_base"`, or
             `"merge_delta_then_base_plus_delta"`. The embedded experiment trains every stage under `"merge_delta"`:
             on its tiny general base that measured better after stages 1-5 than the authors' schedule

@@ -13,7 +13,7 @@ failure is harmless (the judge retries; a failed judgement gets the batch mean),
   trainer saves a checkpoint, stops, and `train()` raises [`RewardFailureError`], which names the failure reasons and
   counts, the checkpoint, and how to resume.
 
-[`~trl_latent.training.policy_loss.PolicyLossMixin`] wires it into `LatentGRPOTrainer` (`LatentGRPOConfig.
+[`~trl_latent.training.policy_loss_mixin.PolicyLossMixin`] wires it into `LatentGRPOTrainer` (`LatentGRPOConfig.
 max_failed_reward_batches`) and `TokenGRPOTrainer` (its `max_failed_reward_batches` argument). Only training batches
 count, and the decision is taken on the rewards of all processes, so every process stops at the same step.
 """

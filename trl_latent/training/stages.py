@@ -6,7 +6,7 @@ weights, and the data streams the terms read. [`resolve_stage`] turns a row plus
 concrete plan a trainer runs: the paper's ablations (`use_cycle_loss`, `use_projector`, `use_text_only`) are switches
 that remove exactly their terms (and the modules and streams only those terms needed).
 
-| stage | streams | trainable | loss terms (weight) | world output (`"authors"` schedule) |
+| stage | streams | trainable | loss terms (weight) | world output (`"minus_base_then_merge_delta"` schedule) |
 |---|---|---|---|---|
 | `inverse_warmup` | paired | IDM, codebook, merge | `world/ce_paired` (1) - `inverse/entropy` (`entropy_weight`) | minus-base |
 | `projector_warmup` | paired | P, P' | `projector/nll_paired` (1) + `projector/nll_inverse` (1) | (unused) |
@@ -192,15 +192,15 @@ PRETRAIN_STAGE_NAMES = tuple(name for name in STAGE_NAMES if name != "world_sft"
 STAGE_NUMBERS = {str(number): name for number, name in enumerate(STAGE_NAMES, start=1)}
 
 # Named world-output schedules: stage -> the form it trains under (stages that do not run the world model are left
-# out and keep the model's form). "authors" is the table's column: minus-base while the codebook is learned, then
-# merge-delta for task SFT, RL and inference. The other schedules train every stage under one form
-# (docs/model.md compares them on the embedded task).
+# out and keep the model's form). "minus_base_then_merge_delta" (the paper's and the authors' code) is the table's
+# column: minus-base while the codebook is learned, then merge-delta for task SFT, RL and inference. The other
+# schedules train every stage under one form (docs/model.md compares them on the embedded task).
 _WORLD_STAGES = tuple(name for name, stage in STAGES.items() if stage.world_output is not None)
 # The library's default is the authors' schedule (`LatentSFTConfig.world_output_schedule`); an experiment that measured
 # another one better sets it in its own config.
-DEFAULT_WORLD_OUTPUT_SCHEDULE = "authors"
+DEFAULT_WORLD_OUTPUT_SCHEDULE = "minus_base_then_merge_delta"
 WORLD_OUTPUT_SCHEDULES: dict[str, dict[str, str]] = {
-    "authors": {name: STAGES[name].world_output for name in _WORLD_STAGES},
+    "minus_base_then_merge_delta": {name: STAGES[name].world_output for name in _WORLD_STAGES},
     # Merge-delta while the codebook is learned, then the base's own logits plus the merge-delta code expert from stage
     # 5 on: stage 5 trains the base through its direct path to lm_head (as token SFT does) while the frozen code
     # expert keeps the codes' meaning.

@@ -3,7 +3,7 @@
 It is the token-level baseline of the latent-action trainer: both compute their objective with the same
 [`~trl_latent.training.losses.PolicyLoss`] object, so a latent run and a token run differ only in the action space
 (128 latent codes per step vs the vocabulary). The glue that hands a batch to the loss object, recomputes advantages
-with it and logs rollout diversity is [`~trl_latent.training.policy_loss.PolicyLossMixin`], which `LatentGRPOTrainer`
+with it and logs rollout diversity is [`~trl_latent.training.policy_loss_mixin.PolicyLossMixin`], which `LatentGRPOTrainer`
 reuses (re-exported here with `resolve_policy_loss` and `build_diversity_embedder`).
 
 Overridden TRL private methods (pinned by `tests/test_trl_contract.py`), each wrapped with `super()`:
@@ -24,7 +24,7 @@ from ..data.prompt_datasets import check_prompt_dataset
 from .checkpointing import ResumeCheckpointMixin
 
 # The policy-loss glue lives in its own module; re-exported here, where it used to live.
-from .policy_loss import (
+from .policy_loss_mixin import (
     DISTINCT_N,  # noqa: F401 (re-exported)
     PolicyLossMixin,
     build_diversity_embedder,

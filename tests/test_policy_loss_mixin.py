@@ -1,11 +1,11 @@
-"""`training.policy_loss`: how a trainer turns its config into the loss object it computes with, and its embedder."""
+"""`training.policy_loss_mixin`: how a trainer turns its config into the loss object it computes with, and its embedder."""
 
 import pytest
 import torch
 from trl import GRPOConfig
 
 from trl_latent.training.losses import BNPOLoss, DAPOLoss, DrGRPOLoss, GRPOLoss
-from trl_latent.training.policy_loss import build_diversity_embedder, resolve_policy_loss
+from trl_latent.training.policy_loss_mixin import build_diversity_embedder, resolve_policy_loss
 
 CPU = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, num_generations=4, max_completion_length=12)
 
@@ -27,14 +27,14 @@ def test_an_object_is_used_as_is_and_sets_the_configs_beta():
 
 def test_a_loss_object_says_which_config_settings_it_replaces(caplog):
     args = GRPOConfig("out", epsilon=0.3, importance_sampling_level="sequence", **CPU)
-    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss"):
+    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss_mixin"):
         resolve_policy_loss(DrGRPOLoss(beta=args.beta, scale_rewards="none"), args)
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "DrGRPOLoss replaces these GRPOConfig settings" in message
     for line in ("epsilon 0.3 -> 0.2", "importance_sampling_level 'sequence' -> 'token'", "scale_rewards"):
         assert line in message
     caplog.clear()  # a loss object that agrees with the config says nothing
-    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss"):
+    with caplog.at_level("WARNING", logger="trl_latent.training.policy_loss_mixin"):
         resolve_policy_loss(GRPOLoss(beta=args.beta, epsilon=0.3, importance_sampling_level="sequence"), args)
     assert not caplog.records
 
