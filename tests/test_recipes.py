@@ -246,13 +246,39 @@ def vlm_state(path: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in AutoModelForImageTextToText.from_pretrained(path).state_dict().items()}
 
 
+def parser_of(path: Path, config: dict):
+    """The parser of the command that runs a recipe YAML (`command_for`)."""
+    from trl_latent.commands import eval as eval_command
+    from trl_latent.commands import grpo, sft
+    from trl_latent.commands.parsing import trl_parser
+
+    kind = command_for(path).split()[1]
+    if kind == "eval":
+        return trl_parser((eval_command.EvalArguments,), "trl-latent eval", "")
+    return (sft if kind == "sft" else grpo).make_parser(config.get("action_space", "latent"))
+
+
+def defaults_of(path: Path, config: dict) -> dict:
+    return {action.dest: action.default for action in parser_of(path, config)._actions if action.dest != "help"}
+
+
 def load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+    """What a recipe runs with: the command's defaults, then what the YAML `extends`, then its own keys."""
+    from trl_latent.commands.parsing import load_config
+
+    config = load_config(path)
+    return {**defaults_of(path, config), **config}
+
+
+def same(default, value) -> bool:
+    return default == value or str(default) == str(value) or getattr(default, "value", object()) == value
 
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_recipe_files_and_paper_hyperparameters():
     """Every model has stages 1-4 and, per task, 5, 6, the token baseline and eval, with the paper's settings."""
+    from trl_latent.commands.parsing import load_config
+
     for model in MODELS:
         for name, stage, lr in zip(PRETRAIN, ("inverse_warmup", "projector_warmup", "joint", "policy_bc"),
                                    (1e-4, 1e-3, 1e-4, 1e-4)):  # fmt: skip
@@ -271,7 +297,7 @@ def test_recipe_files_and_paper_hyperparameters():
                 assert rl["task"] == task
             # Latent decoding on the library's default (dynamic) cache: the static cache measured no faster at the 3B
             # width (results/perf/latent_decoding-cpu-3b-width.json), so the recipes do not override it.
-            assert "latent_cache_implementation" not in load(RECIPES / model / task / "6_grpo.yaml")
+            assert "latent_cache_implementation" not in load_config(RECIPES / model / task / "6_grpo.yaml")
             assert load(RECIPES / model / task / "eval.yaml")["num_generations"] == 3
     found = {p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")}
     expected = {f"{m}/{n}.yaml" for m in MODELS for n in PRETRAIN}
@@ -280,8 +306,50 @@ def test_recipe_files_and_paper_hyperparameters():
     assert found == expected  # a new YAML must be added to the runs below
     lora, full = load(RECIPES / LORA_RECIPE), load(RECIPES / LORA_RECIPE.replace("_lora", ""))
     assert {k: v for k, v in lora.items() if full.get(k) != v} == {
-        "use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "output_dir": full["output_dir"] + "_lora"
-    }  # fmt: skip
+        "use_peft": True,
+        "output_dir": full["output_dir"] + "_lora",
+    }
+    assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"]) == (
+        16,
+        32,
+        0.05,
+    )  # TRL's defaults, as `plan` sizes
+
+
+def test_recipes_state_only_what_differs_from_the_defaults_and_what_they_extend():
+    """No recipe key restates the command's default (`stage` and `action_space` name what the file is and stay), and
+    no key of a file that `extends` another restates that file's value."""
+    from trl_latent.commands.parsing import load_config
+
+    for path in sorted(RECIPES.rglob("*.yaml")):
+        own = yaml.safe_load(path.read_text())
+        parent = (path.parent / own.pop("extends")) if "extends" in own else None
+        baseline = load(parent) if parent else defaults_of(path, load_config(path))
+        restated = {k: v for k, v in own.items() if k not in ("stage", "action_space") and k in baseline}
+        restated = {k: v for k, v in restated.items() if same(baseline[k], v)}
+        assert not restated, f"{path.relative_to(RECIPES)} restates {restated}"
+
+
+def test_7b_recipes_are_the_3b_ones_plus_their_differences():
+    """Each 7B file `extends` its 3B twin and sets only the 7B base, its folders and per-device batch: the resolved
+    settings agree elsewhere, and the global batch (per device x accumulation) is the same."""
+    sized = {"base_model", "model_name_or_path", "models", "output_dir"}
+    batch = {"per_device_train_batch_size", "gradient_accumulation_steps"}
+    for path in sorted((RECIPES / "qwen2.5-vl-7b").rglob("*.yaml")):
+        relative = path.relative_to(RECIPES / "qwen2.5-vl-7b")
+        if relative.as_posix() == LORA_RECIPE.split("/", 1)[1]:
+            continue
+        twin = RECIPES / "qwen2.5-vl-3b" / relative
+        own = yaml.safe_load(path.read_text())
+        assert (path.parent / own.pop("extends")).resolve() == twin.resolve(), relative
+        assert set(own) <= sized | batch, (relative, set(own) - sized - batch)
+        seven, three = load(path), load(twin)
+        assert {k for k in seven if seven[k] != three[k]} <= sized | batch, relative
+        for key in sized & set(own):
+            assert "qwen2.5-vl-7b" in str(seven[key]) or "7B" in str(seven[key]), (relative, key)
+        if "gradient_accumulation_steps" in seven:  # the training stages (eval has no optimiser step)
+            product = [c["per_device_train_batch_size"] * c["gradient_accumulation_steps"] for c in (seven, three)]
+            assert product[0] == product[1], (relative, product)
 
 
 def test_accelerate_configs_load():
@@ -437,10 +505,15 @@ def test_recipe_script_stops_before_any_stage_when_the_plan_does_not_fit(tmp_pat
 
 def test_documented_commands_are_the_ones_run_here():
     """Every recipe command in the docs is one the tests above run (with the tiny-size overrides appended)."""
-    from test_prompt_datasets import documented_dataset_command, documented_sft_commands  # run by that file's tests
+    from test_prompt_datasets import (  # run by that file's tests
+        documented_dataset_command,
+        documented_eval_command,
+        documented_sft_commands,
+    )
 
     tested = {command_for(p) for p in RECIPES.rglob("*.yaml")} | {INSPECT, SCRIPT}
     tested.add(" ".join(documented_dataset_command()))
+    tested.add(" ".join(documented_eval_command()))
     tested |= {" ".join(command) for command in documented_sft_commands()}
     documented = []
     for doc in (ROOT / "docs" / "recipes.md", RECIPES / "README.md", ROOT / "README.md"):

@@ -36,6 +36,11 @@ PYTHON=${PYTHON:-python}
 [ -d "$HERE/$MODEL" ] || { echo "run.sh: no recipe $HERE/$MODEL (choose qwen2.5-vl-3b or qwen2.5-vl-7b)" >&2; exit 2; }
 [ -d "$HERE/$MODEL/$TASK" ] || { echo "run.sh: no task $TASK in $HERE/$MODEL (choose mmrole or pcogalign)" >&2; exit 2; }
 
+# config_value YAML KEY: a key of a recipe with what it `extends` merged in (the 7B recipes extend the 3B ones).
+config_value() {
+  "$PYTHON" -c 'import sys; from trl_latent.commands.parsing import load_config; print(load_config(sys.argv[1]).get(sys.argv[2]) or "")' "$1" "$2"
+}
+
 # Which parallelism each kind of stage uses. Stages 1-4 and latent RL train small modules next to a frozen base;
 # the world-model SFT and the token baseline train most of the base. `trl-latent plan` estimates the memory of each.
 case $MODEL in
@@ -52,7 +57,7 @@ ACCELERATE_TOKEN_RL=${ACCELERATE_TOKEN_RL:-${defaults[4]}}
 # Before anything runs: does every latent stage fit the given GPUs under its accelerate config? (`trl-latent plan`
 # builds the model on the meta device; it prints what to try, e.g. ZeRO-3, offload, more GPUs or LoRA, when not.)
 if [ -n "${NUM_GPUS:-}" ] && [ -n "${GPU_MEMORY:-}" ]; then
-  base=$(sed -n 's/^base_model: *\([^ ]*\).*/\1/p' "$RECIPE/1_inverse_warmup.yaml")
+  base=$(config_value "$RECIPE/1_inverse_warmup.yaml" base_model)
   for check in "1 $ACCELERATE_PRETRAIN" "2 $ACCELERATE_PRETRAIN" "3 $ACCELERATE_PRETRAIN" "4 $ACCELERATE_PRETRAIN" \
                "5 $ACCELERATE_WORLD_SFT" "grpo $ACCELERATE_RL"; do
     read -r plan_stage plan_zero <<< "$check"
@@ -73,7 +78,7 @@ stage() {
   local config=$1 command=$2 yaml=$3
   shift 3
   local output
-  output=$(sed -n 's/^output_dir: *//p' "$yaml")
+  output=$(config_value "$yaml" output_dir)
   if [ -f "$output/config.json" ]; then
     echo "== $yaml: skipped, $output already holds a saved model"
     return
