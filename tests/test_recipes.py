@@ -474,7 +474,10 @@ def test_recipe_script_resumes_an_interrupted_stage_from_its_checkpoint(tmp_path
     (outputs[PRETRAIN[1]] / "checkpoint-3").mkdir(parents=True)  # interrupted after step 3
     log = tmp_path / "commands.log"
     stand_in = tmp_path / "python"
-    stand_in.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    # the script's own reads of the YAMLs (`python -c`, config_value) run; the stages' commands are only recorded
+    stand_in.write_text(
+        f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\necho "$*" >> {log}\n'
+    )
     stand_in.chmod(0o755)
     env = dict(os.environ, LAUNCHER="python", PYTHON=str(stand_in))
     result = subprocess.run(
