@@ -22,6 +22,7 @@ __all__ = ["DATA_FILE_BUILDERS", "SFT_FORMATS", "check_prompt_dataset", "check_s
 # file suffix -> the `datasets` builder that reads it
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 CHECK_BATCH = 1024  # rows read at once by the check
+_PASSED: set[tuple[str, bool]] = set()  # (fingerprint, takes_images) of the prompt datasets that passed the check
 IMAGE_COLUMNS = ("images", "image")  # TRL's names, in the order its trainers look for them
 ROLES = ("system", "user", "assistant", "tool")
 PROMPT_FORMATS = (
@@ -152,6 +153,11 @@ def check_prompt_dataset(dataset, *, takes_images: bool, where: str = "train_dat
     columns = getattr(dataset, "column_names", None)
     if columns is None or not hasattr(dataset, "__len__"):
         return
+    # A dataset that passed once is not read again (the `grpo` command checks it before the model loads, the trainer
+    # again for users of the Python API): `datasets` gives every version of a dataset its own fingerprint.
+    passed = (getattr(dataset, "_fingerprint", None), takes_images)
+    if passed[0] is not None and passed in _PASSED:
+        return
     if "prompt" not in columns:
         raise ValueError(f"{where} has no 'prompt' column (its columns: {columns}). It needs {PROMPT_FORMATS}.")
     image_column = next((name for name in IMAGE_COLUMNS if name in columns), None)
@@ -168,6 +174,8 @@ def check_prompt_dataset(dataset, *, takes_images: bool, where: str = "train_dat
         images = batch.column(image_column).to_pylist() if image_column else [None] * len(prompts)
         for offset, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
             _check_row(start + offset, prompt, image, image_column, where)
+    if passed[0] is not None:
+        _PASSED.add(passed)
 
 
 def _check_row(row: int, prompt: Any, image: Any, image_column: str | None, where: str) -> None:
