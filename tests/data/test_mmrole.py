@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.fixtures.paths import TEST_DATA
 from trl_latent.data.mmrole import (
     PAPER_SYSTEM_PROMPT,
     PROFILE_FIELDS,
@@ -19,7 +20,7 @@ from trl_latent.data.mmrole import (
     to_sft,
 )
 
-SAMPLE = Path(__file__).resolve().parent / "data" / "mmrole-sample"
+SAMPLE = TEST_DATA / "mmrole-sample"
 COMMENT = "dialogues/in-distribution/comment"
 
 
@@ -265,7 +266,7 @@ def test_synthetic_task_loads(tmp_path):
 def test_sft_form_trains_with_stock_trl(tiny_cache, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
-    from trl_latent.experiments.shapes.models import tiny_vlm
+    from tests.fixtures.models import tiny_vlm
     from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     write_synthetic_task(tmp_path / "shapes", sessions_per_file=1, ood_sessions_per_character=1)

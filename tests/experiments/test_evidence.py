@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.paths import ROOT
 from trl_latent.experiments import evidence
 from trl_latent.experiments.shapes.study import (
     DOCS_REPORT_COMMAND,
@@ -16,8 +17,6 @@ from trl_latent.experiments.shapes.study import (
     load_cells,
     report_markdown,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_generated_block_matches_its_committed_data():

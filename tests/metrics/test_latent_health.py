@@ -96,7 +96,7 @@ def test_first_tokens_in_both_contexts(tiny_processor):
 def tiny_processor(tiny_cache):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
 
     return AutoProcessor.from_pretrained(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 
@@ -115,7 +115,7 @@ def measured(tiny_cache, tiny_processor, tmp_path_factory):
 
 
 def _measure(tiny_cache, tiny_processor, tmp_path_factory) -> dict:
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
 
     model = LatentActionModel.from_base(
         tiny_vlm_path("tiny", cache_dir=tiny_cache), codebook_size=CODES, inverse_layers=1, policy_layers=1

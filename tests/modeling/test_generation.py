@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import StaticCache
 
-from trl_latent.experiments.shapes.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
+from tests.fixtures.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
 from trl_latent.modeling import LatentActionModel, generation
 from trl_latent.modeling.generation import free_decoding_caches, latent_generate
 

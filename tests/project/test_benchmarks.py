@@ -7,13 +7,11 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.paths import ROOT
 from trl_latent.experiments.verdicts import timing_verdict
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str) -> None:
@@ -325,7 +323,7 @@ def test_arithmetic_ratio_matches_the_modules(tiny_cache):
     (token), plus the policy's layers and head and the merge blocks (latent)."""
     from torch import nn
 
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     common = _common()

@@ -5,10 +5,10 @@ stage resolves to the authors' world-output schedule and argmax behaviour clonin
 
 import re
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.paths import ROOT
 from trl_latent.experiments.shapes.pipeline import PipelineConfig, embedded_overrides, library_default, library_kwargs
 from trl_latent.experiments.shapes.prefix_cache import PHASE_READS, PrefixCache, phase_fields
 from trl_latent.modeling.configuration import LatentActionConfig
@@ -91,7 +91,7 @@ def test_embedded_overrides_are_listed_with_a_reason_and_a_command():
     from trl_latent.experiments.commands import _field_overrides
     from trl_latent.modeling.tiny import TINY_SPECS
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     makefile = (root / "Makefile").read_text()
     base = TINY_SPECS[PipelineConfig().size]  # the embedded job's base
     overrides = embedded_overrides()
@@ -167,7 +167,7 @@ def test_cache_keys_come_from_field_metadata():
         assert spec.default is not MISSING or spec.default_factory is not MISSING
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+RECIPES = ROOT / "examples" / "recipes"
 
 
 @pytest.mark.parametrize(
@@ -190,7 +190,7 @@ def test_recipe_stages_resolve_to_the_authors_schedule_and_argmax_cloning(path):
 
 
 def test_docs_table_of_overrides_is_the_code():
-    text = (Path(__file__).resolve().parents[1] / "docs" / "stages.md").read_text()
+    text = (ROOT / "docs" / "stages.md").read_text()
     rows = {}
     for line in text.splitlines():
         match = re.match(r"^\| `(\w+)\.(\w+)` \| `([^`]*)` \| `([^`]*)` \| (.*) \| `([^`]*)` \|$", line)

@@ -22,16 +22,14 @@ from __future__ import annotations
 import ast
 import io
 import re
-import sys
 import tokenize
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_layout import PACKAGE, imported_names  # noqa: E402
+from tests.fixtures.layout import imported_names
+from tests.fixtures.paths import PACKAGE, ROOT
 
-ROOT = PACKAGE.parent
 PYTHON_DIRS = ("trl_latent", "tests", "benchmarks", "examples")
 SKIP_DIRS = {".venv", ".git", ".pytest_cache", ".ruff_cache", "outputs", "__pycache__"}
 ARCHITECTURE = "docs/architecture.md"

@@ -5,9 +5,10 @@ import ast
 import dataclasses
 import inspect
 from collections import defaultdict
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "trl_latent"
+from tests.fixtures.paths import ROOT
+
+PACKAGE = ROOT / "trl_latent"
 
 
 def _literal(node):

@@ -5,11 +5,11 @@ the command that wrote it."""
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.paths import ROOT
+
 RESULTS = ROOT / "results" / "perf"
 DOC = ROOT / "docs" / "performance.md"
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 KNOWN_NOISE = (
     "Failed to load CPU gemm_4bit_forward from kernels-community",
     "The tokenizer has new PAD/BOS/EOS tokens",
@@ -63,7 +62,7 @@ def assert_quiet(stderr: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_cache) -> str:
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
 
     return str(tiny_vlm_path("tiny", cache_dir=tiny_cache))
 

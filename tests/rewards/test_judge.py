@@ -284,7 +284,7 @@ def test_parse_prefers_the_dimension_heading_over_a_mention():
 
 
 def test_local_transformers_judge(tiny_cache):
-    from trl_latent.experiments.shapes.models import tiny_lm
+    from tests.fixtures.models import tiny_lm
 
     model, tokenizer = tiny_lm("tiny", cache_dir=tiny_cache)
     backend = TransformersJudgeBackend(model, tokenizer, max_new_tokens=6)
@@ -299,8 +299,8 @@ def test_stock_trl_grpo_with_judge_reward_on_mmrole_data(tiny_cache, tmp_path):
     """TRL's GRPOTrainer passes the loader's columns to the judge reward, and the judge counters reach its logs."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from tests.fixtures.models import tiny_vlm
     from trl_latent.data.mmrole import load_mmrole
-    from trl_latent.experiments.shapes.models import tiny_vlm
     from trl_latent.experiments.shapes.scenes import CHARACTERS
     from trl_latent.experiments.shapes.task_data import write_synthetic_task
 

@@ -49,7 +49,7 @@ def one_thread():
 def env(tiny_cache, tmp_path_factory):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
     root = tmp_path_factory.mktemp("synthetic_task")

@@ -7,7 +7,6 @@ import doctest
 import re
 import zlib
 from collections import defaultdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,8 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
-from trl_latent.experiments.shapes.models import tiny_lm
+from tests.fixtures.models import tiny_lm
+from tests.fixtures.paths import ROOT
 from trl_latent.training import losses
 from trl_latent.training.losses import (
     LOSS_CLASSES,
@@ -495,7 +495,7 @@ def test_loss_is_shape_agnostic_over_latent_steps():
 
 
 # ---------------------------------------------------------------------------------------------------- docs
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "losses.md"
+DOCS = ROOT / "docs" / "losses.md"
 
 
 def test_docs_python_snippets_run(tiny_cache, tmp_path, monkeypatch, capsys):

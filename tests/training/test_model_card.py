@@ -21,7 +21,7 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 
 import trl_latent
-from trl_latent.experiments.shapes.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
+from tests.fixtures.models import tiny_lm, tiny_lm_path, tiny_vlm, tiny_vlm_path
 from trl_latent.experiments.shapes.reward import rubric_reward
 from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset, synthetic_sft_dataset
 from trl_latent.modeling import LatentActionModel

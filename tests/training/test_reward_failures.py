@@ -235,8 +235,8 @@ def rl_prompts(n: int = 8):
 def latent_trainer(tiny_cache, out: Path, reward, **config):
     import torch
 
+    from tests.fixtures.models import tiny_vlm, tiny_vlm_path
     from trl_latent import LatentActionModel, LatentGRPOConfig, LatentGRPOTrainer
-    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
 
     torch.manual_seed(0)
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -287,7 +287,7 @@ def test_transient_judge_failures_still_train_to_the_end(judge, tiny_cache, tmp_
 def test_a_reward_returning_none_for_every_completion_stops_the_run(tiny_cache, tmp_path):
     from trl import GRPOConfig
 
-    from trl_latent.experiments.shapes.models import tiny_vlm
+    from tests.fixtures.models import tiny_vlm
     from trl_latent.training.token_grpo_trainer import TokenGRPOTrainer
 
     calls = []
@@ -312,8 +312,8 @@ def test_a_reward_returning_none_for_every_completion_stops_the_run(tiny_cache, 
 
 def test_token_command_stops_with_exit_status_1_when_the_judge_starts_refusing(judge, shapes, tiny_cache, tmp_path,
                                                                                 capsys):  # fmt: skip
+    from tests.fixtures.models import tiny_vlm_path
     from trl_latent.cli import main
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
 
     url = judge(after(1 + 2 * 4, UNAUTHORIZED))  # the key is revoked after two batches
     out = tmp_path / "token_grpo"

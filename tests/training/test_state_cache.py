@@ -90,7 +90,7 @@ def test_reused_states_give_the_same_losses_with_fewer_base_runs(tiny_cache, tmp
 def test_vision_language_joint_stage_reuses_both_runs(tiny_cache, tmp_path):
     """Qwen2.5-VL, joint stage: the image run (keyed by ids and pixels), the aligned text run and the text-only stream
     are all reused; the losses equal the recomputed ones."""
-    from trl_latent.experiments.shapes.models import tiny_vlm
+    from tests.fixtures.models import tiny_vlm
     from trl_latent.experiments.shapes.task_data import synthetic_sft_dataset
 
     base, processor = tiny_vlm("tiny", cache_dir=tiny_cache)

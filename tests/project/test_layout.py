@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "trl_latent"
+from tests.fixtures.layout import imported_names, module_name
+from tests.fixtures.paths import PACKAGE, TESTS
+
 HARNESS = "trl_latent.experiments"
 # The library: its subpackages and modules. `cli.py` is the entry point that registers both sides' commands.
 LIBRARY = (
@@ -28,35 +30,12 @@ LIBRARY = (
 )
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def library_modules() -> list[Path]:
     files = []
     for entry in LIBRARY:
         target = PACKAGE / entry
         files += sorted(target.rglob("*.py")) if target.is_dir() else [target]
     return files
-
-
-def imported_names(path: Path) -> list[str]:
-    """Every module an import statement in `path` names, relative imports resolved against its package."""
-    module = _module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                stem = ".".join(base + ([node.module] if node.module else []))
-            else:
-                stem = node.module or ""
-            names += [stem] + [f"{stem}.{alias.name}" for alias in node.names]
-    return names
 
 
 def test_every_package_module_is_library_harness_or_entry_point():
@@ -98,7 +77,7 @@ def _assert_harness_unloaded_after(imports: str) -> None:
 
 
 def test_importing_the_whole_library_leaves_the_harness_unloaded():
-    modules = [_module_name(path) for path in library_modules()]
+    modules = [module_name(path) for path in library_modules()]
     _assert_harness_unloaded_after(f"import importlib\nfor name in {modules!r}:\n    importlib.import_module(name)")
 
 
@@ -121,7 +100,7 @@ def test_no_old_module_path_is_served():
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package's modules it imports (at module level or inside a function), every module of the
     package, experiments included."""
-    modules = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    modules = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
     graph = {}
     for module, path in modules.items():
         targets = set()
@@ -177,7 +156,7 @@ def test_the_circle_finder_finds_a_circle():
 
 def test_every_library_module_is_imported_by_a_test_file():
     """Each module of the library (not `__init__`, not the experiments) is named by an import in some test file."""
-    tests = Path(__file__).resolve().parent
+    tests = TESTS
     imported = set()
     for path in tests.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -187,8 +166,8 @@ def test_every_library_module_is_imported_by_a_test_file():
                 imported.add(node.module)
                 imported.update(f"{node.module}.{alias.name}" for alias in node.names)
     untested = [
-        _module_name(path)
+        module_name(path)
         for path in library_modules()
-        if path.name != "__init__.py" and _module_name(path) not in imported
+        if path.name != "__init__.py" and module_name(path) not in imported
     ]
     assert not untested, f"library modules no test file imports: {untested}"
