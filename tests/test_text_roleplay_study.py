@@ -185,3 +185,14 @@ def test_eval_corpus_gives_the_held_out_text_and_a_larger_corpus_never_trains_on
     train_ids = {m["messages"][0]["content"].split()[1] for m in train}
     assert len(train) > 300 and not held_ids & train_ids
     assert all(m["messages"][0]["content"].startswith("large") for m in train)
+
+
+def test_every_variant_is_a_set_of_study_settings_and_its_files_are_committed():
+    """A variant's settings are `TextStudyConfig` fields (an unknown one would fail only when its cell starts), and
+    the corpora it names are in the repository, so its cells can be regenerated from a clone."""
+    for name, settings in study.VARIANTS.items():
+        config = study.TextStudyConfig.from_dict({**study.TextStudyConfig().to_dict(), **settings})
+        for path in (config.corpus, config.eval_corpus):
+            assert path is None or (ROOT / path).is_file(), (name, path)
+    with pytest.raises(ValueError, match="Unknown study settings"):
+        study.TextStudyConfig.from_dict({"stage_epoch": 1.0})
