@@ -112,6 +112,36 @@ def test_a_variant_of_stages_1_to_4_trains_them_itself(smoke):
         assert saved["world_output"] == "residual" and saved["world_merge_init"] == "zeros"
 
 
+def test_a_stage_cut_off_resumes_from_its_checkpoint(smoke, tmp_path, monkeypatch):
+    """A latent stage saves a checkpoint every CHECKPOINT_STEPS steps; a cell cut off inside a stage (the end of a
+    session) resumes it from the newest checkpoint, runs its remaining steps and lands where the uninterrupted cell did
+    (to the base-state cache's 1e-4: the resumed part computes the base's states again)."""
+    from trl_latent.training.latent_sft_trainer import LatentSFTTrainer
+
+    _, cells_dir = smoke
+    plain = next(c for c in study.load_cells(cells_dir) if study._name(c) == "latent")
+    config = study.TextStudyConfig.from_dict(plain["config"])
+    monkeypatch.setattr(study, "CHECKPOINT_STEPS", 2)
+    training_step = LatentSFTTrainer.training_step
+
+    def cut_off(self, *args, **kwargs):
+        if self.args.stage == "joint" and self.state.global_step == 3:
+            raise RuntimeError("the session ended")
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentSFTTrainer, "training_step", cut_off)
+    with pytest.raises(RuntimeError, match="the session ended"):
+        study.run_cell("latent", 0, config, tmp_path / "cells", tmp_path / "work")
+    cut = json.loads((tmp_path / "cells" / "latent-seed0.json").read_text())
+    assert list(cut["phases"]["train"]) == ["inverse_warmup"] and not cut["complete"]
+    monkeypatch.setattr(LatentSFTTrainer, "training_step", training_step)
+    cell = study.run_cell("latent", 0, config, tmp_path / "cells", tmp_path / "work")
+    joint, before = cell["phases"]["train"]["joint"], plain["phases"]["train"]["joint"]
+    assert cell["complete"] and joint["resumed_from"] == "checkpoint-2" and joint["steps"] == before["steps"]
+    assert joint["loss_last"] == pytest.approx(before["loss_last"], rel=1e-3)
+    assert "resumed_from" not in cell["phases"]["train"]["inverse_warmup"]
+
+
 def test_a_later_seed_reuses_the_searched_rate(smoke):
     _, cells_dir = smoke
     assert study._chosen_rate(cells_dir, "token", seed=1) == 1e-3
