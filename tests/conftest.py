@@ -25,7 +25,7 @@ def smollm2_cache(tmp_path_factory):
 def smollm2(smollm2_cache):
     """SmolLM2-135M-Instruct converted once per test process into `smollm2_cache`, whichever test asks first:
     `{"folder": ..., "model": ..., "tokenizer": ...}`, the last two the GGUF-loaded objects the conversion saved
-    (tests/test_text_roleplay_base.py compares the folder with them, then drops them)."""
+    (tests/experiments/text_roleplay/test_base.py compares the folder with them, then drops them)."""
     from trl_latent.experiments.text_roleplay import base
 
     loaded = {}
@@ -188,7 +188,7 @@ def steerable_latent_model(tiny_cache):
     """Build an untrained latent model on the tiny VLM (16 codes, one-layer IDM and policy, seed 0) whose world model
     follows its codes: the minus-base output with the codebook scaled up (at initialisation the code vectors are ~0.02
     per dimension against base states of ~1 and barely matter), so rollouts and their rewards differ within a group."""
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     def build() -> LatentActionModel:
@@ -206,3 +206,48 @@ def steerable_latent_model(tiny_cache):
         return model
 
     return build
+
+
+@pytest.fixture(scope="module")
+def bad_input_model(tiny_cache):
+    """The tiny latent model and processor the bad-input cases that load, save or train a model share, built once per
+    test file (`tests/fixtures/bad_input.py`)."""
+    from tests.fixtures.bad_input import shared_model
+
+    return shared_model(tiny_cache)
+
+
+# The evaluation protocol's tests (tests/test_evaluation.py, tests/experiments/shapes/test_evaluate.py)
+@pytest.fixture(scope="module")
+def eval_set():
+    """Four evaluation prompts of the shapes task (seed 3)."""
+    from trl_latent.experiments.shapes.task_data import synthetic_rl_dataset
+
+    return synthetic_rl_dataset(4, seed=3, split="eval")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cache):
+    """The tiny VLM, no latent modules, and its processor."""
+    from tests.fixtures.models import tiny_vlm
+
+    return tiny_vlm("tiny", cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="module")
+def latent(tiny_cache):
+    """An untrained latent model on the tiny VLM (16 codes, one-layer IDM and policy), the same in every run, and its
+    processor padding on the left."""
+    from transformers import AutoProcessor
+
+    from tests.fixtures.models import tiny_vlm_path
+    from trl_latent.modeling import LatentActionModel
+
+    path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
+    # The same latent modules in every run, and the caller's random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LatentActionModel.from_base(path, codebook_size=16, inverse_layers=1, policy_layers=1)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    return model, processor

@@ -1,13 +1,27 @@
-"""Evaluation runner on the tiny VLM with a scripted (offline) judge: the table, mean +/- std, diversity."""
+"""`trl_latent.evaluation`: the runner on the tiny VLM with a scripted (offline) judge (the table, mean +/- std,
+diversity), and the paper's protocol: 3 generations per prompt, codes or tokens sampled at temperature 0.1 among the
+top 64."""
 
 import json
 import math
 import statistics
 
 import pytest
+import torch
 
+from tests.fixtures.paths import ROOT
 from trl_latent.data.mmrole import load_mmrole
-from trl_latent.evaluation import LatentGenerationBackend, VLMGenerationBackend, evaluate
+from trl_latent.evaluation import (
+    PAPER_EVAL_GENERATIONS,
+    PAPER_EVAL_TEMPERATURE,
+    PAPER_EVAL_TOP_K,
+    ROLLOUT_CODE_TOP_K,
+    ROLLOUT_TEMPERATURE,
+    LatentGenerationBackend,
+    VLMGenerationBackend,
+    evaluate,
+    generate_answers,
+)
 from trl_latent.metrics.diversity import Embedder
 from trl_latent.rewards.judge import MMROLE_RUBRIC, JudgeReward
 
@@ -52,7 +66,7 @@ def embedder():
 
 
 def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path):
-    from trl_latent.experiments.shapes.models import tiny_vlm
+    from tests.fixtures.models import tiny_vlm
 
     model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
     generate = VLMGenerationBackend(model, processor, max_new_tokens=8, temperature=0.1)
@@ -89,7 +103,7 @@ def test_tiny_vlm_evaluation_table(tiny_cache, shapes_splits, embedder, tmp_path
 def test_latent_model_evaluation(tiny_cache, shapes_splits, embedder, tmp_path):
     from transformers import AutoProcessor
 
-    from trl_latent.experiments.shapes.models import tiny_vlm, tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm, tiny_vlm_path
     from trl_latent.modeling import LatentActionModel
 
     path = tiny_vlm_path("tiny", cache_dir=tiny_cache)
@@ -146,7 +160,7 @@ def test_runner_diversity_and_judge_failures(shapes_splits, embedder):
 
 
 def test_right_padding_is_refused(tiny_cache):
-    from trl_latent.experiments.shapes.models import tiny_vlm
+    from tests.fixtures.models import tiny_vlm
 
     model, processor = tiny_vlm("tiny", cache_dir=tiny_cache)
     processor.tokenizer.padding_side = "right"
@@ -157,9 +171,8 @@ def test_right_padding_is_refused(tiny_cache):
 def test_docs_snippets_run(tiny_cache, tmp_path, monkeypatch, capsys):
     """Every ```python block of docs/tasks_and_rewards.md runs, in order, in one namespace."""
     import re
-    from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "tasks_and_rewards.md").read_text()
+    doc = (ROOT / "docs" / "tasks_and_rewards.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
@@ -173,3 +186,68 @@ def test_docs_snippets_run(tiny_cache, tmp_path, monkeypatch, capsys):
     assert "{'sft': 16, 'rl': 12, 'id_test': 4, 'ood_test': 4} 0 0" in out  # 32 synthetic sessions
     assert (tmp_path / "eval_out" / "evaluation.md").read_text().startswith("| split |")
     assert 'You are a helpful assistant for a user who is "a Father at Home; a Fireman at Community".' in out
+
+
+def spy_generate(monkeypatch, model):
+    """Record the keyword arguments of every `model.generate` call (generation itself still runs)."""
+    calls = []
+    generate = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    return calls
+
+
+def test_plain_vlm_samples_tokens_at_the_paper_setting(tiny, eval_set, monkeypatch):
+    model, processor = tiny
+    calls = spy_generate(monkeypatch, model)
+    state = torch.get_rng_state()
+    rounds = generate_answers(
+        model,
+        processor,
+        eval_set,
+        8,
+        batch_size=2,
+        temperature=PAPER_EVAL_TEMPERATURE,
+        top_k=PAPER_EVAL_TOP_K,
+        num_generations=PAPER_EVAL_GENERATIONS,
+        seed=0,
+    )
+    # Generation-major: 3 rounds of one answer per prompt; 2 batches x 3 rounds = 6 calls.
+    assert len(rounds) == 3 and all(len(r) == len(eval_set) and all(isinstance(a, str) for a in r) for r in rounds)
+    assert len(calls) == 6
+    for kwargs in calls:
+        # Token sampling at 0.1 among the top 64, nucleus filter off (Qwen2.5-VL's config would set top_p=0.001).
+        assert (kwargs["do_sample"], kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (True, 0.1, 64, 1.0)
+    # Seeded rounds: reproducible, and the caller's random state is left alone.
+    assert torch.equal(torch.get_rng_state(), state)
+    again = generate_answers(model, processor, eval_set, 8, batch_size=2, temperature=0.1, top_k=64, num_generations=3, seed=0)  # fmt: skip
+    assert again == rounds
+    # At temperature 0.1 the rounds can differ (the untrained tiny model's logits are flat): there is a spread.
+    assert len({tuple(r) for r in rounds}) > 1
+    # Backward compatible: no num_generations -> one answer per prompt; sample=True -> the rollout setting.
+    calls.clear()
+    greedy = generate_answers(model, processor, eval_set, 8)
+    assert len(greedy) == len(eval_set) and isinstance(greedy[0], str) and calls[-1]["do_sample"] is False
+    generate_answers(model, processor, eval_set, 8, sample=True)
+    assert (calls[-1]["temperature"], calls[-1]["top_k"]) == (ROLLOUT_TEMPERATURE, 0)
+    assert generate_answers(model, processor, eval_set, 8, num_generations=1) == [greedy]
+
+
+def test_latent_model_samples_codes_at_the_paper_setting(latent, eval_set, monkeypatch):
+    model, processor = latent
+    calls = spy_generate(monkeypatch, model)
+    rounds = generate_answers(
+        model, processor, eval_set, 6, temperature=0.1, top_k=64, num_generations=PAPER_EVAL_GENERATIONS, seed=0
+    )
+    assert len(rounds) == 3 and all(len(r) == len(eval_set) for r in rounds)
+    assert len(calls) == 3
+    for kwargs in calls:
+        assert (kwargs["do_sample_codes"], kwargs["code_temperature"], kwargs["code_top_k"]) == (True, 0.1, 64)
+    generate_answers(model, processor, eval_set, 6, sample=True)
+    assert (calls[-1]["code_temperature"], calls[-1]["code_top_k"]) == (ROLLOUT_TEMPERATURE, ROLLOUT_CODE_TOP_K)
+    generate_answers(model, processor, eval_set, 6)
+    assert calls[-1]["do_sample_codes"] is False

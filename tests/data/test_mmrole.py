@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.fixtures.bad_input import (
+    Case,
+    Outcome,
+    add_session,
+    bad_input_test,
+    damage_dialogues,
+    mmrole_sample_root,
+    mmrole_stats,
+    mmrole_with_truncated_image,
+)
 from tests.fixtures.paths import TEST_DATA
 from trl_latent.data.mmrole import (
     PAPER_SYSTEM_PROMPT,
@@ -373,3 +383,57 @@ def test_release_ood_eval_prompt_names_the_work(release_root):
     assert text.startswith("Please step into the shoes of Howard Wolowitz from The Big Bang Theory. Imagine")
     assert "The description of Howard Wolowitz is as follows:\n### Howard\nAn engineer at Caltech.\n\n\n" in text
     assert text.endswith("vocabulary of Howard Wolowitz:\nWhat is this 0?")
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    Case(
+        "mmrole/session_of_wrong_type",
+        lambda c: load_mmrole(damage_dialogues(c, b'["a session"]')),
+        MMRoleFormatError,
+        ("Black_Panther_COCO.json (session 0): a session must be an object, got str",),
+    ),
+    Case(
+        "mmrole/misspelled_conversations_key",
+        lambda c: Outcome(
+            mmrole_stats(
+                add_session(c, {"id": "typo", "image": "x.jpg", "conversation": [{"from": "human", "value": "?"}]})
+            ).misnamed_sessions
+        ),
+        fragments=("1 session(s) whose turns are under a misspelled key", "'typo'", "'conversation'"),
+        count=1,
+    ),
+    Case(
+        "mmrole/misspelled_conversations_key_strict",
+        lambda c: load_mmrole(
+            add_session(c, {"id": "typo", "image": "x.jpg", "conversation": []}), image_size=(8, 8), strict=True
+        ),
+        MMRoleFormatError,
+        ("session 'typo'", "under 'conversation', not 'conversations'"),
+    ),
+    Case(
+        "mmrole/session_without_answer",
+        lambda c: Outcome(
+            mmrole_stats(
+                add_session(c, {"id": "q_only", "image": "x.jpg", "conversations": [{"from": "human", "value": "?"}]})
+            ).unanswered_sessions
+        ),
+        fragments=("skipped 1 in-distribution session(s) without a character answer", "'q_only'", "strict=True"),
+        count=1,
+    ),
+    Case(
+        "mmrole/truncated_image_skipped",
+        lambda c: Outcome(mmrole_stats(mmrole_with_truncated_image(c), on_missing_image="skip").unreadable_images),
+        fragments=("1 with an unreadable one",),
+        count=1,
+    ),
+    Case(
+        "mmrole/ood_split_alone_without_its_file",
+        lambda c: load_mmrole(mmrole_sample_root(c), splits=("ood_test",)),
+        FileNotFoundError,
+        ("ood_test split needs the out-of-distribution dialogues", "dialogues/out-of-distribution/comment.json"),
+    ),
+]
+
+
+test_bad_input = bad_input_test(BAD_INPUT)

@@ -4,6 +4,7 @@ list of names is written out twice. (Restated defaults drift apart: the reason t
 import ast
 import dataclasses
 import inspect
+import sys
 from collections import defaultdict
 
 from tests.fixtures.paths import ROOT
@@ -115,5 +116,5 @@ def test_the_checks_see_a_restated_default(tmp_path, monkeypatch):
     (tmp_path / "trl_latent").mkdir()
     (tmp_path / "trl_latent" / "a.py").write_text(source)
     (tmp_path / "trl_latent" / "b.py").write_text("def f(codebook_size=128):\n    pass\nSPLITS = ('a', 'b')\n")
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "trl_latent")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "trl_latent")
     assert len(default_sites()["codebook_size", 128]) == 2

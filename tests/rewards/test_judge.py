@@ -9,9 +9,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.fixtures.bad_input import (
+    KEY,
+    Case,
+    backend_error_with_key,
+    bad_input_test,
+    chat_answer,
+    judge_answering,
+    out_of_scale,
+    pcog_without_evalhelp,
+)
 from trl_latent.rewards.judge import (
     MMROLE_RUBRIC,
     PCOGALIGN_RUBRIC,
+    JudgeCheckError,
     JudgeConnectionError,
     JudgeReward,
     OpenAIJudgeBackend,
@@ -339,3 +350,56 @@ def test_stock_trl_grpo_with_judge_reward_on_mmrole_data(tiny_cache, tmp_path):
     logs = trainer.state.log_history[0]
     assert logs["judge/failures"] == 2 and logs["judge/failure_rate"] == 0.5
     assert logs["rewards/judge_reward/mean"] == pytest.approx(56 / 64)  # failures get the batch mean
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    Case("judge/score_below_scale", out_of_scale("(7, 0)"), fragments=("outside the 1-10 scale",), count=1),
+    Case("judge/score_above_scale", out_of_scale("(11, 5)"), fragments=("outside the 1-10 scale",), count=1),
+    Case("judge/negative_score", out_of_scale("(-3, 4)"), fragments=("outside the 1-10 scale",), count=1),
+    Case("judge/nan_score", out_of_scale("(NaN, 5)"), fragments=("outside the 1-10 scale",), count=1),
+    Case(
+        "judge/pcogalign_record_without_evalhelp",
+        pcog_without_evalhelp,
+        fragments=("record id='p1'", "missing field 'EvalHelp'"),
+        count=1,
+    ),
+    Case("judge/backend_error_quotes_the_key", backend_error_with_key, fragments=("invalid key ***",), count=6),
+    Case(
+        "judge/start_up_key_rejected",
+        judge_answering(401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_api_key"}}),
+        JudgeCheckError,
+        (
+            "refused the start-up test judgement",
+            "HTTP 401 Unauthorized: Incorrect API key provided: ***",
+            "valid key in the environment variable JUDGE_API_KEY",
+            "check_connection=False",
+        ),
+    ),  # fmt: skip
+    Case(
+        "judge/start_up_no_permission",
+        judge_answering(403, {"error": {"message": "You are not allowed to sample from this model"}}),
+        JudgeCheckError,
+        ("HTTP 403 Forbidden: You are not allowed to sample from this model", "not allowed to use model 'judge'"),
+    ),
+    Case(
+        "judge/start_up_unknown_model",
+        judge_answering(404, {"object": "error", "message": "The model `judge` does not exist.", "code": 404}),
+        JudgeCheckError,
+        (
+            "HTTP 404 Not Found: The model `judge` does not exist",
+            "has no model 'judge'",
+            "The server lists: ['served-judge']",
+            "Fix judge_model (--judge_model)",
+        ),
+    ),  # fmt: skip
+    Case(
+        "judge/start_up_unreadable_answer",
+        judge_answering(200, chat_answer("Both responses are lovely; I would not want to rank them.")),
+        JudgeCheckError,
+        ("no score pair could be read from its answer", "I would not want to rank them", "[Scores]: (A, B)"),
+    ),
+]
+
+
+test_bad_input = bad_input_test(BAD_INPUT)

@@ -1,5 +1,6 @@
 """`rewards.judge_backends`: what a judge backend is, and how its failures are labelled."""
 
+from tests.fixtures.bad_input import KEY, Case, bad_input_test
 from trl_latent.rewards.judge_backends import CallableJudgeBackend, OpenAIJudgeBackend, status_label
 
 
@@ -22,3 +23,17 @@ def test_the_openai_backend_keeps_its_key_out_of_its_repr(monkeypatch):
     backend = OpenAIJudgeBackend("http://127.0.0.1:9/v1", "judge", api_key_env="TEST_JUDGE_KEY", timeout=1.0)
     assert "sk-TESTKEY" not in repr(backend)
     assert "sk-TESTKEYTESTKEYTESTKEY0123456789" in backend.secrets()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    Case(
+        "judge/key_passed_as_env_name",
+        lambda c: OpenAIJudgeBackend("http://localhost:1/v1", "judge", api_key_env=KEY),
+        ValueError,
+        ("api_key_env must be the NAME of the environment variable", "looks like a key itself"),
+    ),
+]
+
+
+test_bad_input = bad_input_test(BAD_INPUT)

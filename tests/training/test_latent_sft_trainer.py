@@ -338,7 +338,7 @@ def test_without_projector_text_only_data_feeds_raw_text_states(env, stage, monk
 
 
 # --------------------------------------------------------------------------------------------------- LoRA
-# (Kill-and-resume of every stage: tests/test_resume.py.)
+# (Kill-and-resume of every stage: tests/training/test_checkpointing.py.)
 def test_world_sft_with_lora_trains_only_the_adapter(env, tmp_path):
     from peft import LoraConfig
 
