@@ -1,8 +1,15 @@
-"""The house rule: the library (what a TRL user installs and imports) never imports the embedded experiment
-(`trl_latent.experiments`: the shapes task, its reward, the demo pipeline, the study and its reports).
+"""The package's layout and the test suite's.
 
-Checked twice: statically (every import statement of every library module, relative imports resolved) and at run time
-(importing every library module in a fresh interpreter leaves `trl_latent.experiments` unloaded)."""
+The house rule: the library (what a TRL user installs and imports) never imports the embedded experiment
+(`trl_latent.experiments`: the shapes task, its reward, the demo pipeline, the study and its reports). Checked twice:
+statically (every import statement of every library module, relative imports resolved) and at run time (importing
+every library module in a fresh interpreter leaves `trl_latent.experiments` unloaded). The package has no import
+circle.
+
+The suite mirrors the package: `trl_latent/<pkg>/<mod>.py` is tested by `tests/<pkg>/test_<mod>.py`, which imports
+it (a package's `__init__.py` by `test_init.py` when it holds code beyond re-exports); every other test file is a
+check of the project as a whole, in `tests/project/`; shared helpers live in `tests/fixtures/`. Every test folder is a
+package, and no test file imports another."""
 
 import ast
 import subprocess
@@ -154,20 +161,134 @@ def test_the_circle_finder_finds_a_circle():
     assert circles(graph) == [["a", "b", "c"]] and circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_every_library_module_is_imported_by_a_test_file():
-    """Each module of the library (not `__init__`, not the experiments) is named by an import in some test file."""
-    tests = TESTS
-    imported = set()
-    for path in tests.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                imported.add(node.module)
-                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
-    untested = [
-        module_name(path)
-        for path in library_modules()
-        if path.name != "__init__.py" and module_name(path) not in imported
+# ------------------------------------------------------------------------------------------------ the test suite
+def has_code(init: Path) -> bool:
+    """Whether a package's `__init__.py` holds more than a docstring, imports, `__all__` and `TYPE_CHECKING` imports."""
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]:
+            continue
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            continue
+        return True
+    return False
+
+
+def modules_to_test() -> list[Path]:
+    """Every module of the package, the experiments included, that must have a test file of its own."""
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__init__.py" or has_code(p)]
+
+
+def mirror(module: Path) -> Path:
+    """`trl_latent/training/stages.py` -> `tests/training/test_stages.py`; `__init__.py` -> `test_init.py`."""
+    relative = module.relative_to(PACKAGE)
+    stem = "init" if module.name == "__init__.py" else module.stem
+    return TESTS / relative.parent / f"test_{stem}.py"
+
+
+def mirrored_module(test_file: Path) -> Path:
+    """The module `test_file` tests by its path (the inverse of `mirror`)."""
+    relative = test_file.relative_to(TESTS)
+    stem = relative.stem.removeprefix("test_")
+    return PACKAGE / relative.parent / ("__init__.py" if stem == "init" else f"{stem}.py")
+
+
+def suite_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("test_*.py") if "__pycache__" not in p.parts)
+
+
+def imports_module(source: str, module: str) -> bool:
+    """Whether an import statement of `source` (at any depth) imports `module`, for `trl_latent.training.stages`:
+    `import trl_latent.training.stages`, `from trl_latent.training.stages import STAGES` or
+    `from trl_latent.training import stages`."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import) and any(alias.name == module for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module == module or any(f"{node.module}.{alias.name}" == module for alias in node.names):
+                return True
+    return False
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (`test_*`) an import statement of `source` names: `import test_x`, `from test_x import ...`,
+    `from tests.data.test_x import ...`, `from tests.data import test_x`, `from .test_x import ...`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            stem = "." * node.level + (node.module or "")
+            names = [stem] + [f"{stem}.{alias.name}".replace("..", ".") for alias in node.names]
+        else:
+            continue
+        found += [name for name in names if any(part.startswith("test_") for part in name.split("."))]
+    return sorted(set(found))
+
+
+def test_every_test_file_mirrors_a_module_or_checks_the_project():
+    stray = []
+    for path in suite_files():
+        relative = path.relative_to(TESTS)
+        if relative.parts[0] == "fixtures":
+            stray.append(f"{relative} (tests/fixtures/ holds helpers, not tests)")
+        elif relative.parts[0] != "project" and not mirrored_module(path).is_file():
+            stray.append(
+                f"{relative} (tests {mirrored_module(path).relative_to(PACKAGE.parent)}, which does not exist)"
+            )
+    assert not stray, "test files that mirror no module (move each to its module's place, or to tests/project/): " + (
+        "; ".join(stray)
+    )
+
+
+@pytest.mark.parametrize("module", modules_to_test(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_every_module_has_a_test_file_that_imports_it(module):
+    test_file = mirror(module)
+    relative = test_file.relative_to(TESTS.parent)
+    assert test_file.is_file(), f"{module.relative_to(PACKAGE.parent)} has no test file: write {relative}"
+    assert imports_module(test_file.read_text(), module_name(module)), (
+        f"{relative} does not import {module_name(module)}"
+    )
+
+
+def test_no_test_file_imports_another():
+    """Whatever two test files share lives in tests/fixtures/ (or a conftest.py), never in one of them."""
+    offending = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        names = imported_test_modules(path.read_text())
+        if names:
+            offending[str(path.relative_to(TESTS.parent))] = names
+    assert not offending, f"imports of test files (move what they share to tests/fixtures/): {offending}"
+
+
+def test_every_test_folder_is_a_package():
+    """So that `tests.training.test_stages` is a module name and two folders may both hold a `test_evaluate.py`."""
+    folders = {p.parent for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts}
+    assert sorted(str(f.relative_to(TESTS.parent)) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
+def test_the_suite_checks_see_what_they_must():
+    """The checkers themselves, on planted sources and paths."""
+    assert imports_module("from trl_latent.training.stages import STAGES", "trl_latent.training.stages")
+    assert imports_module("def f():\n    import trl_latent.training.stages\n", "trl_latent.training.stages")
+    assert imports_module("from trl_latent.training import stages", "trl_latent.training.stages")
+    assert not imports_module("from trl_latent.training import stages", "trl_latent.training.losses")
+    assert not imports_module("from trl_latent.training.stages_table import X", "trl_latent.training.stages")
+    assert imported_test_modules("from test_layout import PACKAGE") == ["test_layout", "test_layout.PACKAGE"]
+    assert imported_test_modules("from tests.data import test_pretrain") == ["tests.data.test_pretrain"]
+    assert imported_test_modules("from .test_x import y\nimport tests.project.test_docs") == [
+        ".test_x",
+        ".test_x.y",
+        "tests.project.test_docs",
     ]
-    assert not untested, f"library modules no test file imports: {untested}"
+    assert imported_test_modules("from tests.fixtures.models import tiny_vlm\nimport pytest") == []
+    stages = PACKAGE / "training" / "stages.py"
+    assert mirror(stages) == TESTS / "training" / "test_stages.py" and mirrored_module(mirror(stages)) == stages
+    assert mirror(PACKAGE / "__init__.py") == TESTS / "test_init.py" and has_code(PACKAGE / "__init__.py")
+    assert not has_code(PACKAGE / "planning" / "__init__.py")  # imports and __all__ only
+    assert (
+        mirror(PACKAGE / "experiments" / "shapes" / "study.py") == TESTS / "experiments" / "shapes" / "test_study.py"
+    )
