@@ -14,7 +14,7 @@ Writes one JSON (`--out`) and one markdown table beside it (`.md`), with every t
 is the shorter first try.
 
 Without CUDA (or with `--tiny`) it runs the same path at the tiny size on the CPU in well under a minute of compute:
-the CI test of this script (tests/test_benchmarks.py).
+the CI test of this script (tests/project/test_benchmarks.py).
 
     bash benchmarks/gpu_check.sh                      # one CUDA GPU: 3b and 7b
     bash benchmarks/gpu_check.sh --sizes 3b --out outputs/gpu_check_3b.json

@@ -162,7 +162,7 @@ def child(args) -> None:
         "parameters": sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model_wrapped).parameters()),
     }
     Path(args.work, f"rank{rank}.json").write_text(json.dumps(record, indent=1))
-    if torch.distributed.is_initialized():  # an orderly teardown (see tests/test_distributed_sft.py)
+    if torch.distributed.is_initialized():  # an orderly teardown (see tests/project/test_distributed_sft.py)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

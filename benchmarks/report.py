@@ -11,7 +11,7 @@ each file this builds two tables, each between markers in docs/performance.md:
     python benchmarks/report.py           # rewrite the tables in docs/performance.md from results/perf/
     python benchmarks/report.py --check   # exit 1, one line per table, where the page differs from the JSON
 
-tests/test_perf_tables.py runs the check, so the page cannot drift from the committed data.
+tests/project/test_perf_tables.py runs the check, so the page cannot drift from the committed data.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def layer_values(hidden: int, kv: int, intermediate: int) -> int:
     Eight h-wide tensors (among them the layer input, both norms' outputs, q, the attention output and `o_proj`'s
     input), k and v (2 kv), and the MLP's gate, up, silu(gate) and their product (4i); a few per-token scalars (norm
     statistics, the attention's log-sum-exp, rotary tables) are left out. Checked against the tensors autograd saves
-    for a Qwen2 decoder layer (`tests/test_planning.py`)."""
+    for a Qwen2 decoder layer (`tests/planning/test_memory.py`)."""
     return 8 * hidden + 2 * kv + 4 * intermediate
 
 

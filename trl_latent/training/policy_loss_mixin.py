@@ -6,7 +6,7 @@ the loss of each micro-batch from per-step log-probabilities, and rollout divers
 trainers use it: `TokenGRPOTrainer` (token actions) and `LatentGRPOTrainer` (latent codes), so a latent run and a
 token run differ only in the action space.
 
-Overridden TRL private methods (pinned by `tests/test_trl_contract.py`), each wrapped with `super()`:
+Overridden TRL private methods (pinned by `tests/project/test_trl_contract.py`), each wrapped with `super()`:
 `_calculate_rewards` (keeps the rewards, logs diversity and watches for a failed reward) and
 `_generate_and_score_completions` (advantages from the loss object). `train` is wrapped too: a run whose reward failed
 for `max_failed_reward_batches` batches in a row saves a checkpoint and stops, and `train()` raises

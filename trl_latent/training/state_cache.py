@@ -9,8 +9,9 @@ at all; otherwise the base runs on the batch once and its records are stored.
 
 The states of a record are the same tensor whatever batch it came in, up to the float rounding of a differently padded
 batch (well below 1e-6 relative), so the losses with reused states equal those with recomputed ones
-(`tests/test_base_state_cache.py`). A cache is tied to one base: its key includes a fingerprint of the base's weights,
-so a cache handed from stage to stage (`LatentSFTTrainer(state_cache=...)`) never serves states of another base.
+(`tests/training/test_state_cache.py`). A cache is tied to one base: its key includes a fingerprint of the base's
+weights, so a cache handed from stage to stage (`LatentSFTTrainer(state_cache=...)`) never serves states of another
+base.
 """
 
 from __future__ import annotations

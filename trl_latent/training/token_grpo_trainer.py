@@ -6,7 +6,7 @@ It is the token-level baseline of the latent-action trainer: both compute their 
 with it and logs rollout diversity is [`~trl_latent.training.policy_loss_mixin.PolicyLossMixin`], which `LatentGRPOTrainer`
 reuses (re-exported here with `resolve_policy_loss` and `build_diversity_embedder`).
 
-Overridden TRL private methods (pinned by `tests/test_trl_contract.py`), each wrapped with `super()`:
+Overridden TRL private methods (pinned by `tests/project/test_trl_contract.py`), each wrapped with `super()`:
 `_calculate_rewards` (keeps the rewards and logs diversity) and `_generate_and_score_completions` (advantages from the
 loss object), both in `PolicyLossMixin`, and `_compute_loss` (log-probabilities from TRL, loss from the loss object).
 `train(resume_from_checkpoint=True)` resumes from the newest complete checkpoint (`ResumeCheckpointMixin`).
