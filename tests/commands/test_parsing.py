@@ -57,3 +57,54 @@ def test_unknown_key_and_unknown_stage_in_yaml(tmp_path, capsys, no_model_loadin
 def test_out_of_range_sizes_are_refused_before_any_model(flags, fragment, capsys, no_model_loading):
     message = fails(["sft", "--config", str(RECIPE / "1_inverse_warmup.yaml"), *CPU, *flags], capsys)
     assert "invalid configuration" in message and fragment in message
+
+
+# ------------------------------------------------------------------------------------------------ extends
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_config_extends_another_and_the_command_line_wins(tmp_path):
+    """`extends` (relative to the extending file) merges the other file's keys under this one's, chains, and merges
+    `env` key by key; the command line still wins over both, and a key unknown to the command is named even when it
+    comes from the extended file."""
+    from trl_latent.commands.grpo import make_parser
+    from trl_latent.commands.parsing import load_config, parse
+    from trl_latent.commands.running import CommandError
+
+    _write(tmp_path / "base" / "a.yaml", "learning_rate: 1.0e-5\nbeta: 0.02\nenv:\n  A: '1'\n  B: '1'\n")
+    _write(tmp_path / "mid.yaml", "extends: base/a.yaml\nbeta: 0.03\nseed: 7\n")
+    child = _write(tmp_path / "deep" / "child.yaml", "extends: ../mid.yaml\nseed: 8\nenv:\n  B: '2'\n")
+    assert load_config(child) == {"learning_rate": 1e-5, "beta": 0.03, "seed": 8, "env": {"A": "1", "B": "2"}}
+
+    argv = ["--config", str(child), "--output_dir", str(tmp_path / "out"), "--beta", "0.05", "--use_cpu", "true"]
+    script_args, training_args, _ = parse(make_parser("latent"), argv, "trl-latent grpo")
+    assert (training_args.learning_rate, training_args.beta, training_args.seed) == (1e-5, 0.05, 8)
+
+    _write(tmp_path / "base" / "a.yaml", "learning_rte: 1.0e-5\n")
+    with pytest.raises(CommandError, match=r"unknown key\(s\) 'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        parse(make_parser("latent"), argv, "trl-latent grpo")
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"c.yaml": "extends: missing.yaml\n"}, r"c.yaml: extends .*missing.yaml, which does not exist"),
+        (
+            {"c.yaml": "extends: d.yaml\n", "d.yaml": "extends: c.yaml\n"},
+            r"extends c.yaml makes a loop \(.*c.yaml -> .*d.yaml -> .*c.yaml\)",
+        ),
+        ({"c.yaml": "extends: [a.yaml]\n"}, r"extends takes the path of another YAML config, got \['a.yaml'\]"),
+        ({"c.yaml": "extends: d.yaml\n", "d.yaml": "- a\n- b\n"}, "d.yaml must hold a YAML mapping"),
+    ],
+)
+def test_a_bad_extends_is_named(tmp_path, files, message):
+    from trl_latent.commands.parsing import load_config
+    from trl_latent.commands.running import CommandError
+
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(CommandError, match=message):
+        load_config(tmp_path / "c.yaml")

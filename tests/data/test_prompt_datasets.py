@@ -187,3 +187,22 @@ def test_each_bad_sft_row_is_named(case):
     columns, takes_images, message = SFT_BAD[case]
     with pytest.raises(ValueError, match=message):
         check_sft_dataset(Dataset.from_dict(columns), takes_images=takes_images, where="dialogues")
+
+
+def test_a_dataset_that_passed_is_not_read_again_and_a_changed_one_is(monkeypatch):
+    """The `grpo` command checks the prompts before the model loads and the trainer checks them again: the second
+    check of the same dataset (same fingerprint) reads no row; a mapped dataset is a new one and is read."""
+    from trl_latent.data import prompt_datasets
+
+    dataset = Dataset.from_dict({"prompt": ["Say hi.", "Name a colour."]})
+    check_prompt_dataset(dataset, takes_images=False)
+    rows = []
+    monkeypatch.setattr(prompt_datasets, "_check_row", lambda row, *args: rows.append(row))
+    check_prompt_dataset(dataset, takes_images=False)
+    assert rows == []
+    check_prompt_dataset(dataset, takes_images=True)  # another question: read again
+    assert rows == [0, 1]
+    emptied = dataset.map(lambda row, i: {"prompt": "" if i else row["prompt"]}, with_indices=True)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="row 1: the prompt is empty"):
+        check_prompt_dataset(emptied, takes_images=False)

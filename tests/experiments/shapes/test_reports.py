@@ -176,7 +176,7 @@ def test_claims_are_the_targets_computed_from_the_cells():
             "met",
         ),
         "one cell at smoke size (`--quick`), as CI runs it": (
-            "no smoke-size cells here (CI runs two in tests/test_study.py)",
+            "no smoke-size cells here (CI runs two in tests/experiments/shapes/test_study.py)",
             "n/a",
         ),
     }

@@ -422,7 +422,9 @@ def _study_time(cells: list[dict]) -> list[tuple[str, str, str]]:
         slowest = max(_finite(c.get("seconds") for c in smoke), default=math.nan)
         claims.append((target, f"slowest of {len(smoke)} smoke-size cells {_number(slowest, 0)} s", "met"))
     else:
-        claims.append((target, "no smoke-size cells here (CI runs two in tests/test_study.py)", "n/a"))
+        claims.append(
+            (target, "no smoke-size cells here (CI runs two in tests/experiments/shapes/test_study.py)", "n/a")
+        )
     return claims
 
 

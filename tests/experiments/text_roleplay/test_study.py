@@ -4,14 +4,12 @@ from the committed cells."""
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.fixtures.paths import ROOT
 from trl_latent.experiments.text_roleplay import study
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

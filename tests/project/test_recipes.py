@@ -27,7 +27,8 @@ import torch
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.paths import ROOT
+
 RECIPES = ROOT / "examples" / "recipes"
 MODELS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")
 TASKS = ("mmrole", "pcogalign")
@@ -129,7 +130,7 @@ def write_pcogalign(root: Path, n_train: int = 8, n_test: int = 2) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_cache):
-    from trl_latent.experiments.shapes.models import tiny_vlm_path
+    from tests.fixtures.models import tiny_vlm_path
     from trl_latent.experiments.shapes.task_data import write_synthetic_task
 
     ws = tmp_path_factory.mktemp("recipes")
@@ -508,7 +509,7 @@ def test_recipe_script_stops_before_any_stage_when_the_plan_does_not_fit(tmp_pat
 
 def test_documented_commands_are_the_ones_run_here():
     """Every recipe command in the docs is one the tests above run (with the tiny-size overrides appended)."""
-    from test_prompt_datasets import (  # run by that file's tests
+    from tests.fixtures.documented_commands import (  # run by tests/data/test_prompt_datasets.py
         documented_dataset_command,
         documented_eval_command,
         documented_sft_commands,
