@@ -110,6 +110,11 @@ def test_grpo_takes_trls_model_flags_and_eval_reloads_the_adapter(tmp_path, shap
     argv += ["--max_samples", "2", "--num_generations", "1", "--max_new_tokens", "4", "--embedder", "none"]
     assert main([*argv, "--output_dir", "ev"]) == 0
     assert "| rl | id_test | 2 |" in capsys.readouterr().out
+    # `inspect` takes the adapter folder too: the codes' report of the adapted policy
+    argv = ["inspect", "--model_name_or_path", "rl", "--task", "mmrole", "--task_root", str(shapes)]
+    argv += ["--image_size", "56", "56", "--max_records", "2", "--batch_size", "2", "--output_dir", "codes"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sum(row["count"] for row in json.loads((tmp_path / "codes" / "codes.json").read_text())) > 0
 
     message = fails([*rl, "--attn_implementation", "eager"], capsys)
     assert "attn_implementation cannot be set for a latent action model" in message

@@ -128,8 +128,10 @@ LATENT_MODEL_HINTS = {
 
 def check_latent_model(name: str, field_name: str = "model_name_or_path", command: str = "sft") -> None:
     """A saved latent action model: a folder whose config.json has `model_type: latent_action`. The error says what
-    `command` needs instead."""
-    config = read_model_config(name)
+    `command` needs instead. A PEFT adapter folder stands for the model it was trained from (its adapter config names
+    it), as `LatentActionModel.from_pretrained` loads it."""
+    start = adapter_start(name)
+    config = read_model_config(start if start else name)
     hint = LATENT_MODEL_HINTS[command]
     if config is None:
         raise CommandError(
