@@ -175,6 +175,44 @@ def test_the_report_reads_the_cells(smoke):
     assert "No cell is committed yet" in empty
 
 
+def _timed_cell(arm: str, seed: int, complete: bool = True, resumed: bool = False) -> dict:
+    """A cell with only what the study's time reads: a token cell's one SFT run or a latent cell's stages (one of
+    them resumed if asked), two RL probes and the two evaluations; 1,800 s of work in all either way."""
+    if arm == "token":
+        train = {"seconds": 600.0}
+    else:
+        train = {"inverse_warmup": {"seconds": 400.0}, "world_sft": {"seconds": 200.0}}
+        if resumed:
+            train["inverse_warmup"]["resumed_from"] = "checkpoint-20"
+    phases = {
+        "train": train,
+        "before_rl": {"seconds": 150.0},
+        "rl": {"probes": [{"seconds": 400.0}, {"seconds": 400.0}]},
+        "after_rl": {"seconds": 250.0},
+    }
+    return {"arm": arm, "seed": seed, "complete": complete, "phases": phases}
+
+
+def test_study_time_is_the_longer_arm_over_its_complete_cells():
+    assert study.cell_seconds(_timed_cell("token", 0)) == (1800.0, False)
+    assert study.cell_seconds(_timed_cell("latent", 0, resumed=True)) == (1800.0, True)
+    token = [_timed_cell("token", s) for s in range(3)]
+    latent = [_timed_cell("latent", s) for s in range(3)]
+    timing = study.study_time(token + latent)  # 3 x 1,800 s per arm: 1.5 hours as two processes
+    assert timing["hours"] == pytest.approx(1.5) and timing["verdict"] == "met"
+    assert timing["arms"]["token"]["seeds"] == [0, 1, 2] and timing["arms"]["latent"]["seconds"] == 5400.0
+    # An incomplete cell does not count, and without three complete seeds of each arm there is no verdict.
+    partial = study.study_time(token + latent[:2] + [_timed_cell("latent", 2, complete=False)])
+    assert partial["arms"]["latent"]["seeds"] == [0, 1] and partial["verdict"].startswith("n/a")
+    # Over the budget: missed, whichever arm is the longer.
+    slow = [dict(c, phases={**c["phases"], "before_rl": {"seconds": 3600.0}}) for c in token]
+    assert study.study_time(slow + latent)["verdict"] == "missed"
+    assert study.study_time(slow + latent)["hours"] == pytest.approx(3 * 5250 / 3600)
+    # Under the budget with a resumed stage: a lower bound, so no verdict.
+    resumed = latent[:2] + [_timed_cell("latent", 2, resumed=True)]
+    assert study.study_time(token + resumed)["verdict"] == "n/a (a resumed cell's time is a lower bound)"
+
+
 def test_docs_page_is_built_from_the_committed_cells():
     page = (ROOT / study.DOCS_PAGE).read_text()
     assert page == study.report_markdown(ROOT / study.CELLS_DIR), (

@@ -57,11 +57,13 @@ from .task import HELD_OUT_SPLITS
 __all__ = [
     "ARMS",
     "TextStudyConfig",
+    "cell_seconds",
     "evaluate_model",
     "load_cells",
     "report_markdown",
     "run_cell",
     "smoke_config",
+    "study_time",
 ]
 
 # Latent-arm variants: settings measured beside the authors'. Each is its own cell, `latent+<variant>-seed<N>.json`.
@@ -97,6 +99,9 @@ PRETRAIN_STAGES = ("inverse_warmup", "joint", "policy_bc")
 # session resumes from it. Not a setting of the cell: a resumed stage computes the frozen base's states again where the
 # uninterrupted one reads them from the cache, which agrees to about 1e-4 relative (docs/stages.md), not bit for bit.
 CHECKPOINT_STEPS = 20
+# The study's time target: every cell of both arms, STUDY_SEEDS seeds each, in at most STUDY_HOURS on this kind of
+# machine (2 CPU cores) as two processes, one per arm.
+STUDY_HOURS, STUDY_SEEDS = 4.0, 3
 
 
 @dataclass
@@ -862,6 +867,45 @@ def _targets(cells: list[dict], latent_name: str = "latent") -> list[tuple[str, 
     ]
 
 
+def cell_seconds(cell: dict) -> tuple[float, bool]:
+    """A cell's measured seconds (training, the RL probes and the evaluations) and whether a stage of it was resumed
+    (a resumed stage's `seconds` count only the part after the resume, so the total is then a lower bound)."""
+    phases = cell["phases"]
+    train = phases.get("train") or {}
+    if "seconds" in train:  # the token arm: one SFT run
+        train_s, resumed = train["seconds"], False
+    else:
+        train_s = sum(s.get("seconds", 0) for s in train.values())
+        resumed = any("resumed_from" in s for s in train.values())
+    rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
+    eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
+    return float(train_s + rl_s + eval_s), resumed
+
+
+def study_time(cells: list[dict], latent_name: str = "latent") -> dict[str, Any]:
+    """The whole study's wall time as two processes, one per arm, each running its seeds one after the other: the
+    longer arm's sum of its complete cells' seconds. The target (`STUDY_HOURS`, `STUDY_SEEDS` seeds of each arm) is
+    met or missed only once both arms have that many complete cells; a cell with a resumed stage is a lower bound."""
+    arms = {}
+    for name in ("token", latent_name):
+        complete = [c for c in _seeds(cells, name).values() if c["complete"]]
+        seconds = [cell_seconds(c) for c in complete]
+        arms[name] = {
+            "seeds": sorted(c["seed"] for c in complete),
+            "seconds": sum(s for s, _ in seconds),
+            "lower_bound": any(r for _, r in seconds),
+        }
+    hours = max(a["seconds"] for a in arms.values()) / 3600
+    full = all(len(a["seeds"]) >= STUDY_SEEDS for a in arms.values())
+    if full:
+        verdict = "met" if hours <= STUDY_HOURS else "missed"
+        if verdict == "met" and any(a["lower_bound"] for a in arms.values()):
+            verdict = "n/a (a resumed cell's time is a lower bound)"
+    else:
+        verdict = f"n/a ({STUDY_SEEDS} complete seeds of each arm needed)"
+    return {"arms": arms, "hours": hours, "verdict": verdict}
+
+
 def headline(cells: list[dict]) -> str:
     """The study in one table (the README's): per arm, held-out reward and success before and after RL, rollout
     embedding diversity and held-out general-text NLL after RL, the final KL; mean ± std over the finished seeds."""
@@ -1013,6 +1057,29 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
             if claim.startswith(("Room", "Token RL")):  # the token arm's alone, stated above
                 continue
             lines.append(f"| {claim} | {verdict.describe(signed=signed)} | {verdict.verdict} |")
+    lines += [
+        "",
+        "## Study time",
+        "",
+        f"The target: the whole study ({STUDY_SEEDS} seeds of each arm) in at most {STUDY_HOURS:g} hours on this kind "
+        "of machine (2 CPU cores) as two processes, one per arm, each running its seeds in turn; the time of one arm is "
+        "the sum of its complete cells' seconds (training, RL probes and evaluations, as the Cells table gives them). "
+        "Many cells ran beside other jobs on the same two cores, so these are the times measured, not those of an idle "
+        "machine.",
+        "",
+        "| latent arm | token arm: complete seeds, hours | latent arm: complete seeds, hours | as two processes, hours "
+        "| verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for name in latent_names:
+        timing = study_time(cells, name)
+
+        def arm(key, timing=timing):
+            a = timing["arms"][key]
+            bound = " (at least)" if a["lower_bound"] else ""
+            return f"{', '.join(map(str, a['seeds'])) or 'none'}; {a['seconds'] / 3600:.2f}{bound}"
+
+        lines.append(f"| {name} | {arm('token')} | {arm(name)} | {timing['hours']:.2f} | {timing['verdict']} |")
     lines.append("")
     return "\n".join(lines)
 
