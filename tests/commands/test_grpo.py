@@ -28,6 +28,7 @@ def test_the_documented_dataset_command_trains_with_two_weighted_rewards(user_fo
     state = json.loads(Path("outputs/my-latent-grpo/checkpoint-2/trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "reward" in entry]
     assert len(logs) == 2
+    assert any(entry["frac_reward_zero_std"] < 1 for entry in logs), "no group's rewards varied: nothing to learn"
     for entry in logs:  # GRPO's reward is the weighted sum of the two, as reward_weights 1.0 0.5 say
         parts = entry["rewards/length_reward/mean"] * 1.0 + entry["rewards/keyword_reward/mean"] * 0.5
         assert entry["reward"] == pytest.approx(parts, abs=1e-5)
