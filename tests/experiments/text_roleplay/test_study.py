@@ -213,6 +213,21 @@ def test_study_time_is_the_longer_arm_over_its_complete_cells():
     assert study.study_time(token + resumed)["verdict"] == "n/a (a resumed cell's time is a lower bound)"
 
 
+def test_the_report_says_whether_a_reused_rate_kept_its_seed_inside_the_kl_budget(smoke, tmp_path):
+    _, cells_dir = smoke
+    for arm in ("token", "latent"):
+        cell = json.loads((cells_dir / f"{arm}-seed0.json").read_text())
+        low, high = cell["config"]["kl_budget"]
+        for seed, kl in ((1, (low + high) / 2), (2, high * 2)):  # the rate seed 0 chose, reused: inside, then outside
+            probe = {**cell["phases"]["rl"]["probes"][-1], "kl": kl}
+            rl = {"probes": [probe], "chosen": probe["learning_rate"], "search": "reused from an earlier seed"}
+            reused = {**cell, "seed": seed, "phases": {**cell["phases"], "rl": {**rl, "within": None}}}
+            (tmp_path / f"{arm}-seed{seed}.json").write_text(json.dumps(reused))
+    page = study.report_markdown(tmp_path)
+    assert f"| latent | 1 | {probe['learning_rate']:.1e} | reused; inside ({(low + high) / 2:.4f}) |" in page
+    assert f"| latent | 2 | {probe['learning_rate']:.1e} | reused; outside ({high * 2:.4f}) |" in page
+
+
 def test_docs_page_is_built_from_the_committed_cells():
     page = (ROOT / study.DOCS_PAGE).read_text()
     assert page == study.report_markdown(ROOT / study.CELLS_DIR), (

@@ -995,7 +995,11 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         probes = ", ".join(
             f"{p['learning_rate']:.1e} -> {p['kl']:.4f}, {p['weight_change']:.2e}" for p in rl.get("probes", [])
         )
-        within = {True: "yes", False: "no", None: "reused"}.get(rl.get("within"), "-") if rl else "-"
+        within = {True: "yes", False: "no"}.get(rl.get("within"), "-") if rl else "-"
+        if rl and rl.get("within") is None and rl.get("probes"):  # an earlier seed's rate: was this seed's KL inside?
+            low, high = c["config"]["kl_budget"]
+            inside = low <= rl["probes"][-1]["kl"] <= high
+            within = f"reused; {'inside' if inside else 'outside'} ({rl['probes'][-1]['kl']:.4f})"
         chosen = f"{rl['chosen']:.1e}" if rl.get("chosen") is not None else "-"
         lines.append(f"| {_name(c)} | {c['seed']} | {chosen} | {within} | {probes or '-'} |")
     lines += [
