@@ -867,9 +867,8 @@ def _targets(cells: list[dict], latent_name: str = "latent") -> list[tuple[str, 
     ]
 
 
-def cell_seconds(cell: dict) -> tuple[float, bool]:
-    """A cell's measured seconds (training, the RL probes and the evaluations) and whether a stage of it was resumed
-    (a resumed stage's `seconds` count only the part after the resume, so the total is then a lower bound)."""
+def _phase_seconds(cell: dict) -> tuple[float, float, float, bool]:
+    """A cell's measured seconds of training, RL probes and evaluations, and whether a stage of it was resumed."""
     phases = cell["phases"]
     train = phases.get("train") or {}
     if "seconds" in train:  # the token arm: one SFT run
@@ -879,7 +878,14 @@ def cell_seconds(cell: dict) -> tuple[float, bool]:
         resumed = any("resumed_from" in s for s in train.values())
     rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
     eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
-    return float(train_s + rl_s + eval_s), resumed
+    return float(train_s or 0), float(rl_s), float(eval_s), resumed
+
+
+def cell_seconds(cell: dict) -> tuple[float, bool]:
+    """A cell's measured seconds (training, the RL probes and the evaluations) and whether a stage of it was resumed
+    (a resumed stage's `seconds` count only the part after the resume, so the total is then a lower bound)."""
+    train_s, rl_s, eval_s, resumed = _phase_seconds(cell)
+    return train_s + rl_s + eval_s, resumed
 
 
 def study_time(cells: list[dict], latent_name: str = "latent") -> dict[str, Any]:
@@ -967,14 +973,10 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     lines += ["## Cells", "", "| arm | seed | phases done | complete | commit | seconds (train / RL probes / evals) |"]
     lines += ["|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (_names(cells).index(_name(c)), c["seed"])):
-        phases = c["phases"]
-        train = phases.get("train") or {}
-        train_s = train.get("seconds") if "seconds" in train else sum(s.get("seconds", 0) for s in train.values())
-        rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
-        eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
+        train_s, rl_s, eval_s, _ = _phase_seconds(c)
         lines.append(
-            f"| {_name(c)} | {c['seed']} | {', '.join(phases)} | {'yes' if c['complete'] else 'no'} | "
-            f"{c['environment'].get('commit', '')} | {train_s or 0:.0f} / {rl_s:.0f} / {eval_s:.0f} |"
+            f"| {_name(c)} | {c['seed']} | {', '.join(c['phases'])} | {'yes' if c['complete'] else 'no'} | "
+            f"{c['environment'].get('commit', '')} | {train_s:.0f} / {rl_s:.0f} / {eval_s:.0f} |"
         )
     lines += ["", "## Held-out reward and success (greedy)", ""]
     lines += ["| arm | split | reward before RL | reward after RL | success before RL | success after RL |"]
