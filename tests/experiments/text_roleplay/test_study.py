@@ -277,3 +277,62 @@ def test_every_variant_is_a_set_of_study_settings_and_its_files_are_committed():
             assert path is None or (ROOT / path).is_file(), (name, path)
     with pytest.raises(ValueError, match="Unknown study settings"):
         study.TextStudyConfig.from_dict({"stage_epoch": 1.0})
+
+
+def test_a_reused_rate_that_leaves_the_kl_budget_is_searched_again(smoke, tmp_path, monkeypatch):
+    """A later seed reuses the first seed's rate only while its own run ends inside the budget. A cell whose reused
+    rate ended outside (made before this rule) is not finished: its RL searches on from that rate, its stages are not
+    retrained, and after_rl measures the newly chosen run."""
+    import shutil
+
+    work, cells_dir = smoke
+    seed0 = json.loads((cells_dir / "latent-seed0.json").read_text())
+    seed0["config"]["max_probes"] = 3  # the smoke's single probe leaves no room to search
+    config = study.TextStudyConfig.from_dict(seed0["config"])
+    (low, high), factor = config.kl_budget, config.lr_factor
+    reused = seed0["phases"]["rl"]["chosen"]
+    first = seed0["phases"]["rl"]["probes"][0]
+    # Planted runs: KL grows with the rate; the reused rate lands over the budget, one step down lands inside.
+    planted_kl = lambda rate: 0.9 * factor * high * rate / reused  # noqa: E731
+    assert planted_kl(reused) > high and low <= planted_kl(reused / factor) <= high
+    runs = []
+
+    def planted_run(arm, config, seed, start_folder, base, work, learning_rate):
+        runs.append(learning_rate)
+        return {**first, "learning_rate": learning_rate, "kl": planted_kl(learning_rate)}
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "latent-seed0.json").write_text(json.dumps(seed0))
+    shutil.copytree(work / "latent-seed0", tmp_path / "work" / "latent-seed1", symlinks=True)
+    over = {**first, "kl": planted_kl(reused)}
+    rl = {"probes": [over], "chosen": reused, "search": study.REUSED, "within": None}
+    old_after = {k: v for k, v in seed0["phases"]["after_rl"].items() if k != "learning_rate"}
+    seed1 = {**seed0, "seed": 1, "phases": {**seed0["phases"], "rl": rl, "after_rl": old_after}}
+    (cells / "latent-seed1.json").write_text(json.dumps(seed1))
+    assert study._reused_rate_left_budget(seed1) and not study._reused_rate_left_budget(seed0)
+
+    monkeypatch.setattr(study, "_rl_run", planted_run)
+    cell = study.run_cell("latent", 1, config, cells, tmp_path / "work")
+    rl = cell["phases"]["rl"]
+    want = float(f"{reused / factor:.1e}")
+    assert runs == [want]  # the reused probe is kept, not run again; one new probe, inside the budget
+    assert [p["learning_rate"] for p in rl["probes"]] == [reused, want]
+    assert rl["chosen"] == want and rl["within"] is True and rl["search"] == study.SEARCHED_AGAIN
+    assert cell["complete"] and cell["phases"]["after_rl"]["learning_rate"] == want
+    assert cell["phases"]["train"] == seed0["phases"]["train"]  # stages 1-5 were on disk: not retrained
+    assert not study._reused_rate_left_budget(cell)
+    page = study.report_markdown(cells)
+    assert f"| latent | 1 | {want:.1e} | yes (searched again: the reused rate's KL was {over['kl']:.4f}) |" in page
+
+    # A reused rate that keeps its seed inside the budget stands: one probe, nothing searched.
+    inside = {**first, "learning_rate": reused, "kl": (low + high) / 2}
+    monkeypatch.setattr(study, "_rl_run", lambda *args: inside)
+    (cells / "latent-seed1.json").unlink()
+    for phase in ("rl", "after_rl"):  # the phases as the work folder keeps them, too
+        (tmp_path / "work" / "latent-seed1" / f"{phase}.json").unlink()
+    cell = study.run_cell("latent", 1, config, cells, tmp_path / "work")
+    rl = cell["phases"]["rl"]
+    assert (
+        rl["search"] == study.REUSED and rl["chosen"] == reused and [p["kl"] for p in rl["probes"]] == [inside["kl"]]
+    )

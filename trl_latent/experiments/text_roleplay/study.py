@@ -12,7 +12,8 @@ take the same number of RL steps:
 **Matched by a KL budget, not by reward.** Each arm's RL learning rate is chosen by
 [`~trl_latent.experiments.kl_budget.choose_learning_rate`]: a probe is the arm's whole RL run at one rate, and the
 rate whose run ends with a mean KL to its reference inside `kl_budget` is the arm's. The first seed searches; later
-seeds reuse its rate. Every probe is kept in the cell, so a run outside the budget is visible as such.
+seeds reuse its rate while their own run ends inside the budget, and search again from it when it does not. Every
+probe is kept in the cell, so a run outside the budget is visible as such.
 
 **What a cell records** (`results/text_roleplay/cells/<arm>-seed<N>.json`): for each phase, as it lands (so a cell
 can be committed half done and finished in a later session), the phase's numbers and seconds:
@@ -95,6 +96,9 @@ DOCS_PAGE = Path("docs") / "text_study.md"
 REPORT_COMMAND = "python -m trl_latent.experiments.text_roleplay.study report --write docs/text_study.md"
 EVAL_SEED = 1000  # the evaluation prompts are the same for every seed and arm
 PRETRAIN_STAGES = ("inverse_warmup", "joint", "policy_bc")
+# How a cell's RL rate was set (`rl["search"]`): its own search (the first seed), an earlier seed's rate that kept
+# this seed inside the KL budget, or a search from that rate after it did not.
+REUSED, SEARCHED_AGAIN = "reused from an earlier seed", "searched again from an earlier seed's rate"
 # A latent stage saves a checkpoint every this many steps (the last one kept), and a stage cut off by the end of a
 # session resumes from it. Not a setting of the cell: a resumed stage computes the frozen base's states again where the
 # uninterrupted one reads them from the cache, which agrees to about 1e-4 relative (docs/stages.md), not bit for bit.
@@ -625,7 +629,8 @@ def _chosen_rate(cells_dir: Path, name: str, seed: int) -> float | None:
 
 def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells_dir: Path) -> dict:
     """The arm's RL run at the rate a KL budget sets: searched by the first seed (each probe a whole run, kept), reused
-    by later seeds. Resumable probe by probe."""
+    by a later seed while that seed's own run ends inside the budget, and searched again from it where it does not
+    (the same budget for every seed, not only the first). Resumable probe by probe."""
     from ..kl_budget import KLProbe, choose_learning_rate
 
     rl = phases.get("rl") or {"probes": []}
@@ -639,19 +644,28 @@ def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells
             phases.put("rl", rl)
         return KLProbe(key, done[key]["kl"], done[key]["weight_change"])
 
+    low, high = config.kl_budget
     reused = _chosen_rate(cells_dir, name, seed)
-    if reused is not None:
-        probe(reused)
-        rl.update(chosen=float(f"{reused:.1e}"), search="reused from an earlier seed", within=None)
-    else:
-        start = config.token_lr_start if arm == "token" else config.latent_lr_start
+    if reused is not None and low <= probe(reused).kl <= high:
+        rl.update(chosen=float(f"{reused:.1e}"), search=REUSED, within=None)
+    else:  # the first seed, or a later one that the reused rate took outside the budget: a search from that rate
+        start = reused if reused is not None else config.token_lr_start if arm == "token" else config.latent_lr_start
         choice = choose_learning_rate(probe, config.kl_budget, start, config.lr_factor, config.max_probes)
+        search = "done" if reused is None else SEARCHED_AGAIN
         rl.update(
-            chosen=float(f"{choice.learning_rate:.1e}"), within=choice.within, stalled=choice.stalled, search="done"
+            chosen=float(f"{choice.learning_rate:.1e}"), within=choice.within, stalled=choice.stalled, search=search
         )
         rl["describe"] = choice.describe()
     phases.put("rl", rl)
     return rl
+
+
+def _reused_rate_left_budget(cell: dict) -> bool:
+    """Whether a cell's RL ran at an earlier seed's rate and ended outside the KL budget (a cell made before a later
+    seed searched again): such a cell is not finished, its RL searches on from that rate."""
+    rl = cell["phases"].get("rl") or {}
+    low, high = cell["config"]["kl_budget"]
+    return rl.get("search") == REUSED and bool(rl.get("probes")) and not low <= rl["probes"][-1]["kl"] <= high
 
 
 def environment() -> dict[str, Any]:
@@ -717,7 +731,7 @@ def run_cell(
     cells_dir, work = Path(cells_dir), Path(work_dir) / f"{name}-seed{seed}"
     header = {"arm": arm, "name": name, "seed": seed, "config": config.to_dict(), "environment": environment()}
     phases = Phases(work, cells_dir / f"{name}-seed{seed}.json", header)
-    if phases.cell["complete"]:
+    if phases.cell["complete"] and not _reused_rate_left_budget(phases.cell):
         return phases.cell
     base = _base_path(config)
     _, held_text = general_text(config)
@@ -734,10 +748,13 @@ def run_cell(
         trained = _latent_stages(config, seed, base, work, records, phases)
     if phases.get("before_rl") is None:
         phases.put("before_rl", evaluate_model(_load(arm, trained), tokenizer, config, held_text))
+    evaluated = (phases.get("rl") or {}).get("chosen")  # the run an existing after_rl measured (older cells: unnamed)
     rl = _rl(name, arm, config, seed, trained, base, work, phases, cells_dir)
-    if phases.get("after_rl") is None:
+    after = phases.get("after_rl")
+    if after is None or after.get("learning_rate", evaluated) != rl["chosen"]:
         chosen = next(p for p in rl["probes"] if p["learning_rate"] == rl["chosen"])
-        phases.put("after_rl", evaluate_model(_load(arm, work / chosen["model"]), tokenizer, config, held_text))
+        after = evaluate_model(_load(arm, work / chosen["model"]), tokenizer, config, held_text)
+        phases.put("after_rl", {"learning_rate": rl["chosen"], **after})
     phases.cell["complete"] = True
     phases.save()
     return phases.cell
@@ -1002,6 +1019,8 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
             low, high = c["config"]["kl_budget"]
             inside = low <= rl["probes"][-1]["kl"] <= high
             within = f"reused; {'inside' if inside else 'outside'} ({rl['probes'][-1]['kl']:.4f})"
+        elif rl.get("search") == SEARCHED_AGAIN:
+            within += f" (searched again: the reused rate's KL was {rl['probes'][0]['kl']:.4f})"
         chosen = f"{rl['chosen']:.1e}" if rl.get("chosen") is not None else "-"
         lines.append(f"| {_name(c)} | {c['seed']} | {chosen} | {within} | {probes or '-'} |")
     lines += [
