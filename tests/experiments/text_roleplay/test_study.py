@@ -35,6 +35,7 @@ def test_smoke_cells_hold_every_phase_and_learning(smoke):
         rl = cell["phases"]["rl"]
         assert rl["search"] == "done" and len(rl["probes"]) == 1 and rl["chosen"] == rl["probes"][0]["learning_rate"]
         assert math.isfinite(rl["probes"][0]["kl"]) and rl["probes"][0]["steps"] == 2
+        assert study.cell_cpus(cell) == {study.cpu_name()}  # every timed part names the CPU that ran it
     sft = cells["token"]["phases"]["train"]
     assert sft["loss_last"] < sft["loss_first"] and sft["weight_change"] > 0
     stages = cells["latent"]["phases"]["train"]
@@ -175,20 +176,22 @@ def test_the_report_reads_the_cells(smoke):
     assert "No cell is committed yet" in empty
 
 
-def _timed_cell(arm: str, seed: int, complete: bool = True, resumed: bool = False) -> dict:
+def _timed_cell(arm: str, seed: int, complete: bool = True, resumed: bool = False, cpu: str | None = "CPU A") -> dict:
     """A cell with only what the study's time reads: a token cell's one SFT run or a latent cell's stages (one of
-    them resumed if asked), two RL probes and the two evaluations; 1,800 s of work in all either way."""
+    them resumed if asked), two RL probes and the two evaluations, each part timed on `cpu` (None: a part made before
+    cells named their CPU); 1,800 s of work in all either way."""
+    named = {} if cpu is None else {"cpu": cpu}
     if arm == "token":
-        train = {"seconds": 600.0}
+        train = {"seconds": 600.0, **named}
     else:
-        train = {"inverse_warmup": {"seconds": 400.0}, "world_sft": {"seconds": 200.0}}
+        train = {"inverse_warmup": {"seconds": 400.0, **named}, "world_sft": {"seconds": 200.0, **named}}
         if resumed:
             train["inverse_warmup"]["resumed_from"] = "checkpoint-20"
     phases = {
         "train": train,
-        "before_rl": {"seconds": 150.0},
-        "rl": {"probes": [{"seconds": 400.0}, {"seconds": 400.0}]},
-        "after_rl": {"seconds": 250.0},
+        "before_rl": {"seconds": 150.0, **named},
+        "rl": {"probes": [{"seconds": 400.0, **named}, {"seconds": 400.0, **named}]},
+        "after_rl": {"seconds": 250.0, **named},
     }
     return {"arm": arm, "seed": seed, "complete": complete, "phases": phases}
 
@@ -199,18 +202,37 @@ def test_study_time_is_the_longer_arm_over_its_complete_cells():
     token = [_timed_cell("token", s) for s in range(3)]
     latent = [_timed_cell("latent", s) for s in range(3)]
     timing = study.study_time(token + latent)  # 3 x 1,800 s per arm: 1.5 hours as two processes
-    assert timing["hours"] == pytest.approx(1.5) and timing["verdict"] == "met"
+    assert timing["hours"] == pytest.approx(1.5) and timing["verdict"] == "met" and timing["cpus"] == ["CPU A"]
     assert timing["arms"]["token"]["seeds"] == [0, 1, 2] and timing["arms"]["latent"]["seconds"] == 5400.0
     # An incomplete cell does not count, and without three complete seeds of each arm there is no verdict.
     partial = study.study_time(token + latent[:2] + [_timed_cell("latent", 2, complete=False)])
     assert partial["arms"]["latent"]["seeds"] == [0, 1] and partial["verdict"].startswith("n/a")
     # Over the budget: missed, whichever arm is the longer.
-    slow = [dict(c, phases={**c["phases"], "before_rl": {"seconds": 3600.0}}) for c in token]
+    slow = [dict(c, phases={**c["phases"], "before_rl": {"seconds": 3600.0, "cpu": "CPU A"}}) for c in token]
     assert study.study_time(slow + latent)["verdict"] == "missed"
     assert study.study_time(slow + latent)["hours"] == pytest.approx(3 * 5250 / 3600)
     # Under the budget with a resumed stage: a lower bound, so no verdict.
     resumed = latent[:2] + [_timed_cell("latent", 2, resumed=True)]
     assert study.study_time(token + resumed)["verdict"] == "n/a (a resumed cell's time is a lower bound)"
+
+
+def test_study_time_gives_a_verdict_only_for_cells_timed_on_one_named_cpu():
+    token = [_timed_cell("token", s) for s in range(3)]
+    latent = [_timed_cell("latent", s) for s in range(3)]
+    # One cell on another processor, or one part of a cell (its RL probe, run in a later session) there: no verdict.
+    other = latent[:2] + [_timed_cell("latent", 2, cpu="CPU B")]
+    assert study.study_time(token + other)["verdict"] == "n/a (timed on 2 CPUs, or on unnamed ones: CPU A / CPU B)"
+    mixed = _timed_cell("latent", 2)
+    mixed["phases"]["rl"]["probes"][1]["cpu"] = "CPU B"
+    assert study.cell_cpus(mixed) == {"CPU A", "CPU B"}
+    assert study.study_time(token + latent[:2] + [mixed])["verdict"].startswith("n/a (timed on 2 CPUs")
+    # Cells made before cells named their CPU: their time is shown, with no verdict.
+    old = [_timed_cell("token", s, cpu=None) for s in range(3)]
+    timing = study.study_time(old + latent)
+    assert timing["hours"] == pytest.approx(1.5) and timing["verdict"].startswith("n/a")
+    assert study.UNRECORDED_CPU in timing["cpus"]
+    # Every part of a real cell names its CPU: the process's own, as the kernel names it.
+    assert study.cpu_name() and study.environment()["cpu"] == study.cpu_name()
 
 
 def test_the_report_says_whether_a_reused_rate_kept_its_seed_inside_the_kl_budget(smoke, tmp_path):

@@ -58,6 +58,7 @@ from .task import HELD_OUT_SPLITS
 __all__ = [
     "ARMS",
     "TextStudyConfig",
+    "cell_cpus",
     "cell_seconds",
     "evaluate_model",
     "load_cells",
@@ -367,6 +368,7 @@ def evaluate_model(model, tokenizer, config: TextStudyConfig, held_out_text: lis
     out["rollouts"]["examples"] = texts[: config.diversity_samples]
     out["general_nll"] = round(general_nll(model, tokenizer, held_out_text[: config.nll_records]), 4)
     out["seconds"] = round(time.perf_counter() - started, 1)
+    out["cpu"] = cpu_name()
     return out
 
 
@@ -453,6 +455,7 @@ def _token_sft(config, seed, base, work: Path, records) -> tuple[dict, Path]:
         "loss_last": losses[-1],
         "weight_change": relative_weight_change(before, model.named_parameters()),
         "seconds": round(time.perf_counter() - started, 1),
+        "cpu": cpu_name(),
     }, out
 
 
@@ -519,6 +522,7 @@ def _latent_stages(config, seed, base, work: Path, records, phases: Phases) -> P
             "loss_first": losses[0],
             "loss_last": losses[-1],
             "seconds": round(seconds, 1),
+            "cpu": cpu_name(),
             **({"resumed_from": resumed.name} if resumed else {}),  # `seconds` then counts the resumed part only
             "health_general": trainer.health,
             "health_task": task_health,
@@ -605,6 +609,7 @@ def _rl_run(arm, config, seed, start_folder: Path, base, work: Path, learning_ra
         "reward_curve": rewards,
         "steps": len(rewards),
         "seconds": round(seconds, 1),
+        "cpu": cpu_name(),
         "model": folder.relative_to(work).as_posix(),  # under the cell's work folder (no machine path in the cell)
     }
 
@@ -668,6 +673,18 @@ def _reused_rate_left_budget(cell: dict) -> bool:
     return rl.get("search") == REUSED and bool(rl.get("probes")) and not low <= rl["probes"][-1]["kl"] <= high
 
 
+def cpu_name() -> str:
+    """The processor this process runs on, as the kernel names it (the 2-core machines this study runs on are not
+    all the same CPU, and a cell's seconds mean something only beside it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     import transformers
     import trl
@@ -684,6 +701,7 @@ def environment() -> dict[str, Any]:
         "trl": trl.__version__,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "cpu": cpu_name(),
     }
 
 
@@ -898,6 +916,18 @@ def _phase_seconds(cell: dict) -> tuple[float, float, float, bool]:
     return float(train_s or 0), float(rl_s), float(eval_s), resumed
 
 
+UNRECORDED_CPU = "unrecorded"  # a part timed before cells named their CPU
+
+
+def cell_cpus(cell: dict) -> set[str]:
+    """The CPUs that timed a cell's parts (its stages or SFT run, RL probes and evaluations)."""
+    phases = cell["phases"]
+    train = phases.get("train") or {}
+    parts = [train] if "seconds" in train else list(train.values())
+    parts += (phases.get("rl") or {}).get("probes", []) + [phases.get(k) or {} for k in ("before_rl", "after_rl")]
+    return {p.get("cpu", UNRECORDED_CPU) for p in parts if "seconds" in p}
+
+
 def cell_seconds(cell: dict) -> tuple[float, bool]:
     """A cell's measured seconds (training, the RL probes and the evaluations) and whether a stage of it was resumed
     (a resumed stage's `seconds` count only the part after the resume, so the total is then a lower bound)."""
@@ -908,7 +938,8 @@ def cell_seconds(cell: dict) -> tuple[float, bool]:
 def study_time(cells: list[dict], latent_name: str = "latent") -> dict[str, Any]:
     """The whole study's wall time as two processes, one per arm, each running its seeds one after the other: the
     longer arm's sum of its complete cells' seconds. The target (`STUDY_HOURS`, `STUDY_SEEDS` seeds of each arm) is
-    met or missed only once both arms have that many complete cells; a cell with a resumed stage is a lower bound."""
+    met or missed only once both arms have that many complete cells, all timed on one named CPU (seconds on
+    different processors do not add up to one machine's study); a cell with a resumed stage is a lower bound."""
     arms = {}
     for name in ("token", latent_name):
         complete = [c for c in _seeds(cells, name).values() if c["complete"]]
@@ -917,16 +948,20 @@ def study_time(cells: list[dict], latent_name: str = "latent") -> dict[str, Any]
             "seeds": sorted(c["seed"] for c in complete),
             "seconds": sum(s for s, _ in seconds),
             "lower_bound": any(r for _, r in seconds),
+            "cpus": sorted(set().union(*map(cell_cpus, complete))),
         }
     hours = max(a["seconds"] for a in arms.values()) / 3600
     full = all(len(a["seeds"]) >= STUDY_SEEDS for a in arms.values())
-    if full:
+    cpus = set().union(*(a["cpus"] for a in arms.values()))
+    if full and (len(cpus) > 1 or UNRECORDED_CPU in cpus):
+        verdict = f"n/a (timed on {len(cpus)} CPUs, or on unnamed ones: {' / '.join(sorted(cpus))})"
+    elif full:
         verdict = "met" if hours <= STUDY_HOURS else "missed"
         if verdict == "met" and any(a["lower_bound"] for a in arms.values()):
             verdict = "n/a (a resumed cell's time is a lower bound)"
     else:
         verdict = f"n/a ({STUDY_SEEDS} complete seeds of each arm needed)"
-    return {"arms": arms, "hours": hours, "verdict": verdict}
+    return {"arms": arms, "hours": hours, "verdict": verdict, "cpus": sorted(cpus)}
 
 
 def headline(cells: list[dict]) -> str:
@@ -987,13 +1022,15 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
     ]
     if not cells:
         return "\n".join([*lines, "No cell is committed yet: run the command above, then this page's command.", ""])
-    lines += ["## Cells", "", "| arm | seed | phases done | complete | commit | seconds (train / RL probes / evals) |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["## Cells", ""]
+    lines += ["| arm | seed | phases done | complete | commit | seconds (train / RL probes / evals) | timed on |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (_names(cells).index(_name(c)), c["seed"])):
         train_s, rl_s, eval_s, _ = _phase_seconds(c)
         lines.append(
             f"| {_name(c)} | {c['seed']} | {', '.join(c['phases'])} | {'yes' if c['complete'] else 'no'} | "
-            f"{c['environment'].get('commit', '')} | {train_s:.0f} / {rl_s:.0f} / {eval_s:.0f} |"
+            f"{c['environment'].get('commit', '')} | {train_s:.0f} / {rl_s:.0f} / {eval_s:.0f} | "
+            f"{' / '.join(sorted(cell_cpus(c)))} |"
         )
     lines += ["", "## Held-out reward and success (greedy)", ""]
     lines += ["| arm | split | reward before RL | reward after RL | success before RL | success after RL |"]
@@ -1090,7 +1127,9 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         "of machine (2 CPU cores) as two processes, one per arm, each running its seeds in turn; the time of one arm is "
         "the sum of its complete cells' seconds (training, RL probes and evaluations, as the Cells table gives them). "
         "Many cells ran beside other jobs on the same two cores, so these are the times measured, not those of an idle "
-        "machine.",
+        "machine. The sessions that ran them did not all get the same processor, so a verdict needs every summed cell "
+        "timed on one named CPU (the Cells table's last column; cells made before the study named CPUs say "
+        f"'{UNRECORDED_CPU}').",
         "",
         "| latent arm | token arm: complete seeds, hours | latent arm: complete seeds, hours | as two processes, hours "
         "| verdict |",
