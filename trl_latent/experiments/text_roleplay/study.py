@@ -649,9 +649,8 @@ def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells
             phases.put("rl", rl)
         return KLProbe(key, done[key]["kl"], done[key]["weight_change"])
 
-    low, high = config.kl_budget
     reused = _chosen_rate(cells_dir, name, seed)
-    if reused is not None and low <= probe(reused).kl <= high:
+    if reused is not None and _inside(probe(reused).kl, config.kl_budget):
         rl.update(chosen=float(f"{reused:.1e}"), search=REUSED, within=None)
     else:  # the first seed, or a later one that the reused rate took outside the budget: a search from that rate
         start = reused if reused is not None else config.token_lr_start if arm == "token" else config.latent_lr_start
@@ -665,12 +664,20 @@ def _rl(name, arm, config, seed, start_folder, base, work, phases: Phases, cells
     return rl
 
 
+def _inside(kl: float, budget) -> bool:
+    low, high = budget
+    return low <= kl <= high
+
+
 def _reused_rate_left_budget(cell: dict) -> bool:
     """Whether a cell's RL ran at an earlier seed's rate and ended outside the KL budget (a cell made before a later
     seed searched again): such a cell is not finished, its RL searches on from that rate."""
     rl = cell["phases"].get("rl") or {}
-    low, high = cell["config"]["kl_budget"]
-    return rl.get("search") == REUSED and bool(rl.get("probes")) and not low <= rl["probes"][-1]["kl"] <= high
+    return (
+        rl.get("search") == REUSED
+        and bool(rl.get("probes"))
+        and not _inside(rl["probes"][-1]["kl"], cell["config"]["kl_budget"])
+    )
 
 
 def cpu_name() -> str:
@@ -902,18 +909,22 @@ def _targets(cells: list[dict], latent_name: str = "latent") -> list[tuple[str, 
     ]
 
 
-def _phase_seconds(cell: dict) -> tuple[float, float, float, bool]:
-    """A cell's measured seconds of training, RL probes and evaluations, and whether a stage of it was resumed."""
+def _timed_parts(cell: dict) -> dict[str, list[dict]]:
+    """A cell's timed parts by kind: its SFT run or stages, its RL probes, its two evaluations (those done)."""
     phases = cell["phases"]
     train = phases.get("train") or {}
-    if "seconds" in train:  # the token arm: one SFT run
-        train_s, resumed = train["seconds"], False
-    else:
-        train_s = sum(s.get("seconds", 0) for s in train.values())
-        resumed = any("resumed_from" in s for s in train.values())
-    rl_s = sum(p["seconds"] for p in (phases.get("rl") or {}).get("probes", []))
-    eval_s = sum((phases.get(k) or {}).get("seconds", 0) for k in ("before_rl", "after_rl"))
-    return float(train_s or 0), float(rl_s), float(eval_s), resumed
+    return {
+        "train": [train] if "seconds" in train else list(train.values()),  # the token arm: one SFT run
+        "rl": (phases.get("rl") or {}).get("probes", []),
+        "eval": [phases[k] for k in ("before_rl", "after_rl") if phases.get(k)],
+    }
+
+
+def _phase_seconds(cell: dict) -> tuple[float, float, float, bool]:
+    """A cell's measured seconds of training, RL probes and evaluations, and whether a stage of it was resumed."""
+    parts = _timed_parts(cell)
+    train_s, rl_s, eval_s = (float(sum(p.get("seconds", 0) for p in parts[k])) for k in ("train", "rl", "eval"))
+    return train_s, rl_s, eval_s, any("resumed_from" in p for p in parts["train"])
 
 
 UNRECORDED_CPU = "unrecorded"  # a part timed before cells named their CPU
@@ -921,11 +932,7 @@ UNRECORDED_CPU = "unrecorded"  # a part timed before cells named their CPU
 
 def cell_cpus(cell: dict) -> set[str]:
     """The CPUs that timed a cell's parts (its stages or SFT run, RL probes and evaluations)."""
-    phases = cell["phases"]
-    train = phases.get("train") or {}
-    parts = [train] if "seconds" in train else list(train.values())
-    parts += (phases.get("rl") or {}).get("probes", []) + [phases.get(k) or {} for k in ("before_rl", "after_rl")]
-    return {p.get("cpu", UNRECORDED_CPU) for p in parts if "seconds" in p}
+    return {p.get("cpu", UNRECORDED_CPU) for ps in _timed_parts(cell).values() for p in ps if "seconds" in p}
 
 
 def cell_seconds(cell: dict) -> tuple[float, bool]:
@@ -1053,8 +1060,7 @@ def report_markdown(cells_dir=CELLS_DIR, command: str = REPORT_COMMAND) -> str:
         )
         within = {True: "yes", False: "no"}.get(rl.get("within"), "-") if rl else "-"
         if rl and rl.get("within") is None and rl.get("probes"):  # an earlier seed's rate: was this seed's KL inside?
-            low, high = c["config"]["kl_budget"]
-            inside = low <= rl["probes"][-1]["kl"] <= high
+            inside = _inside(rl["probes"][-1]["kl"], c["config"]["kl_budget"])
             within = f"reused; {'inside' if inside else 'outside'} ({rl['probes'][-1]['kl']:.4f})"
         elif rl.get("search") == SEARCHED_AGAIN:
             within += f" (searched again: the reused rate's KL was {rl['probes'][0]['kl']:.4f})"
